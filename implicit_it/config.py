@@ -1,0 +1,142 @@
+"""Experiment configs: YAML files validated by pydantic.
+
+Unknown keys and wrong types are errors (``extra="forbid"``): a misspelt hyperparameter that
+silently falls back to a default would produce a different experiment than the one written
+down. Errors name the file and the dotted field path. Relative data paths are resolved against
+the current working directory (run ``iit`` from the repository root for the shipped configs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .formats import FORMATS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    spec: str = "gemma-3-270m"
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: fp32 on CPU, bf16 on GPU
+    device: str | None = None
+    device_map: str | None = None
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = "eager"
+
+
+class DataConfig(_Strict):
+    """Data sources: a chat-JSONL path, or ``hub:<source>`` (lima, gsm, mbpp, poetry, recipes, chess)."""
+
+    train: str = "../shared/data/lima/train.jsonl"
+    instructions: str = "../shared/data/lima/val_instructions.jsonl"
+    single_task: dict[str, str] = Field(default_factory=dict)  # e.g. {gsm: ../shared/data/gsm8k/train_1k.jsonl}
+    max_train_examples: int | None = Field(default=None, gt=0)
+    max_eval_instructions: int | None = Field(default=None, gt=0)
+
+
+class GenerationConfig(_Strict):
+    max_new_tokens: int = Field(default=256, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+
+
+class LoraConfig(_Strict):
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+class TrainingConfig(_Strict):
+    """Hyperparameters for the training variants (the paper's values are in the 7B configs)."""
+
+    variants: list[Literal["instruction", "response", "single_task"]] = Field(default_factory=lambda: ["instruction", "response"])
+    single_task_sources: list[Literal["gsm", "mbpp", "poetry", "recipes", "chess"]] = Field(default_factory=list)
+    method: Literal["full", "lora"] = "full"
+    lora: LoraConfig = Field(default_factory=LoraConfig)  # used when method == "lora"
+    learning_rate: float = Field(default=1e-5, gt=0)
+    epochs: float = Field(default=7, gt=0)
+    epoch_grid: list[float] = Field(default_factory=lambda: [5, 7, 10, 15, 20])
+    effective_batch_size: int = Field(default=64, gt=0)
+    per_device_batch_size: int = Field(default=1, gt=0)
+    max_length: int = Field(default=2048, gt=8)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine"] = "linear"
+    weight_decay: float = Field(default=0.0, ge=0)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    freeze_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "TrainingConfig":
+        if self.effective_batch_size % self.per_device_batch_size:
+            raise ValueError(
+                f"effective_batch_size ({self.effective_batch_size}) must be a multiple of "
+                f"per_device_batch_size ({self.per_device_batch_size})"
+            )
+        return self
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: a base model, its data, and how each stage runs."""
+
+    name: str
+    seed: int = 0
+    format: str = "tulu"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    notes: str = ""
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        if v not in FORMATS:
+            raise ValueError(f"unknown chat format {v!r}; choose one of {sorted(FORMATS)}")
+        return v
+
+
+def _format_validation_error(path: str, err: ValidationError) -> str:
+    lines = [f"{path}: invalid config ({err.error_count()} problem{'s' if err.error_count() > 1 else ''})"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key (not a config field)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML config; errors name the file, line (YAML syntax) or field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, str(path))
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")

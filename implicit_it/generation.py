@@ -1,0 +1,172 @@
+"""Batched, KV-cached greedy generation with a hook point for logits processors.
+
+Prompts are sorted by length and left-padded, so every row's response starts at the same
+column; a logits processor (e.g. the rule adapter) therefore knows each row's response length
+from ``input_ids.shape[1] - batch.prompt_width``. Processors are built per batch by a factory
+so they can see the batch's prompts (the diversity rule needs the instruction tokens).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from .formats import ChatFormat, encode_prompt, get_format, pad_batch
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """What a logits-processor factory sees: one left-padded batch of prompts."""
+
+    input_ids: torch.Tensor  # (batch, prompt_width), left-padded
+    attention_mask: torch.Tensor
+    prompt_lengths: list[int]
+    indices: list[int]  # positions of these rows in the caller's prompt list
+
+    @property
+    def prompt_width(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+LogitsProcessorFactory = Callable[[PromptBatch], Any]
+
+
+@dataclass
+class GenerationResult:
+    instruction: str
+    output: str
+    token_ids: list[int]
+    stopped: bool  # ended on a stop token (EOS) rather than the token budget
+
+
+@dataclass
+class GenerationStats:
+    n_prompts: int = 0
+    n_new_tokens: int = 0
+    seconds: float = 0.0
+    batches: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_new_tokens / self.seconds if self.seconds else 0.0
+
+
+def _batches(order: list[int], batch_size: int) -> Iterable[list[int]]:
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+@torch.no_grad()
+def generate_ids(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    stop_token_ids: Sequence[int],
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    logits_processor_factory: LogitsProcessorFactory | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[list[int]], list[bool], GenerationStats]:
+    """Greedy-decode each prompt (token ids). Returns new ids (stop token excluded), stop flags, stats.
+
+    Batches are formed from length-sorted prompts to minimise padding; results come back
+    in the caller's order."""
+    from transformers import LogitsProcessorList
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    outputs: list[list[int]] = [[] for _ in prompts]
+    stopped = [False] * len(prompts)
+    stats = GenerationStats(n_prompts=len(prompts))
+    stop_set = set(stop_token_ids)
+    t0 = time.perf_counter()
+    for idx in _batches(order, batch_size):
+        batch = pad_batch([prompts[i] for i in idx], pad_token_id, side="left")
+        pb = PromptBatch(batch["input_ids"], batch["attention_mask"], [len(prompts[i]) for i in idx], idx)
+        processors = LogitsProcessorList()
+        if logits_processor_factory is not None:
+            made = logits_processor_factory(pb)
+            processors.extend(made if isinstance(made, (list, tuple)) else [made])
+        gen = model.generate(
+            input_ids=pb.input_ids.to(device),
+            attention_mask=pb.attention_mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            eos_token_id=list(stop_token_ids),
+            pad_token_id=pad_token_id,
+            logits_processor=processors,
+            # Greedy decoding only: neutralise sampling defaults a checkpoint's generation_config may carry.
+            temperature=None, top_p=None, top_k=None,
+        )
+        new = gen[:, pb.prompt_width:].tolist()
+        for row, i in enumerate(idx):
+            ids = new[row]
+            cut = next((k for k, t in enumerate(ids) if t in stop_set), None)
+            outputs[i] = ids if cut is None else ids[:cut]
+            stopped[i] = cut is not None
+            stats.n_new_tokens += len(outputs[i]) + (1 if cut is not None else 0)
+        stats.batches += 1
+        if progress is not None:
+            progress(len(idx))
+    stats.seconds = time.perf_counter() - t0
+    return outputs, stopped, stats
+
+
+def generate_responses(
+    loaded: Any,
+    instructions: Sequence[str],
+    *,
+    fmt: str | ChatFormat = "tulu",
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    logits_processor_factory: LogitsProcessorFactory | None = None,
+    show_progress: bool = True,
+) -> tuple[list[GenerationResult], GenerationStats]:
+    """Format each instruction, greedy-decode, and decode the response text."""
+    fmt = get_format(fmt)
+    tok = loaded.tokenizer
+    prompts = [encode_prompt(tok, fmt, ins) for ins in instructions]
+    stop_ids = fmt.stop_token_ids(tok)
+    if show_progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False) as bar:
+            task = bar.add_task("gen", total=len(prompts))
+            ids, stopped, stats = generate_ids(
+                loaded.model, prompts, pad_token_id=tok.pad_token_id, stop_token_ids=stop_ids,
+                max_new_tokens=max_new_tokens, batch_size=batch_size,
+                logits_processor_factory=logits_processor_factory, progress=lambda n: bar.advance(task, n),
+            )
+    else:
+        ids, stopped, stats = generate_ids(
+            loaded.model, prompts, pad_token_id=tok.pad_token_id, stop_token_ids=stop_ids,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, logits_processor_factory=logits_processor_factory,
+        )
+    results = [
+        GenerationResult(ins, tok.decode(out, skip_special_tokens=False), out, st)
+        for ins, out, st in zip(instructions, ids, stopped)
+    ]
+    return results, stats
+
+
+def alpaca_eval_records(results: Sequence[GenerationResult], generator: str, datasets: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """AlpacaEval model-output records: ``{"instruction", "output", "generator", "dataset"}``."""
+    return [
+        {"instruction": r.instruction, "output": r.output, "generator": generator,
+         "dataset": (datasets[i] if datasets else "") or "implicit_it"}
+        for i, r in enumerate(results)
+    ]
+
+
+def write_outputs(path: str | Path, records: list[dict[str, Any]]) -> Path:
+    from .io import atomic_write_json
+
+    return atomic_write_json(path, records)

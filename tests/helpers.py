@@ -1,0 +1,25 @@
+"""Assertions shared by the unit and integration tiers."""
+
+from __future__ import annotations
+
+from implicit_it.formats import IGNORE_INDEX, encode_example, encode_prompt, get_format
+
+
+def check_mask_invariants(tok, fmt_name: str, instruction: str, response: str) -> bool:
+    """The properties every encoded example must have; returns whether the boundary merged."""
+    fmt = get_format(fmt_name)
+    ex = encode_example(tok, fmt, instruction, response)
+    prompt_ids = encode_prompt(tok, fmt, instruction)
+    n = ex.n_prompt_tokens
+    # 1. the prompt part is exactly what the generator is given
+    assert ex.input_ids[:n] == prompt_ids
+    # 2. loss only after the prompt, and labels equal the inputs there
+    assert ex.labels[:n] == [IGNORE_INDEX] * n
+    assert ex.labels[n:] == ex.input_ids[n:]
+    # 3. the labelled tokens are the response followed by the end token
+    end_ids = fmt.train_end_token_ids(tok)
+    assert ex.input_ids[-len(end_ids):] == end_ids
+    resp_ids = ex.input_ids[n:-len(end_ids)]
+    assert tok.decode(prompt_ids + resp_ids) == tok.decode(prompt_ids) + response
+    assert not ex.truncated
+    return ex.boundary_merged

@@ -1,0 +1,73 @@
+"""The ``iit`` command line, end to end on a tiny local model."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from implicit_it.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_subcommands():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("generate", "models", "formats", "data", "config"):
+        assert cmd in res.output
+
+
+def test_generate_writes_records_and_manifest(tmp_path, tiny_llama_dir, shared_data):
+    out = tmp_path / "o.json"
+    res = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--instructions", str(shared_data / "lima" / "val_instructions.jsonl"),
+                              "--out", str(out), "--max-new-tokens", "4", "--batch-size", "8", "--limit", "10", "--quiet"])
+    assert res.exit_code == 0, res.output
+    recs = json.loads(out.read_text())
+    assert len(recs) == 10 and recs[0]["instruction"] == "What is Samyang Buldak ramen?"
+    assert recs[0]["generator"] == str(tiny_llama_dir)
+    man = json.loads((tmp_path / "o.manifest.json").read_text())
+    assert man["results"]["n_records"] == 10 and man["model"]["kind"] == "local"
+    assert man["config"]["max_new_tokens"] == 4 and len(man["results"]["per_record"]) == 10
+    assert list(man["data"].values())[0] and man["packages"]["transformers"]
+
+
+def test_generate_bad_input_keeps_existing_output(tmp_path, tiny_llama_dir):
+    out = tmp_path / "o.json"
+    out.write_text("[]")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "ok"}\n{"instruction": \n')
+    res = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--instructions", str(bad), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2
+    assert f"{bad}:2: malformed JSON" in " ".join(res.output.split())
+    assert out.read_text() == "[]"
+
+
+def test_data_validate_and_convert(tmp_path, shared_data):
+    res = runner.invoke(app, ["data", "validate", str(shared_data / "lima" / "train.jsonl")])
+    assert res.exit_code == 0 and "1030 chat examples (30 multi-turn)" in res.output
+    raw = tmp_path / "mbpp_train_rows.jsonl"
+    rows = [json.loads(l) for l in (shared_data / "mbpp" / "mbpp_raw.jsonl").read_text().splitlines()]
+    raw.write_text("".join(json.dumps(r) + "\n" for r in rows if r["task_id"] > 600))
+    out = tmp_path / "mbpp.jsonl"
+    res = runner.invoke(app, ["data", "convert", "mbpp", "--raw", str(raw), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_text() == (shared_data / "mbpp" / "train.jsonl").read_text()
+
+
+def test_config_validate(tmp_path):
+    res = runner.invoke(app, ["config", "validate", "configs/demo.yaml"])
+    assert res.exit_code == 0 and "valid (demo" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel:\n  spec: gemma-3-270m\n  dtpye: float32\n")
+    res = runner.invoke(app, ["config", "validate", str(bad)])
+    assert res.exit_code == 2 and "model.dtpye: unknown key" in res.output
+
+
+def test_models_and_formats():
+    res = runner.invoke(app, ["models"])
+    assert res.exit_code == 0 and "gemma-3-270m" in res.output and "smollm2-135m-instruct" in res.output
+    res = runner.invoke(app, ["models", "./missing-model-dir"])
+    assert res.exit_code == 2 and "model path not found" in res.output
+    res = runner.invoke(app, ["formats", "--instruction", "Hi"])
+    assert res.exit_code == 0 and "<|user|>\\nHi\\n<|assistant|>\\n" in res.output

@@ -1,0 +1,62 @@
+"""Configs: the shipped ones validate; mistakes are errors naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from implicit_it.config import load_config
+from implicit_it.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.name and cfg.training.effective_batch_size % cfg.training.per_device_batch_size == 0
+
+
+def test_paper_hyperparameters():
+    by_name = {p.stem: load_config(p) for p in CONFIGS}
+    assert by_name["llama2-7b"].training.learning_rate == 1e-5
+    assert by_name["olmo-7b"].training.learning_rate == 3e-6
+    for name in ("llama2-7b", "olmo-7b"):
+        t = by_name[name].training
+        assert (t.effective_batch_size, t.max_length, t.bf16, t.epoch_grid) == (64, 2048, True, [5, 7, 10, 15, 20])
+    assert by_name["demo"].model.spec == "gemma-3-270m"
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_names_field(tmp_path):
+    p = _write(tmp_path, "name: x\ntraining:\n  learning_rte: 1.0e-5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert str(p) in str(err.value) and "training.learning_rte: unknown key" in str(err.value)
+
+
+def test_wrong_type_and_value(tmp_path):
+    p = _write(tmp_path, "name: x\ngeneration:\n  batch_size: many\nformat: chatml\n")
+    msg = str(pytest.raises(ConfigError, load_config, p).value)
+    assert "generation.batch_size" in msg and "format" in msg and "2 problems" in msg
+
+
+def test_batch_divisibility(tmp_path):
+    p = _write(tmp_path, "name: x\ntraining:\n  effective_batch_size: 10\n  per_device_batch_size: 4\n")
+    assert "multiple of per_device_batch_size" in str(pytest.raises(ConfigError, load_config, p).value)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    p = _write(tmp_path, "name: x\nmodel:\n  spec: [unclosed\n")
+    assert str(pytest.raises(ConfigError, load_config, p).value).startswith(f"{p}:")
+
+
+def test_missing_name_and_not_mapping(tmp_path):
+    assert "name: Field required" in str(pytest.raises(ConfigError, load_config, _write(tmp_path, "seed: 1\n")).value)
+    assert "must be a YAML mapping" in str(pytest.raises(ConfigError, load_config, _write(tmp_path, "- a\n")).value)
