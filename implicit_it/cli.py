@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -172,17 +171,6 @@ def data_validate(
         _fail(exc)
 
 
-def _read_raw_rows(path: Path) -> list[dict]:
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            return [{k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(fh)]
-    if path.suffix == ".txt":
-        return [{"text": line} for line in path.read_text(encoding="utf-8").split("\n")]
-    from .data import iter_jsonl
-
-    return [obj for _, obj in iter_jsonl(path)]
-
-
 @data_app.command("convert")
 def data_convert(
     source: str = typer.Argument(..., help="lima, gsm, mbpp, poetry, recipes, or chess."),
@@ -191,18 +179,13 @@ def data_convert(
 ) -> None:
     """Convert one of the paper's sources to chat JSONL with the paper's transformation."""
     from .data import write_chat_jsonl
-    from .sources import SOURCES, chess_from_lines
+    from .sources import SOURCES
 
     if source not in SOURCES:
         _fail(ValueError(f"unknown source {source!r}; choose one of {sorted(SOURCES)}"))
     src = SOURCES[source]
     try:
-        if raw is None:
-            examples = src.load()
-        elif source == "chess":
-            examples = chess_from_lines(raw.read_text(encoding="utf-8").split("\n"))
-        else:
-            examples = src.transform(_read_raw_rows(raw))
+        examples = src.load() if raw is None else src.convert_local(raw)
     except (ImplicitItError, OSError, KeyError, ValueError) as exc:
         _fail(exc if not isinstance(exc, KeyError) else ValueError(f"{raw}: rows lack field {exc}"))
     write_chat_jsonl(out, examples)

@@ -75,9 +75,11 @@ def generate_ids(
 ) -> tuple[list[list[int]], list[bool], GenerationStats]:
     """Greedy-decode each prompt (token ids). Returns new ids (stop token excluded), stop flags, stats.
 
+    ``stop_token_ids=()`` decodes exactly ``max_new_tokens`` for every prompt (benchmarks).
+
     Batches are formed from length-sorted prompts to minimise padding; results come back
     in the caller's order."""
-    from transformers import LogitsProcessorList
+    from transformers import GenerationConfig, LogitsProcessorList
 
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
@@ -85,6 +87,12 @@ def generate_ids(
     stopped = [False] * len(prompts)
     stats = GenerationStats(n_prompts=len(prompts))
     stop_set = set(stop_token_ids)
+    # An explicit config, so that sampling defaults or stop ids in a checkpoint's
+    # generation_config cannot change greedy decoding. No stop ids: always decode max_new_tokens.
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=False, num_beams=1, use_cache=True,
+        eos_token_id=list(stop_token_ids), pad_token_id=pad_token_id,  # [] (not None) disables stopping
+    )
     t0 = time.perf_counter()
     for idx in _batches(order, batch_size):
         batch = pad_batch([prompts[i] for i in idx], pad_token_id, side="left")
@@ -96,15 +104,8 @@ def generate_ids(
         gen = model.generate(
             input_ids=pb.input_ids.to(device),
             attention_mask=pb.attention_mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            use_cache=True,
-            eos_token_id=list(stop_token_ids),
-            pad_token_id=pad_token_id,
+            generation_config=config,
             logits_processor=processors,
-            # Greedy decoding only: neutralise sampling defaults a checkpoint's generation_config may carry.
-            temperature=None, top_p=None, top_k=None,
         )
         new = gen[:, pb.prompt_width:].tolist()
         for row, i in enumerate(idx):
@@ -152,7 +153,7 @@ def generate_responses(
         )
     results = [
         GenerationResult(ins, tok.decode(out, skip_special_tokens=False), out, st)
-        for ins, out, st in zip(instructions, ids, stopped)
+        for ins, out, st in zip(instructions, ids, stopped, strict=False)
     ]
     return results, stats
 

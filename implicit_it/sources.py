@@ -9,7 +9,9 @@ The transformations follow the paper's ``data/processed/*/make_*.py`` scripts.
 from __future__ import annotations
 
 import ast
+import csv
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .data import ChatExample, Message
@@ -59,7 +61,7 @@ def poetry_from_rows(rows: Iterable[Mapping[str, Any]], limit: int = PAPER_LIMIT
         if len(out) >= limit:
             break
         title = row.get("poem name")
-        if title is None or (isinstance(title, float)):  # None from HF, NaN from pandas
+        if title is None:
             continue
         out.append(_chat("merve_poetry", f"merve_poetry_{i}", "Write a poem called " + title, row["content"]))
     return out
@@ -117,16 +119,31 @@ class HubSource:
         """Download (or read from the HF cache) and convert. Needs the ``datasets`` package."""
         from datasets import load_dataset  # imported lazily: only hub users need it
 
-        ds = load_dataset(self.hub_id, self.config, split=self.split)
-        if self.name == "chess":
-            examples = chess_from_lines(row["text"] for row in ds)
-        else:
-            examples = self.transform(ds)
+        examples = self.transform(load_dataset(self.hub_id, self.config, split=self.split))
         return examples[:limit] if limit is not None else examples
+
+    def convert_local(self, path: str | Path) -> list[ChatExample]:
+        """The same conversion on a local copy of the hub rows (see :func:`read_rows`)."""
+        return self.transform(read_rows(path))
 
 
 def _chess_rows(rows: Iterable[Mapping[str, Any]]) -> list[ChatExample]:
+    """The hub dataset is one text line a row."""
     return chess_from_lines(r["text"] for r in rows)
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a local copy of a hub dataset: CSV (empty cells -> None, as the hub gives them),
+    ``.txt`` (one ``{"text": line}`` a line, like the chess dump), or JSONL."""
+    from .data import iter_jsonl
+
+    path = Path(path)
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [{k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(fh)]
+    if path.suffix == ".txt":
+        return [{"text": line} for line in path.read_text(encoding="utf-8").split("\n")]
+    return [obj for _, obj in iter_jsonl(path)]
 
 
 SOURCES: dict[str, HubSource] = {

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tests never reach a hub: fail fast instead of hanging on a network call.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("IIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -23,7 +26,7 @@ SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
 def _corpus() -> list[str]:
     lines = []
     path = SHARED_DATA / "lima" / "train.jsonl"
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()[:150]):
+    for _i, line in enumerate(path.read_text(encoding="utf-8").splitlines()[:150]):
         rec = json.loads(line)
         user, assistant = rec["messages"][0]["content"], rec["messages"][1]["content"]
         lines.append(f"<|user|>\n{user[:300]}\n<|assistant|>\n{assistant[:600]}")

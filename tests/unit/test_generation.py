@@ -26,7 +26,7 @@ def test_matches_manual_greedy_loop(tiny_llama_dir):
     """KV-cached generate == argmax over full forward passes, token by token."""
     loaded = load_model(tiny_llama_dir, device="cpu")
     prompt = encode_prompt(loaded.tokenizer, "tulu", "Name a colour.")
-    (fast,), _, _ = generate_ids(loaded.model, [prompt], pad_token_id=0, stop_token_ids=[-1], max_new_tokens=10, batch_size=1)
+    (fast,), _, _ = generate_ids(loaded.model, [prompt], pad_token_id=0, stop_token_ids=(), max_new_tokens=10, batch_size=1)
     ids = list(prompt)
     with torch.no_grad():
         for _ in range(10):
@@ -68,3 +68,15 @@ def test_records_are_alpaca_eval_format(tiny_llama_dir):
     assert [set(r) for r in recs] == [{"instruction", "output", "generator", "dataset"}] * 2
     assert recs[0]["dataset"] == "d1" and recs[1]["dataset"] == "implicit_it"
     json.dumps(recs)
+
+
+def test_no_stop_tokens_decodes_full_budget(tiny_llama_dir):
+    loaded = load_model(tiny_llama_dir, device="cpu")
+    eos = loaded.tokenizer.eos_token_id
+    loaded.model.generation_config.eos_token_id = eos  # a checkpoint default must not sneak back in
+    force_eos = lambda batch: ForceToken(eos, after=2, prompt_width=batch.prompt_width)
+    prompts = [encode_prompt(loaded.tokenizer, "tulu", i) for i in INSTRUCTIONS[:2]]
+    out, stopped, _ = generate_ids(loaded.model, prompts, pad_token_id=0, stop_token_ids=(), max_new_tokens=6,
+                                   logits_processor_factory=force_eos)
+    assert [len(o) for o in out] == [6, 6] and stopped == [False, False]
+    assert out[0][2:] == [eos] * 4

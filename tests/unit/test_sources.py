@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from implicit_it.sources import SOURCES, chess_from_lines, gsm8k_from_rows, lima_from_rows, mbpp_from_rows, poetry_from_rows, recipes_from_rows
+from implicit_it.sources import SOURCES, chess_from_lines, gsm8k_from_rows, lima_from_rows, mbpp_from_rows, recipes_from_rows
 
 
 def test_mbpp_byte_identical_to_paper_output(shared_data):
@@ -15,9 +15,7 @@ def test_mbpp_byte_identical_to_paper_output(shared_data):
 
 
 def test_poetry_matches_paper_output(shared_data):
-    from implicit_it.cli import _read_raw_rows
-
-    examples = poetry_from_rows(_read_raw_rows(shared_data / "poetry" / "poems_kaggle_raw.csv"))
+    examples = SOURCES["poetry"].convert_local(shared_data / "poetry" / "poems_kaggle_raw.csv")
     ref = [json.loads(line) for line in (shared_data / "poetry" / "train.jsonl").read_text().splitlines()]
     assert [e.id for e in examples] == [r["id"] for r in ref]  # untitled rows 354 and 489 skipped
     assert [e.instruction for e in examples] == [r["messages"][0]["content"] for r in ref]
@@ -25,7 +23,7 @@ def test_poetry_matches_paper_output(shared_data):
     assert [norm(e.response) for e in examples] == [norm(r["messages"][1]["content"]) for r in ref]
 
 
-def test_chess_transformation(shared_data):
+def test_chess_transformation(shared_data, tmp_path):
     ref = [json.loads(line) for line in (shared_data / "chess" / "train.jsonl").read_text().splitlines()[:2]]
     lines = ['[Event "Rated"]', '[WhiteElo "1639"]', '[BlackElo "1403"]', "", "1. e4 e6 1-0", "", '[WhiteElo "1654"]', '[BlackElo "1919"]', "1. d4 d5 0-1"]
     ex = chess_from_lines(lines)
@@ -33,6 +31,9 @@ def test_chess_transformation(shared_data):
     assert [e.id for e in ex] == ["pgn-patrickfrank1-4", "pgn-patrickfrank1-8"]
     assert ref[0]["messages"][0]["content"].startswith('[WhiteElo "') and ref[0]["messages"][1]["content"].startswith("1. ")
     assert len(chess_from_lines(lines, limit=1)) == 1
+    dump = tmp_path / "pgn.txt"
+    dump.write_text("\n".join(lines))
+    assert SOURCES["chess"].convert_local(dump) == ex
 
 
 def test_recipes_transformation_keeps_three_newlines(shared_data):
