@@ -23,9 +23,9 @@ SHARED_DATA = Path(os.environ.get("IIT_SHARED_DATA", REPO.parent / "shared" / "d
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
-def _corpus() -> list[str]:
+def _corpus(data: Path) -> list[str]:
     lines = []
-    path = SHARED_DATA / "lima" / "train.jsonl"
+    path = data / "lima" / "train.jsonl"
     for _i, line in enumerate(path.read_text(encoding="utf-8").splitlines()[:150]):
         rec = json.loads(line)
         user, assistant = rec["messages"][0]["content"], rec["messages"][1]["content"]
@@ -54,7 +54,7 @@ TINY_CHAT_TEMPLATE = (
 
 
 @pytest.fixture(scope="session")
-def bytelevel_tokenizer():
+def bytelevel_tokenizer(shared_data):
     """GPT-2-style byte-level BPE (like SmolLM2/OLMo), with a chat template for ``native``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -62,12 +62,12 @@ def bytelevel_tokenizer():
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(_corpus(), trainer)
+    tk.train_from_iterator(_corpus(shared_data), trainer)
     return _wrap(tk, TINY_CHAT_TEMPLATE)
 
 
 @pytest.fixture(scope="session")
-def merging_tokenizer():
+def merging_tokenizer(shared_data):
     """SentencePiece-style BPE (``▁`` spaces, dummy prefix, like Llama/Gemma) with no
     pre-splitting, so merges cross the prompt/response boundary (e.g. ``\\nThe``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -78,7 +78,7 @@ def merging_tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=SPECIAL, initial_alphabet=ASCII_ALPHABET + ["▁"], max_token_length=16)
     # Frequent tag+first-word strings make BPE learn tokens such as "|>\nThe" that straddle the boundary.
     boundary_bait = ["<|assistant|>\nThe", "<|assistant|>\nI ", "<|B|>\nThe", "<|assistant|>\nHere"] * 200
-    tk.train_from_iterator(_corpus() + boundary_bait, trainer)
+    tk.train_from_iterator(_corpus(shared_data) + boundary_bait, trainer)
     return _wrap(tk)
 
 
