@@ -63,35 +63,52 @@ def generate(
     generator: Optional[str] = typer.Option(None, "--generator", help="Name written in each record (default: the model spec)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
+    rules: Optional[str] = typer.Option(
+        None, "--rules", help="Combine the model with the paper's rule adapter: 'all' (= eos,uniform,diversity), "
+        "or any subset of eos,uniform,diversity,start. Off by default."),
+    rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants (see configs/rules/paper.yaml)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Greedy-decode responses for a file of instructions (batched, KV-cached)."""
+    """Greedy-decode responses for a file of instructions (batched, KV-cached), optionally with the rule adapter."""
     from .data import read_instructions
     from .formats import get_format
     from .generation import alpaca_eval_records, generate_responses, write_outputs
     from .manifest import build_manifest, write_manifest
     from .models import load_model
 
+    from .rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
+
     try:
         chat_format = get_format(fmt)
         items = read_instructions(instructions, limit=limit)
+        rule_cfg = None
+        if rules is not None or rules_config is not None:
+            rule_cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
+            if rules is not None:
+                rule_cfg = rule_cfg.with_rules(parse_rules(rules))
         t0 = time.perf_counter()
         loaded = load_model(model, dtype=dtype, device=device)
         load_s = time.perf_counter() - t0
+        adapter = RuleAdapter(loaded.tokenizer, rule_cfg) if rule_cfg is not None and rule_cfg.rules else None
+        if adapter is not None and not quiet:
+            console.print("rule tokens:\n  " + "\n  ".join(adapter.report()), highlight=False)
         results, stats = generate_responses(
             loaded, [it.instruction for it in items], fmt=chat_format, max_new_tokens=max_new_tokens,
             batch_size=batch_size, show_progress=not quiet,
+            logits_processor_factory=adapter.logits_processor if adapter is not None else None,
         )
     except (ImplicitItError, ValueError) as exc:
         _fail(exc)
-    name = generator or model
+    name = generator or (f"{model}+rules({','.join(adapter.rules)})" if adapter is not None else model)
     records = alpaca_eval_records(results, name, [it.dataset for it in items])
     write_outputs(out, records)
     n_stopped = sum(r.stopped for r in results)
     write_manifest(out, build_manifest(
         command=" ".join(["iit"] + sys.argv[1:]),
         config={"model": model, "format": chat_format.name, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                "instructions": str(instructions), "limit": limit, "generator": name, "decoding": "greedy"},
+                "instructions": str(instructions), "limit": limit, "generator": name, "decoding": "greedy",
+                "rules": rule_cfg.model_dump(mode="json") if adapter is not None else None,
+                "rule_tokens": [vars(r) for r in adapter.resolved] if adapter is not None else None},
         seed=None, model=loaded.describe(), data_files=[instructions],
         results={"n_records": len(records), "n_ended_with_eos": n_stopped, "new_tokens": stats.n_new_tokens,
                  "tokens_per_second": round(stats.tokens_per_second, 2),
@@ -147,6 +164,31 @@ def formats(
                 out.print(encode_prompt(tok, f, instruction), highlight=False)
         except ValueError as exc:
             out.print(f"[dim]{exc}[/]")
+
+
+@app.command("rules")
+def rules_cmd(
+    model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Resolve the rule strings with this model's tokenizer."),
+    rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants."),
+) -> None:
+    """Show the rule adapter's constants and which token ids its strings map to for a tokenizer."""
+    from .models import load_tokenizer
+    from .rules import RuleAdapter, RuleConfig, load_rule_config
+
+    try:
+        cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
+        adapter = RuleAdapter(load_tokenizer(model), cfg)
+    except ImplicitItError as exc:
+        _fail(exc)
+    out = Console()
+    out.print(f"rules on by default: {', '.join(cfg.rules)}; diversity -{cfg.diversity_penalty:g} per distinct id "
+              f"(scope: {cfg.diversity_scope}); EOS +{cfg.eos_slope:g} x response length for 0 < length < "
+              f"{cfg.eos_max_length} (after: {cfg.eos_after_max})", highlight=False)
+    for line in adapter.report():
+        out.print("  " + line, highlight=False)
+    missing = [r.text for r in adapter.resolved if r.token_id is None]
+    if missing:
+        out.print(f"[yellow]no single-token match (skipped): {missing}[/]")
 
 
 @data_app.command("validate")

@@ -95,6 +95,25 @@ def encode_prompt(tokenizer: Any, fmt: str | ChatFormat, instruction: str) -> li
     return list(tokenizer(fmt.prompt_text(instruction, tokenizer), add_special_tokens=True)["input_ids"])
 
 
+_SENTINEL = "INSTRUCTIONSENTINEL7F3A"
+
+
+def instruction_offset(tokenizer: Any, fmt: str | ChatFormat, instruction: str) -> int:
+    """Number of prompt tokens before the instruction's first token (BOS and user tag).
+
+    The paper's diversity rule penalises tokens from the instruction onwards; this finds that
+    point in the token ids for any format. If the tokenizer merges the tag's last characters
+    with the instruction, the merged token counts as the instruction's first."""
+    fmt = get_format(fmt)
+    text = fmt.prompt_text(_SENTINEL, tokenizer)
+    prefix = text[: text.index(_SENTINEL)] if _SENTINEL in text else text
+    ids = encode_prompt(tokenizer, fmt, instruction)
+    pre = list(tokenizer(prefix, add_special_tokens=True)["input_ids"])
+    while pre and ids[: len(pre)] != pre:
+        pre = pre[:-1]
+    return len(pre)
+
+
 @dataclass(frozen=True)
 class EncodedExample:
     input_ids: list[int]

@@ -8,14 +8,15 @@ so they can see the batch's prompts (the diversity rule needs the instruction to
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .formats import ChatFormat, encode_prompt, get_format, pad_batch
+from .formats import ChatFormat, encode_prompt, get_format, instruction_offset, pad_batch
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,17 @@ class PromptBatch:
     attention_mask: torch.Tensor
     prompt_lengths: list[int]
     indices: list[int]  # positions of these rows in the caller's prompt list
+    instruction_offsets: list[int] | None = None  # per row, prompt tokens before the instruction
+
+    @property
+    def pad_lengths(self) -> list[int]:
+        return [self.prompt_width - n for n in self.prompt_lengths]
+
+    def instruction_starts(self) -> list[int]:
+        """Column where each row's instruction starts in the padded batch."""
+        if self.instruction_offsets is None:
+            raise ValueError("this batch carries no instruction offsets (pass instruction_offsets to generate_ids)")
+        return [pad + off for pad, off in zip(self.pad_lengths, self.instruction_offsets, strict=True)]
 
     @property
     def prompt_width(self) -> int:
@@ -72,6 +84,7 @@ def generate_ids(
     batch_size: int = 8,
     logits_processor_factory: LogitsProcessorFactory | None = None,
     progress: Callable[[int], None] | None = None,
+    instruction_offsets: Sequence[int] | None = None,
 ) -> tuple[list[list[int]], list[bool], GenerationStats]:
     """Greedy-decode each prompt (token ids). Returns new ids (stop token excluded), stop flags, stats.
 
@@ -96,7 +109,8 @@ def generate_ids(
     t0 = time.perf_counter()
     for idx in _batches(order, batch_size):
         batch = pad_batch([prompts[i] for i in idx], pad_token_id, side="left")
-        pb = PromptBatch(batch["input_ids"], batch["attention_mask"], [len(prompts[i]) for i in idx], idx)
+        offsets = [instruction_offsets[i] for i in idx] if instruction_offsets is not None else None
+        pb = PromptBatch(batch["input_ids"], batch["attention_mask"], [len(prompts[i]) for i in idx], idx, offsets)
         processors = LogitsProcessorList()
         if logits_processor_factory is not None:
             made = logits_processor_factory(pb)
@@ -135,27 +149,32 @@ def generate_responses(
     fmt = get_format(fmt)
     tok = loaded.tokenizer
     prompts = [encode_prompt(tok, fmt, ins) for ins in instructions]
+    offsets = [instruction_offset(tok, fmt, ins) for ins in instructions]
     stop_ids = fmt.stop_token_ids(tok)
-    if show_progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False) as bar:
-            task = bar.add_task("gen", total=len(prompts))
-            ids, stopped, stats = generate_ids(
-                loaded.model, prompts, pad_token_id=tok.pad_token_id, stop_token_ids=stop_ids,
-                max_new_tokens=max_new_tokens, batch_size=batch_size,
-                logits_processor_factory=logits_processor_factory, progress=lambda n: bar.advance(task, n),
-            )
-    else:
+    with _progress_bar(len(prompts), show_progress) as advance:
         ids, stopped, stats = generate_ids(
             loaded.model, prompts, pad_token_id=tok.pad_token_id, stop_token_ids=stop_ids,
             max_new_tokens=max_new_tokens, batch_size=batch_size, logits_processor_factory=logits_processor_factory,
+            progress=advance, instruction_offsets=offsets,
         )
     results = [
         GenerationResult(ins, tok.decode(out, skip_special_tokens=False), out, st)
         for ins, out, st in zip(instructions, ids, stopped, strict=False)
     ]
     return results, stats
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar over prompts; yields its ``advance`` callback (None when disabled)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task("gen", total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def alpaca_eval_records(results: Sequence[GenerationResult], generator: str, datasets: Sequence[str] | None = None) -> list[dict[str, str]]:

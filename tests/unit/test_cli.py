@@ -71,3 +71,19 @@ def test_models_and_formats():
     assert res.exit_code == 2 and "model path not found" in res.output
     res = runner.invoke(app, ["formats", "--instruction", "Hi"])
     assert res.exit_code == 0 and "<|user|>\\nHi\\n<|assistant|>\\n" in res.output
+
+
+def test_generate_with_rules_and_rules_command(tmp_path, tiny_llama_dir, shared_data):
+    out = tmp_path / "r.json"
+    res = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--instructions", str(shared_data / "lima" / "val_instructions.jsonl"),
+                              "--out", str(out), "--max-new-tokens", "6", "--limit", "3", "--rules", "eos,uniform", "--quiet"])
+    assert res.exit_code == 0, res.output
+    recs = json.loads(out.read_text())
+    assert recs[0]["generator"] == f"{tiny_llama_dir}+rules(eos,uniform)"
+    man = json.loads((tmp_path / "r.manifest.json").read_text())
+    assert man["config"]["rules"]["rules"] == ["eos", "uniform"] and len(man["config"]["rule_tokens"]) == 15
+    res = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--instructions", str(shared_data / "lima" / "val_instructions.jsonl"),
+                              "--out", str(out), "--rules", "eos,length", "--quiet"])
+    assert res.exit_code == 2 and "unknown rule" in res.output
+    res = runner.invoke(app, ["rules", "--model", str(tiny_llama_dir)])
+    assert res.exit_code == 0 and "' should'" in res.output and "diversity -1.5" in res.output
