@@ -75,7 +75,6 @@ def generate(
     from .generation import alpaca_eval_records, generate_responses, write_outputs
     from .manifest import build_manifest, write_manifest
     from .models import load_model
-
     from .rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
 
     try:

@@ -22,7 +22,7 @@ N_PROMPTS, N_TOKENS = 8, 64
 
 
 def naive_rule_scores(ids: list[int], n_prompt: int, ins_start: int, adapter: RuleAdapter, rules: set[str]) -> torch.Tensor:
-    cfg, r = adapter.config, torch.zeros(adapter.vocab_size)
+    r = torch.zeros(adapter.vocab_size)
     n = len(ids) - n_prompt  # response tokens generated so far
     if "uniform" in rules:
         for item in adapter.resolved:
