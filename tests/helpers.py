@@ -23,3 +23,12 @@ def check_mask_invariants(tok, fmt_name: str, instruction: str, response: str) -
     assert tok.decode(prompt_ids + resp_ids) == tok.decode(prompt_ids) + response
     assert not ex.truncated
     return ex.boundary_merged
+
+
+def assert_resolved_ids_spell_their_strings(tok, adapter) -> None:
+    """Each rule string resolved to an id must be that text mid-sequence (after a newline)."""
+    anchor = tok("\n", add_special_tokens=False)["input_ids"]
+    resolved = [r for r in adapter.resolved if r.token_id is not None]
+    assert resolved, "no rule string resolved at all"
+    for r in resolved:
+        assert tok.decode(anchor + [r.token_id]) == "\n" + r.text, (r.text, r.token)

@@ -19,7 +19,7 @@ from implicit_it.formats import encode_example
 from implicit_it.generation import generate_responses
 from implicit_it.hooking import nnsight_model, transformer_bridge
 from implicit_it.models import _gguf_cache_dir, load_model, load_tokenizer, resolve_model_spec
-from tests.helpers import check_mask_invariants
+from tests.helpers import assert_resolved_ids_spell_their_strings, check_mask_invariants
 
 pytestmark = pytest.mark.real_model
 
@@ -110,3 +110,14 @@ def test_cli_generate_56_val_records(tmp_path, real_gemma, shared_data):
     assert len(recs) == 56 and all(r["output"] for r in recs)
     man = json.loads((tmp_path / "o.manifest.json").read_text())
     assert "Q4_K_M GGUF, dequantized" in man["model"]["display_name"]
+
+
+@pytest.mark.parametrize("model", ["gemma-3-270m", "smollm2-135m-instruct"])
+def test_paper_rule_strings_resolve_on_real_tokenizers(model):
+    from implicit_it.rules import RuleAdapter
+
+    tok = _tokenizer(model)
+    adapter = RuleAdapter(tok)
+    assert all(r.token_id is not None for r in adapter.resolved)  # all 15 are single tokens in both vocabularies
+    assert_resolved_ids_spell_their_strings(tok, adapter)
+    assert adapter.eos_token_id == tok.eos_token_id

@@ -19,6 +19,7 @@ from implicit_it.rules import (
     rule_logit_delta,
     single_token_id,
 )
+from tests.helpers import assert_resolved_ids_spell_their_strings
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +48,17 @@ def test_paper_constants():
     assert cfg.eos_slope * cfg.eos_max_length == pytest.approx(15.0)
 
 
-def test_resolution_by_string(tok):
-    nl = single_token_id(tok, "\n")
-    assert nl is not None and tok.decode([nl]) == "\n"
+@pytest.mark.parametrize("tokenizer_fixture", ["bytelevel_tokenizer", "merging_tokenizer"])
+def test_resolution_by_string(request, tokenizer_fixture):
+    """Byte-level BPE (GPT-2/OLMo/SmolLM2 style) and SentencePiece-style with "▁" (Llama/Gemma style)."""
+    tok = request.getfixturevalue(tokenizer_fixture)
     ad = RuleAdapter(tok)
-    for r in ad.resolved:
-        if r.token_id is not None:
-            assert tok.decode([r.token_id]) == r.text  # resolved id really is that string
+    assert_resolved_ids_spell_their_strings(tok, ad)
     report = ad.report()
     assert sum("no single-token match" in line for line in report) == sum(r.token_id is None for r in ad.resolved)
     assert single_token_id(tok, "zqxjv zqxjv") is None  # several tokens: no single-token match
+    nl = single_token_id(tok, "\n")
+    assert nl is not None and ad.uniform_vector[nl] == 1
 
 
 def _row(tok, instruction="List fruits", response_ids=()):
