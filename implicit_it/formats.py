@@ -124,7 +124,7 @@ class EncodedExample:
 
     @property
     def response_token_ids(self) -> list[int]:
-        return [t for t, lab in zip(self.input_ids, self.labels, strict=False) if lab != IGNORE_INDEX]
+        return [t for t, lab in zip(self.input_ids, self.labels, strict=True) if lab != IGNORE_INDEX]
 
 
 def _continuation_ids(tokenizer: Any, text: str) -> list[int]:

@@ -159,7 +159,7 @@ def generate_responses(
         )
     results = [
         GenerationResult(ins, tok.decode(out, skip_special_tokens=False), out, st)
-        for ins, out, st in zip(instructions, ids, stopped, strict=False)
+        for ins, out, st in zip(instructions, ids, stopped, strict=True)
     ]
     return results, stats
 

@@ -35,7 +35,7 @@ def test_gguf_dequantized_once_and_cached(real_gemma):
     assert json.loads((cache / "config.json").read_text())["architectures"] == ["Gemma3ForCausalLM"]
     again = load_model("gemma-3-270m", device="cpu", use_process_cache=False)
     assert again.loaded_from == "gguf-cache"
-    for (name, a), b in zip(real_gemma.model.state_dict().items(), again.model.state_dict().values(), strict=False):
+    for (name, a), b in zip(real_gemma.model.state_dict().items(), again.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert real_gemma.model.config.num_hidden_layers == 18 and real_gemma.dtype == torch.float32
 
@@ -59,7 +59,7 @@ def test_batched_greedy_equals_batch_one(real_gemma, shared_data):
     instructions = [i.instruction for i in read_instructions(shared_data / "lima" / "val_instructions.jsonl")][:12]
     batched, _ = generate_responses(real_gemma, instructions, max_new_tokens=32, batch_size=6, show_progress=False)
     single, _ = generate_responses(real_gemma, instructions, max_new_tokens=32, batch_size=1, show_progress=False)
-    mismatched = [i for i, (a, b) in enumerate(zip(batched, single, strict=False)) if a.token_ids != b.token_ids]
+    mismatched = [i for i, (a, b) in enumerate(zip(batched, single, strict=True)) if a.token_ids != b.token_ids]
     assert mismatched == []
 
 
