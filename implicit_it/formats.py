@@ -98,7 +98,7 @@ def encode_prompt(tokenizer: Any, fmt: str | ChatFormat, instruction: str) -> li
 _SENTINEL = "INSTRUCTIONSENTINEL7F3A"
 
 
-def instruction_offset(tokenizer: Any, fmt: str | ChatFormat, instruction: str) -> int:
+def instruction_offset(tokenizer: Any, fmt: str | ChatFormat, instruction: str, prompt_ids: Sequence[int] | None = None) -> int:
     """Number of prompt tokens before the instruction's first token (BOS and user tag).
 
     The paper's diversity rule penalises tokens from the instruction onwards; this finds that
@@ -107,7 +107,7 @@ def instruction_offset(tokenizer: Any, fmt: str | ChatFormat, instruction: str) 
     fmt = get_format(fmt)
     text = fmt.prompt_text(_SENTINEL, tokenizer)
     prefix = text[: text.index(_SENTINEL)] if _SENTINEL in text else text
-    ids = encode_prompt(tokenizer, fmt, instruction)
+    ids = list(prompt_ids) if prompt_ids is not None else encode_prompt(tokenizer, fmt, instruction)
     pre = list(tokenizer(prefix, add_special_tokens=True)["input_ids"])
     while pre and ids[: len(pre)] != pre:
         pre = pre[:-1]

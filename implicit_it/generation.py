@@ -149,7 +149,7 @@ def generate_responses(
     fmt = get_format(fmt)
     tok = loaded.tokenizer
     prompts = [encode_prompt(tok, fmt, ins) for ins in instructions]
-    offsets = [instruction_offset(tok, fmt, ins) for ins in instructions]
+    offsets = [instruction_offset(tok, fmt, ins, ids) for ins, ids in zip(instructions, prompts, strict=True)]
     stop_ids = fmt.stop_token_ids(tok)
     with _progress_bar(len(prompts), show_progress) as advance:
         ids, stopped, stats = generate_ids(
