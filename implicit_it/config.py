@@ -137,6 +137,3 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
     return parse_config(data, str(path))
 
-
-def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json")

@@ -122,10 +122,6 @@ class EncodedExample:
     boundary_merged: bool  # True when the tokenizer merged across the prompt/response boundary
     truncated: bool
 
-    @property
-    def response_token_ids(self) -> list[int]:
-        return [t for t, lab in zip(self.input_ids, self.labels, strict=True) if lab != IGNORE_INDEX]
-
 
 def _continuation_ids(tokenizer: Any, text: str) -> list[int]:
     """Ids of ``text`` as it is tokenized mid-sequence (without a dummy-prefix space).

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -239,7 +239,6 @@ class LoadedModel:
     source: ModelSource
     load_seconds: float = 0.0
     loaded_from: str = ""  # "gguf-dequantize", "gguf-cache", "hf"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:

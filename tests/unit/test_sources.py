@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from implicit_it.sources import SOURCES, chess_from_lines, gsm8k_from_rows, lima_from_rows, mbpp_from_rows, recipes_from_rows
 
 
@@ -57,3 +59,12 @@ def test_registry_names_hub_ids():
     assert SOURCES["gsm"].hub_id == "openai/gsm8k" and SOURCES["gsm"].config == "main"
     assert SOURCES["recipes"].hub_id == "Hieu-Pham/kaggle_food_recipes"
     assert set(SOURCES) == {"lima", "gsm", "mbpp", "poetry", "recipes", "chess"}
+
+
+def test_load_chat_source_path_and_hub_names(shared_data):
+    from implicit_it.sources import load_chat_source
+
+    ex = load_chat_source(str(shared_data / "lima" / "train.jsonl"), limit=5, single_turn_only=True)
+    assert len(ex) == 5 and all(e.is_single_turn for e in ex)
+    with pytest.raises(ValueError, match="unknown hub source 'alpaca'"):
+        load_chat_source("hub:alpaca")
