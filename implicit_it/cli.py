@@ -122,6 +122,75 @@ def generate(
     )
 
 
+def _load_experiment(config: Path, variant: Optional[str]):
+    from .config import load_config
+    from .training import config_variants, parse_variant
+
+    cfg = load_config(config)
+    return cfg, (parse_variant(variant, cfg) if variant else config_variants(cfg))
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML (see configs/)."),
+    variant: Optional[str] = typer.Option(
+        None, "--variant", "-V", help="instruction, response, single_task[:SOURCE] (default: every variant in the config)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default runs/<name>/<variant>; "
+                                       "with several variants, one subdirectory each)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an unfinished run from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an earlier run in the output directory first."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Finetune the config's base model into one variant (or each); writes an HF model directory + train_manifest.json + loss.png.
+
+    Runs on one process as is, or on several GPUs unchanged under
+    `accelerate launch --config_file configs/accelerate/fsdp.yaml -m implicit_it train ...`."""
+    from .training import train_variant
+
+    try:
+        cfg, variants = _load_experiment(config, variant)
+        for v in variants:
+            target = (out / v.name if len(variants) > 1 else out) if out is not None else None
+            res = train_variant(cfg, v, out_dir=target, seed=seed, resume=resume, overwrite=overwrite, show_progress=not quiet)
+            if not res.manifest:  # not the main process
+                continue
+            r = res.results
+            held = f", held-out NLL {r['heldout_nll']:.4f}" if "heldout_nll" in r else ""
+            console.print(f"{v.name}: {r['data']['n_train_examples']} examples, {r['optimizer_steps']} steps, final loss "
+                          f"{r['final_loss']:.4f}{held}, {r['tokens_per_second']:.1f} tok/s, train "
+                          f"{res.manifest['timings_seconds']['train']:.0f}s -> {res.out_dir}", highlight=False)
+    except (ImplicitItError, ValueError, OSError) as exc:
+        _fail(exc)
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML; needs data.heldout_examples > 0."),
+    variant: str = typer.Option(..., "--variant", "-V", help="instruction, response or single_task:SOURCE."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Comma-separated epoch counts (default: training.epoch_grid)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep directory (default runs/<name>/<variant>-sweep)."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse finished grid points and continue an unfinished one."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train the epoch grid and select the epoch count by held-out response NLL (no judge needed)."""
+    from .training import run_sweep
+
+    try:
+        cfg, variants = _load_experiment(config, variant)
+        if len(variants) != 1:
+            raise ValueError("sweep one variant at a time (e.g. single_task:gsm)")
+        epochs = [float(x) for x in grid.split(",")] if grid else None
+        summary = run_sweep(cfg, variants[0], out_dir=out, grid=epochs, seed=seed, resume=resume, show_progress=not quiet)
+    except (ImplicitItError, ValueError, OSError) as exc:
+        _fail(exc)
+    if summary:
+        for p in summary["points"]:
+            mark = "  <- selected" if p["epochs"] == summary["selected_epochs"] else ""
+            console.print(f"epochs {p['epochs']:g}: {summary['metric']} {p.get(summary['metric'], float('nan')):.4f}{mark}", highlight=False)
+
+
 @app.command()
 def models(spec: Optional[str] = typer.Argument(None, help="Resolve this SPEC (nothing is loaded).")) -> None:
     """List the embedded models, or show how a SPEC resolves."""

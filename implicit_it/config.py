@@ -38,6 +38,9 @@ class DataConfig(_Strict):
     single_task: dict[str, str] = Field(default_factory=dict)  # e.g. {gsm: ../shared/data/gsm8k/train_1k.jsonl}
     max_train_examples: int | None = Field(default=None, gt=0)
     max_eval_instructions: int | None = Field(default=None, gt=0)
+    # The last N single-turn examples of ``train`` are held out of every variant's training data
+    # and scored by held-out response NLL (the judge-free metric ``iit sweep`` selects epochs by).
+    heldout_examples: int = Field(default=0, ge=0)
 
 
 class GenerationConfig(_Strict):
@@ -61,6 +64,7 @@ class TrainingConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)  # used when method == "lora"
     learning_rate: float = Field(default=1e-5, gt=0)
     epochs: float = Field(default=7, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)  # stop after N optimizer steps (smoke runs, benchmarks); overrides epochs
     epoch_grid: list[float] = Field(default_factory=lambda: [5, 7, 10, 15, 20])
     effective_batch_size: int = Field(default=64, gt=0)
     per_device_batch_size: int = Field(default=1, gt=0)
@@ -70,7 +74,16 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     bf16: bool = False
     gradient_checkpointing: bool = False
-    freeze_embeddings: bool = False
+    freeze_embeddings: bool = False  # tied models (Gemma): this also freezes the LM head
+    # Examples longer than max_length: "truncate" cuts the response (the paper, at 2048 tokens);
+    # "drop" skips them, so that every kept example teaches where the response ends (EOS).
+    overlong: Literal["truncate", "drop"] = "truncate"
+    group_by_length: bool = False  # batch similar lengths together: less padding, same examples
+    save_steps: int = Field(default=50, gt=0)  # checkpoint every N optimizer steps (for --resume)
+    keep_checkpoints: bool = False  # checkpoints hold optimizer state (3x the model); removed after success
+    merge_lora: bool = True  # method lora: also save the merged model, so analyses load one directory
+    eval_batch_size: int = Field(default=8, gt=0)  # held-out NLL scoring
+    sweep_metric: Literal["heldout_nll"] = "heldout_nll"
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainingConfig":

@@ -404,7 +404,9 @@ def load_model(
     from transformers import AutoTokenizer
 
     tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=local_only))
-    if device_map is None:
+    # Under FSDP's RAM-efficient loading, processes other than rank 0 get meta tensors that
+    # accelerate fills later; those must not be moved.
+    if device_map is None and not any(p.is_meta for p in model.parameters()):
         model.to(dev)
     model.eval()
     _set_architecture(model, source)

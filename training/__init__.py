@@ -1,5 +1,28 @@
 """``implicit_it.training``: the paper's variants (instruction, response, single-task tuning).
 
 Built on the core's masked encoding (:func:`implicit_it.formats.encode_example`): loss on
-response + EOS only, with the prompt exactly as the generator will later see it.
+response + EOS only, with the prompt exactly as the generator will later see it. Training runs
+on HF ``Trainer``, so ``accelerate launch`` (DDP, FSDP, DeepSpeed ZeRO-3) distributes it.
 """
+
+from .engine import TrainResult, check_out_dir, default_out_dir, gradient_accumulation_steps, train_variant
+from .sweep import SweepPoint, run_sweep, select_best
+from .validation import METRIC_DIRECTIONS, heldout_response_nll
+from .variants import (
+    EncodedDataset,
+    MaskedLMCollator,
+    Variant,
+    VariantData,
+    build_variant_data,
+    config_variants,
+    parse_variant,
+    split_heldout,
+)
+
+__all__ = [
+    "TrainResult", "check_out_dir", "default_out_dir", "gradient_accumulation_steps", "train_variant",
+    "SweepPoint", "run_sweep", "select_best",
+    "METRIC_DIRECTIONS", "heldout_response_nll",
+    "EncodedDataset", "MaskedLMCollator", "Variant", "VariantData", "build_variant_data", "config_variants",
+    "parse_variant", "split_heldout",
+]

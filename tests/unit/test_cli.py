@@ -14,7 +14,7 @@ runner = CliRunner()
 def test_help_lists_subcommands():
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0
-    for cmd in ("generate", "models", "formats", "data", "config"):
+    for cmd in ("generate", "train", "sweep", "models", "formats", "data", "config"):
         assert cmd in res.output
 
 
@@ -87,3 +87,39 @@ def test_generate_with_rules_and_rules_command(tmp_path, tiny_llama_dir, shared_
     assert res.exit_code == 2 and "unknown rule" in res.output
     res = runner.invoke(app, ["rules", "--model", str(tiny_llama_dir)])
     assert res.exit_code == 0 and "' should'" in res.output and "diversity -1.5" in res.output
+
+
+def _tiny_experiment(tmp_path, tiny_llama_dir, shared_data):
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny", "model": {"spec": str(tiny_llama_dir)},
+        "data": {"train": str(shared_data / "lima" / "train.jsonl"), "max_train_examples": 4, "heldout_examples": 2},
+        "training": {"variants": ["response"], "learning_rate": 1e-3, "epochs": 1, "epoch_grid": [1, 2],
+                     "effective_batch_size": 2, "per_device_batch_size": 2, "max_length": 160},
+    }))
+    return path
+
+
+def test_train_and_sweep_commands(tmp_path, tiny_llama_dir, shared_data):
+    cfg = _tiny_experiment(tmp_path, tiny_llama_dir, shared_data)
+    out = tmp_path / "resp"
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(out), "--seed", "7", "-q"])
+    assert res.exit_code == 0, res.output
+    man = json.loads((out / "train_manifest.json").read_text())
+    assert man["seed"] == 7 and man["results"]["variant"] == "response" and man["results"]["optimizer_steps"] == 2
+    again = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(out), "-q"])
+    assert again.exit_code == 2 and "--overwrite" in again.output  # a finished run is never silently replaced
+    res = runner.invoke(app, ["sweep", "--config", str(cfg), "--variant", "response", "--out", str(tmp_path / "sw"), "-q"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert summary["selected_epochs"] in (1, 2) and "selected" in res.output
+
+
+def test_train_rejects_bad_variant_and_config(tmp_path, tiny_llama_dir, shared_data):
+    cfg = _tiny_experiment(tmp_path, tiny_llama_dir, shared_data)
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--variant", "responses"])
+    assert res.exit_code == 2 and "unknown variant" in res.output
+    res = runner.invoke(app, ["train", "--config", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "config file not found" in res.output

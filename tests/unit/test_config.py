@@ -26,6 +26,16 @@ def test_paper_hyperparameters():
         t = by_name[name].training
         assert (t.effective_batch_size, t.max_length, t.bf16, t.epoch_grid) == (64, 2048, True, [5, 7, 10, 15, 20])
     assert by_name["demo"].model.spec == "gemma-3-270m"
+    paper_gemma = by_name["gemma3-270m-paper"].training
+    assert (paper_gemma.effective_batch_size, paper_gemma.max_length, paper_gemma.bf16) == (64, 2048, True)
+    for cfg in by_name.values():  # every shipped config can be swept (held-out split present)
+        assert cfg.data.heldout_examples > 0
+
+
+def test_training_options_are_validated(tmp_path):
+    p = _write(tmp_path, "name: x\ntraining:\n  overlong: chop\n  save_steps: 0\n  max_steps: -1\n")
+    msg = str(pytest.raises(ConfigError, load_config, p).value)
+    assert "training.overlong" in msg and "training.save_steps" in msg and "training.max_steps" in msg
 
 
 def _write(tmp_path, text):

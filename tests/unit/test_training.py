@@ -1,0 +1,286 @@
+"""Training variants, the Trainer engine, resume, LoRA merge and epoch selection, on tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from implicit_it.config import parse_config
+from implicit_it.formats import IGNORE_INDEX, encode_prompt
+from implicit_it.models import load_model
+from implicit_it.training import (
+    MaskedLMCollator,
+    SweepPoint,
+    Variant,
+    build_variant_data,
+    check_out_dir,
+    gradient_accumulation_steps,
+    heldout_response_nll,
+    parse_variant,
+    run_sweep,
+    select_best,
+    split_heldout,
+    train_variant,
+)
+
+
+@pytest.fixture
+def make_config(tiny_llama_dir, shared_data):
+    """A tiny, fast experiment: 8 LIMA examples, 2 optimizer steps an epoch."""
+
+    def make(data=None, **training):
+        t = dict(variants=["instruction", "response", "single_task"], single_task_sources=["gsm"], learning_rate=1e-3,
+                 epochs=2, effective_batch_size=4, per_device_batch_size=2, max_length=96, warmup_ratio=0.0, save_steps=1)
+        t.update(training)
+        d = {"train": str(shared_data / "lima" / "train.jsonl"), "max_train_examples": 8, "heldout_examples": 4,
+             "single_task": {"gsm": str(shared_data / "gsm8k" / "train_1k.jsonl")}}
+        d.update(data or {})
+        return parse_config({"name": "tiny", "seed": 3, "model": {"spec": str(tiny_llama_dir)}, "data": d, "training": t})
+
+    return make
+
+
+def _param_snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# --- variants and data -------------------------------------------------------------------------
+
+def test_parse_variant(make_config):
+    cfg = make_config(single_task_sources=["gsm", "mbpp"])
+    assert parse_variant("response") == [Variant("response")]
+    assert parse_variant("single_task:poetry") == [Variant("single_task", "poetry")]
+    assert [v.name for v in parse_variant("single_task", cfg)] == ["single_task-gsm", "single_task-mbpp"]
+    assert parse_variant("single_task-gsm") == [Variant("single_task", "gsm")]
+    for bad in ("instruct", "single_task:lima", "single_task:algebra", "response:gsm"):
+        with pytest.raises(ValueError):
+            parse_variant(bad, cfg)
+    with pytest.raises(ValueError, match="needs a source"):
+        parse_variant("single_task")
+
+
+def test_gradient_accumulation_keeps_the_effective_batch():
+    assert gradient_accumulation_steps(64, 1, 8) == 8
+    assert gradient_accumulation_steps(64, 4, 1) == 16
+    with pytest.raises(ValueError, match="not a multiple"):
+        gradient_accumulation_steps(64, 3, 1)
+
+
+def test_split_heldout_takes_the_last_examples():
+    train, held = split_heldout(list(range(10)), 3)
+    assert train == list(range(7)) and held == [7, 8, 9]
+    with pytest.raises(ValueError, match="no training data"):
+        split_heldout([1, 2], 2)
+
+
+def test_response_variant_drops_the_instruction(make_config, bytelevel_tokenizer):
+    cfg = make_config(max_length=4096)  # nothing truncated or dropped: the same 8 examples
+    inst = build_variant_data(cfg, Variant("instruction"), bytelevel_tokenizer)
+    resp = build_variant_data(cfg, Variant("response"), bytelevel_tokenizer)
+    empty_prompt = encode_prompt(bytelevel_tokenizer, "tulu", "")
+    assert bytelevel_tokenizer.decode(empty_prompt, skip_special_tokens=True) == "<|user|>\n\n<|assistant|>\n"
+    assert len(inst.examples) == len(resp.examples) == 8
+    for a, b in zip(inst.examples, resp.examples, strict=True):
+        assert b.input_ids[:b.n_prompt_tokens] == empty_prompt
+        assert a.n_prompt_tokens > b.n_prompt_tokens
+        assert a.labels[a.n_prompt_tokens:] == b.labels[b.n_prompt_tokens:]  # the same response + EOS
+
+
+def test_heldout_split_never_reaches_training(make_config, bytelevel_tokenizer):
+    data = build_variant_data(make_config(data={"max_train_examples": None}), Variant("instruction"), bytelevel_tokenizer)
+    assert len(data.heldout) == 4
+    train_texts = {bytelevel_tokenizer.decode(e.input_ids) for e in data.examples}
+    for ex in data.heldout:
+        assert not any(ex.response[:60] in t for t in train_texts)
+    assert data.n_read == len(data.examples) + data.n_dropped_overlong
+
+
+def test_overlong_drop_keeps_only_whole_examples(make_config, bytelevel_tokenizer):
+    drop = build_variant_data(make_config(overlong="drop", max_length=200), Variant("response"), bytelevel_tokenizer)
+    eos = bytelevel_tokenizer.eos_token_id
+    assert drop.n_dropped_overlong > 0 and drop.n_truncated == 0
+    assert all(e.input_ids[-1] == eos and len(e.input_ids) <= 200 for e in drop.examples)
+    trunc = build_variant_data(make_config(overlong="truncate", max_length=64), Variant("response"), bytelevel_tokenizer)
+    assert trunc.n_dropped_overlong == 0 and trunc.n_truncated > 0
+    assert all(len(e.input_ids) <= 64 for e in trunc.examples)
+
+
+def test_single_task_reads_its_own_source(make_config, bytelevel_tokenizer):
+    data = build_variant_data(make_config(max_length=4096), Variant("single_task", "gsm"), bytelevel_tokenizer)
+    assert data.source.endswith("train_1k.jsonl")
+    assert "####" in bytelevel_tokenizer.decode(data.examples[0].input_ids)  # GSM8K's answer marker survives
+
+
+def test_collator_never_learns_padding(bytelevel_tokenizer):
+    pad = bytelevel_tokenizer.pad_token_id
+    batch = MaskedLMCollator(pad)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [-100]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, pad, pad]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [IGNORE_INDEX] * 3]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+# --- validation metric and selection ----------------------------------------------------------
+
+def test_heldout_nll_matches_the_models_own_loss(tiny_llama_dir, make_config, bytelevel_tokenizer):
+    from implicit_it.data import ChatExample, Message
+    from implicit_it.formats import encode_example
+
+    loaded = load_model(tiny_llama_dir, device="cpu")
+    exs = [ChatExample(str(i), (Message("user", f"Say {w}."), Message("assistant", f"{w} {w}!"))) for i, w in enumerate(["hi", "a longer reply"])]
+    got = heldout_response_nll(loaded.model, bytelevel_tokenizer, exs, "tulu", max_length=96, batch_size=2)
+    total = n = 0
+    for e in exs:  # one at a time, no padding: HF's mean loss x labelled tokens
+        enc = encode_example(bytelevel_tokenizer, "tulu", e.instruction, e.response)
+        with torch.no_grad():
+            out = loaded.model(input_ids=torch.tensor([enc.input_ids]), labels=torch.tensor([enc.labels]))
+        k = sum(label != IGNORE_INDEX for label in enc.labels[1:])
+        total, n = total + out.loss.item() * k, n + k
+    assert got["heldout_tokens"] == n
+    assert got["heldout_nll"] == pytest.approx(total / n, rel=1e-5)
+    assert got["heldout_perplexity"] == pytest.approx(math.exp(total / n), rel=1e-5)
+
+
+def test_select_best():
+    pts = [SweepPoint(5, "a", {"heldout_nll": 2.0}), SweepPoint(7, "b", {"heldout_nll": 1.5}),
+           SweepPoint(10, "c", {"heldout_nll": 1.5}), SweepPoint(15, "d", {"heldout_nll": float("nan")}),
+           SweepPoint(20, "e", {})]
+    assert select_best(pts, "heldout_nll").epochs == 7  # tie with 10 epochs: fewer wins
+    assert select_best(pts[::-1], "heldout_nll").epochs == 7
+    assert select_best([pts[0], pts[3]], "heldout_nll").epochs == 5  # NaN skipped
+    with pytest.raises(ValueError, match="no sweep point"):
+        select_best(pts[3:], "heldout_nll")
+    with pytest.raises(ValueError, match="unknown selection metric"):
+        select_best(pts, "judge_winrate")
+
+
+# --- the engine ----------------------------------------------------------------------------------
+
+def test_train_writes_a_loadable_model_with_manifest(make_config, tmp_path):
+    cfg = make_config(epochs=3)
+    out = tmp_path / "response"
+    res = train_variant(cfg, Variant("response"), out_dir=out, show_progress=False)
+    m = json.loads((out / "train_manifest.json").read_text())
+    assert m["seed"] == 3 and m["config"]["training"]["epochs"] == 3
+    assert m["model"]["spec"] == cfg.model.spec and m["git"] and m["packages"]["transformers"]
+    assert list(m["data"]) == [cfg.data.train] and len(m["data"][cfg.data.train]) == 64  # sha256
+    r = m["results"]
+    assert r["optimizer_steps"] == 6 and r["gradient_accumulation_steps"] == 2
+    assert [p["step"] for p in r["loss_curve"]] == list(range(1, 7))
+    assert r["loss_curve"][-1]["loss"] < r["loss_curve"][0]["loss"]  # it learns
+    assert r["heldout_examples"] + r["heldout_skipped"] == 4 and r["heldout_examples"] > 0 and r["heldout_nll"] > 0
+    assert r["data"]["n_train_examples"] == 8 and r["tokens_seen"] > 0
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "checkpoints").exists()  # removed after success
+    trained = load_model(out, device="cpu", use_process_cache=False)
+    base = load_model(cfg.model.spec, device="cpu", use_process_cache=False)
+    assert trained.model.config.architectures == ["LlamaForCausalLM"] and trained.model.config.use_cache is True
+    changed = [k for k, v in trained.model.state_dict().items() if not torch.equal(v, base.model.state_dict()[k])]
+    assert changed
+    # the held-out NLL in the manifest is the saved model's
+    again = heldout_response_nll(trained.model, trained.tokenizer, build_variant_data(cfg, Variant("response"), trained.tokenizer).heldout,
+                                 "tulu", max_length=96)
+    assert again["heldout_nll"] == pytest.approx(r["heldout_nll"], rel=1e-5)
+    assert res.final_loss == r["loss_curve"][-1]["loss"]
+    with pytest.raises(ValueError, match="already holds a finished run"):
+        train_variant(cfg, Variant("response"), out_dir=out, show_progress=False)
+
+
+def test_same_seed_same_numbers(make_config, tmp_path):
+    cfg = make_config(epochs=1)
+    a = train_variant(cfg, Variant("instruction"), out_dir=tmp_path / "a", show_progress=False)
+    b = train_variant(cfg, Variant("instruction"), out_dir=tmp_path / "b", show_progress=False)
+    c = train_variant(cfg, Variant("instruction"), out_dir=tmp_path / "c", seed=4, show_progress=False)
+    assert a.results["loss_curve"] == b.results["loss_curve"]
+    assert a.results["heldout_nll"] == b.results["heldout_nll"]
+    assert a.results["loss_curve"] != c.results["loss_curve"]  # the seed orders the data
+
+
+class _Crash(TrainerCallback):
+    """Kill the run after ``step`` optimizer steps, as a pre-empted job would be."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"killed at step {self.step}")
+
+
+def test_resume_mid_epoch_reaches_the_same_final_loss(make_config, tmp_path):
+    cfg = make_config(epochs=2, data={"max_train_examples": 12})  # 3 optimizer steps an epoch
+    whole = train_variant(cfg, Variant("response"), out_dir=tmp_path / "whole", show_progress=False)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train_variant(cfg, Variant("response"), out_dir=out, callbacks=[_Crash(step=2)], show_progress=False)  # mid epoch 1
+    assert not (out / "train_manifest.json").exists()
+    with pytest.raises(ValueError, match="pass --resume"):
+        train_variant(cfg, Variant("response"), out_dir=out, show_progress=False)
+    resumed = train_variant(cfg, Variant("response"), out_dir=out, resume=True, show_progress=False)
+    assert resumed.results["resumed"] is True
+    assert [p["step"] for p in resumed.results["loss_curve"]] == list(range(1, 7))
+    assert resumed.final_loss == pytest.approx(whole.final_loss, abs=1e-6)
+    assert [p["loss"] for p in resumed.results["loss_curve"]] == pytest.approx([p["loss"] for p in whole.results["loss_curve"]], abs=1e-6)
+    a = load_model(tmp_path / "whole", device="cpu", use_process_cache=False).model.state_dict()
+    b = load_model(out, device="cpu", use_process_cache=False).model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_out_dir_rules(tmp_path):
+    with pytest.raises(ValueError, match="nothing to resume"):
+        check_out_dir(tmp_path, resume=True, overwrite=False)
+    with pytest.raises(ValueError, match="exclude each other"):
+        check_out_dir(tmp_path, resume=True, overwrite=True)
+    check_out_dir(tmp_path / "new", resume=False, overwrite=False)
+
+
+def test_freeze_embeddings_leaves_them_untouched(make_config, tmp_path):
+    cfg = make_config(epochs=1, freeze_embeddings=True)
+    train_variant(cfg, Variant("instruction"), out_dir=tmp_path / "f", show_progress=False)
+    base = load_model(cfg.model.spec, device="cpu", use_process_cache=False).model.state_dict()
+    trained = load_model(tmp_path / "f", device="cpu", use_process_cache=False).model.state_dict()
+    assert torch.equal(trained["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+    assert not torch.equal(trained["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_lora_adapter_merges_into_an_equivalent_dense_model(make_config, tmp_path, bytelevel_tokenizer):
+    from peft import PeftModel
+
+    cfg = make_config(method="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"]},
+                      learning_rate=5e-3)
+    out = tmp_path / "lora"
+    res = train_variant(cfg, Variant("response"), out_dir=out, show_progress=False)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert res.results["trainable_parameters"] < 0.2 * res.manifest["model"]["n_parameters"]
+    base = load_model(cfg.model.spec, device="cpu", use_process_cache=False).model
+    with_adapter = PeftModel.from_pretrained(base, out / "adapter").eval()
+    merged = load_model(out, device="cpu", use_process_cache=False).model
+    ids = torch.tensor([encode_prompt(bytelevel_tokenizer, "tulu", "Name three primary colours.")])
+    with torch.no_grad():
+        expected, got = with_adapter(input_ids=ids).logits, merged(input_ids=ids).logits
+        plain = load_model(cfg.model.spec, device="cpu", use_process_cache=False).model(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert not torch.allclose(got, plain, atol=1e-4)  # the adapter did change the model
+
+
+def test_sweep_trains_the_grid_and_selects(make_config, tmp_path):
+    cfg = make_config(epoch_grid=[1, 2])
+    summary = run_sweep(cfg, Variant("response"), out_dir=tmp_path / "sweep", show_progress=False)
+    assert [p["epochs"] for p in summary["points"]] == [1, 2]
+    pts = [SweepPoint(p["epochs"], p["out_dir"], {"heldout_nll": p["heldout_nll"]}) for p in summary["points"]]
+    assert summary["selected_epochs"] == select_best(pts, "heldout_nll").epochs
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == summary
+    assert (tmp_path / "sweep" / "manifest.json").is_file()
+    first = tmp_path / "sweep" / "epochs-1" / "train_manifest.json"
+    stamp = first.stat().st_mtime_ns
+    again = run_sweep(cfg, Variant("response"), out_dir=tmp_path / "sweep", resume=True, show_progress=False)
+    assert again == summary and first.stat().st_mtime_ns == stamp  # finished points are reused
+
+
+def test_sweep_needs_a_heldout_split(make_config, tmp_path):
+    cfg = make_config(data={"heldout_examples": 0})
+    with pytest.raises(ValueError, match="heldout_examples"):
+        run_sweep(cfg, Variant("response"), out_dir=tmp_path, show_progress=False)

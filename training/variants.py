@@ -1,0 +1,168 @@
+"""The paper's training variants and the tokenized data each one trains on.
+
+* ``instruction``: (instruction, response) pairs from ``data.train`` (LIMA) in the config's format.
+* ``response``: the same responses with the instruction replaced by ``""`` (response tuning);
+  in Tulu that is ``<|user|>\\n\\n<|assistant|>\\n{response}`` + EOS.
+* ``single_task:<source>``: one narrow dataset (gsm, mbpp, poetry, recipes, chess), converted
+  with the paper's transformation, first 1,000 examples.
+
+Every variant uses :func:`implicit_it.formats.encode_example`, so loss is on response + EOS only.
+The held-out split (``data.heldout_examples``) is always cut from ``data.train`` before anything
+else, so instruction and response tuning never see it and every variant is scored on the same
+examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from implicit_it.config import ExperimentConfig
+from implicit_it.data import ChatExample
+from implicit_it.formats import EncodedExample, encode_example, pad_batch
+from implicit_it.sources import SOURCES, load_chat_source
+
+BASE_VARIANTS = ("instruction", "response", "single_task")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What to train: ``kind`` is instruction/response/single_task; ``task`` names the single task."""
+
+    kind: str
+    task: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Directory-friendly name: ``instruction``, ``response``, ``single_task-gsm``."""
+        return f"single_task-{self.task}" if self.task else self.kind
+
+    @property
+    def drops_instruction(self) -> bool:
+        return self.kind == "response"
+
+
+def parse_variant(text: str, config: ExperimentConfig | None = None) -> list[Variant]:
+    """``instruction``, ``response``, ``single_task:gsm``; bare ``single_task`` means every
+    source in ``training.single_task_sources``."""
+    kind, _, task = text.replace("-", ":").partition(":")
+    if kind not in BASE_VARIANTS:
+        raise ValueError(f"unknown variant {text!r}; choose instruction, response, or single_task[:SOURCE]")
+    if kind != "single_task":
+        if task:
+            raise ValueError(f"variant {kind!r} takes no task (got {text!r})")
+        return [Variant(kind)]
+    tasks = [task] if task else list(config.training.single_task_sources if config else [])
+    if not tasks:
+        raise ValueError("variant single_task needs a source: single_task:gsm, or training.single_task_sources in the config")
+    for t in tasks:
+        if t not in SOURCES or t == "lima":
+            raise ValueError(f"unknown single task {t!r}; choose one of {sorted(set(SOURCES) - {'lima'})}")
+    return [Variant("single_task", t) for t in tasks]
+
+
+def config_variants(config: ExperimentConfig) -> list[Variant]:
+    """Every variant a config asks for, in order."""
+    return [v for kind in config.training.variants for v in parse_variant(kind, config)]
+
+
+@dataclass
+class VariantData:
+    """The tokenized training set of one variant, the held-out split, and what went into them."""
+
+    variant: Variant
+    examples: list[EncodedExample]
+    heldout: list[ChatExample]
+    source: str  # path or hub:<name>
+    n_read: int
+    n_dropped_overlong: int
+    n_truncated: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data_files(self) -> list[str]:
+        return [self.source] if not self.source.startswith("hub:") else []
+
+    def describe(self) -> dict[str, Any]:
+        n_tokens = sum(len(e.input_ids) for e in self.examples)
+        n_labelled = sum(len(e.input_ids) - e.n_prompt_tokens for e in self.examples)
+        return {
+            "variant": self.variant.name, "source": self.source, "n_read": self.n_read,
+            "n_train_examples": len(self.examples), "n_heldout_examples": len(self.heldout),
+            "n_dropped_overlong": self.n_dropped_overlong, "n_truncated": self.n_truncated,
+            "n_tokens": n_tokens, "n_labelled_tokens": n_labelled,
+        }
+
+
+def _train_source(config: ExperimentConfig, variant: Variant) -> str:
+    if variant.kind != "single_task":
+        return config.data.train
+    return config.data.single_task.get(variant.task, f"hub:{variant.task}")
+
+
+def split_heldout(examples: Sequence[ChatExample], n_heldout: int) -> tuple[list[ChatExample], list[ChatExample]]:
+    """(train, heldout): the last ``n_heldout`` examples are held out (a fixed, seed-free split)."""
+    if n_heldout >= len(examples):
+        raise ValueError(f"heldout_examples={n_heldout} leaves no training data ({len(examples)} examples)")
+    cut = len(examples) - n_heldout
+    return list(examples[:cut]), list(examples[cut:])
+
+
+def build_variant_data(config: ExperimentConfig, variant: Variant, tokenizer: Any) -> VariantData:
+    """Read, split, format and tokenize one variant's training data."""
+    t = config.training
+    lima = load_chat_source(config.data.train, single_turn_only=True)
+    lima_train, heldout = split_heldout(lima, config.data.heldout_examples) if config.data.heldout_examples else (lima, [])
+    source = _train_source(config, variant)
+    rows = lima_train if variant.kind != "single_task" else load_chat_source(source, single_turn_only=True)
+    examples: list[EncodedExample] = []
+    dropped = truncated = 0
+    for ex in rows:
+        instruction = "" if variant.drops_instruction else ex.instruction
+        try:
+            enc = encode_example(tokenizer, config.format, instruction, ex.response,
+                                 max_length=None if t.overlong == "drop" else t.max_length)
+        except ValueError:  # the prompt alone does not fit: nothing of the response could be learnt
+            enc = None
+        if enc is None or len(enc.input_ids) > t.max_length:
+            dropped += 1
+            continue
+        truncated += enc.truncated
+        examples.append(enc)
+        if config.data.max_train_examples and len(examples) >= config.data.max_train_examples:
+            break
+    if not examples:
+        raise ValueError(f"{source}: no {variant.name} examples fit max_length={t.max_length} (overlong: {t.overlong})")
+    return VariantData(variant, examples, heldout, str(source), len(rows), dropped, truncated)
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """A list of :class:`EncodedExample` as the dicts ``Trainer`` expects."""
+
+    def __init__(self, examples: Sequence[EncodedExample]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        e = self.examples[i]
+        return {"input_ids": e.input_ids, "labels": e.labels}
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(e.input_ids) for e in self.examples]
+
+
+@dataclass(frozen=True)
+class MaskedLMCollator:
+    """Right-pad a batch; labels are padded with -100 so padding is never learnt."""
+
+    pad_token_id: int
+
+    def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        return pad_batch([f["input_ids"] for f in features], self.pad_token_id, side="right",
+                         label_sequences=[f["labels"] for f in features])
+
