@@ -37,7 +37,7 @@ def test_two_steps_on_gemma_give_a_loadable_trained_model(tmp_path):
     manifest = json.loads((tmp_path / "g" / "train_manifest.json").read_text())
     assert manifest["model"]["quantization"] == "Q4_K_M" and manifest["model"]["loaded_from"].startswith("gguf")
     trained = load_model(tmp_path / "g", device="cpu", use_process_cache=False)
-    base = load_model("gemma-3-270m", device="cpu")
+    base = load_model("gemma-3-270m", device="cpu", use_process_cache=False)  # a pristine copy: other tests hook the cached one
     assert trained.model.config.architectures == ["Gemma3ForCausalLM"]
     ids = torch.tensor([encode_prompt(base.tokenizer, "tulu", "Name three primary colours.")])
     with torch.no_grad():
