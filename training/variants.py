@@ -14,7 +14,7 @@ examples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -79,7 +79,6 @@ class VariantData:
     n_read: int
     n_dropped_overlong: int
     n_truncated: int
-    stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def data_files(self) -> list[str]:
@@ -150,10 +149,6 @@ class EncodedDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, list[int]]:
         e = self.examples[i]
         return {"input_ids": e.input_ids, "labels": e.labels}
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(e.input_ids) for e in self.examples]
 
 
 @dataclass(frozen=True)
