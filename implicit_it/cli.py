@@ -181,7 +181,10 @@ def sweep(
         cfg, variants = _load_experiment(config, variant)
         if len(variants) != 1:
             raise ValueError("sweep one variant at a time (e.g. single_task:gsm)")
-        epochs = [float(x) for x in grid.split(",")] if grid else None
+        try:
+            epochs = [float(x) for x in grid.split(",")] if grid else None
+        except ValueError:
+            raise ValueError(f"--grid: expected comma-separated epoch counts such as 5,7,10, got {grid!r}") from None
         summary = run_sweep(cfg, variants[0], out_dir=out, grid=epochs, seed=seed, resume=resume, show_progress=not quiet)
     except (ImplicitItError, ValueError, OSError) as exc:
         _fail(exc)

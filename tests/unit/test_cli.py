@@ -121,5 +121,7 @@ def test_train_rejects_bad_variant_and_config(tmp_path, tiny_llama_dir, shared_d
     cfg = _tiny_experiment(tmp_path, tiny_llama_dir, shared_data)
     res = runner.invoke(app, ["train", "--config", str(cfg), "--variant", "responses"])
     assert res.exit_code == 2 and "unknown variant" in res.output
+    res = runner.invoke(app, ["sweep", "--config", str(cfg), "--variant", "response", "--grid", "5,seven"])
+    assert res.exit_code == 2 and "--grid" in res.output
     res = runner.invoke(app, ["train", "--config", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "config file not found" in res.output
