@@ -194,6 +194,180 @@ def sweep(
             console.print(f"epochs {p['epochs']:g}: {summary['metric']} {p.get(summary['metric'], float('nan')):.4f}{mark}", highlight=False)
 
 
+def _model_formats(models_: list[str], formats_: list[str]) -> list[tuple[str, str]]:
+    """Pair each --model with a --format: one format for all, or one per model."""
+    from .formats import get_format
+
+    if len(formats_) not in (1, len(models_)):
+        raise ValueError(f"--format: give one format for all models or one per model ({len(models_)}), got {len(formats_)}")
+    fmts = formats_ * len(models_) if len(formats_) == 1 else formats_
+    return [(m, get_format(f).name) for m, f in zip(models_, fmts, strict=True)]
+
+
+def _probe_inputs(data: Path, pairs: int, negatives: int, include_self: bool, seed: int):
+    from .probes import build_ranking_groups, read_ranking_source
+
+    source = read_ranking_source(data, limit=pairs)
+    return source, build_ranking_groups(source, negatives=negatives, seed=seed, exclude_self=not include_self)
+
+
+def _each_model(pairs_of: list[tuple[str, str]], run_one, *, dtype: Optional[str], device: Optional[str], quiet: bool, verb: str, total: int):
+    """Load each (spec, format) in turn and yield ``(spec, format, loaded, run_one(loaded, spec, format, advance), load_seconds)``;
+    a failure names the model and exits, after the caller has written what earlier models produced."""
+    from .generation import progress_bar
+    from .models import load_model
+
+    for spec, chat_format in pairs_of:
+        try:
+            t0 = time.perf_counter()
+            loaded = load_model(spec, dtype=dtype, device=device)
+            load_s = round(time.perf_counter() - t0, 2)
+            with progress_bar(total, not quiet, f"{verb} {spec}") as advance:
+                result = run_one(loaded, spec, chat_format, advance)
+        except (ImplicitItError, ValueError, OSError) as exc:
+            _fail(ValueError(f"{spec}: {exc}"))
+        yield spec, chat_format, loaded, result, load_s
+
+
+@app.command()
+def rank(
+    model: list[str] = typer.Option(..., "--model", "-m", help="Model SPEC; repeat to compare models side by side."),
+    data: Path = typer.Option(..., "--data", "-d", help="Chat JSONL (LIMA layout) or AlpacaEval-style JSON/JSONL with 'output'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    fmt: list[str] = typer.Option(["tulu"], "--format", "-f", help="Chat format; once for all models or once per --model."),
+    pairs: int = typer.Option(1000, "--pairs", min=1, help="Instructions (the first N of the file); each gives --negatives pairs."),
+    negatives: int = typer.Option(5, "--negatives", "-k", min=1, help="Other instructions' responses per instruction."),
+    include_self: bool = typer.Option(False, "--include-self", help="Let a draw pick the instruction's own response, as the "
+                                      "paper's code can (scored as a tie = loss). Default: redraw."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Also rank through the logit lens after these layers: "
+                                         "'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings). Costs one unembedding per layer."),
+    max_length: int = typer.Option(512, "--max-length", min=8, help="Truncate prompt+response+EOS here (the paper: 512)."),
+    batch_tokens: int = typer.Option(4096, "--batch-tokens", min=64, help="Padded tokens per forward batch."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Cluster-bootstrap resamples for the 95% CI."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the negative draws (paper: 0) and of the bootstrap."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Response-ranking accuracy (the paper's protocol) with 95% CIs; with --layers, per layer via the logit lens."""
+    import pandas as pd
+
+    from .analysis import write_parquet
+    from .manifest import build_manifest, write_manifest
+    from .probes import RankingProbe
+
+    try:
+        pairs_of = _model_formats(model, fmt)
+        source, groups = _probe_inputs(data, pairs, negatives, include_self, seed)
+        probe = RankingProbe(source, groups, max_length=max_length, layers=layers, max_batch_tokens=batch_tokens, n_boot=bootstrap, seed=seed)
+    except (ImplicitItError, ValueError) as exc:
+        _fail(exc)
+    ranking = layerwise = frames = None
+    described, timings = [], {}
+    runs = _each_model(pairs_of, lambda lm, spec, f, advance: probe.run(lm, label=spec, fmt=f, progress=advance),
+                       dtype=dtype, device=device, quiet=quiet, verb="ranking", total=len(groups))
+    for spec, chat_format, loaded, run, load_s in runs:
+        timings[f"{spec}:load"], timings[f"{spec}:score"] = load_s, round(run.seconds, 2)
+        described.append({**loaded.describe(), "format": chat_format})
+        r = run.ranking()
+        for e in r.entries:
+            e["format"] = chat_format
+        ranking = r if ranking is None else ranking.merge(r)
+        frame = run.pairs_frame().assign(format=chat_format)
+        frames = frame if frames is None else pd.concat([frames, frame], ignore_index=True)
+        # written after every model, so a failure on a later model keeps the earlier ones
+        ranking.save(out)
+        write_parquet(out / "ranking_pairs.parquet", frames)
+        if layers is not None:
+            lw = run.layerwise()
+            layerwise = lw if layerwise is None else layerwise.merge(lw)
+            layerwise.save(out)
+        write_manifest(out, build_manifest(
+            command=" ".join(["iit"] + sys.argv[1:]),
+            config={"models": model, "formats": [f for _, f in pairs_of], "data": str(data), "pairs": pairs, "negatives": negatives,
+                    "exclude_self": not include_self, "layers": layers, "max_length": max_length, "batch_tokens": batch_tokens,
+                    "bootstrap": bootstrap, "score": "mean token log-prob of response+EOS (and total)"},
+            seed=seed, model=described, data_files=[data],
+            results={"ranking": ranking.entries, "layerwise_ranking": layerwise.entries if layerwise is not None else None},
+            timings=timings,
+        ))
+    table = Table(title=f"response ranking: {data.name}, {pairs} instructions x {negatives} negatives")
+    for col in ("model", "format", "score", "accuracy", "95% CI", "pairs"):
+        table.add_column(col)
+    for e in ranking.entries:
+        table.add_row(e["model"], e["format"], e["score"], f"{e['accuracy']:.3f}", f"[{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]", str(e["n_pairs"]))
+    Console().print(table)
+    if layerwise is not None:
+        for e in layerwise.entries:
+            curve = " ".join(f"{layer['accuracy']:.2f}" for layer in e["layers"])
+            console.print(f"{e['model']}: per-layer accuracy {curve}; first layer above 0.6: {e['first_layer_above_0.6']}", highlight=False)
+    console.print(f"wrote {out}/ranking.json" + (" and layerwise_ranking.json" if layerwise is not None else ""), highlight=False)
+
+
+@app.command()
+def probe(
+    model: list[str] = typer.Option(..., "--model", "-m", help="Model SPEC; repeat for several models."),
+    data: Path = typer.Option(..., "--data", "-d", help="Chat JSONL (LIMA layout) or AlpacaEval-style JSON/JSONL with 'output'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (activations are cached under DIR/activations/)."),
+    fmt: list[str] = typer.Option(["tulu"], "--format", "-f", help="Chat format; once for all models or once per --model."),
+    pairs: int = typer.Option(1000, "--pairs", min=4, help="Instructions (the first N), paired at random; each pair swaps "
+                              "responses, giving two matched and two mismatched examples."),
+    layers: str = typer.Option("all", "--layers", help="'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings)."),
+    pools: str = typer.Option("mean,last", "--pools", help="Features: mean over response tokens, and/or the last response token."),
+    folds: int = typer.Option(5, "--folds", min=2, help="GroupKFold splits (grouped by instruction)."),
+    c: float = typer.Option(1.0, "--C", min=1e-6, help="Inverse L2 strength of the logistic regression."),
+    max_length: int = typer.Option(512, "--max-length", min=8, help="Truncate prompt+response+EOS here."),
+    batch_tokens: int = typer.Option(4096, "--batch-tokens", min=64, help="Padded tokens per forward batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the negative draws, the folds and the control shuffle."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Linear probes (matched vs mismatched instruction/response) on residual activations, per layer, with a shuffled-label control."""
+    import re
+
+    from .manifest import build_manifest, write_manifest
+    from .probes import POOLS, LinearProbe
+
+    try:
+        pairs_of = _model_formats(model, fmt)
+        from .probes import read_ranking_source
+
+        source = read_ranking_source(data, limit=pairs)
+        pool_list = [p.strip() for p in pools.split(",") if p.strip()]
+        bad = [p for p in pool_list if p not in POOLS]
+        if bad or not pool_list:
+            raise ValueError(f"--pools: unknown pooling {bad or pools!r}; choose from {', '.join(POOLS)}")
+    except (ImplicitItError, ValueError) as exc:
+        _fail(exc)
+    def run_one(loaded, spec: str, chat_format: str, advance):
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or "model"
+        return LinearProbe(source, activation_dir=out / "activations" / slug, fmt=chat_format, max_length=max_length,
+                           layers=layers, pools=pool_list, folds=folds, c=c, seed=seed, max_batch_tokens=batch_tokens,
+                           ).run(loaded, label=spec, progress=advance)
+
+    result, described, timings = None, [], {}
+    runs = _each_model(pairs_of, run_one, dtype=dtype, device=device, quiet=quiet, verb="activations", total=len(source.instructions) // 2 * 2)
+    for spec, chat_format, loaded, run, load_s in runs:
+        timings[f"{spec}:load"] = load_s
+        timings[f"{spec}:probe"] = round(run.seconds, 2)
+        described.append({**loaded.describe(), "format": chat_format})
+        result = run.result if result is None else result.merge(run.result)
+        result.save(out)
+        write_manifest(out, build_manifest(
+            command=" ".join(["iit"] + sys.argv[1:]),
+            config={"models": model, "formats": [f for _, f in pairs_of], "data": str(data), "pairs": pairs, "layers": layers,
+                    "pools": pool_list, "folds": folds, "C": c, "max_length": max_length, "batch_tokens": batch_tokens,
+                    "labels": "1 = own response, 0 = the partner instruction's response (swap pairs); control = shuffled labels"},
+            seed=seed, model=described, data_files=[data], results={"probe": result.entries}, timings=timings,
+        ))
+    for e in result.entries:
+        best = max(e["layers"], key=lambda layer: layer["accuracy"])
+        console.print(f"{e['model']} ({e['pool']}): best layer {best['layer']} accuracy {best['accuracy']:.3f} ± {best['std']:.3f} "
+                      f"(control {best['control_accuracy']:.3f}); n = {e['n_examples']}", highlight=False)
+    console.print(f"wrote {out}/probe.json", highlight=False)
+
+
 @app.command()
 def models(spec: Optional[str] = typer.Argument(None, help="Resolve this SPEC (nothing is loaded).")) -> None:
     """List the embedded models, or show how a SPEC resolves."""

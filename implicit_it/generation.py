@@ -150,7 +150,7 @@ def generate_responses(
     prompts = [encode_prompt(tok, fmt, ins) for ins in instructions]
     offsets = [instruction_offset(tok, fmt, ins, ids) for ins, ids in zip(instructions, prompts, strict=True)]
     stop_ids = fmt.stop_token_ids(tok)
-    with _progress_bar(len(prompts), show_progress) as advance:
+    with progress_bar(len(prompts), show_progress) as advance:
         ids, stopped, stats = generate_ids(
             loaded.model, prompts, pad_token_id=tok.pad_token_id, stop_token_ids=stop_ids,
             max_new_tokens=max_new_tokens, batch_size=batch_size, logits_processor_factory=logits_processor_factory,
@@ -164,14 +164,14 @@ def generate_responses(
 
 
 @contextlib.contextmanager
-def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar over prompts; yields its ``advance`` callback (None when disabled)."""
+def progress_bar(total: int, enabled: bool, label: str = "generating") -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar over ``total`` items; yields its ``advance`` callback (None when disabled)."""
     if not enabled:
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("gen", total=total)
         yield lambda n: bar.advance(task, n)
 

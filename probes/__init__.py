@@ -1,5 +1,29 @@
 """``implicit_it.probes``: response-ranking likelihood pairs and linear probes, layer by layer.
 
-Activations are read through :mod:`implicit_it.hooking` (TransformerLens bridge or nnsight),
-which wrap the same loaded weights as the HF model.
+* :mod:`.pairs`: the paper's ranking protocol (which responses each instruction is compared with);
+* :mod:`.forward`: one batched forward pass per group of pairs, reusing the instruction prefix;
+* :mod:`.lens`: the logit lens (final norm + unembedding) on the residual after any layer;
+* :mod:`.scoring`, :mod:`.ranking`: ranking accuracy at the output and per layer, with CIs;
+* :mod:`.linear`: logistic-regression probes on pooled residuals with grouped CV and a control.
+
+Per-layer activations are read with nnsight on the loaded HF module (:mod:`implicit_it.hooking`);
+a test checks the TransformerLens bridge gives the same per-layer numbers.
 """
+
+from .forward import EncodedGroup, PairBatch, PairForward, encode_groups
+from .lens import LogitLens, decoder_of, parse_layers
+from .linear import POOLS, ActivationStore, LinearProbe, ProbeResult, cross_validated_accuracy, pool_batch, swap_pair_groups
+from .pairs import Candidate, RankingGroup, RankingSource, build_ranking_groups, pair_wins, read_ranking_source
+from .ranking import SCORES, LayerwiseRankingResult, RankingProbe, RankingResult, RankingRun, first_layer_above, ranking_wins
+from .scoring import OUTPUT, GroupScores, paper_scores, score_groups
+from .stats import accuracy_with_ci
+
+__all__ = [
+    "EncodedGroup", "PairBatch", "PairForward", "encode_groups",
+    "LogitLens", "decoder_of", "parse_layers",
+    "POOLS", "ActivationStore", "LinearProbe", "ProbeResult", "cross_validated_accuracy", "pool_batch", "swap_pair_groups",
+    "Candidate", "RankingGroup", "RankingSource", "build_ranking_groups", "pair_wins", "read_ranking_source",
+    "SCORES", "LayerwiseRankingResult", "RankingProbe", "RankingResult", "RankingRun", "first_layer_above", "ranking_wins",
+    "OUTPUT", "GroupScores", "paper_scores", "score_groups",
+    "accuracy_with_ci",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from implicit_it.cli import app
@@ -14,7 +15,7 @@ runner = CliRunner()
 def test_help_lists_subcommands():
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0
-    for cmd in ("generate", "train", "sweep", "models", "formats", "data", "config"):
+    for cmd in ("generate", "train", "sweep", "rank", "probe", "models", "formats", "data", "config"):
         assert cmd in res.output
 
 
@@ -125,3 +126,48 @@ def test_train_rejects_bad_variant_and_config(tmp_path, tiny_llama_dir, shared_d
     assert res.exit_code == 2 and "--grid" in res.output
     res = runner.invoke(app, ["train", "--config", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "config file not found" in res.output
+
+
+def test_rank_two_models_side_by_side(tmp_path, tiny_model_dir, tiny_llama_dir, shared_data):
+    out = tmp_path / "rank"
+    res = runner.invoke(app, ["rank", "-m", str(tiny_model_dir), "-m", str(tiny_llama_dir), "-d", str(shared_data / "lima" / "train.jsonl"),
+                              "--pairs", "6", "--negatives", "2", "--max-length", "400", "--layers", "all", "--bootstrap", "100",
+                              "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    ranking = json.loads((out / "ranking.json").read_text())["results"]
+    assert [(r["model"], r["score"]) for r in ranking] == [(str(tiny_model_dir), "mean_logprob"), (str(tiny_model_dir), "total_logprob"),
+                                                         (str(tiny_llama_dir), "mean_logprob"), (str(tiny_llama_dir), "total_logprob")]
+    for r in ranking:
+        assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] and r["n_pairs"] == 2 * r["n_instructions"]
+    layerwise = json.loads((out / "layerwise_ranking.json").read_text())["results"]
+    assert [x["layer"] for x in layerwise[0]["layers"]] == [0, 1, 2]
+    # the last layer through the lens is the output distribution
+    assert layerwise[0]["layers"][-1]["accuracy"] == pytest.approx(ranking[0]["accuracy"])
+    for name in ("ranking.png", "layerwise_ranking.png", "ranking_pairs.parquet", "manifest.json"):
+        assert (out / name).stat().st_size > 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["seed"] == 0 and len(man["model"]) == 2 and man["config"]["negatives"] == 2
+
+
+def test_rank_and_probe_reject_bad_input(tmp_path, tiny_llama_dir, shared_data):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "messages": [{"role": "user", "content": "q"}]}\n')
+    res = runner.invoke(app, ["rank", "-m", str(tiny_llama_dir), "-d", str(bad), "--out", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 2 and "bad.jsonl:1" in res.output and not (tmp_path / "o").exists()
+    lima = str(shared_data / "lima" / "train.jsonl")
+    res = runner.invoke(app, ["rank", "-m", str(tiny_llama_dir), "-m", str(tiny_llama_dir), "-f", "tulu", "-f", "tulu", "-f", "tulu",
+                              "-d", lima, "--out", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 2 and "--format" in res.output
+    res = runner.invoke(app, ["probe", "-m", str(tiny_llama_dir), "-d", lima, "--layers", "0,9", "--out", str(tmp_path / "p"), "-q"])
+    assert res.exit_code == 2 and "out of range" in " ".join(res.output.split())
+
+
+def test_probe_command(tmp_path, tiny_llama_dir, shared_data):
+    out = tmp_path / "probe"
+    res = runner.invoke(app, ["probe", "-m", str(tiny_llama_dir), "-d", str(shared_data / "lima" / "train.jsonl"), "--pairs", "12",
+                              "--max-length", "400", "--folds", "3", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    probe = json.loads((out / "probe.json").read_text())["results"]
+    assert [p["pool"] for p in probe] == ["mean", "last"]
+    assert {"layer", "accuracy", "std", "control_accuracy", "control_std"} <= set(probe[0]["layers"][0])
+    assert list((out / "activations").glob("*/mean/shard_*.npy")) and (out / "probe.png").exists()
