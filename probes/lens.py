@@ -72,7 +72,9 @@ class LogitLens:
     def token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, *, normed: bool = False) -> torch.Tensor:
         """Log-prob of ``targets`` (N,) under the lens at ``hidden`` (N, d). ``normed``: the
         final norm was already applied (the decoder's own last output)."""
-        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        device = self.unembed.weight.device  # with device_map the head may sit on another GPU than the input
+        hidden, targets = hidden.to(device), targets.to(device)
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=device)
         for start in range(0, hidden.shape[0], self.chunk_rows):
             h = hidden[start:start + self.chunk_rows]
             logits = self.unembed(h if normed else self.norm(h)).float()
