@@ -98,10 +98,11 @@ def layer_axis(entries: list[dict[str, Any]]) -> tuple[Any, str]:
     return x_of, "layer / depth (0 = embeddings)" if relative else "layer (0 = embeddings)"
 
 
-def plot_band(ax: Any, x: Any, y: Any, lo: Any, hi: Any, *, label: str, style: str = "-", marker: str | None = "o") -> Any:
+def plot_band(ax: Any, x: Any, y: Any, lo: Any, hi: Any, *, label: str, style: str = "-", marker: str | None = "o",
+              color: Any = None, alpha: float = 0.18) -> Any:
     """A line with a shaded band (CI or ± std); returns the line."""
-    (line,) = ax.plot(x, y, style, marker=marker, ms=3, label=label)
-    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.18)
+    (line,) = ax.plot(x, y, style, marker=marker, ms=3, label=label, color=color)
+    ax.fill_between(x, lo, hi, color=line.get_color(), alpha=alpha)
     return line
 
 

@@ -117,11 +117,14 @@ class ProbeResult(AnalysisResult):
         fig, ax = new_figure(figsize=(7, 4))
         x_of, xlabel = layer_axis(self.entries)
         for e in self.entries:
+            color = None  # the control is drawn dotted in its probe's colour
             for key, style in (("accuracy", "-"), ("control_accuracy", ":")):
                 y = np.array([layer[key] for layer in e["layers"]])
                 sd = np.array([layer[key.replace("accuracy", "std")] for layer in e["layers"]])
                 label = f"{e['model']} ({e['pool']}){' control' if key != 'accuracy' else ''}"
-                plot_band(ax, x_of(e), y, y - sd, y + sd, label=label, style=style, marker="o" if key == "accuracy" else None)
+                line = plot_band(ax, x_of(e), y, y - sd, y + sd, label=label, style=style, marker="o" if key == "accuracy" else None,
+                                 color=color, alpha=0.18 if color is None else 0.07)
+                color = line.get_color()
         finish_accuracy_axes(ax, xlabel=xlabel, ylabel="probe accuracy, grouped CV (mean ± std)", ylim=(0.3, 1))
         return fig
 
