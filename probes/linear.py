@@ -21,6 +21,7 @@ all examples.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -163,8 +164,8 @@ class LinearProbe(Analysis):
         layers = parse_layers(self.layers, forward.n_layers)
         encoded = encode_groups(loaded.tokenizer, fmt or self.fmt, self.source, self.groups, max_length=self.max_length)
         # a block is usable only if both of its instructions fit in max_length
-        kept = {g.group_index for g in encoded}
-        whole = {b for b in set(self.blocks) if all(gi in kept for gi, bb in enumerate(self.blocks) if bb == b)}
+        fitted = Counter(self.blocks[g.group_index] for g in encoded)
+        whole = {b for b, n in fitted.items() if n == 2}
         encoded = [g for g in encoded if self.blocks[g.group_index] in whole]
         if len(whole) < self.folds:
             raise ValueError(f"{len(whole)} instruction pairs fit in max_length={self.max_length}; need at least folds={self.folds}")

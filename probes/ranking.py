@@ -125,6 +125,7 @@ class RankingRun:
         import pandas as pd
 
         rows = []
+        means = self.output.mean(OUTPUT)
         for gi, enc in enumerate(self.encoded):
             group = self.groups[enc.group_index]
             for ci, cand in enumerate(group.candidates):
@@ -132,7 +133,7 @@ class RankingRun:
                        "response_index": cand.response_index, "is_real": cand.is_real,
                        "n_tokens": int(self.output.n_tokens[gi, ci]), "truncated": bool(self.output.truncated[gi, ci]),
                        "total_logprob": float(self.output.totals[OUTPUT][gi, ci]),
-                       "mean_logprob": float(self.output.mean(OUTPUT)[gi, ci])}
+                       "mean_logprob": float(means[gi, ci])}
                 if self.layers is not None:
                     for layer, totals in self.layers.totals.items():
                         row[f"lens{layer}_total_logprob"] = float(totals[gi, ci])

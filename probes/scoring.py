@@ -75,6 +75,7 @@ def paper_scores(model: Any, groups: Sequence[EncodedGroup]) -> GroupScores:
     totals = np.full((len(groups), n_cand), np.nan)
     n_tokens = np.zeros((len(groups), n_cand), dtype=np.int64)
     truncated = np.zeros((len(groups), n_cand), dtype=bool)
+    was_training = model.training
     model.eval()
     for gi, g in enumerate(groups):
         for ci, resp in enumerate(g.responses):
@@ -85,4 +86,5 @@ def paper_scores(model: Any, groups: Sequence[EncodedGroup]) -> GroupScores:
             totals[gi, ci] = -loss.double().item() * len(resp)
             n_tokens[gi, ci] = len(resp)
             truncated[gi, ci] = g.truncated[ci]
+    model.train(was_training)
     return GroupScores({OUTPUT: totals}, n_tokens, truncated)
