@@ -1,2 +1,28 @@
-"""``implicit_it.analyses``: layerwise weight and logit deltas of each variant, compared with
-the rule adapter's delta."""
+"""``implicit_it.analyses``: where each variant differs from its base, and how rule-like that is.
+
+* :mod:`.weights`: per-tensor weight deltas, streamed from safetensors or a LoRA adapter;
+* :mod:`.delta_pass`: one forward of base and variant over shared texts, logit lens per layer;
+* :mod:`.logit_delta`: KL(variant ‖ base) per layer and the most moved tokens;
+* :mod:`.rule_family`, :mod:`.rule_comparison`: variance of Δ log p explained by the paper's
+  rules and by the fitted rule family, per layer;
+* :mod:`.token_shift`: ranks of the variant's greedy tokens under the base (URIAL's shift);
+* :mod:`.layer_diff`: all four from one call (``iit diff``).
+"""
+
+from .delta_pass import FIT, HELDOUT, ChunkContext, DeltaPass, DeltaPassConfig, DiffText, PassAnalysis, split_halves, texts_from_source
+from .layer_diff import ANALYSES, LayerDiff, VariantDiff, load_variant, merge_results, parse_analyses, parse_texts
+from .logit_delta import LogitDelta, LogitDeltaResult
+from .rule_comparison import RuleComparison, RuleComparisonResult, emergence_layer, vocabulary_columns
+from .rule_family import RuleFamilyFit
+from .token_shift import TokenShift, TokenShiftResult
+from .weights import LoraAdapter, SafetensorsCheckpoint, WeightDelta, WeightDeltaResult, checkpoint_dir, describe_tensor, spectrum_stats
+
+__all__ = [
+    "FIT", "HELDOUT", "ChunkContext", "DeltaPass", "DeltaPassConfig", "DiffText", "PassAnalysis", "split_halves", "texts_from_source",
+    "ANALYSES", "LayerDiff", "VariantDiff", "load_variant", "merge_results", "parse_analyses", "parse_texts",
+    "LogitDelta", "LogitDeltaResult",
+    "RuleComparison", "RuleComparisonResult", "emergence_layer", "vocabulary_columns",
+    "RuleFamilyFit",
+    "TokenShift", "TokenShiftResult",
+    "LoraAdapter", "SafetensorsCheckpoint", "WeightDelta", "WeightDeltaResult", "checkpoint_dir", "describe_tensor", "spectrum_stats",
+]

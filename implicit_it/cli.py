@@ -369,6 +369,133 @@ def probe(
 
 
 @app.command()
+def diff(
+    base: str = typer.Option("gemma-3-270m", "--base", "-b", help="Base model SPEC."),
+    variant: list[str] = typer.Option(..., "--variant", "-V", help="Variant SPEC (an HF directory, e.g. runs/demo/response, "
+                                      "or a LoRA adapter directory); repeat for several."),
+    data: Path = typer.Option(..., "--data", "-d", help="Chat JSONL (LIMA layout) or AlpacaEval-style file: instructions with responses."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    analyses: str = typer.Option("weights,logits,rules,shift", "--analyses", "-a", help="Any of weights,logits,rules,shift (or 'all')."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=2, help="Only the first N instructions of --data."),
+    texts: str = typer.Option("data,generations", "--texts", help="Texts the logit analyses read: the file's responses ('data') "
+                              "and/or the variant's own greedy responses to the same instructions ('generations')."),
+    layers: str = typer.Option("all", "--layers", help="Logit-lens layers: 'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings; "
+                               "the output layer is always included)."),
+    vocab: str = typer.Option("all", "--vocab", help="Tokens the rule comparison scores: 'all' or 'frequent:K' (the K most frequent "
+                              "in the texts, plus the rule tokens and EOS)."),
+    fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format of the texts."),
+    max_length: int = typer.Option(512, "--max-length", min=8, help="Truncate prompt+response+EOS here."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Token budget of each variant generation."),
+    rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants (default: the paper's)."),
+    spectrum: bool = typer.Option(True, "--spectrum/--no-spectrum", help="Singular values of each ΔW (effective rank, top-k energy)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fit/held-out split of instructions."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="e.g. 'auto': spread large models over devices."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Where each variant differs from the base (weights, logit lens per layer) and how much of it the rule adapter explains."""
+    import contextlib
+    import re
+
+    from .analyses import DeltaPassConfig, LayerDiff, load_variant, merge_results, parse_analyses, parse_texts, texts_from_source
+    from .generation import progress_bar
+    from .io import atomic_write_jsonl
+    from .manifest import build_manifest, write_manifest
+    from .models import load_model
+    from .probes import parse_layers, read_ranking_source
+    from .rules import RuleConfig, load_rule_config
+
+    try:
+        names = parse_analyses(analyses)
+        text_kinds = parse_texts(texts)
+        parse_layers(layers, 1_000_000)  # syntax only; the range is checked against the model
+        if vocab != "all" and not re.fullmatch(r"frequent:[1-9]\d*", vocab):
+            raise ValueError(f"--vocab: expected 'all' or 'frequent:K' (K > 0), got {vocab!r}")
+        source = read_ranking_source(data, limit=limit)
+        data_texts = texts_from_source(source)
+        runner = LayerDiff(analyses=names, texts=text_kinds, vocab=vocab, max_new_tokens=max_new_tokens, spectrum=spectrum,
+                           rule_config=load_rule_config(rules_config) if rules_config else RuleConfig(),
+                           pass_config=DeltaPassConfig(fmt=fmt, layers=layers, max_length=max_length, seed=seed))
+        needs_models = names != ["weights"]
+        load_kwargs = {"dtype": dtype, "device": device, "device_map": device_map}
+        base_loaded = load_model(base, **load_kwargs) if needs_models else None
+    except (ImplicitItError, ValueError, OSError) as exc:
+        _fail(exc)
+    config = {"base": base, "variants": variant, "data": str(data), "analyses": names, "limit": limit, "texts": text_kinds, "layers": layers,
+              "vocab": vocab, "format": fmt, "max_length": max_length, "max_new_tokens": max_new_tokens,
+              "rules": runner.rule_config.model_dump(), "spectrum": spectrum, "split": "instructions shuffled with --seed; first half fits"}
+    diffs, described, timings = [], [], {}
+
+    def bar(label: str, total: int):  # a progress bar that lives as long as this variant's stack
+        return stack.enter_context(progress_bar(total, not quiet, label))
+
+    for spec in variant:
+        try:
+            with contextlib.ExitStack() as stack:
+                t0 = time.perf_counter()
+                loaded = load_variant(spec, base, **load_kwargs) if needs_models else None
+                timings[f"{spec}:load"] = round(time.perf_counter() - t0, 2)
+                result = runner.run(base_loaded, loaded, data_texts, base_spec=base, variant_spec=spec, progress=bar)
+        except (ImplicitItError, ValueError, OSError) as exc:
+            _fail(ValueError(f"{spec}: {exc}"))
+        diffs.append(result)
+        timings.update({f"{spec}:{k}": round(v, 2) for k, v in result.timings.items()})
+        if loaded is not None:
+            described.append(loaded.describe())
+        if result.texts:
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or "variant"
+            atomic_write_jsonl(out / "texts" / f"{slug}.jsonl", [
+                {"instruction": t.instruction, "response": t.response, "origin": t.origin, "instruction_index": t.instruction_index}
+                for t in result.texts])
+        del loaded
+        # written after every variant, so a failure on a later one keeps the earlier ones
+        merged = merge_results(diffs)
+        for res in merged.values():
+            res.save(out)
+        write_manifest(out, build_manifest(
+            command=" ".join(["iit"] + sys.argv[1:]), config=config, seed=seed,
+            model={"base": base_loaded.describe() if base_loaded is not None else base, "variants": described},
+            data_files=[data], results=_diff_summary(merged), timings=timings,
+        ))
+    for line in _diff_lines(merge_results(diffs)):
+        console.print(line, highlight=False)
+    console.print(f"wrote {out}/: " + ", ".join(f"{n}.json" for n in names) + " (+ .parquet, .png), manifest.json", highlight=False)
+
+
+def _diff_summary(merged: dict) -> dict:
+    """The headline numbers per variant, for the manifest."""
+    out = {}
+    if "rules" in merged:
+        out["rules"] = [{k: e[k] for k in ("variant", "variance_explained_rules", "variance_explained_rule_family", "emergence_layer",
+                                           "fitted_seen_coefficient", "fitted_eos_slope")} for e in merged["rules"].entries]
+    if "shift" in merged:
+        out["shift"] = [{k: e[k] for k in ("variant", "unshifted", "marginal", "shifted", "rule_token_share_of_moved")} for e in merged["shift"].entries]
+    if "logits" in merged:
+        out["logits"] = [{k: e[k] for k in ("variant", "kl_output", "kl_emergence_layer")} for e in merged["logits"].entries]
+    if "weights" in merged:
+        out["weights"] = [{"variant": e["variant"], "n_tensors_changed": e["n_tensors_changed"],
+                           "unembedding_rule_rows": e["unembedding_rule_rows"]} for e in merged["weights"].entries]
+    return out
+
+
+def _diff_lines(merged: dict) -> list[str]:
+    lines = []
+    for e in getattr(merged.get("rules"), "entries", []):
+        lines.append(f"{e['variant']}: variance explained by the paper's rules {e['variance_explained_rules']:.3f}, by the fitted rule "
+                     f"family {e['variance_explained_rule_family']:.3f}; emergence layer {e['emergence_layer']}")
+    for e in getattr(merged.get("logits"), "entries", []):
+        lines.append(f"{e['variant']}: KL(variant || base) at the output {e['kl_output']:.4f} nats; reaches half of it at layer {e['kl_emergence_layer']}")
+    for e in getattr(merged.get("shift"), "entries", []):
+        lines.append(f"{e['variant']}: greedy tokens unshifted {e['unshifted']:.3f} / marginal {e['marginal']:.3f} / shifted {e['shifted']:.3f}")
+    for e in getattr(merged.get("weights"), "entries", []):
+        moved = max(e["tensors"], key=lambda t: t["relative_delta"] if t["relative_delta"] == t["relative_delta"] else -1)
+        lines.append(f"{e['variant']}: {e['n_tensors_changed']} of {len(e['tensors'])} tensors changed; largest relative change "
+                     f"{moved['relative_delta']:.2e} in {moved['tensor']}")
+    return lines
+
+
+@app.command()
 def models(spec: Optional[str] = typer.Argument(None, help="Resolve this SPEC (nothing is loaded).")) -> None:
     """List the embedded models, or show how a SPEC resolves."""
     from .models import EMBEDDED_MODELS, resolve_model_spec

@@ -249,7 +249,7 @@ class RuleAdapter:
         paper's diversity scope. Returns (B, P, V) float32 on ``input_ids.device``.
         """
         c, dev = self.config, input_ids.device
-        bsz, length = input_ids.shape
+        bsz = input_ids.shape[0]
         pos = positions.to(dev).long()
         if pos.dim() == 1:
             pos = pos.unsqueeze(0).expand(bsz, -1)
@@ -273,14 +273,7 @@ class RuleAdapter:
                     scope_start = instruction_start
                 else:
                     scope_start = response_start
-            start = scope_start.to(dev).long().view(bsz, 1)
-            cols = torch.arange(length, device=dev).view(1, length)
-            # first column >= scope start at which each id occurs (length = never)
-            col_or_never = torch.where(cols >= start, cols.expand(bsz, -1), torch.full_like(input_ids, length))
-            first_seen = torch.full((bsz, self.vocab_size), length, device=dev, dtype=torch.long)
-            first_seen.scatter_reduce_(1, input_ids.long(), col_or_never, reduce="amin")
-            seen = first_seen.unsqueeze(1) <= pos.unsqueeze(2)  # (B, P, V)
-            out -= c.diversity_penalty * seen.float()
+            out -= c.diversity_penalty * seen_tokens(input_ids, pos, scope_start, self.vocab_size).float()
         if "start" in rules:
             if instruction_start is None:
                 raise ValueError("the start rule needs instruction_start")
@@ -302,6 +295,21 @@ class RuleAdapter:
         )
         ins = torch.tensor(batch.instruction_starts()) if needs_instruction else None
         return RuleLogitsProcessor(self, torch.full((bsz,), batch.prompt_width), ins)
+
+
+def seen_tokens(input_ids: torch.Tensor, positions: torch.Tensor, scope_start: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(B, P, V) bool: token w occurs in ``input_ids[b, scope_start[b] : t + 1]`` for each position t.
+
+    ``positions`` (B, P) column indices; ``scope_start`` (B,) the first column that counts."""
+    bsz, length = input_ids.shape
+    dev = input_ids.device
+    start = scope_start.to(dev).long().view(bsz, 1)
+    cols = torch.arange(length, device=dev).view(1, length)
+    # first column >= scope start at which each id occurs (length = never)
+    col_or_never = torch.where(cols >= start, cols.expand(bsz, -1), torch.full_like(input_ids, length))
+    first_seen = torch.full((bsz, vocab_size), length, device=dev, dtype=torch.long)
+    first_seen.scatter_reduce_(1, input_ids.long(), col_or_never, reduce="amin")
+    return first_seen.unsqueeze(1) <= positions.to(dev).long().unsqueeze(2)
 
 
 class RuleLogitsProcessor:

@@ -112,11 +112,18 @@ class PairForward:
     def n_layers(self) -> int:
         return len(self.decoder.layers)
 
-    @torch.no_grad()
     def run(
         self, groups: Sequence[EncodedGroup], consume: Callable[[PairBatch], None], *, layers: Sequence[int] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
+        for batch in self.iter_batches(groups, layers=layers, progress=progress):
+            consume(batch)
+
+    def iter_batches(
+        self, groups: Sequence[EncodedGroup], *, layers: Sequence[int] | None = None, progress: Callable[[int], None] | None = None,
+    ) -> Iterator[PairBatch]:
+        """The batches of :meth:`run` as a generator, so two models can be stepped side by side
+        (the batching depends only on the token ids, so equal ids give equal batches)."""
         from transformers import DynamicCache
 
         was_training = self.model.training
@@ -134,8 +141,9 @@ class PairForward:
                         pre["attention_mask"][bi] = 0
                 cache = DynamicCache(config=self.model.config)
                 pre_pos = (pre["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-                self.decoder(input_ids=pre["input_ids"].to(device), attention_mask=pre["attention_mask"].to(device),
-                             position_ids=pre_pos.to(device), past_key_values=cache, use_cache=True)
+                with torch.no_grad():
+                    self.decoder(input_ids=pre["input_ids"].to(device), attention_mask=pre["attention_mask"].to(device),
+                                 position_ids=pre_pos.to(device), past_key_values=cache, use_cache=True)
                 cache.reorder_cache(torch.tensor(owner, device=device))
                 # 2. each response after its prompt's last token, with the cache repeated per response
                 chunks = [(g.prompt_ids[-1],) + r for g in batch for r in g.responses]
@@ -150,11 +158,12 @@ class PairForward:
                 for r, c in enumerate(chunks):
                     targets[r, : len(c) - 1] = torch.tensor(c[1:])
                 out = PairBatch(rows, lengths, targets.to(device))
-                if layers is None:
-                    out.final_normed = self.decoder(**kwargs).last_hidden_state
-                else:
-                    out.residual = self._traced_residuals(kwargs, layers)
-                consume(out)
+                with torch.no_grad():
+                    if layers is None:
+                        out.final_normed = self.decoder(**kwargs).last_hidden_state
+                    else:
+                        out.residual = self._traced_residuals(kwargs, layers)
+                yield out
                 if progress is not None:
                     progress(len(batch))
         finally:

@@ -69,6 +69,15 @@ class LogitLens:
         self.chunk_rows = chunk_rows
 
     @torch.no_grad()
+    def logprobs(self, hidden: torch.Tensor, *, normed: bool = False) -> torch.Tensor:
+        """Full-vocabulary log-probs (n, V) at ``hidden`` (n, d); the caller keeps n small."""
+        hidden = hidden.to(self.unembed.weight.device)
+        logits = self.unembed(hidden if normed else self.norm(hidden)).float()
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return torch.log_softmax(logits, dim=-1)
+
+    @torch.no_grad()
     def token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, *, normed: bool = False) -> torch.Tensor:
         """Log-prob of ``targets`` (N,) under the lens at ``hidden`` (N, d). ``normed``: the
         final norm was already applied (the decoder's own last output)."""

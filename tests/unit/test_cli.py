@@ -15,7 +15,7 @@ runner = CliRunner()
 def test_help_lists_subcommands():
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0
-    for cmd in ("generate", "train", "sweep", "rank", "probe", "models", "formats", "data", "config"):
+    for cmd in ("generate", "train", "sweep", "rank", "probe", "diff", "models", "formats", "data", "config"):
         assert cmd in res.output
 
 
@@ -171,3 +171,59 @@ def test_probe_command(tmp_path, tiny_llama_dir, shared_data):
     assert [p["pool"] for p in probe] == ["mean", "last"]
     assert {"layer", "accuracy", "std", "control_accuracy", "control_std"} <= set(probe[0]["layers"][0])
     assert list((out / "activations").glob("*/mean/shard_*.npy")) and (out / "probe.png").exists()
+
+
+def test_diff_runs_all_four_analyses_and_writes_documented_files(tmp_path, tiny_llama_dir, shared_data):
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    variant = tmp_path / "variant"
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(1.5)  # the only change
+    model.save_pretrained(variant)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(variant)
+    out = tmp_path / "diff"
+    res = runner.invoke(app, ["diff", "--base", str(tiny_llama_dir), "--variant", str(variant), "--data", str(shared_data / "lima" / "train.jsonl"),
+                              "--limit", "6", "--max-length", "160", "--max-new-tokens", "8", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    rules = json.loads((out / "rules.json").read_text())["results"]
+    assert [r["variant"] for r in rules] == [str(variant)]
+    assert {"variance_explained_rules", "variance_explained_rule_family", "emergence_layer", "per_layer"} <= set(rules[0])
+    assert [layer["layer"] for layer in rules[0]["per_layer"]] == [0, 1, 2]
+    # block 2's MLP changed: nothing moves before layer 2 of the logit lens
+    logits = json.loads((out / "logits.json").read_text())["results"][0]
+    assert [layer["kl"] < 1e-9 for layer in logits["layers"]] == [True, True, False]
+    assert logits["kl_emergence_layer"] == 2
+    shift = json.loads((out / "shift.json").read_text())["results"][0]
+    assert shift["unshifted"] + shift["marginal"] + shift["shifted"] == pytest.approx(1.0)
+    weights = pd.read_parquet(out / "weights.parquet")
+    changed = weights[weights["delta_norm"] > 0]
+    assert list(changed["tensor"]) == ["model.layers.1.mlp.down_proj.weight"] and list(changed["layer"]) == [2]
+    assert changed["relative_delta"].iloc[0] == pytest.approx(0.5, rel=1e-5)
+    assert changed["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-6)
+    for name in ("weights", "logits", "rules", "shift"):
+        assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.parquet").is_file()
+    texts = [json.loads(line) for line in (out / "texts" / f"{str(variant).strip('/').replace('/', '_')}.jsonl").read_text().splitlines()]
+    assert {t["origin"] for t in texts} <= {"data", "generation"} and texts
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["seed"] == 0 and man["config"]["analyses"] == ["weights", "logits", "rules", "shift"]
+    assert man["results"]["rules"][0]["variant"] == str(variant) and man["git"] and list(man["data"].values())[0]
+
+
+def test_diff_rejects_bad_options_with_one_error(tmp_path, tiny_llama_dir, shared_data):
+    data = str(shared_data / "lima" / "train.jsonl")
+    base = ["diff", "--base", str(tiny_llama_dir), "--variant", str(tiny_llama_dir), "--out", str(tmp_path / "o")]
+    res = runner.invoke(app, base + ["--data", data, "--analyses", "weights,vibes"])
+    assert res.exit_code == 2 and "vibes" in res.output
+    res = runner.invoke(app, base + ["--data", data, "--vocab", "top10"])
+    assert res.exit_code == 2 and "frequent:K" in res.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{"messages": \n')
+    res = runner.invoke(app, base + ["--data", str(bad)])
+    assert res.exit_code == 2 and f"{bad}:2" in res.output
+    res = runner.invoke(app, ["diff", "--base", str(tiny_llama_dir), "--variant", str(tmp_path / "nope"), "--data", data,
+                              "--out", str(tmp_path / "o"), "--analyses", "weights"])
+    assert res.exit_code == 2 and "nope" in res.output
+    assert not (tmp_path / "o").exists()
