@@ -9,19 +9,30 @@
 * :mod:`.layer_diff`: all four from one call (``iit diff``).
 """
 
-from .delta_pass import FIT, HELDOUT, ChunkContext, DeltaPass, DeltaPassConfig, DiffText, PassAnalysis, split_halves, texts_from_source
+from .delta_pass import (
+    FIT,
+    HELDOUT,
+    ChunkContext,
+    DeltaObserver,
+    DeltaPass,
+    DeltaPassConfig,
+    DiffText,
+    PassAnalysis,
+    split_halves,
+    texts_from_source,
+)
 from .layer_diff import ANALYSES, LayerDiff, VariantDiff, load_variant, merge_results, parse_analyses, parse_texts
 from .logit_delta import LogitDelta, LogitDeltaResult
-from .rule_comparison import RuleComparison, RuleComparisonResult, emergence_layer, vocabulary_columns
+from .rule_comparison import RuleComparison, RuleComparisonResult, emergence_layer, parse_vocab, vocabulary_columns
 from .rule_family import RuleFamilyFit
 from .token_shift import TokenShift, TokenShiftResult
 from .weights import LoraAdapter, SafetensorsCheckpoint, WeightDelta, WeightDeltaResult, checkpoint_dir, describe_tensor, spectrum_stats
 
 __all__ = [
-    "FIT", "HELDOUT", "ChunkContext", "DeltaPass", "DeltaPassConfig", "DiffText", "PassAnalysis", "split_halves", "texts_from_source",
+    "FIT", "HELDOUT", "ChunkContext", "DeltaObserver", "DeltaPass", "DeltaPassConfig", "DiffText", "PassAnalysis", "split_halves", "texts_from_source",
     "ANALYSES", "LayerDiff", "VariantDiff", "load_variant", "merge_results", "parse_analyses", "parse_texts",
     "LogitDelta", "LogitDeltaResult",
-    "RuleComparison", "RuleComparisonResult", "emergence_layer", "vocabulary_columns",
+    "RuleComparison", "RuleComparisonResult", "emergence_layer", "parse_vocab", "vocabulary_columns",
     "RuleFamilyFit",
     "TokenShift", "TokenShiftResult",
     "LoraAdapter", "SafetensorsCheckpoint", "WeightDelta", "WeightDeltaResult", "checkpoint_dir", "describe_tensor", "spectrum_stats",

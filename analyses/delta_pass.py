@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -67,10 +67,14 @@ class ChunkContext:
     rule_scores: torch.Tensor  # (n, V) the adapter's scores r(w, x), row-centred: its log-prob shift up to a per-position constant
 
 
-class DeltaObserver(Protocol):
-    def observe(self, ctx: ChunkContext, layer: int, base_lp: torch.Tensor, variant_lp: torch.Tensor) -> None: ...
+class DeltaObserver:
+    """What an analysis plugs into a pass: ``observe`` each (chunk, layer); ``end_half`` after each half."""
 
-    def end_half(self, half: int) -> None: ...
+    def observe(self, ctx: ChunkContext, layer: int, base_lp: torch.Tensor, variant_lp: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def end_half(self, half: int) -> None:
+        """Called after the fit half and after the held-out half; most observers need nothing here."""
 
 
 @dataclass
@@ -142,16 +146,15 @@ class DeltaPass:
         n = int(b_base.lengths[row])
         instruction_start = torch.tensor([instruction_offset(self.base.tokenizer, self.fmt, text.instruction, prompt)])
         response_start = torch.tensor([len(prompt)])
-        scope = instruction_start if self.adapter.config.diversity_scope == "instruction" else response_start
+        scope = self.adapter.diversity_scope_start(response_start, instruction_start)
         v = self.vocab_size
         for j0 in range(0, n, self.config.chunk_positions):
             j1 = min(n, j0 + self.config.chunk_positions)
             positions = torch.arange(j0, j1) + len(prompt) - 1  # column of the token that predicts response token j
-            ctx = ChunkContext(
-                text_index, text, self.halves[text_index], torch.arange(j0, j1), b_base.targets[row, j0:j1].cpu(),
-                seen_tokens(ids, positions.unsqueeze(0), scope, self.adapter.vocab_size)[0, :, :v].float(),
-                row_centred(self.adapter.scores(ids, positions, response_start, instruction_start=instruction_start)[0, :, :v]),
-            )
+            seen = seen_tokens(ids, positions.unsqueeze(0), scope, self.adapter.vocab_size)
+            scores = self.adapter.scores(ids, positions, response_start, instruction_start=instruction_start, seen=seen)
+            ctx = ChunkContext(text_index, text, self.halves[text_index], torch.arange(j0, j1), b_base.targets[row, j0:j1].cpu(),
+                               seen[0, :, :v].float(), row_centred(scores[0, :, :v]))
             for layer in self.layers:
                 base_lp = _within_vocab(lens_b.logprobs(b_base.residual[layer][row, j0:j1]).cpu(), v)
                 var_lp = _within_vocab(lens_v.logprobs(b_var.residual[layer][row, j0:j1]).cpu(), v)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from implicit_it.analysis import AnalysisResult
+from implicit_it.models import load_tokenizer
 from implicit_it.rules import RuleAdapter, RuleConfig
 
 from .delta_pass import DeltaPass, DeltaPassConfig, DiffText, PassAnalysis, rule_token_ids
@@ -94,7 +95,7 @@ class LayerDiff:
         """``base``/``variant``: loaded models (needed unless only weights are asked for).
         ``progress(label, total)`` may return an ``advance`` callback for each stage."""
         out = VariantDiff(variant_spec)
-        adapter = RuleAdapter(base.tokenizer if base is not None else _tokenizer(base_spec), self.rule_config)
+        adapter = RuleAdapter(base.tokenizer if base is not None else load_tokenizer(base_spec), self.rule_config)
         if "weights" in self.analyses:
             t0 = time.perf_counter()
             weights = WeightDelta(rule_token_ids=list(rule_token_ids(adapter)), spectrum=self.spectrum)
@@ -103,7 +104,7 @@ class LayerDiff:
         analyses = self.pass_analyses()
         if not analyses:
             return out
-        texts = [t for t in data_texts if "data" in self.texts]
+        texts = list(data_texts) if "data" in self.texts else []
         if "generations" in self.texts:
             t0 = time.perf_counter()
             texts += self._generate(variant, data_texts)
@@ -129,12 +130,6 @@ class LayerDiff:
                                         batch_size=self.batch_size, show_progress=False)
         return [DiffText(ins, r.output.strip(), "generation", i) for (i, ins), r in zip(seen.items(), results, strict=True)
                 if r.output.strip()]
-
-
-def _tokenizer(spec: str) -> Any:
-    from implicit_it.models import load_tokenizer
-
-    return load_tokenizer(spec)
 
 
 def merge_results(diffs: Sequence[VariantDiff]) -> dict[str, AnalysisResult]:

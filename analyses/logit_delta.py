@@ -17,7 +17,7 @@ import torch
 
 from implicit_it.analysis import AnalysisResult, layer_axis, new_figure
 
-from .delta_pass import ChunkContext, DeltaPass, PassAnalysis, rule_token_ids, token_label
+from .delta_pass import ChunkContext, DeltaObserver, DeltaPass, PassAnalysis, rule_token_ids, token_label
 from .rule_family import rowdot
 
 
@@ -49,7 +49,7 @@ class LogitDeltaResult(AnalysisResult):
         return fig
 
 
-class LogitDeltaObserver:
+class LogitDeltaObserver(DeltaObserver):
     def __init__(self, delta_pass: DeltaPass, top_n: int):
         self.delta_pass, self.top_n = delta_pass, top_n
         self.output_layer = delta_pass.n_layers
@@ -67,9 +67,6 @@ class LogitDeltaObserver:
         self.agree[layer] += int((base_lp.argmax(-1) == variant_lp.argmax(-1)).sum())
         if layer == self.output_layer:
             self.mass_shift += (p_var.sum(0) - base_lp.exp().sum(0)).double()
-
-    def end_half(self, half: int) -> None:
-        pass
 
     def result(self, label: str, counts: dict[str, int]) -> LogitDeltaResult:
         origins = sorted({o for o, _ in self.count if o != "all"})

@@ -27,7 +27,7 @@ import torch
 
 from implicit_it.analysis import AnalysisResult, layer_axis, new_figure
 
-from .delta_pass import FIT, ChunkContext, DeltaPass, PassAnalysis, rule_token_ids, token_label
+from .delta_pass import FIT, ChunkContext, DeltaObserver, DeltaPass, PassAnalysis, rule_token_ids, token_label
 from .rule_family import RuleFamilyFit
 
 SCORE_KEYS = ("variance_explained_rules", "variance_explained_rules_unscaled", "correlation_rules", "variance_explained_rule_family",
@@ -46,18 +46,24 @@ def emergence_layer(per_layer: list[dict[str, Any]], key: str = "explained_varia
     return next(layer["layer"] for layer in per_layer if np.isfinite(layer[key]) and layer[key] >= 0.5 * max(values))
 
 
-def vocabulary_columns(spec: str, delta_pass: DeltaPass) -> torch.Tensor | None:
-    """None for the whole vocabulary, else the sorted token ids ``frequent:K`` selects."""
+def parse_vocab(spec: str) -> int | None:
+    """``"all"`` -> None; ``"frequent:K"`` -> K."""
     if spec == "all":
         return None
-    try:
-        kind, k = spec.split(":")
-        assert kind == "frequent" and int(k) > 0
-    except (ValueError, AssertionError):
-        raise ValueError(f"vocab: expected 'all' or 'frequent:K' (K > 0), got {spec!r}") from None
+    kind, _, k = spec.partition(":")
+    if kind != "frequent" or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"vocab: expected 'all' or 'frequent:K' (K > 0), got {spec!r}")
+    return int(k)
+
+
+def vocabulary_columns(spec: str, delta_pass: DeltaPass) -> torch.Tensor | None:
+    """None for the whole vocabulary, else the sorted token ids ``frequent:K`` selects."""
+    k = parse_vocab(spec)
+    if k is None:
+        return None
     tok = delta_pass.base.tokenizer
     counts = Counter(t for text in delta_pass.texts for t in tok(text.response, add_special_tokens=False)["input_ids"])
-    ids = {t for t, _ in counts.most_common(int(k))} | set(rule_token_ids(delta_pass.adapter))
+    ids = {t for t, _ in counts.most_common(k)} | set(rule_token_ids(delta_pass.adapter))
     return torch.tensor(sorted(i for i in ids if i < delta_pass.vocab_size))
 
 
@@ -98,7 +104,7 @@ class RuleComparisonResult(AnalysisResult):
         return fig
 
 
-class RuleComparisonObserver:
+class RuleComparisonObserver(DeltaObserver):
     def __init__(self, delta_pass: DeltaPass, vocab: str, top_n: int):
         self.delta_pass, self.top_n, self.vocab = delta_pass, top_n, vocab
         self.columns = vocabulary_columns(vocab, delta_pass)
@@ -132,8 +138,18 @@ class RuleComparisonObserver:
     def _token_id(self, col: int) -> int:
         return col if self.columns is None else int(self.columns[col])
 
+    def _column(self, token_id: int | None) -> int | None:
+        """Column of a token id in the scored vocabulary (None: unresolved or not scored)."""
+        if token_id is None or token_id >= self.delta_pass.vocab_size:
+            return None
+        if self.columns is None:
+            return token_id
+        hit = (self.columns == token_id).nonzero()
+        return int(hit[0, 0]) if len(hit) else None
+
     def result(self, label: str, counts: dict[str, int]) -> RuleComparisonResult:
-        per_layer = [{"layer": layer, **{k: self.fits[layer].scores()[k] for k in SCORE_KEYS}} for layer in self.delta_pass.layers]
+        scores = {layer: self.fits[layer].scores() for layer in self.delta_pass.layers}
+        per_layer = [{"layer": layer, **{k: scores[layer][k] for k in SCORE_KEYS}} for layer in self.delta_pass.layers]
         out = self.fits[self.delta_pass.n_layers]
         tok = self.delta_pass.base.tokenizer
         candidates = self.in_play.nonzero()[:, 0]
@@ -146,16 +162,15 @@ class RuleComparisonObserver:
             return [{"token_id": self._token_id(int(c)), "token": token_label(tok, self._token_id(int(c))), "fitted_shift": float(shift[c])}
                     for c in cols[: self.top_n]]
 
-        col_of = {self._token_id(c): c for c in range(len(shift))}
         paper = []
         for r in self.delta_pass.adapter.resolved:
-            c = col_of.get(r.token_id) if r.token_id is not None else None
+            c = self._column(r.token_id)
             paper.append({"text": r.text, "paper_score": r.score, "token_id": r.token_id,
                           "fitted_shift": float(shift[c]) if c is not None else None, "in_play": bool(self.in_play[c]) if c is not None else None,
                           "percentile": float((in_play_shifts < shift[c]).double().mean()) if c is not None and len(candidates) else None})
         return RuleComparisonResult([{
             "variant": label, "n_layers": self.delta_pass.n_layers, "vocab": self.vocab, "n_vocab_columns": len(shift),
-            **out.scores(), "emergence_layer": emergence_layer(per_layer), "per_layer": per_layer,
+            **scores[self.delta_pass.n_layers], "emergence_layer": emergence_layer(per_layer), "per_layer": per_layer,
             "paper_rule_constants": {"seen_coefficient": -self.delta_pass.adapter.config.diversity_penalty,
                                      "eos_slope": self.delta_pass.adapter.config.eos_slope},
             "top_token_shifts": {"up": listing(order), "down": listing(order.flip(0))}, "paper_tokens": paper, **counts,

@@ -17,7 +17,7 @@ import torch
 
 from implicit_it.analysis import AnalysisResult, new_figure
 
-from .delta_pass import ChunkContext, DeltaPass, PassAnalysis, rule_token_ids, token_label
+from .delta_pass import ChunkContext, DeltaObserver, DeltaPass, PassAnalysis, rule_token_ids, token_label
 
 BUCKETS = ("unshifted", "marginal", "shifted")
 BUCKET_RANKS = {"unshifted": "1", "marginal": "2-3", "shifted": ">3"}  # the variant's top-1 token's rank under the base
@@ -50,7 +50,7 @@ class TokenShiftResult(AnalysisResult):
         return fig
 
 
-class TokenShiftObserver:
+class TokenShiftObserver(DeltaObserver):
     def __init__(self, delta_pass: DeltaPass, top_n: int):
         self.delta_pass, self.top_n = delta_pass, top_n
         origins = {t.origin for t in delta_pass.texts}
@@ -71,9 +71,6 @@ class TokenShiftObserver:
             self.rule_all += t in self.rule_ids
             if r > 1:
                 self.moved[t] += 1
-
-    def end_half(self, half: int) -> None:
-        pass
 
     def result(self, label: str, counts: dict[str, int]) -> TokenShiftResult:
         n = sum(self.buckets.values())

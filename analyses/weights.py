@@ -282,14 +282,15 @@ class WeightDelta(Analysis):
         variant_dir = Path(variant)
         adapter = LoraAdapter.load(variant_dir) if (variant_dir / "adapter_config.json").is_file() else None
         var_ckpt = None if adapter else SafetensorsCheckpoint(variant_dir)
-        tensors = list(self._rows(base_ckpt, var_ckpt, adapter))
         unembed = _unembedding_name(base_ckpt.names())
+        tensors = list(self._rows(base_ckpt, var_ckpt, adapter, unembed))
         entry = {"variant": label or str(variant), "base": str(base), "lora": adapter is not None, "top_k": self.top_k,
                  "tensors": tensors, "n_tensors_changed": sum(t["delta_norm"] > 0 for t in tensors),
                  "unembedding_rule_rows": self._rule_rows(tensors, unembed, base_ckpt), "seconds": time.perf_counter() - t0}
         return WeightDeltaResult([entry])
 
-    def _rows(self, base: SafetensorsCheckpoint, variant: SafetensorsCheckpoint | None, adapter: LoraAdapter | None) -> Iterator[dict[str, Any]]:
+    def _rows(self, base: SafetensorsCheckpoint, variant: SafetensorsCheckpoint | None, adapter: LoraAdapter | None,
+              unembed: str | None) -> Iterator[dict[str, Any]]:
         names = base.names()
         if variant is not None:
             names += [n for n in variant.names() if n not in base.weight_map]
@@ -297,7 +298,6 @@ class WeightDelta(Analysis):
             unknown = sorted(set(adapter.factors) - set(base.weight_map))
             if unknown:
                 raise ModelSpecError(f"{adapter.directory}: adapter targets tensors the base does not have, e.g. {unknown[0]}")
-        unembed = _unembedding_name(base.names())
         for name in names:
             in_base = name in base.weight_map
             in_var = variant is None or name in variant.weight_map

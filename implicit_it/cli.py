@@ -204,6 +204,13 @@ def _model_formats(models_: list[str], formats_: list[str]) -> list[tuple[str, s
     return [(m, get_format(f).name) for m, f in zip(models_, fmts, strict=True)]
 
 
+def _slug(spec: str, default: str) -> str:
+    """A file name for a model spec (paths and hub ids flattened)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or default
+
+
 def _probe_inputs(data: Path, pairs: int, negatives: int, include_self: bool, seed: int):
     from .probes import build_ranking_groups, read_ranking_source
 
@@ -324,8 +331,6 @@ def probe(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Linear probes (matched vs mismatched instruction/response) on residual activations, per layer, with a shuffled-label control."""
-    import re
-
     from .manifest import build_manifest, write_manifest
     from .probes import POOLS, LinearProbe
 
@@ -341,7 +346,7 @@ def probe(
     except (ImplicitItError, ValueError) as exc:
         _fail(exc)
     def run_one(loaded, spec: str, chat_format: str, advance):
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or "model"
+        slug = _slug(spec, "model")
         return LinearProbe(source, activation_dir=out / "activations" / slug, fmt=chat_format, max_length=max_length,
                            layers=layers, pools=pool_list, folds=folds, c=c, seed=seed, max_batch_tokens=batch_tokens,
                            ).run(loaded, label=spec, progress=advance)
@@ -396,9 +401,17 @@ def diff(
 ) -> None:
     """Where each variant differs from the base (weights, logit lens per layer) and how much of it the rule adapter explains."""
     import contextlib
-    import re
 
-    from .analyses import DeltaPassConfig, LayerDiff, load_variant, merge_results, parse_analyses, parse_texts, texts_from_source
+    from .analyses import (
+        DeltaPassConfig,
+        LayerDiff,
+        load_variant,
+        merge_results,
+        parse_analyses,
+        parse_texts,
+        parse_vocab,
+        texts_from_source,
+    )
     from .generation import progress_bar
     from .io import atomic_write_jsonl
     from .manifest import build_manifest, write_manifest
@@ -410,8 +423,7 @@ def diff(
         names = parse_analyses(analyses)
         text_kinds = parse_texts(texts)
         parse_layers(layers, 1_000_000)  # syntax only; the range is checked against the model
-        if vocab != "all" and not re.fullmatch(r"frequent:[1-9]\d*", vocab):
-            raise ValueError(f"--vocab: expected 'all' or 'frequent:K' (K > 0), got {vocab!r}")
+        parse_vocab(vocab)
         source = read_ranking_source(data, limit=limit)
         data_texts = texts_from_source(source)
         runner = LayerDiff(analyses=names, texts=text_kinds, vocab=vocab, max_new_tokens=max_new_tokens, spectrum=spectrum,
@@ -444,7 +456,7 @@ def diff(
         if loaded is not None:
             described.append(loaded.describe())
         if result.texts:
-            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or "variant"
+            slug = _slug(spec, "variant")
             atomic_write_jsonl(out / "texts" / f"{slug}.jsonl", [
                 {"instruction": t.instruction, "response": t.response, "origin": t.origin, "instruction_index": t.instruction_index}
                 for t in result.texts])

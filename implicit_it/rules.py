@@ -238,6 +238,7 @@ class RuleAdapter:
         response_start: torch.Tensor,
         scope_start: torch.Tensor | None = None,
         instruction_start: torch.Tensor | None = None,
+        seen: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Raw rule scores r(w, x) for predicting the token after each position.
 
@@ -246,7 +247,8 @@ class RuleAdapter:
         column of each row's first response token. ``scope_start``: (B,) first column the
         diversity rule counts (default: ``instruction_start`` or ``response_start`` per the
         config's scope). ``instruction_start`` (B,) is needed by the start rule and the
-        paper's diversity scope. Returns (B, P, V) float32 on ``input_ids.device``.
+        paper's diversity scope. ``seen``: the (B, P, V) :func:`seen_tokens` mask, when the caller
+        has already computed it. Returns (B, P, V) float32 on ``input_ids.device``.
         """
         c, dev = self.config, input_ids.device
         bsz = input_ids.shape[0]
@@ -266,14 +268,10 @@ class RuleAdapter:
                 bonus = torch.where(n_generated >= c.eos_max_length, torch.full_like(ramp, c.eos_slope * c.eos_max_length), bonus)
             out[:, :, self.eos_token_id] += bonus
         if "diversity" in rules:
-            if scope_start is None:
-                if c.diversity_scope == "instruction":
-                    if instruction_start is None:
-                        raise ValueError("diversity scope 'instruction' needs instruction_start (or pass scope_start)")
-                    scope_start = instruction_start
-                else:
-                    scope_start = response_start
-            out -= c.diversity_penalty * seen_tokens(input_ids, pos, scope_start, self.vocab_size).float()
+            if seen is None:
+                start = scope_start if scope_start is not None else self.diversity_scope_start(response_start, instruction_start)
+                seen = seen_tokens(input_ids, pos, start, self.vocab_size)
+            out -= c.diversity_penalty * seen.to(dev).float()
         if "start" in rules:
             if instruction_start is None:
                 raise ValueError("the start rule needs instruction_start")
@@ -286,6 +284,14 @@ class RuleAdapter:
                 if tid is not None:
                     out[:, :, tid] += (n_generated == k).float() * sc
         return out
+
+    def diversity_scope_start(self, response_start: torch.Tensor, instruction_start: torch.Tensor | None) -> torch.Tensor:
+        """First column the diversity rule counts: the instruction's start (the paper) or the response's."""
+        if self.config.diversity_scope == "response":
+            return response_start
+        if instruction_start is None:
+            raise ValueError("diversity scope 'instruction' needs instruction_start (or pass scope_start)")
+        return instruction_start
 
     def logits_processor(self, batch: Any) -> "RuleLogitsProcessor":
         """A factory for :func:`implicit_it.generation.generate_responses` (one per batch)."""

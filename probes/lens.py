@@ -68,14 +68,17 @@ class LogitLens:
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self.chunk_rows = chunk_rows
 
-    @torch.no_grad()
-    def logprobs(self, hidden: torch.Tensor, *, normed: bool = False) -> torch.Tensor:
-        """Full-vocabulary log-probs (n, V) at ``hidden`` (n, d); the caller keeps n small."""
-        hidden = hidden.to(self.unembed.weight.device)
+    def _logits(self, hidden: torch.Tensor, normed: bool) -> torch.Tensor:
+        """Final norm (unless already applied), unembedding and any softcap, in float32."""
         logits = self.unembed(hidden if normed else self.norm(hidden)).float()
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        return torch.log_softmax(logits, dim=-1)
+        return logits
+
+    @torch.no_grad()
+    def logprobs(self, hidden: torch.Tensor, *, normed: bool = False) -> torch.Tensor:
+        """Full-vocabulary log-probs (n, V) at ``hidden`` (n, d); the caller keeps n small."""
+        return torch.log_softmax(self._logits(hidden.to(self.unembed.weight.device), normed), dim=-1)
 
     @torch.no_grad()
     def token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, *, normed: bool = False) -> torch.Tensor:
@@ -85,10 +88,7 @@ class LogitLens:
         hidden, targets = hidden.to(device), targets.to(device)
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=device)
         for start in range(0, hidden.shape[0], self.chunk_rows):
-            h = hidden[start:start + self.chunk_rows]
-            logits = self.unembed(h if normed else self.norm(h)).float()
-            if self.softcap is not None:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
+            logits = self._logits(hidden[start:start + self.chunk_rows], normed)
             t = targets[start:start + self.chunk_rows]
             out[start:start + self.chunk_rows] = logits.gather(-1, t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
         return out
