@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_common import _fail, _slug, console
 from .errors import ImplicitItError
 
 app = typer.Typer(
@@ -30,7 +31,6 @@ config_app = typer.Typer(help="Validate experiment configs (YAML).", no_args_is_
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
-console = Console(stderr=True)
 
 
 @app.callback()
@@ -44,11 +44,6 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show lib
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         logging.getLogger("transformer_lens").setLevel(logging.ERROR)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -202,13 +197,6 @@ def _model_formats(models_: list[str], formats_: list[str]) -> list[tuple[str, s
         raise ValueError(f"--format: give one format for all models or one per model ({len(models_)}), got {len(formats_)}")
     fmts = formats_ * len(models_) if len(formats_) == 1 else formats_
     return [(m, get_format(f).name) for m, f in zip(models_, fmts, strict=True)]
-
-
-def _slug(spec: str, default: str) -> str:
-    """A file name for a model spec (paths and hub ids flattened)."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_") or default
 
 
 def _probe_inputs(data: Path, pairs: int, negatives: int, include_self: bool, seed: int):
@@ -629,6 +617,11 @@ def config_validate(path: Path = typer.Argument(..., help="A YAML experiment con
         _fail(exc)
     console.print(f"{path}: valid ({cfg.name}: model {cfg.model.spec}, format {cfg.format}, "
                   f"variants {', '.join(cfg.training.variants)})", highlight=False)
+
+
+from .cli_eval import eval_app  # noqa: E402 - after the shared helpers, which it uses
+
+app.add_typer(eval_app, name="eval")
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -15,7 +15,7 @@ runner = CliRunner()
 def test_help_lists_subcommands():
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0
-    for cmd in ("generate", "train", "sweep", "rank", "probe", "diff", "models", "formats", "data", "config"):
+    for cmd in ("generate", "train", "sweep", "rank", "probe", "diff", "eval", "models", "formats", "data", "config"):
         assert cmd in res.output
 
 

@@ -1,0 +1,262 @@
+"""``iit eval``: AlpacaEval with a pluggable judge, the judge-free IF suite, behaviour metrics,
+and the paper's similarity analysis. Each subcommand writes ``DIR/<name>.json`` (+ .parquet,
+.png) and ``DIR/manifest.json``, atomically."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli_common import _fail, console
+from .errors import ImplicitItError
+
+eval_app = typer.Typer(help="Evaluate instruction following: AlpacaEval (judged), IF suite and behaviour (judge-free), similarity.",
+                       no_args_is_help=True)
+
+_ERRORS = (ImplicitItError, ValueError, OSError)
+
+
+def _command() -> str:
+    return " ".join(["iit"] + sys.argv[1:])
+
+
+def _save_behaviour(out: Path, outputs, label: str) -> dict:
+    from .evaluation import behaviour_metrics
+    from .io import atomic_write_json
+
+    metrics = {"model": label, **behaviour_metrics([o.output for o in outputs], [o.ended_with_eos for o in outputs])}
+    atomic_write_json(out / "behaviour.json", metrics)
+    return metrics
+
+
+def _behaviour_line(m: dict) -> str:
+    eos = "unknown" if m["eos_fraction"] is None else f"{m['eos_fraction']:.1%}"
+    return (f"behaviour: EOS {eos}, template echo {m['template_echo_rate']:.1%}, repetition(3-gram) "
+            f"{(m['repetition_3gram'] or 0):.3f}, mean {m['mean_length_words']:.0f} words")
+
+
+@eval_app.command("alpaca")
+def alpaca(
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    outputs: Optional[Path] = typer.Option(None, "--outputs", help="Model outputs, AlpacaEval JSON list (what `iit generate` writes)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Reference outputs (AlpacaEval JSON list), or 'alpaca_eval' for "
+                                            "the library's own from the hub. Output_1 of every comparison."),
+    judge: str = typer.Option("gpt4_turbo", "--judge", help="gpt4_turbo (alpaca_eval's weighted GPT-4-turbo judge; OPENAI_API_KEY), "
+                              "an OpenAI-compatible server URL (http://host:8000/v1), or local:SPEC (a model implicit-it loads)."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name on the judge server (default: its first)."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Score stored alpaca_eval annotations instead "
+                                               "(no judge called), e.g. a leaderboard model's annotations.json."),
+    lc_data: Optional[Path] = typer.Option(None, "--lc-data", help="Directory with alpaca_eval's df_gamed.csv (and "
+                                           "instruction_difficulty.csv) for the length-controlled win rate; default: the HF cache."),
+    eval_set: Optional[Path] = typer.Option(None, "--eval-set", help="AlpacaEval's 805-instruction set (JSON list), to place "
+                                            "instructions for LC (default: --reference)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N model outputs (a subset: see LC notes)."),
+    generator: Optional[str] = typer.Option(None, "--generator", help="Name of the evaluated model (default: from the outputs)."),
+) -> None:
+    """AlpacaEval 2 win rate (and length-controlled win rate where alpaca_eval's LC data is available)."""
+    from .evaluation import (
+        AlpacaEvalResult,
+        alpaca_metrics,
+        annotate,
+        annotations_frame,
+        find_lc_data,
+        generator_name,
+        load_reference,
+        pair_with_reference,
+        parse_judge,
+        read_model_outputs,
+    )
+    from .io import atomic_write_json
+    from .manifest import build_manifest, write_manifest
+
+    t0 = time.perf_counter()
+    data_files: list[Path] = []
+    try:
+        lc = find_lc_data(lc_data)
+        if annotations is not None:
+            if outputs is not None:
+                raise ValueError("give --outputs (to judge) or --annotations (already judged), not both")
+            frame = annotations_frame(annotations)
+            frame = frame.iloc[:limit] if limit is not None else frame
+            judge_name = str(frame["annotator"].dropna().iloc[0]) if "annotator" in frame.columns and frame["annotator"].notna().any() else "stored"
+            eval_instructions = None
+            ref_path = eval_set or (Path(reference) if reference and reference != "alpaca_eval" else None)
+            if ref_path is not None:
+                eval_instructions = [r.instruction for r in read_model_outputs(ref_path)]
+                data_files.append(ref_path)
+            data_files.append(annotations)
+            judge_info = {"name": judge_name, "kind": "stored annotations"}
+        else:
+            if outputs is None or reference is None:
+                raise ValueError("--outputs and --reference are required (or --annotations to score stored judgements)")
+            judge_obj = parse_judge(judge, judge_model)
+            judge_obj.preflight()  # before any work: no key / server down / no model is one clear error
+            model_outputs = read_model_outputs(outputs, limit=limit)
+            ref_outputs = load_reference(reference)
+            pairs = pair_with_reference(model_outputs, ref_outputs, outputs_path=outputs)
+            name = generator or generator_name(model_outputs, outputs.stem)
+            eval_instructions = [r.instruction for r in (read_model_outputs(eval_set) if eval_set else ref_outputs)]
+            data_files += [p for p in (outputs, Path(reference), eval_set) if p is not None]
+            console.print(f"judging {len(pairs)} pairs with {judge_obj.name} (cached in {out / 'judge_cache.json'})", highlight=False)
+            frame = annotate(pairs, judge_obj, out / "judge", generator=name, cache_path=out / "judge_cache.json")
+            judge_name, judge_info = judge_obj.name, judge_obj.describe()
+        metrics = alpaca_metrics(frame, judge=judge_name, lc=lc, eval_set=eval_instructions)
+    except _ERRORS as exc:
+        _fail(exc)
+    atomic_write_json(out / "annotations.json", frame.to_dict("records"))
+    AlpacaEvalResult([metrics]).save(out)
+    write_manifest(out, build_manifest(
+        command=_command(), seed=None, data_files=data_files + [p for p in lc.files.values()],
+        config={"outputs": str(outputs) if outputs else None, "reference": reference, "annotations": str(annotations) if annotations else None,
+                "judge": judge_info, "lc_data": {k: str(v) for k, v in lc.files.items()}, "eval_set": str(eval_set) if eval_set else None,
+                "limit": limit, "metric_functions": ["alpaca_eval.metrics.get_winrate", "alpaca_eval.metrics.get_length_controlled_winrate"]},
+        results={k: v for k, v in metrics.items()}, timings={"total": round(time.perf_counter() - t0, 2)},
+    ))
+    lc_text = (f"LC {metrics['lc_win_rate']:.2f} ± {metrics['lc_standard_error']:.2f} ({metrics['lc_scope']})"
+               if metrics["lc_win_rate"] is not None else metrics["lc_note"])
+    console.print(f"win rate {metrics['win_rate']:.2f} ± {metrics['standard_error']:.2f} (n={metrics['n']}, judge {judge_name}); {lc_text}",
+                  highlight=False)
+    console.print(f"wrote {out}/alpaca_eval.json (+ .parquet, .png), annotations.json, manifest.json", highlight=False)
+
+
+@eval_app.command("ifsuite")
+def ifsuite(
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
+    outputs: Optional[Path] = typer.Option(None, "--outputs", help="Score these AlpacaEval-format outputs instead of generating."),
+    fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format: tulu (the paper's), native (instruct models' own template), ..."),
+    rules: Optional[str] = typer.Option(None, "--rules", help="Generate with the paper's rule adapter: 'all' or a subset of eos,uniform,diversity,start."),
+    rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants (see configs/rules/paper.yaml)."),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="Prompts JSONL (default: the packaged suite)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N prompts, taken round-robin over categories."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Token budget per response."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Judge-free instruction following: verifiable constraints (counts, casing, JSON, ...), strict and loose accuracy."""
+    from .evaluation import ModelOutput, generator_name, load_suite, read_model_outputs, score_responses
+    from .formats import get_format
+    from .generation import generate_responses
+    from .io import atomic_write_json
+    from .manifest import build_manifest, write_manifest
+    from .models import load_model
+    from .rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
+
+    t0 = time.perf_counter()
+    described, gen_config = None, None
+    try:
+        if (model is None) == (outputs is None):
+            raise ValueError("give --model (generate, then score) or --outputs (score given outputs)")
+        prompts = load_suite(suite, limit=limit)
+        if outputs is not None:
+            given = read_model_outputs(outputs)
+            by_instruction = {o.instruction: o for o in given}
+            label = generator_name(given, outputs.stem)
+            result = score_responses(prompts, {k: v.output for k, v in by_instruction.items()}, model=label)
+            scored = [by_instruction[p.instruction] for p in prompts]
+        else:
+            chat_format = get_format(fmt)
+            rule_cfg = None
+            if rules is not None or rules_config is not None:
+                rule_cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
+                if rules is not None:
+                    rule_cfg = rule_cfg.with_rules(parse_rules(rules))
+            loaded = load_model(model, dtype=dtype, device=device)
+            adapter = RuleAdapter(loaded.tokenizer, rule_cfg) if rule_cfg is not None and rule_cfg.rules else None
+            results, stats = generate_responses(
+                loaded, [p.instruction for p in prompts], fmt=chat_format, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                show_progress=not quiet, logits_processor_factory=adapter.logits_processor if adapter is not None else None)
+            label = f"{model}+rules({','.join(adapter.rules)})" if adapter is not None else model
+            scored = [ModelOutput(r.instruction, r.output, label, "ifsuite", r.stopped) for r in results]
+            atomic_write_json(out / "outputs.json", [o.to_json() | {"ended_with_eos": o.ended_with_eos} for o in scored])
+            result = score_responses(prompts, [o.output for o in scored], model=label)
+            described = loaded.describe()
+            gen_config = {"format": chat_format.name, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "decoding": "greedy",
+                          "rules": rule_cfg.model_dump(mode="json") if adapter is not None else None,
+                          "tokens_per_second": round(stats.tokens_per_second, 2)}
+    except _ERRORS as exc:
+        _fail(exc)
+    result.save(out)
+    behaviour = _save_behaviour(out, scored, label)
+    summary = result.to_json()
+    write_manifest(out, build_manifest(
+        command=_command(), seed=None, model=described, data_files=[p for p in (suite, outputs) if p is not None],
+        config={"model": model, "outputs": str(outputs) if outputs else None, "suite": str(suite) if suite else "packaged",
+                "limit": limit, "generation": gen_config},
+        results={"strict_accuracy": summary["strict_accuracy"], "loose_accuracy": summary["loose_accuracy"], "n": summary["n"],
+                 "behaviour": behaviour},
+        timings={"total": round(time.perf_counter() - t0, 2)},
+    ))
+    console.print(f"{label}: strict {summary['strict_accuracy']:.1%}, loose {summary['loose_accuracy']:.1%} over {summary['n']} prompts", highlight=False)
+    for cat, row in summary["per_category"].items():
+        console.print(f"  {cat:<20} strict {row['strict_accuracy']:.0%}  loose {row['loose_accuracy']:.0%}  (n={row['n']})", highlight=False)
+    gate = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary["not_an_answer"].items() if v)
+    if gate:
+        console.print(f"  not an answer (fail every check): {gate}", highlight=False)
+    console.print(_behaviour_line(behaviour), highlight=False)
+    console.print(f"wrote {out}/ifsuite.json (+ .parquet, .png), behaviour.json, manifest.json", highlight=False)
+
+
+@eval_app.command("behaviour")
+def behaviour(
+    outputs: Path = typer.Option(..., "--outputs", help="AlpacaEval-format outputs (JSON list)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+) -> None:
+    """EOS-terminated fraction, repetition (distinct n-grams), template echo and length of any outputs."""
+    from .evaluation import read_model_outputs
+    from .manifest import build_manifest, write_manifest
+
+    try:
+        given = read_model_outputs(outputs)
+        metrics = _save_behaviour(out, given, outputs.stem)
+    except _ERRORS as exc:
+        _fail(exc)
+    write_manifest(out, build_manifest(command=_command(), seed=None, data_files=[outputs], config={"outputs": str(outputs)}, results=metrics))
+    console.print(_behaviour_line(metrics), highlight=False)
+
+
+@eval_app.command("similarity")
+def similarity(
+    outputs: Path = typer.Option(..., "--outputs", help="The model's outputs on general instructions (AlpacaEval JSON list)."),
+    domain: Path = typer.Option(..., "--domain", help="The finetuning domain's data (chat JSONL, e.g. gsm8k/train_1k.jsonl)."),
+    general: Path = typer.Option(..., "--general", help="General instruction data (chat JSONL, e.g. lima/train.jsonl)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    embedder: str = typer.Option("all-minilm-l6-v2", "--embedder", help="sentence-transformers model: all-minilm-l6-v2 (installed "
+                                 "from PyPI) or a model path / hub id."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=3, help="Only the first N outputs."),
+    domain_limit: Optional[int] = typer.Option(None, "--domain-limit", min=1, help="Only the first N domain examples."),
+    general_limit: Optional[int] = typer.Option(None, "--general-limit", min=1, help="Only the first N general examples."),
+    device: str = typer.Option("cpu", "--device", help="Embedder device."),
+) -> None:
+    """Paper Fig. 5: instruction similarity to the finetuning domain vs the response's domain − general similarity."""
+    from .evaluation import DomainSimilarity, Embedder, SimilarityConfig, generator_name, load_examples, read_model_outputs
+    from .manifest import build_manifest, write_manifest
+
+    t0 = time.perf_counter()
+    try:
+        given = read_model_outputs(outputs, limit=limit)
+        analysis = DomainSimilarity(load_examples(domain, limit=domain_limit), load_examples(general, limit=general_limit),
+                                    SimilarityConfig(domain_name=domain.parent.name or domain.stem, general_name=general.parent.name or general.stem))
+        emb = Embedder(embedder, device=device)
+        result = analysis.run(emb, [o.instruction for o in given], [o.output for o in given], model=generator_name(given, outputs.stem))
+    except _ERRORS as exc:
+        _fail(exc)
+    result.save(out)
+    entry = result.entries[0]
+    write_manifest(out, build_manifest(
+        command=_command(), seed=None, data_files=[outputs, domain, general], model={"embedder": embedder, "path": emb.path},
+        config={"outputs": str(outputs), "domain": str(domain), "general": str(general), "limit": limit,
+                "domain_limit": domain_limit, "general_limit": general_limit},
+        results={k: v for k, v in entry.items() if k != "points"}, timings={"total": round(time.perf_counter() - t0, 2)},
+    ))
+    t = entry["trend"]
+    console.print(f"{entry['model']} vs {entry['domain']}: slope {t['slope']:.3f} ± {t['slope_stderr']:.3f}, r = {t['pearson_r']:.3f} "
+                  f"(p = {t['p_value']:.2g}, n = {entry['n']}); {entry['share_closer_to_domain']:.0%} of responses closer to "
+                  f"{entry['domain']} than to {entry['general']}", highlight=False)
+    console.print(f"wrote {out}/similarity.json (+ .parquet, .png), manifest.json", highlight=False)
