@@ -158,7 +158,11 @@ def alpaca_metrics(annotations: Any, *, judge: str, lc: LCData | None = None, ev
     positions = instruction_positions(list(scored["instruction"]), eval_set)
     scored.index = positions  # alpaca_eval's GLM keys instruction difficulty by this index
     scored["annotator"] = scored.get("annotator", judge)
-    with _alpaca_eval_reads(lc):
+    import sklearn
+
+    # alpaca_eval's GLM turns on sklearn's metadata routing globally (set_config), which breaks
+    # every later sklearn call that passes `groups` (our probes); the context restores the config.
+    with _alpaca_eval_reads(lc), sklearn.config_context():
         lc_metrics = get_length_controlled_winrate(scored, save_weights_dir=None, is_add_glm_preference_inplace=False)
     result["lc_win_rate"] = _clean(lc_metrics["length_controlled_winrate"])
     result["lc_standard_error"] = _clean(lc_metrics["lc_standard_error"])

@@ -106,14 +106,17 @@ def test_lc_from_local_dir_uses_each_instructions_true_position(tmp_path, vicuna
 
     lc = find_lc_data(_synthetic_df_gamed(tmp_path / "lc"))
     assert lc.available
+    import sklearn
+
     full = alpaca_metrics(vicuna_annotations, judge="j", lc=lc, eval_set=eval_instructions)
+    assert not sklearn.get_config()["enable_metadata_routing"]  # alpaca_eval's global switch does not leak
     assert full["lc_scope"] == "full" and full["lc_win_rate"] is not None and full["lc_note"] is None
 
     subset = vicuna_annotations[600:]  # positions 600..804: the hardest under the synthetic difficulty
     got = alpaca_metrics(subset, judge="j", lc=lc, eval_set=eval_instructions)
     assert got["lc_scope"] == "subset" and "not comparable" in got["lc_note"] and got["n"] == 205
     frame = annotations_frame(subset)
-    with _alpaca_eval_reads(lc):
+    with _alpaca_eval_reads(lc), sklearn.config_context():
         naive = get_length_controlled_winrate(frame.copy(), save_weights_dir=None, is_add_glm_preference_inplace=False)
         placed = frame.copy()
         placed.index = range(600, 805)
