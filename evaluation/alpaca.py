@@ -19,7 +19,6 @@ caller:
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,12 +149,12 @@ def alpaca_metrics(annotations: Any, *, judge: str, lc: LCData | None = None, ev
         "avg_length": int(df["output_2"].str.len().mean()),
         "lc_scope": None, "lc_note": None,
     }
-    reason = _lc_unavailable_reason(scored, lc, eval_set)
+    positions = instruction_positions(list(scored["instruction"]), eval_set) if eval_set is not None else None
+    reason = _lc_unavailable_reason(positions, lc, eval_set)
     if reason is not None:
         result["lc_note"] = f"length-controlled win rate unavailable: {reason}"
         return result
-    assert lc is not None and eval_set is not None
-    positions = instruction_positions(list(scored["instruction"]), eval_set)
+    assert lc is not None and eval_set is not None and positions is not None
     scored.index = positions  # alpaca_eval's GLM keys instruction difficulty by this index
     scored["annotator"] = scored.get("annotator", judge)
     import sklearn
@@ -179,7 +178,7 @@ def _single(column: Any) -> str | None:
     return str(values[0]) if len(values) == 1 else None
 
 
-def _lc_unavailable_reason(scored: Any, lc: LCData | None, eval_set: Sequence[str] | None) -> str | None:
+def _lc_unavailable_reason(positions: list[int] | None, lc: LCData | None, eval_set: Sequence[str] | None) -> str | None:
     if lc is None or not lc.available:
         return lc.reason if lc is not None else "no LC data given"
     if eval_set is None:
@@ -190,7 +189,7 @@ def _lc_unavailable_reason(scored: Any, lc: LCData | None, eval_set: Sequence[st
     if len(eval_set) != n_difficulties:
         return (f"the eval set has {len(eval_set)} instructions but alpaca_eval's difficulties cover {n_difficulties}: "
                 "not AlpacaEval's instruction set")
-    if instruction_positions(list(scored["instruction"]), eval_set) is None:
+    if positions is None:
         return "some instructions are not in AlpacaEval's instruction set, so they have no difficulty"
     return None
 
@@ -237,7 +236,6 @@ def annotate(pairs: Sequence[tuple[ModelOutput, ModelOutput]], judge: Judge, jud
     model = pd.DataFrame([{"instruction": o.instruction, "output": o.output, "generator": generator, "dataset": o.dataset}
                           for _, o in pairs])
     Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
     annotator = PairwiseAnnotator(annotators_config=config, caching_path=str(cache_path), **judge.annotator_kwargs())
     return pd.DataFrame(annotator.annotate_head2head(outputs_1=ref, outputs_2=model))
 

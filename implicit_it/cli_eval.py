@@ -114,7 +114,7 @@ def alpaca(
         config={"outputs": str(outputs) if outputs else None, "reference": reference, "annotations": str(annotations) if annotations else None,
                 "judge": judge_info, "lc_data": {k: str(v) for k, v in lc.files.items()}, "eval_set": str(eval_set) if eval_set else None,
                 "limit": limit, "metric_functions": ["alpaca_eval.metrics.get_winrate", "alpaca_eval.metrics.get_length_controlled_winrate"]},
-        results={k: v for k, v in metrics.items()}, timings={"total": round(time.perf_counter() - t0, 2)},
+        results=dict(metrics), timings={"total": round(time.perf_counter() - t0, 2)},
     ))
     lc_text = (f"LC {metrics['lc_win_rate']:.2f} ± {metrics['lc_standard_error']:.2f} ({metrics['lc_scope']})"
                if metrics["lc_win_rate"] is not None else metrics["lc_note"])
