@@ -619,9 +619,12 @@ def config_validate(path: Path = typer.Argument(..., help="A YAML experiment con
                   f"variants {', '.join(cfg.training.variants)})", highlight=False)
 
 
+from . import cli_run  # noqa: E402
 from .cli_eval import eval_app  # noqa: E402 - after the shared helpers, which it uses
 
 app.add_typer(eval_app, name="eval")
+app.command("run")(cli_run.run)
+app.command("report")(cli_run.report)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -95,6 +95,89 @@ class TrainingConfig(_Strict):
         return self
 
 
+RULE_SET_NAMES = ("all", "no_eos", "no_uniform", "no_diversity")
+
+
+class RunGenerateConfig(_Strict):
+    """Greedy generations of every system (base, variants, rule adapter and its ablations)."""
+
+    ifsuite_prompts: int | None = Field(default=None, gt=0)  # judge-free suite prompts, round-robin over categories; None = all 136
+    instructions: str | None = None  # a second instruction set (e.g. AlpacaEval's 805) for the judge
+    instructions_limit: int | None = Field(default=None, gt=0)
+    max_new_tokens: int = Field(default=512, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    # rule-adapter systems: "all" (eos,uniform,diversity) and the paper's ablations (one rule removed)
+    rule_sets: list[Literal["all", "no_eos", "no_uniform", "no_diversity"]] = Field(default_factory=lambda: list(RULE_SET_NAMES))
+    samples: int = Field(default=4, ge=0)  # generations shown side by side in the report
+
+
+class RunRankConfig(_Strict):
+    """The paper's response ranking (Table 2), at the output and through the logit lens."""
+
+    enabled: bool = True
+    data: str = "../shared/data/lima/val_reference_gpt35.json"  # instructions with responses, never trained on
+    systems: list[str] | None = None  # base and variant names (e.g. [base, instruction, response]); None = all
+    instructions: int = Field(default=56, gt=1)
+    negatives: int = Field(default=5, gt=0)
+    max_length: int = Field(default=512, gt=8)
+    layers: str | None = "every:2"  # None: output only
+
+
+class RunProbeConfig(_Strict):
+    """Linear probes (matched vs mismatched instruction/response) per layer."""
+
+    enabled: bool = True
+    data: str = "../shared/data/lima/val_reference_gpt35.json"
+    systems: list[str] | None = None
+    instructions: int = Field(default=56, ge=4)
+    layers: str = "every:2"
+    pools: list[Literal["mean", "last"]] = Field(default_factory=lambda: ["mean"])
+    folds: int = Field(default=5, ge=2)
+    max_length: int = Field(default=512, gt=8)
+
+
+class RunDiffConfig(_Strict):
+    """Layer diffs of each variant against the base (weights, logit lens, rule family, token shift)."""
+
+    enabled: bool = True
+    data: str = "../shared/data/lima/val_reference_gpt35.json"
+    limit: int | None = Field(default=12, ge=2)
+    layers: str = "every:3"
+    vocab: str = "all"
+    max_length: int = Field(default=512, gt=8)
+    max_new_tokens: int = Field(default=128, gt=0)
+
+
+class RunEvalConfig(_Strict):
+    """Evaluation: the judge-free suite always; AlpacaEval when a judge is named."""
+
+    judge: str | None = None  # gpt4_turbo | http(s)://server/v1 | local:SPEC (needs generate.instructions)
+    judge_model: str | None = None
+    reference: str = "instruction"  # the system every other is compared against (the paper: instruction-tuned), or a file
+    lc_data: str | None = None  # folder with alpaca_eval's df_gamed.csv, for length control
+
+
+class RunConfig(_Strict):
+    """What ``iit run`` does after training: one block per stage."""
+
+    seeds: list[int] | None = None  # training seeds (None: [seed]); ``iit run --seeds 1..5`` overrides
+    # Multi-GPU training (7B): each training step runs as `accelerate launch --config_file FILE [ARGS] -m implicit_it train ...`
+    # in a subprocess; the other stages run in this process (set model.device_map: auto for models beyond one GPU).
+    accelerate_config: str | None = None
+    accelerate_args: list[str] = Field(default_factory=list)  # e.g. [--num_processes, "8"]
+    generate: RunGenerateConfig = Field(default_factory=RunGenerateConfig)
+    rank: RunRankConfig = Field(default_factory=RunRankConfig)
+    probe: RunProbeConfig = Field(default_factory=RunProbeConfig)
+    diff: RunDiffConfig = Field(default_factory=RunDiffConfig)
+    eval: RunEvalConfig = Field(default_factory=RunEvalConfig)
+
+    @model_validator(mode="after")
+    def _judge_needs_instructions(self) -> "RunConfig":
+        if self.eval.judge is not None and self.generate.instructions is None:
+            raise ValueError("eval.judge is set but generate.instructions is not: name the instruction set the judge compares on")
+        return self
+
+
 class ExperimentConfig(_Strict):
     """One experiment: a base model, its data, and how each stage runs."""
 
@@ -105,6 +188,7 @@ class ExperimentConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
     notes: str = ""
 
     @field_validator("format")

@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], *, binary: bool = False) -> Path:
     """Call ``write(fh)`` on a temp file beside ``path``, fsync it, then rename it to ``path``."""
@@ -24,6 +27,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], *, binary: 
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be read by others (reports, outputs)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

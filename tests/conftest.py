@@ -141,3 +141,15 @@ def real_gemma():
     from implicit_it import load_model
 
     return load_model("gemma-3-270m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tiny_llama_dir, shared_data, tmp_path_factory):
+    """One finished ``iit run`` study on a tiny random llama (every stage): (config, run dir, outcome)."""
+    from implicit_it.config import parse_config
+    from implicit_it.pipeline import run_study
+    from tests.helpers import study_config_dict
+
+    cfg = parse_config(study_config_dict(tiny_llama_dir, shared_data))
+    run_dir = tmp_path_factory.mktemp("study") / "run"
+    return cfg, run_dir, run_study(cfg, run_dir, show_progress=False)

