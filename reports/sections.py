@@ -156,7 +156,7 @@ def tokens(run: RunData, top: int = 10) -> Section:
         def cell(t: dict[str, Any]) -> str:
             if t.get("fitted_shift") is None or not t.get("in_play"):
                 return "not in play"
-            return f"{t['fitted_shift']:+.2f} ({t['percentile'] * 100:.0f}th pct)"
+            return f"{t['fitted_shift']:+.2f} (pct {t['percentile'] * 100:.0f})"
 
         rows = [[repr(t["text"]), f"{t['paper_score']:+g}", *[cell(r["paper_tokens"][i]) for _, r in fits]]
                 for i, t in enumerate(fits[0][1]["paper_tokens"])]
@@ -166,7 +166,7 @@ def tokens(run: RunData, top: int = 10) -> Section:
         rows.append(["held-out R², paper's rules (fitted scale)", "", *[f"{r['variance_explained_rules']:.4f}" for _, r in fits]])
         tables.append(Table(["token", "paper's score", *[f"{name}: fitted shift (percentile)" for name, _ in fits]], rows, (
             "The fitted rule family's constants at the output layer next to the paper's 15 tokens, its seen-token penalty and "
-            "its EOS slope. Percentile: rank of the token's constant among all tokens in play (0 = most lowered).")))
+            "its EOS slope. pct: percentile of the token's constant among all tokens in play (0 = most lowered).")))
         rows = []
         for i in range(top):
             row = [str(i + 1)]
@@ -193,7 +193,9 @@ def tokens(run: RunData, top: int = 10) -> Section:
         "family (Δ log p ≈ c_w + d·seen(w) + s·n·[w = EOS]) next to the paper's hand-written scores."), tables)
 
 
-def samples(run: RunData, n: int = 4, max_chars: int = 600) -> Section:
+def samples(run: RunData, n: int | None = None, max_chars: int = 600) -> Section:
+    if n is None:  # the run's own setting (run.generate.samples), else 4
+        n = (((run.manifest or {}).get("config") or {}).get("run") or {}).get("generate", {}).get("samples", 4)
     gens = run.stage("generate", set_name="ifsuite")
     seen_labels: dict[str, StepRecord] = {}
     for g in gens:

@@ -88,6 +88,7 @@ class StudyPlan:
     # -- building ---------------------------------------------------------------------------
     def build(self) -> list[Step]:
         run = self.config.run
+        self.steps = []
         self.systems = [System("base", "base", "base")]
         for variant in self.variants:
             for seed in self.seeds:
@@ -115,7 +116,8 @@ class StudyPlan:
             for s in self.systems:
                 if reference is None or s.name != reference.meta.get("system"):
                     self._alpaca_step(s, generated[(s.name, ALPACA)], reference)
-        self._add(Step("report", "report", {"format": REPORT_FORMAT}, self._run_report, self.run_dir / "report", inputs=list(self.steps)))
+        self._add(Step("report", "report", {"format": REPORT_FORMAT, "samples": run.generate.samples}, self._run_report,
+                       self.run_dir / "report", inputs=list(self.steps)))
         return self.steps
 
     def _select(self, systems: list[System], names: list[str] | None, field: str) -> list[System]:

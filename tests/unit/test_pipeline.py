@@ -168,3 +168,33 @@ def test_plan_rejects_unknown_systems_and_judge_without_instructions(tiny_llama_
     data["run"]["eval"] = {"judge": "gpt4_turbo"}
     with pytest.raises(ConfigError, match="run: Value error, eval.judge is set but generate.instructions is not"):
         parse_config(data)
+
+
+def test_a_named_judge_compares_every_system_with_the_instruction_tuned_one(tiny_llama_dir, shared_data, tmp_path):
+    """``run.eval.judge``: AlpacaEval through alpaca_eval on ``generate.instructions``, each system against the
+    instruction-tuned variant (the paper's comparison); here with a local judge (the tiny model, long context)."""
+    judge_model = tmp_path / "judge-model"
+    shutil.copytree(tiny_llama_dir, judge_model)
+    cfg_json = json.loads((judge_model / "config.json").read_text())
+    cfg_json["max_position_embeddings"] = 4096  # alpaca_eval's judge prompt is ~700 tokens
+    (judge_model / "config.json").write_text(json.dumps(cfg_json))
+    data = _config_dict(tiny_llama_dir, shared_data)
+    data["training"]["variants"] = ["instruction", "response"]
+    data["run"].update({
+        "generate": {"ifsuite_prompts": 2, "max_new_tokens": 6, "rule_sets": ["all"],
+                     "instructions": str(shared_data / "lima" / "val_instructions.jsonl"), "instructions_limit": 3},
+        "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False},
+        "eval": {"judge": f"local:{judge_model}", "reference": "instruction"}})
+    cfg = parse_config(data)
+    outcome = run_study(cfg, tmp_path / "run", show_progress=False)
+    alpaca = sorted(sid for sid in outcome.statuses if sid.startswith("eval/alpaca/"))
+    assert alpaca == ["eval/alpaca/base", "eval/alpaca/response.s0", "eval/alpaca/rules"]  # the reference is not judged against itself
+    for sid in alpaca:
+        result = json.loads((tmp_path / "run" / sid / "alpaca_eval.json").read_text())
+        assert result["n"] == 3 and 0 <= result["win_rate"] <= 100
+    assert (tmp_path / "run" / "eval" / "judge_cache.json").is_file()
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    table1 = md.split("## Table 1")[1].split("\n## ")[0]
+    win = json.loads((tmp_path / "run" / "eval" / "alpaca" / "response.s0" / "alpaca_eval.json").read_text())["win_rate"]
+    assert "win rate vs instruction %" in table1 and f"| {win:.1f} |" in table1.split("| response |")[1].splitlines()[0]
+    assert set(run_study(cfg, tmp_path / "run", show_progress=False).statuses.values()) == {"cached"}

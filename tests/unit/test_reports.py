@@ -46,6 +46,8 @@ def test_report_tables_hold_this_runs_numbers_beside_the_papers(tiny_study):
     assert tokens["'<'"].split(" | ")[1] == "-4"
     sample = json.loads((run_dir / "generate" / "ifsuite" / "base" / "outputs.json").read_text())[0]
     assert sample["instruction"].splitlines()[0] in md
+    samples = md.split("## Sample generations")[1].split("\n## ")[0]
+    assert samples.count("\n**") == 2  # run.generate.samples of the tiny study
     for key in ("weights", "kl", "ranking", "probe", "rules"):
         assert f"![{key}](figures/{key}.png)" in md and (run_dir / "report" / "figures" / f"{key}.png").stat().st_size > 5000
     manifest = json.loads((run_dir / "manifest.json").read_text())
