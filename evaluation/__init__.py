@@ -20,7 +20,7 @@ from .alpaca import (
     load_reference,
     pair_with_reference,
 )
-from .behaviour import TEMPLATE_MARKERS, behaviour_metrics, distinct_ngram_ratio, echoes_template
+from .behaviour import TEMPLATE_MARKERS, behaviour_metrics, distinct_ngram_ratio, echoes_template, write_behaviour
 from .ifsuite import CHECKS, IfPrompt, IfSuiteResult, load_suite, loose_variants, score_responses
 from .judges import Judge, JudgeUnavailable, local_logprob_completions, parse_judge
 from .outputs import ModelOutput, generator_name, read_model_outputs
@@ -29,7 +29,7 @@ from .similarity import DomainSimilarity, Embedder, SimilarityConfig, Similarity
 __all__ = [
     "AlpacaEvalResult", "LCData", "alpaca_metrics", "annotate", "annotations_frame", "find_lc_data", "instruction_positions",
     "load_reference", "pair_with_reference",
-    "TEMPLATE_MARKERS", "behaviour_metrics", "distinct_ngram_ratio", "echoes_template",
+    "TEMPLATE_MARKERS", "behaviour_metrics", "distinct_ngram_ratio", "echoes_template", "write_behaviour",
     "CHECKS", "IfPrompt", "IfSuiteResult", "load_suite", "loose_variants", "score_responses",
     "Judge", "JudgeUnavailable", "local_logprob_completions", "parse_judge",
     "ModelOutput", "generator_name", "read_model_outputs",

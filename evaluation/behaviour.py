@@ -8,6 +8,7 @@ starts when those stop.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Sequence
 
 # Chat-template markers whose presence in a response means the model continued the template
@@ -59,3 +60,12 @@ def behaviour_metrics(outputs: Sequence[str], ended_with_eos: Sequence[bool | No
         "mean_length_words": sum(len(o.split()) for o in outputs) / n,
         "mean_length_chars": sum(len(o) for o in outputs) / n,
     }
+
+
+def write_behaviour(out_dir: str | Path, outputs: Sequence[str], ended_with_eos: Sequence[bool | None] | None, label: str) -> dict[str, Any]:
+    """``behaviour_metrics`` of one model's outputs, written atomically to ``out_dir/behaviour.json``."""
+    from implicit_it.io import atomic_write_json
+
+    metrics = {"model": label, **behaviour_metrics(outputs, ended_with_eos)}
+    atomic_write_json(Path(out_dir) / "behaviour.json", metrics)
+    return metrics

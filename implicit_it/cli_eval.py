@@ -25,12 +25,9 @@ def _command() -> str:
 
 
 def _save_behaviour(out: Path, outputs, label: str) -> dict:
-    from .evaluation import behaviour_metrics
-    from .io import atomic_write_json
+    from .evaluation import write_behaviour
 
-    metrics = {"model": label, **behaviour_metrics([o.output for o in outputs], [o.ended_with_eos for o in outputs])}
-    atomic_write_json(out / "behaviour.json", metrics)
-    return metrics
+    return write_behaviour(out, [o.output for o in outputs], [o.ended_with_eos for o in outputs], label)
 
 
 def _behaviour_line(m: dict) -> str:

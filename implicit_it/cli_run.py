@@ -27,15 +27,14 @@ def run(
     Every step's output is keyed by a hash of its config and inputs: a re-run skips finished steps,
     a changed config re-runs only what depends on it, and an interrupted run resumes."""
     from .config import load_config
-    from .pipeline import StageFailed, StudyPlan, parse_seeds, run_study
+    from .pipeline import StageFailed, parse_seeds, run_study
 
     try:
         cfg = load_config(config)
         seed_list = parse_seeds(seeds) if seeds else None
-        run_dir = out or Path("runs") / "study" / cfg.name
-        StudyPlan(cfg, run_dir, seeds=seed_list).build()  # validate the plan (system names, references) before any work
     except (ImplicitItError, ValueError) as exc:
         _fail(exc)
+    run_dir = out or Path("runs") / "study" / cfg.name
     t0 = time.perf_counter()
     console.print(f"iit run: {config} → {run_dir}", highlight=False)
 
@@ -54,6 +53,8 @@ def run(
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         console.print(f"finished steps are kept under {run_dir}; fix the cause and run the same command again to resume.", highlight=False)
         raise typer.Exit(code=1) from None
+    except (ImplicitItError, ValueError) as exc:  # the plan or the judge, rejected before any step ran
+        _fail(exc)
     from .reports import read_run
     from .reports.sections import headline
 

@@ -78,11 +78,14 @@ def read_run(run_dir: str | Path) -> RunData:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
     steps = []
     for path in sorted(run_dir.glob("*/**/step.json")):
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("stage") == "report":
-            continue
-        steps.append(StepRecord(record["stage"], record["name"], path.parent, record.get("meta", {}), record.get("summary", {}),
-                                record.get("seconds", 0.0), record.get("config", {})))
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record.get("stage") == "report":
+                continue
+            steps.append(StepRecord(record["stage"], record["name"], path.parent, record.get("meta", {}), record.get("summary", {}),
+                                    record.get("seconds", 0.0), record.get("config", {})))
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise ImplicitItError(f"{path}: not a step record ({type(exc).__name__}: {exc})") from None
     if not steps:
         raise ImplicitItError(f"{run_dir}: no finished steps (run `iit run` first)")
     order = {sid: i for i, sid in enumerate((manifest or {}).get("results", {}).get("steps", {}))}

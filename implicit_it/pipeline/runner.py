@@ -44,7 +44,11 @@ def run_study(config: ExperimentConfig, run_dir: str | Path, *, seeds: list[int]
     """Plan and run every step of ``config`` under ``run_dir``; finished steps with the same key are skipped."""
     run_dir = Path(run_dir)
     plan = StudyPlan(config, run_dir, seeds=seeds, show_progress=show_progress, command=command)
-    steps = plan.build()
+    steps = plan.build()  # a bad plan (unknown system, missing reference) fails here, before any work
+    if config.run.eval.judge:  # no key / server down / no judge model: one error now, not after hours of training
+        from implicit_it.evaluation import parse_judge
+
+        parse_judge(config.run.eval.judge, config.run.eval.judge_model).preflight()
     outcome = RunOutcome(run_dir, None)
     started = time.perf_counter()
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import shutil
 import sys
@@ -281,13 +280,7 @@ class StudyPlan:
         summary = {"n": len(records), "n_ended_with_eos": sum(r.stopped for r in results), "new_tokens": stats.n_new_tokens,
                    "tokens_per_second": round(stats.tokens_per_second, 2)}
         self._manifest(step, loaded, summary, {"generate": round(stats.seconds, 2)})
-        self._release(system, loaded)
         return summary
-
-    def _release(self, system: System, loaded: Any) -> None:
-        if system.kind == "variant":
-            del loaded
-            gc.collect()
 
     def _run_rank(self, step: Step, system: System) -> dict[str, Any]:
         from implicit_it.generation import progress_bar
@@ -307,7 +300,6 @@ class StudyPlan:
         out = ranking.entries[0]
         summary = {"accuracy": out["accuracy"], "ci95": out["ci95"], "n_pairs": out["n_pairs"]}
         self._manifest(step, loaded, summary, {"score": round(run.seconds, 2)})
-        self._release(system, loaded)
         return summary
 
     def _run_probe(self, step: Step, system: System) -> dict[str, Any]:
@@ -326,7 +318,6 @@ class StudyPlan:
         best = max(run.result.entries[0]["layers"], key=lambda layer: layer["accuracy"])
         summary = {"best_layer": best["layer"], "best_accuracy": best["accuracy"], "n_examples": run.n_examples}
         self._manifest(step, loaded, summary, {"probe": round(run.seconds, 2)})
-        self._release(system, loaded)
         return summary
 
     def _run_diff(self, step: Step, system: System) -> dict[str, Any]:
@@ -358,19 +349,17 @@ class StudyPlan:
                    "variance_explained_rule_family": rules["variance_explained_rule_family"],
                    "emergence_layer": rules["emergence_layer"], "kl_output": logits["kl_output"], "counts": result.counts}
         self._manifest(step, variant, summary, {k: round(v, 2) for k, v in result.timings.items()})
-        self._release(system, variant)
         return summary
 
     def _run_ifsuite(self, step: Step, system: System, generated: Step) -> dict[str, Any]:
-        from implicit_it.evaluation import behaviour_metrics, load_suite, score_responses
+        from implicit_it.evaluation import load_suite, score_responses, write_behaviour
 
         records = json.loads((generated.dir / "outputs.json").read_text(encoding="utf-8"))
         by_instruction = {r["instruction"]: r["output"] for r in records}
         prompts = [p for p in load_suite() if p.instruction in by_instruction]
         result = score_responses(prompts, by_instruction, model=system.name)
         result.save(step.dir)
-        behaviour = {"model": system.name, **behaviour_metrics([r["output"] for r in records], [r["ended_with_eos"] for r in records])}
-        atomic_write_json(step.dir / "behaviour.json", behaviour)
+        behaviour = write_behaviour(step.dir, [r["output"] for r in records], [r["ended_with_eos"] for r in records], system.name)
         summary = result.to_json()
         out = {"strict_accuracy": summary["strict_accuracy"], "loose_accuracy": summary["loose_accuracy"], "n": summary["n"],
                "eos_fraction": behaviour["eos_fraction"], "template_echo_rate": behaviour["template_echo_rate"]}
@@ -389,8 +378,7 @@ class StudyPlan:
         )
 
         e = self.config.run.eval
-        judge = parse_judge(e.judge, e.judge_model)
-        judge.preflight()
+        judge = parse_judge(e.judge, e.judge_model)  # checked before the run started (run_study)
         outputs = read_model_outputs(generated.dir / "outputs.json")
         ref_path = reference.dir / "outputs.json" if reference is not None else Path(e.reference)
         pairs = pair_with_reference(outputs, read_model_outputs(ref_path), outputs_path=generated.dir / "outputs.json")
