@@ -25,7 +25,7 @@ from implicit_it.formats import ChatFormat, get_format, instruction_offset
 from implicit_it.probes.forward import PairForward, encode_groups
 from implicit_it.probes.lens import LogitLens, parse_layers
 from implicit_it.probes.pairs import Candidate, RankingGroup, RankingSource
-from implicit_it.rules import RuleAdapter, seen_tokens
+from implicit_it.rules import RuleAdapter
 
 from .rule_family import row_centred
 
@@ -146,12 +146,11 @@ class DeltaPass:
         n = int(b_base.lengths[row])
         instruction_start = torch.tensor([instruction_offset(self.base.tokenizer, self.fmt, text.instruction, prompt)])
         response_start = torch.tensor([len(prompt)])
-        scope = self.adapter.diversity_scope_start(response_start, instruction_start)
         v = self.vocab_size
         for j0 in range(0, n, self.config.chunk_positions):
             j1 = min(n, j0 + self.config.chunk_positions)
             positions = torch.arange(j0, j1) + len(prompt) - 1  # column of the token that predicts response token j
-            seen = seen_tokens(ids, positions.unsqueeze(0), scope, self.adapter.vocab_size)
+            seen = self.adapter.seen(ids, positions.unsqueeze(0), response_start, instruction_start)
             scores = self.adapter.scores(ids, positions, response_start, instruction_start=instruction_start, seen=seen)
             ctx = ChunkContext(text_index, text, self.halves[text_index], torch.arange(j0, j1), b_base.targets[row, j0:j1].cpu(),
                                seen[0, :, :v].float(), row_centred(scores[0, :, :v]))

@@ -79,7 +79,7 @@ class LayerDiff:
     texts: Sequence[str] = TEXT_KINDS
     pass_config: DeltaPassConfig = field(default_factory=DeltaPassConfig)
     rule_config: RuleConfig = field(default_factory=RuleConfig)
-    vocab: str = "all"
+    vocab: str = "frequent:2048"  # see analyses.rule_family: a per-token bias over all tokens measures static bias
     max_new_tokens: int = 128
     batch_size: int = 8
     spectrum: bool = True

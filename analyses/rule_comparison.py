@@ -83,12 +83,12 @@ class RuleComparisonResult(AnalysisResult):
         for e in self.entries:
             x = x_of({**e, "layers": e["per_layer"]})
             (line,) = ax.plot(x, [layer["variance_explained_rule_family"] for layer in e["per_layer"]], "-o", ms=3,
-                              label=f"{e['variant']}: rule family (fitted)")
+                              label=f"{e['variant']}: token bias + seen + EOS slope (fitted)")
             ax.plot(x, [layer["variance_explained_rules"] for layer in e["per_layer"]], "--", marker="s", ms=3, color=line.get_color(),
                     label=f"{e['variant']}: paper's rules (scaled)")
             ax_var.plot(x, [layer["delta_variance"] for layer in e["per_layer"]], ":", color=line.get_color(), label=f"{e['variant']}: Δ")
             ax_var.plot(x, [layer["explained_variance_rule_family"] for layer in e["per_layer"]], "-o", ms=3, color=line.get_color(),
-                        label=f"{e['variant']}: explained by the rule family")
+                        label=f"{e['variant']}: explained by token bias + seen + EOS slope")
             if e["emergence_layer"] is not None:
                 ax_var.axvline(x[[layer["layer"] for layer in e["per_layer"]].index(e["emergence_layer"])], color=line.get_color(), lw=0.8, ls="--")
         ax.axhline(0, color="grey", lw=0.8, ls=":")
@@ -182,7 +182,7 @@ class RuleComparison(PassAnalysis):
 
     name = "rules"
 
-    def __init__(self, *, vocab: str = "all", top_n: int = 20):
+    def __init__(self, *, vocab: str = "frequent:2048", top_n: int = 20):
         self.vocab, self.top_n = vocab, top_n
 
     def observer(self, delta_pass: DeltaPass) -> RuleComparisonObserver:

@@ -6,9 +6,14 @@ information about *which* tokens moved):
 
 * the **hand-written rules**: ``y ≈ a_p + β · r(w, x_p)`` with ``r`` the paper's adapter scores
   (β = 1 is the adapter itself; β is also fitted, one number);
-* the **rule family**: ``y ≈ a_p + c_w + d · seen(p, w) + s · n_p · [w = EOS]``, i.e. a constant
-  shift per token (the uniform rule, for every token), a penalty on tokens already used (the
-  diversity rule) and an EOS score linear in the response length (the EOS rule), all fitted.
+* the **rule family** — a static per-token bias, a seen-token term and an EOS slope:
+  ``y ≈ a_p + c_w + d · seen(p, w) + s · n_p · [w = EOS]``, i.e. a free constant per scored token
+  (the uniform rule generalised to every token), a penalty on tokens already used (the diversity
+  rule) and an EOS score linear in the response length (the EOS rule), all fitted. With one free
+  constant per token, its R² over the whole vocabulary (``vocab: all``, 262k constants for
+  Gemma 3) mostly measures how static the delta is; the default scores the 2,048 most frequent
+  tokens of the texts (plus the rule tokens and EOS), ``vocab: frequent:2048``. The output keeps
+  the field name ``variance_explained_rule_family`` for this model.
 
 Fits use one half of the positions and R² is scored on the other half. Every position sees the
 same vocabulary, so the panel is balanced and the two-way fixed effects (a_p, c_w) are removed

@@ -8,6 +8,10 @@ normalised singular values, Roy & Vetterli 2007) and the energy in the top-k sin
 Checkpoints are streamed tensor by tensor from safetensors (large tensors in row blocks), so two
 7B checkpoints never sit in memory together. A LoRA adapter directory is read directly: its
 ΔW = scale · B A, with the spectrum taken from the small r×r core.
+
+Gemma-style RMSNorms scale by ``1 + w``, not ``w`` (``Gemma3RMSNorm``), so for them the norm
+rows use the effective scale: ‖ΔW‖ / ‖1 + W‖ and the cosine of 1 + W with 1 + W' (row field
+``norm_offset`` = 1). Dividing by ‖W‖, with W near 0, would overstate the change (q/k-norm up to ~2×).
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ class SafetensorsCheckpoint:
         if not weight_map:
             weight_map = {k: f for f, h in self._handles.items() for k in h.keys()}
         self.weight_map: dict[str, str] = weight_map
+        self.norm_offset = norm_offset(self.directory)
 
     def names(self) -> list[str]:
         return list(self.weight_map)
@@ -319,6 +324,9 @@ class WeightDelta(Analysis):
         per_row = max(1, math.prod(shape[1:]))
         step = n_rows if wide or math.prod(shape) <= self.block_elements else max(1, self.block_elements // per_row)
         lora_delta = adapter.delta(name) if lora_svd else None  # type: ignore[union-attr]
+        ckpt = base if base is not None else variant
+        kind = describe_tensor(name)[2]
+        offset = ckpt.norm_offset if ckpt is not None and kind in ("norm", "final_norm") else 0.0
         for start in range(0, n_rows, step):
             stop = min(n_rows, start + step)
             w = _read(base, name, start, stop, shape)
@@ -327,7 +335,7 @@ class WeightDelta(Analysis):
             else:
                 delta = lora_delta[start:stop] if lora_delta is not None else torch.zeros_like(w)
             local = rule_rows[(rule_rows >= start) & (rule_rows < stop)] - start if rule_rows is not None else None
-            acc.add(w, delta, local)
+            acc.add(w + offset if offset else w, delta, local)  # the effective scale of a (1 + w) norm
         sv = None
         if lora_svd and self.spectrum:
             sv = adapter.singular_values(name)  # type: ignore[union-attr]
@@ -335,6 +343,7 @@ class WeightDelta(Analysis):
             sv = torch.linalg.eigvalsh(acc.gram).clamp(min=0).sqrt()
         row = tensor_row(name, acc, sv, shape=shape, top_k=self.top_k, status=status)
         row["rule_rows_delta_sq"] = acc.rule_rows_sq
+        row["norm_offset"] = offset
         return row
 
     def _rule_rows(self, tensors: list[dict[str, Any]], unembed: str | None, base: SafetensorsCheckpoint) -> dict[str, Any] | None:
@@ -348,6 +357,26 @@ class WeightDelta(Analysis):
         expected = len(self.rule_token_ids) / n_vocab
         return {"tensor": unembed, "tied_to_embedding": unembed.endswith("embed_tokens.weight"), "n_rule_tokens": len(self.rule_token_ids),
                 "share_of_delta": share, "share_of_rows": expected, "enrichment": share / expected if total > 0 else float("nan")}
+
+
+GEMMA_NORM_MODEL_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text")
+
+
+def norm_offset(directory: str | Path) -> float:
+    """1.0 when the checkpoint's RMSNorms scale by ``1 + w`` (Gemma, Gemma 2, Gemma 3), else 0.0.
+
+    Read from ``config.json``: the model type (or its ``text_config``'s) or a Gemma architecture."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return 0.0
+    cfg = json.loads(path.read_text())
+    configs = [cfg] + ([cfg["text_config"]] if isinstance(cfg.get("text_config"), dict) else [])
+    for c in configs:
+        if str(c.get("model_type", "")) in GEMMA_NORM_MODEL_TYPES:
+            return 1.0
+        if any(str(a).startswith("Gemma") for a in c.get("architectures") or []):
+            return 1.0
+    return 0.0
 
 
 def _read(ckpt: SafetensorsCheckpoint | None, name: str, start: int, stop: int, shape: Sequence[int]) -> torch.Tensor:

@@ -149,26 +149,29 @@ def alpaca_metrics(annotations: Any, *, judge: str, lc: LCData | None = None, ev
         "avg_length": int(df["output_2"].str.len().mean()),
         "lc_scope": None, "lc_note": None,
     }
-    positions = instruction_positions(list(scored["instruction"]), eval_set) if eval_set is not None else None
+    # LC gets every annotation, as alpaca_eval's CLI passes them: the GLM trains on those with a preference but
+    # averages its predictions (and normalises the length difference) over all (tests/fidelity/test_alpaca_metric.py)
+    positions = instruction_positions(list(df["instruction"]), eval_set) if eval_set is not None else None
     reason = _lc_unavailable_reason(positions, lc, eval_set)
     if reason is not None:
         result["lc_note"] = f"length-controlled win rate unavailable: {reason}"
         return result
     assert lc is not None and eval_set is not None and positions is not None
-    scored.index = positions  # alpaca_eval's GLM keys instruction difficulty by this index
-    scored["annotator"] = scored.get("annotator", judge)
+    placed = df.copy()
+    placed.index = positions  # alpaca_eval's GLM keys instruction difficulty by this index
+    placed["annotator"] = placed.get("annotator", judge)
     import sklearn
 
     # alpaca_eval's GLM turns on sklearn's metadata routing globally (set_config), which breaks
     # every later sklearn call that passes `groups` (our probes); the context restores the config.
     with _alpaca_eval_reads(lc), sklearn.config_context():
-        lc_metrics = get_length_controlled_winrate(scored, save_weights_dir=None, is_add_glm_preference_inplace=False)
+        lc_metrics = get_length_controlled_winrate(placed, save_weights_dir=None, is_add_glm_preference_inplace=False)
     result["lc_win_rate"] = _clean(lc_metrics["length_controlled_winrate"])
     result["lc_standard_error"] = _clean(lc_metrics["lc_standard_error"])
     full = len(set(positions)) == len(eval_set)
     result["lc_scope"] = "full" if full else "subset"
     if not full:
-        result["lc_note"] = (f"LC fitted on {len(scored)} of the {len(eval_set)} AlpacaEval instructions (each with its own "
+        result["lc_note"] = (f"LC over {len(placed)} of the {len(eval_set)} AlpacaEval instructions (each with its own "
                              "difficulty): an estimate for this subset, not comparable to the 805-instruction leaderboard LC")
     return result
 

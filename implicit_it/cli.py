@@ -83,7 +83,7 @@ def generate(
         t0 = time.perf_counter()
         loaded = load_model(model, dtype=dtype, device=device)
         load_s = time.perf_counter() - t0
-        adapter = RuleAdapter(loaded.tokenizer, rule_cfg) if rule_cfg is not None and rule_cfg.rules else None
+        adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
         if adapter is not None and not quiet:
             console.print("rule tokens:\n  " + "\n  ".join(adapter.report()), highlight=False)
         results, stats = generate_responses(
@@ -152,6 +152,7 @@ def train(
                 continue
             r = res.results
             held = f", held-out NLL {r['heldout_nll']:.4f}" if "heldout_nll" in r else ""
+            held += f", validation NLL {r['val_nll']:.4f}" if "val_nll" in r else ""
             console.print(f"{v.name}: {r['data']['n_train_examples']} examples, {r['optimizer_steps']} steps, final loss "
                           f"{r['final_loss']:.4f}{held}, {r['tokens_per_second']:.1f} tok/s, train "
                           f"{res.manifest['timings_seconds']['train']:.0f}s -> {res.out_dir}", highlight=False)
@@ -161,15 +162,22 @@ def train(
 
 @app.command()
 def sweep(
-    config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML; needs data.heldout_examples > 0."),
+    config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML (training.sweep_metric says what selects)."),
     variant: str = typer.Option(..., "--variant", "-V", help="instruction, response or single_task:SOURCE."),
     grid: Optional[str] = typer.Option(None, "--grid", help="Comma-separated epoch counts (default: training.epoch_grid)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="sweep_metric val_win_rate: the judge (gpt4_turbo, a server URL, "
+                                        "local:SPEC), comparing against data.validation's reference outputs, as the paper did."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name on the judge server."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="sweep_metric ifsuite_loose: IF-suite prompts to "
+                                          "generate for (round-robin over categories; default all 136)."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Generation cap for generation-based metrics."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep directory (default runs/<name>/<variant>-sweep)."),
     resume: bool = typer.Option(False, "--resume", help="Reuse finished grid points and continue an unfinished one."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train the epoch grid and select the epoch count by held-out response NLL (no judge needed)."""
+    """Train the epoch grid and select the epoch count by training.sweep_metric (validation NLL by default;
+    val_win_rate, the paper's, with --judge; ifsuite_loose, judge-free generations)."""
     from .training import run_sweep
 
     try:
@@ -180,13 +188,63 @@ def sweep(
             epochs = [float(x) for x in grid.split(",")] if grid else None
         except ValueError:
             raise ValueError(f"--grid: expected comma-separated epoch counts such as 5,7,10, got {grid!r}") from None
-        summary = run_sweep(cfg, variants[0], out_dir=out, grid=epochs, seed=seed, resume=resume, show_progress=not quiet)
+        scorer = _sweep_scorer(cfg, judge, judge_model, prompts, max_new_tokens, quiet)
+        summary = run_sweep(cfg, variants[0], out_dir=out, grid=epochs, seed=seed, resume=resume, show_progress=not quiet,
+                            scorer=scorer)
     except (ImplicitItError, ValueError, OSError) as exc:
         _fail(exc)
     if summary:
         for p in summary["points"]:
             mark = "  <- selected" if p["epochs"] == summary["selected_epochs"] else ""
             console.print(f"epochs {p['epochs']:g}: {summary['metric']} {p.get(summary['metric'], float('nan')):.4f}{mark}", highlight=False)
+
+
+def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts: Optional[int], max_new_tokens: int, quiet: bool):
+    """The generation-based selection metric of ``training.sweep_metric`` as ``model_dir -> {metric: value}``."""
+    metric = cfg.training.sweep_metric
+    if judge is not None and metric != "val_win_rate":
+        raise ValueError(f"--judge is only used by training.sweep_metric val_win_rate (the config says {metric})")
+    if metric not in ("val_win_rate", "ifsuite_loose"):
+        return None
+    from .models import load_model
+
+    if metric == "ifsuite_loose":
+        from .evaluation import load_suite, score_responses
+
+        suite = load_suite(limit=prompts)
+
+        def score(model_dir):
+            from .generation import generate_responses
+
+            loaded = load_model(model_dir, use_process_cache=False)
+            results, _ = generate_responses(loaded, [p.instruction for p in suite], fmt=cfg.format, max_new_tokens=max_new_tokens,
+                                            batch_size=cfg.generation.batch_size, show_progress=not quiet)
+            summary = score_responses(suite, [r.output for r in results]).to_json()
+            return {"ifsuite_loose": summary["loose_accuracy"], "ifsuite_strict": summary["strict_accuracy"]}
+
+        return score
+    if judge is None:
+        raise ValueError("training.sweep_metric val_win_rate needs --judge (the paper compared with GPT-3.5 under AlpacaEval's judge)")
+    if not cfg.data.validation:
+        raise ValueError("training.sweep_metric val_win_rate needs data.validation (instructions with reference outputs)")
+    from .evaluation import ModelOutput, alpaca_metrics, annotate, load_reference, parse_judge
+
+    judge_obj = parse_judge(judge, judge_model)
+    judge_obj.preflight()
+    reference = load_reference(cfg.data.validation)
+
+    def score(model_dir):
+        from .generation import generate_responses
+
+        loaded = load_model(model_dir, use_process_cache=False)
+        results, _ = generate_responses(loaded, [r.instruction for r in reference], fmt=cfg.format, max_new_tokens=max_new_tokens,
+                                        batch_size=cfg.generation.batch_size, show_progress=not quiet)
+        outputs = [ModelOutput(r.instruction, g.output, generator=str(model_dir)) for r, g in zip(reference, results, strict=True)]
+        frame = annotate(list(zip(reference, outputs, strict=True)), judge_obj, Path(model_dir) / "val_judge", generator=str(model_dir),
+                         cache_path=Path(model_dir) / "val_judge_cache.json")
+        return {"val_win_rate": alpaca_metrics(frame, judge=judge_obj.name)["win_rate"]}
+
+    return score
 
 
 def _model_formats(models_: list[str], formats_: list[str]) -> list[tuple[str, str]]:
@@ -199,11 +257,12 @@ def _model_formats(models_: list[str], formats_: list[str]) -> list[tuple[str, s
     return [(m, get_format(f).name) for m, f in zip(models_, fmts, strict=True)]
 
 
-def _probe_inputs(data: Path, pairs: int, negatives: int, include_self: bool, seed: int):
+def _probe_inputs(data: Path, pairs: int, negatives: int, include_self: bool, seed: int, self_draws: str | None = None):
     from .probes import build_ranking_groups, read_ranking_source
 
     source = read_ranking_source(data, limit=pairs)
-    return source, build_ranking_groups(source, negatives=negatives, seed=seed, exclude_self=not include_self)
+    return source, build_ranking_groups(source, negatives=negatives, seed=seed, exclude_self=not include_self,
+                                        self_draws=self_draws)  # type: ignore[arg-type]
 
 
 def _each_model(pairs_of: list[tuple[str, str]], run_one, *, dtype: Optional[str], device: Optional[str], quiet: bool, verb: str, total: int):
@@ -234,9 +293,11 @@ def rank(
     negatives: int = typer.Option(5, "--negatives", "-k", min=1, help="Other instructions' responses per instruction."),
     include_self: bool = typer.Option(False, "--include-self", help="Let a draw pick the instruction's own response, as the "
                                       "paper's code can (scored as a tie = loss). Default: redraw."),
+    self_draws: Optional[str] = typer.Option(None, "--self-draws", help="What a draw of the instruction's own response does: "
+                                             "redraw (default), drop (the paper's plot_ratios.py) or tie. Overrides --include-self."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Also rank through the logit lens after these layers: "
                                          "'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings). Costs one unembedding per layer."),
-    max_length: int = typer.Option(512, "--max-length", min=8, help="Truncate prompt+response+EOS here (the paper: 512)."),
+    max_length: int = typer.Option(1024, "--max-length", min=8, help="Truncate prompt+response+EOS here (the paper: 1024)."),
     batch_tokens: int = typer.Option(4096, "--batch-tokens", min=64, help="Padded tokens per forward batch."),
     bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Cluster-bootstrap resamples for the 95% CI."),
     seed: int = typer.Option(0, "--seed", help="Seed of the negative draws (paper: 0) and of the bootstrap."),
@@ -253,7 +314,7 @@ def rank(
 
     try:
         pairs_of = _model_formats(model, fmt)
-        source, groups = _probe_inputs(data, pairs, negatives, include_self, seed)
+        source, groups = _probe_inputs(data, pairs, negatives, include_self, seed, self_draws)
         probe = RankingProbe(source, groups, max_length=max_length, layers=layers, max_batch_tokens=batch_tokens, n_boot=bootstrap, seed=seed)
     except (ImplicitItError, ValueError) as exc:
         _fail(exc)
@@ -280,7 +341,7 @@ def rank(
         write_manifest(out, build_manifest(
             command=" ".join(["iit"] + sys.argv[1:]),
             config={"models": model, "formats": [f for _, f in pairs_of], "data": str(data), "pairs": pairs, "negatives": negatives,
-                    "exclude_self": not include_self, "layers": layers, "max_length": max_length, "batch_tokens": batch_tokens,
+                    "exclude_self": not include_self, "self_draws": self_draws, "layers": layers, "max_length": max_length, "batch_tokens": batch_tokens,
                     "bootstrap": bootstrap, "score": "mean token log-prob of response+EOS (and total)"},
             seed=seed, model=described, data_files=[data],
             results={"ranking": ranking.entries, "layerwise_ranking": layerwise.entries if layerwise is not None else None},
@@ -374,8 +435,9 @@ def diff(
                               "and/or the variant's own greedy responses to the same instructions ('generations')."),
     layers: str = typer.Option("all", "--layers", help="Logit-lens layers: 'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings; "
                                "the output layer is always included)."),
-    vocab: str = typer.Option("all", "--vocab", help="Tokens the rule comparison scores: 'all' or 'frequent:K' (the K most frequent "
-                              "in the texts, plus the rule tokens and EOS)."),
+    vocab: str = typer.Option("frequent:2048", "--vocab", help="Tokens the rule comparison scores: 'all' or 'frequent:K' (the K most "
+                              "frequent in the texts, plus the rule tokens and EOS). The family's per-token bias makes 'all' "
+                              "mostly measure static biases."),
     fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format of the texts."),
     max_length: int = typer.Option(512, "--max-length", min=8, help="Truncate prompt+response+EOS here."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Token budget of each variant generation."),

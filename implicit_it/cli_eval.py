@@ -165,7 +165,7 @@ def ifsuite(
                 if rules is not None:
                     rule_cfg = rule_cfg.with_rules(parse_rules(rules))
             loaded = load_model(model, dtype=dtype, device=device)
-            adapter = RuleAdapter(loaded.tokenizer, rule_cfg) if rule_cfg is not None and rule_cfg.rules else None
+            adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
             results, stats = generate_responses(
                 loaded, [p.instruction for p in prompts], fmt=chat_format, max_new_tokens=max_new_tokens, batch_size=batch_size,
                 show_progress=not quiet, logits_processor_factory=adapter.logits_processor if adapter is not None else None)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .formats import FORMATS
@@ -38,9 +38,16 @@ class DataConfig(_Strict):
     single_task: dict[str, str] = Field(default_factory=dict)  # e.g. {gsm: ../shared/data/gsm8k/train_1k.jsonl}
     max_train_examples: int | None = Field(default=None, gt=0)
     max_eval_instructions: int | None = Field(default=None, gt=0)
-    # The last N single-turn examples of ``train`` are held out of every variant's training data
-    # and scored by held-out response NLL (the judge-free metric ``iit sweep`` selects epochs by).
+    # The last N examples of ``train`` are held out of every variant's training data and scored by
+    # held-out response NLL. The paper holds nothing out: it selects on ``validation``.
     heldout_examples: int = Field(default=0, ge=0)
+    # Instructions with reference responses (AlpacaEval layout) never trained on: what ``iit sweep``
+    # selects epochs on. The paper's: its 56 LIMA validation instructions with GPT-3.5 references.
+    validation: str | None = None
+    # The paper's encoder strips every turn and trains on all of LIMA, multi-turn examples included
+    # (loss on every assistant turn). ``false`` keeps text as written / drops multi-turn examples.
+    strip_whitespace: bool = True
+    multi_turn: bool = True
 
 
 class GenerationConfig(_Strict):
@@ -64,6 +71,9 @@ class TrainingConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)  # used when method == "lora"
     learning_rate: float = Field(default=1e-5, gt=0)
     epochs: float = Field(default=7, gt=0)
+    # Per-variant epoch counts (variant name -> epochs), e.g. the paper's chosen values
+    # {instruction: 15, response: 5, single_task-gsm: 7}; variants not named use ``epochs``.
+    epochs_by_variant: dict[str, float] = Field(default_factory=dict)
     max_steps: int | None = Field(default=None, gt=0)  # stop after N optimizer steps (smoke runs, benchmarks); overrides epochs
     epoch_grid: list[float] = Field(default_factory=lambda: [5, 7, 10, 15, 20])
     effective_batch_size: int = Field(default=64, gt=0)
@@ -83,7 +93,36 @@ class TrainingConfig(_Strict):
     keep_checkpoints: bool = False  # checkpoints hold optimizer state (3x the model); removed after success
     merge_lora: bool = True  # method lora: also save the merged model, so analyses load one directory
     eval_batch_size: int = Field(default=8, gt=0)  # held-out NLL scoring
-    sweep_metric: Literal["heldout_nll"] = "heldout_nll"
+    # What ``iit sweep`` selects the epoch count by. val_nll: NLL of the validation references
+    # (judge-free, one forward pass); val_win_rate: the paper's (a judge's win rate against the
+    # validation references; needs --judge); ifsuite_loose: judge-free IF-suite loose accuracy of
+    # greedy generations; heldout_nll: NLL of data.heldout_examples. None: val_nll with data.validation, else heldout_nll.
+    sweep_metric: Literal["val_nll", "val_win_rate", "ifsuite_loose", "heldout_nll"] | None = None
+    # example: mean of each example's token losses, then mean over the optimizer step's examples
+    # (the paper: micro-batch 1, reduce_loss=mean). token: mean over all the step's tokens
+    # (HF Trainer's default; long responses weigh more).
+    loss_reduction: Literal["example", "token"] = "example"
+    # How the LR schedule counts steps. open_instruct: as the paper's finetune.py under accelerate
+    # (planned over ceil(N / accumulation) steps, warmup int(ratio * steps), stepped once per process
+    # per optimizer step). trainer: HF Trainer's (warmup ceil(ratio * steps), decays over the real steps).
+    schedule_counting: Literal["open_instruct", "trainer"] = "open_instruct"
+
+    def epochs_for(self, variant_name: str) -> float:
+        """The epoch count of one variant (``epochs_by_variant`` overrides ``epochs``)."""
+        return self.epochs_by_variant.get(variant_name, self.epochs)
+
+    @field_validator("epochs_by_variant")
+    @classmethod
+    def _known_variant_names(cls, v: dict[str, float]) -> dict[str, float]:
+        import math
+
+        for name, epochs in v.items():
+            kind, _, task = name.partition("-")
+            if kind not in ("instruction", "response", "single_task") or (kind == "single_task") != bool(task):
+                raise ValueError(f"unknown variant {name!r}: use instruction, response or single_task-SOURCE")
+            if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+                raise ValueError(f"{name}: epochs must be a finite number > 0, got {epochs!r}")
+        return v
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainingConfig":
@@ -104,7 +143,11 @@ class RunGenerateConfig(_Strict):
     ifsuite_prompts: int | None = Field(default=None, gt=0)  # judge-free suite prompts, round-robin over categories; None = all 136
     instructions: str | None = None  # a second instruction set (e.g. AlpacaEval's 805) for the judge
     instructions_limit: int | None = Field(default=None, gt=0)
-    max_new_tokens: int = Field(default=512, gt=0)
+    max_new_tokens: int = Field(default=512, gt=0)  # the cap of every system without its own entry below
+    # per-system caps keyed by system label (base, instruction, response, single_task-gsm, rules, rules-no_eos, ...;
+    # checked against the run's systems when the study is planned). The paper generates up to 8192 new tokens and
+    # caps only its no-EOS ablation, at 512 (configs/llama2-7b.yaml: {rules-no_eos: 512}).
+    max_new_tokens_by_system: dict[str, PositiveInt] = Field(default_factory=dict)
     batch_size: int = Field(default=8, gt=0)
     # rule-adapter systems: "all" (eos,uniform,diversity) and the paper's ablations (one rule removed)
     rule_sets: list[Literal["all", "no_eos", "no_uniform", "no_diversity"]] = Field(default_factory=lambda: list(RULE_SET_NAMES))
@@ -119,7 +162,9 @@ class RunRankConfig(_Strict):
     systems: list[str] | None = None  # base and variant names (e.g. [base, instruction, response]); None = all
     instructions: int = Field(default=56, gt=1)
     negatives: int = Field(default=5, gt=0)
-    max_length: int = Field(default=512, gt=8)
+    # a draw of the instruction's own response: redraw it, drop it (the paper's plot_ratios.py), or score it as a tie
+    self_draws: Literal["redraw", "drop", "tie"] = "redraw"
+    max_length: int = Field(default=1024, gt=8)  # the paper: --max_seq_length 1024
     layers: str | None = "every:2"  # None: output only
 
 
@@ -143,7 +188,8 @@ class RunDiffConfig(_Strict):
     data: str = "../shared/data/lima/val_reference_gpt35.json"
     limit: int | None = Field(default=12, ge=2)
     layers: str = "every:3"
-    vocab: str = "all"
+    # the rule family fits a bias per scored token: over all 262k tokens its R² mostly measures static biases
+    vocab: str = "frequent:2048"
     max_length: int = Field(default=512, gt=8)
     max_new_tokens: int = Field(default=128, gt=0)
 

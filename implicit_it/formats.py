@@ -172,6 +172,79 @@ def encode_example(
     return EncodedExample(input_ids, labels, len(prompt_ids), merged, truncated)
 
 
+def _split_continuation(tokenizer: Any, context: str, addition: str) -> tuple[list[int], list[int], bool]:
+    """Mid-sequence ids of ``context`` and of ``addition`` right after it (see :func:`_continuation_ids`).
+
+    When the tokenizer merges characters across the seam, ``addition`` is tokenized on its own
+    (third value True), so its ids still decode to exactly ``addition``."""
+    ctx = _continuation_ids(tokenizer, context)
+    both = _continuation_ids(tokenizer, context + addition)
+    if both[: len(ctx)] == ctx:
+        return ctx, both[len(ctx):], False
+    return ctx, _continuation_ids(tokenizer, addition), True
+
+
+def conversation_turns(messages: Sequence[Any], *, strip: bool = True, drop_instructions: bool = False) -> list[tuple[str, str]]:
+    """(user, assistant) pairs of a conversation, as the paper's ``finetune.py`` reads them.
+
+    ``strip`` removes surrounding whitespace from every turn (the paper's encoder does; 289 of
+    LIMA's 1,030 responses carry some, and unstripped they teach ``"\n", EOS`` endings).
+    ``drop_instructions`` blanks every user turn (response tuning; the paper's
+    ``remove_instructions.py``). A trailing user turn without an answer carries no loss and is
+    dropped."""
+    roles = [getattr(m, "role", None) or m["role"] for m in messages]
+    texts = [getattr(m, "content", None) if hasattr(m, "content") else m["content"] for m in messages]
+    turns = []
+    for i in range(0, len(roles) - 1, 2):
+        if roles[i] != "user" or roles[i + 1] != "assistant":
+            raise ValueError(f"turns {i}/{i + 1} are {roles[i]}/{roles[i + 1]}, expected user/assistant")
+        user, assistant = texts[i], texts[i + 1]
+        if strip:
+            user, assistant = user.strip(), assistant.strip()
+        turns.append(("" if drop_instructions else user, assistant))
+    if not turns:
+        raise ValueError("a conversation needs at least one user turn followed by an assistant turn")
+    return turns
+
+
+def encode_conversation(
+    tokenizer: Any,
+    fmt: str | ChatFormat,
+    turns: Sequence[tuple[str, str]],
+    *,
+    max_length: int | None = None,
+) -> EncodedExample:
+    """``input_ids`` and ``labels`` for a whole conversation, loss on every assistant turn + EOS.
+
+    The layout is the paper's (``open_instruct/finetune.py``, ``encode_with_messages_format``)::
+
+        <|user|>\n{u1}\n<|assistant|>\n{a1}EOS\n<|user|>\n{u2}\n<|assistant|>\n{a2}EOS
+
+    The newline after a non-final EOS is labelled, as the paper's mask leaves it. The first turn
+    is exactly :func:`encode_example` (so its prompt ids are what a generator is given); later
+    turns are tokenized as continuations, each labelled span decoding to its text. Truncation
+    cuts from the right, like the paper's ``tokenizer(..., truncation=True)``."""
+    fmt = get_format(fmt)
+    first = encode_example(tokenizer, fmt, *turns[0])
+    input_ids, labels, merged = list(first.input_ids), list(first.labels), first.boundary_merged
+    if len(turns) > 1 and fmt.name == "native":
+        raise ValueError("multi-turn examples need a tag format (tulu, ab_tags, empty_instruction), not 'native'")
+    end_ids = fmt.train_end_token_ids(tokenizer)
+    for user, assistant in turns[1:]:
+        prompt = fmt.prompt_text(user, tokenizer)
+        sep, prompt_ids, m1 = _split_continuation(tokenizer, "\n", prompt)
+        _, response_ids, m2 = _split_continuation(tokenizer, "\n" + prompt, assistant)
+        merged = merged or m1 or m2
+        input_ids += sep + prompt_ids + response_ids + end_ids
+        labels += sep + [IGNORE_INDEX] * len(prompt_ids) + response_ids + end_ids
+    truncated = first.truncated
+    if max_length is not None and len(input_ids) > max_length:
+        if first.n_prompt_tokens >= max_length:
+            raise ValueError(f"prompt is {first.n_prompt_tokens} tokens, not shorter than max_length={max_length}")
+        input_ids, labels, truncated = input_ids[:max_length], labels[:max_length], True
+    return EncodedExample(input_ids, labels, first.n_prompt_tokens, merged, truncated)
+
+
 def pad_batch(
     sequences: Sequence[Sequence[int]], pad_id: int, *, side: str = "left", label_sequences: Sequence[Sequence[int]] | None = None
 ) -> dict[str, Any]:

@@ -4,8 +4,18 @@ Combined next-token log-probs (Hewitt et al. 2024, §6):
 
     log p(w | x) = log_softmax( log_softmax(base_logits) + log_softmax(r(w, x)) )
 
-with r the sum of three rules (semantics of the paper's published code, ``combined_model.py``
-at commit d63f9f8 of john-hewitt/implicit-ins):
+with r the sum of three rules. Semantics are those of the paper's published code,
+``open_instruct/combined_model.py`` of john-hewitt/implicit-ins at bc261e5 (unchanged through the
+last commit fe1c2d8): that is the version whose ``magic_string`` selects rules one by one, as the
+paper's ablations do. The start rule's "first instruction token −6" is older: it was added at
+b23bf51 and removed at d46b1b3, so d63f9f8 is the last commit that has it.
+
+The paper's code finds the *last* occurrence of the user and assistant tags in the sequence at
+every step, so a chat turn the model writes itself (``<|user|>…<|assistant|>``) restarts the
+response length (eos, start) and the diversity scope; ``scope_anchor: last_tag`` (the default)
+does the same, tracking new tag occurrences incrementally during generation. ``scope_anchor:
+prompt`` fixes both at the prompt's tags. Tags are matched as the paper does: the last (up to)
+5 tokens of the tag line ``tag + "\n"`` as tokenized mid-sequence.
 
 * **eos**: EOS gets ``slope · n`` where n is the number of response tokens generated so far,
   for ``0 < n < max_length`` (paper: slope 15/250 = 0.06 — ``scale 5 · 3 / 250`` — and
@@ -88,6 +98,7 @@ class RuleConfig(BaseModel):
     uniform: list[TokenScore] = Field(default_factory=lambda: list(PAPER_UNIFORM))
     diversity_penalty: float = 1.5
     diversity_scope: Literal["instruction", "response"] = "instruction"
+    scope_anchor: Literal["last_tag", "prompt"] = "last_tag"  # re-find the last tag each step (paper) or fix at the prompt
     start_weight: float = 5.0
     start_agreements: list[str] = Field(default_factory=lambda: ["Okay"])
     start_agreement_score: float = 10.0
@@ -195,9 +206,16 @@ class RuleAdapter:
     tokenizer: Any
     config: RuleConfig = field(default_factory=RuleConfig)
     eos_token_id: int | None = None
+    fmt: Any = "tulu"  # the chat format whose tags ``scope_anchor: last_tag`` searches for
 
     def __post_init__(self) -> None:
         tok = self.tokenizer
+        from .formats import get_format
+
+        chat = get_format(self.fmt)
+        # No tag strings (``native``): nothing to re-find, so anchors stay at the prompt.
+        self.user_tag_ids = tag_ids(tok, chat.user_tag) if chat.user_tag else None
+        self.assistant_tag_ids = tag_ids(tok, chat.assistant_tag) if chat.assistant_tag else None
         self.vocab_size = len(tok)
         if self.eos_token_id is None:
             self.eos_token_id = tok.eos_token_id
@@ -230,6 +248,36 @@ class RuleAdapter:
         lines.append(f"{'<EOS>':>10} ramp {self.config.eos_slope:g}/token up to {self.config.eos_max_length} -> id {self.eos_token_id}")
         return lines
 
+    @property
+    def tracks_tags(self) -> bool:
+        return self.config.scope_anchor == "last_tag" and self.assistant_tag_ids is not None
+
+    def anchors(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, response_start: torch.Tensor, instruction_start: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, P) response and instruction starts in force at each position.
+
+        ``scope_anchor: prompt``: the prompt's, at every position. ``last_tag`` (the paper): the
+        column after the last assistant / user tag at or before the position, if one ends
+        after the prompt's own."""
+        bsz, dev = input_ids.shape[0], input_ids.device
+        pos = _positions(positions, bsz, dev)
+        resp = response_start.to(dev).long().view(bsz, 1).expand_as(pos)
+        ins = instruction_start.to(dev).long().view(bsz, 1).expand_as(pos) if instruction_start is not None else None
+        if self.tracks_tags:
+            resp = last_tag_end(input_ids, self.assistant_tag_ids, pos, resp)
+            if ins is not None and self.user_tag_ids is not None:
+                ins = last_tag_end(input_ids, self.user_tag_ids, pos, ins)
+        return resp, ins
+
+    def seen(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, response_start: torch.Tensor, instruction_start: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The (B, P, V) mask the diversity rule penalises, with the configured scope and anchor."""
+        resp, ins = self.anchors(input_ids, positions, response_start, instruction_start)
+        return seen_tokens(input_ids, _positions(positions, input_ids.shape[0], input_ids.device),
+                           self.diversity_scope_start(resp, ins), self.vocab_size)
+
     @torch.no_grad()
     def scores(
         self,
@@ -244,32 +292,42 @@ class RuleAdapter:
 
         ``input_ids``: (B, L). ``positions``: (B, P) or (P,) column indices t; the score at t
         is for the token at t + 1 given ``input_ids[:, :t + 1]``. ``response_start``: (B,)
-        column of each row's first response token. ``scope_start``: (B,) first column the
-        diversity rule counts (default: ``instruction_start`` or ``response_start`` per the
+        column of each row's first response token in the prompt. ``scope_start``: (B,) or
+        (B, P) first column the diversity rule counts (default: from the anchors, per the
         config's scope). ``instruction_start`` (B,) is needed by the start rule and the
-        paper's diversity scope. ``seen``: the (B, P, V) :func:`seen_tokens` mask, when the caller
+        paper's diversity scope. ``seen``: the (B, P, V) :meth:`seen` mask, when the caller
         has already computed it. Returns (B, P, V) float32 on ``input_ids.device``.
         """
+        resp, ins = self.anchors(input_ids, positions, response_start, instruction_start)
+        return self._scores_at(input_ids, positions, resp, ins, scope_start, seen)
+
+    def _scores_at(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        resp: torch.Tensor,
+        instruction_start: torch.Tensor | None,
+        scope_start: torch.Tensor | None = None,
+        seen: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`scores` with the anchors already resolved: ``resp`` and ``instruction_start`` (B, P)."""
         c, dev = self.config, input_ids.device
         bsz = input_ids.shape[0]
-        pos = positions.to(dev).long()
-        if pos.dim() == 1:
-            pos = pos.unsqueeze(0).expand(bsz, -1)
-        resp = response_start.to(dev).long().view(bsz, 1)
+        pos = _positions(positions, bsz, dev)
         n_generated = pos + 1 - resp  # response tokens already generated at each position
         out = torch.zeros(bsz, pos.shape[1], self.vocab_size, device=dev)
         rules = set(c.rules)
         if "uniform" in rules:
             out += self.uniform_vector.to(dev)
         if "eos" in rules:
-            ramp = c.eos_slope * n_generated.float()
+            ramp = (c.eos_slope * n_generated.double()).float()  # in double, then rounded once, as the paper does
             bonus = torch.where((n_generated > 0) & (n_generated < c.eos_max_length), ramp, torch.zeros_like(ramp))
             if c.eos_after_max == "hold":
                 bonus = torch.where(n_generated >= c.eos_max_length, torch.full_like(ramp, c.eos_slope * c.eos_max_length), bonus)
             out[:, :, self.eos_token_id] += bonus
         if "diversity" in rules:
             if seen is None:
-                start = scope_start if scope_start is not None else self.diversity_scope_start(response_start, instruction_start)
+                start = scope_start if scope_start is not None else self.diversity_scope_start(resp, instruction_start)
                 seen = seen_tokens(input_ids, pos, start, self.vocab_size)
             out -= c.diversity_penalty * seen.to(dev).float()
         if "start" in rules:
@@ -277,9 +335,11 @@ class RuleAdapter:
                 raise ValueError("the start rule needs instruction_start")
             first = n_generated == 0
             out += first.unsqueeze(2).float() * (c.start_weight * self.start_vector().to(dev))
-            ins_first = input_ids.gather(1, instruction_start.to(dev).long().view(bsz, 1))  # (B, 1)
+            # the instruction's first token (after the last user tag, when anchors follow tags)
+            ins_col = instruction_start.to(dev).long().clamp(max=input_ids.shape[1] - 1)
+            ins_first = input_ids.gather(1, ins_col)  # (B, P)
             b_idx, p_idx = first.nonzero(as_tuple=True)
-            out[b_idx, p_idx, ins_first[b_idx, 0]] += c.start_first_instruction_token
+            out[b_idx, p_idx, ins_first[b_idx, p_idx]] += c.start_first_instruction_token
             for k, tid, sc in ((1, self._second, c.start_second_token.score), (2, self._third, c.start_third_token.score)):
                 if tid is not None:
                     out[:, :, tid] += (n_generated == k).float() * sc
@@ -303,10 +363,63 @@ class RuleAdapter:
         return RuleLogitsProcessor(self, torch.full((bsz,), batch.prompt_width), ins)
 
 
-def seen_tokens(input_ids: torch.Tensor, positions: torch.Tensor, scope_start: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """(B, P, V) bool: token w occurs in ``input_ids[b, scope_start[b] : t + 1]`` for each position t.
+def tag_ids(tokenizer: Any, tag: str) -> list[int]:
+    """The ids the paper's code searches for: the last (up to) 5 tokens of ``tag + "\n"``.
 
-    ``positions`` (B, P) column indices; ``scope_start`` (B,) the first column that counts."""
+    The paper takes ``tokenizer(f"\n{TAG}\n")["input_ids"][-5:]``, which for Llama-2's tags (7
+    tokens each) is a suffix of the tag line. We tokenize the tag line mid-sequence without the
+    leading newline, so that a shorter tag is found both after BOS (the prompt's user tag) and
+    after text; a tokenizer that merges the tag with the newline before it (or with a dummy-prefix
+    space) leaves the tag unfound, and the anchors then stay at the prompt's."""
+    from .formats import _continuation_ids
+
+    return _continuation_ids(tokenizer, tag + "\n")[-5:]
+
+
+def _positions(positions: torch.Tensor, bsz: int, dev: torch.device) -> torch.Tensor:
+    pos = positions.to(dev).long()
+    return pos.unsqueeze(0).expand(bsz, -1) if pos.dim() == 1 else pos
+
+
+def tag_ends(input_ids: torch.Tensor, tag: Sequence[int]) -> torch.Tensor:
+    """(B, L) bool: a ``tag`` occurrence ends at this column."""
+    bsz, length = input_ids.shape
+    k = len(tag)
+    out = torch.zeros(bsz, length, dtype=torch.bool, device=input_ids.device)
+    if k == 0 or length < k:
+        return out
+    windows = input_ids.unfold(1, k, 1)  # (B, L - k + 1, k)
+    out[:, k - 1:] = (windows == torch.tensor(list(tag), device=input_ids.device)).all(-1)
+    return out
+
+
+def last_tag_end(input_ids: torch.Tensor, tag: Sequence[int], positions: torch.Tensor, default: torch.Tensor) -> torch.Tensor:
+    """(B, P): the column after the last ``tag`` ending at or before each position, or ``default`` (B, P)
+    where that is later (the prompt's own tag, or no occurrence)."""
+    bsz, length = input_ids.shape
+    cols = torch.arange(length, device=input_ids.device).view(1, length)
+    after = torch.where(tag_ends(input_ids, tag), cols + 1, torch.zeros_like(cols)).cummax(1).values  # (B, L)
+    found = after.gather(1, positions.long().clamp(0, length - 1))
+    return torch.maximum(found, default.long())
+
+
+def seen_tokens(input_ids: torch.Tensor, positions: torch.Tensor, scope_start: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(B, P, V) bool: token w occurs in ``input_ids[b, scope_start : t + 1]`` for each position t.
+
+    ``positions`` (B, P) column indices; ``scope_start`` the first column that counts, (B,) or
+    (B, P) (a generated user tag moves it within a row)."""
+    if scope_start.dim() == 2:
+        start2 = scope_start.to(input_ids.device).long()
+        if bool((start2 == start2[:, :1]).all()):
+            scope_start = start2[:, 0]
+        else:  # one pass per distinct start within each row (a few: the prompt's, then each generated tag)
+            out = torch.zeros(*positions.shape, vocab_size, dtype=torch.bool, device=input_ids.device)
+            for b in range(input_ids.shape[0]):
+                for s in torch.unique(start2[b]).tolist():
+                    hit = (start2[b] == s).view(1, -1, 1)
+                    part = seen_tokens(input_ids[b:b + 1], positions[b:b + 1], torch.tensor([s]), vocab_size)
+                    out[b:b + 1] |= part & hit
+            return out
     bsz, length = input_ids.shape
     dev = input_ids.device
     start = scope_start.to(dev).long().view(bsz, 1)
@@ -319,19 +432,76 @@ def seen_tokens(input_ids: torch.Tensor, positions: torch.Tensor, scope_start: t
 
 
 class RuleLogitsProcessor:
-    """HF ``LogitsProcessor``: base scores -> product-of-experts log-probs with the rules."""
+    """HF ``LogitsProcessor``: base scores -> product-of-experts log-probs with the rules.
+
+    Stateful per batch, so that each step costs O(batch), not O(sequence): only the newest
+    token can complete a tag occurrence or join the diversity set, so the anchors and the
+    seen-token mask are updated from the columns added since the last call (and rebuilt from
+    scratch if the sequence is not an extension of the last one)."""
 
     def __init__(self, adapter: RuleAdapter, response_start: torch.Tensor, instruction_start: torch.Tensor | None):
         self.adapter, self.response_start, self.instruction_start = adapter, response_start, instruction_start
+        self._width = 0  # columns already folded into the state
+        self._prefix: torch.Tensor | None = None  # the first column of each row, to detect a new sequence
+        self._resp = self._ins = self._seen = None
+
+    def _rebuild(self, input_ids: torch.Tensor) -> None:
+        ad, dev = self.adapter, input_ids.device
+        last = torch.tensor([input_ids.shape[1] - 1], device=dev)
+        ins = self.instruction_start.to(dev) if self.instruction_start is not None else None
+        resp, ins = ad.anchors(input_ids, last, self.response_start.to(dev), ins)
+        self._resp, self._ins = resp[:, 0].clone(), ins[:, 0].clone() if ins is not None else None
+        self._seen = None
+        if "diversity" in ad.config.rules:
+            scope = ad.diversity_scope_start(self._resp, self._ins)
+            self._seen = seen_tokens(input_ids, last.view(1, 1).expand(input_ids.shape[0], 1), scope, ad.vocab_size)[:, 0].clone()
+        self._width, self._prefix = input_ids.shape[1], input_ids[:, :self.response_start.max().item()].clone()
+
+    def _advance(self, input_ids: torch.Tensor) -> None:
+        ad = self.adapter
+        width = input_ids.shape[1]
+        fresh = (self._prefix is None or width <= self._width or input_ids.shape[0] != self._prefix.shape[0]
+                 or not torch.equal(input_ids[:, :self._prefix.shape[1]], self._prefix.to(input_ids.device)))
+        if fresh:
+            self._rebuild(input_ids)
+            return
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        by_response = ad.config.diversity_scope == "response"
+        for t in range(self._width, width):
+            window = input_ids[:, : t + 1]
+            new_resp = new_ins = None
+            if ad.tracks_tags:
+                new_resp = _ends_at_last(window, ad.assistant_tag_ids)
+                self._resp = torch.where(new_resp, torch.full_like(self._resp, t + 1), self._resp)
+                if self._ins is not None and ad.user_tag_ids is not None:
+                    new_ins = _ends_at_last(window, ad.user_tag_ids)
+                    self._ins = torch.where(new_ins, torch.full_like(self._ins, t + 1), self._ins)
+            if self._seen is not None:
+                reset = new_resp if by_response else new_ins
+                self._seen[rows, input_ids[:, t]] = True
+                if reset is not None and bool(reset.any()):  # the scope restarts after the tag
+                    self._seen[reset] = False
+        self._width = width
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        last = torch.tensor([input_ids.shape[1] - 1])
-        rule = self.adapter.scores(input_ids, last, self.response_start, instruction_start=self.instruction_start)[:, 0]
+        self._advance(input_ids)
+        last = torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
+        ins = self._ins.view(-1, 1) if self._ins is not None else None
+        seen = self._seen.unsqueeze(1) if self._seen is not None else None
+        rule = self.adapter._scores_at(input_ids, last, self._resp.view(-1, 1), ins, seen=seen)[:, 0]
         vocab = min(scores.shape[-1], rule.shape[-1])  # some checkpoints pad the embedding matrix
         combined = torch.log_softmax(scores[:, :vocab].float(), -1) + torch.log_softmax(rule[:, :vocab], -1)
         out = torch.full_like(scores, -float("inf"), dtype=combined.dtype)
         out[:, :vocab] = torch.log_softmax(combined, -1)
         return out
+
+
+def _ends_at_last(input_ids: torch.Tensor, tag: Sequence[int]) -> torch.Tensor:
+    """(B,) bool: ``tag`` ends at the last column."""
+    k = len(tag)
+    if k == 0 or input_ids.shape[1] < k:
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    return (input_ids[:, -k:] == torch.tensor(list(tag), device=input_ids.device)).all(1)
 
 
 def rule_logit_delta(

@@ -40,7 +40,7 @@ class EncodedGroup:
 
 
 def encode_groups(
-    tokenizer: Any, fmt: str | ChatFormat, source: RankingSource, groups: Sequence[RankingGroup], *, max_length: int | None = 512,
+    tokenizer: Any, fmt: str | ChatFormat, source: RankingSource, groups: Sequence[RankingGroup], *, max_length: int | None = 1024,
 ) -> list[EncodedGroup]:
     """Tokenize every pair with the training encoder (loss tokens = response + EOS).
 

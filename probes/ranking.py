@@ -99,7 +99,8 @@ class RankingRun:
 
     def _entry(self, scores: GroupScores, key: Any, score: str) -> dict[str, Any]:
         values = scores.mean(key) if score == "mean_logprob" else scores.totals[key]
-        acc, ci = accuracy_with_ci(ranking_wins(values), n_boot=self.n_boot, seed=self.seed)
+        present = scores.n_tokens[:, 1:] > 0  # a dropped self-draw leaves its group a negative short
+        acc, ci = accuracy_with_ci(ranking_wins(values), present, n_boot=self.n_boot, seed=self.seed)
         return {"accuracy": acc, "ci95": [ci[0], ci[1]]}
 
     def ranking(self) -> RankingResult:
@@ -107,7 +108,7 @@ class RankingRun:
         return RankingResult([
             {"model": self.model, "score": s, **self._entry(self.output, OUTPUT, s), "n_pairs": n_pairs,
              "n_instructions": len(self.encoded), "n_skipped_instructions": len(self.groups) - len(self.encoded),
-             "truncated_fraction": float(self.output.truncated.mean()), "model_description": self.description}
+             "truncated_fraction": float(self.output.truncated[self.output.n_tokens > 0].mean()), "model_description": self.description}
             for s in SCORES
         ])
 
@@ -147,7 +148,7 @@ class RankingProbe(Analysis):
     name = "ranking"
 
     def __init__(self, source: RankingSource, groups: Sequence[RankingGroup], *, fmt: str | ChatFormat = "tulu",
-                 max_length: int | None = 512, layers: str | Sequence[int] | None = None, max_batch_tokens: int = 4096,
+                 max_length: int | None = 1024, layers: str | Sequence[int] | None = None, max_batch_tokens: int = 4096,
                  n_boot: int = 2000, seed: int = 0):
         self.source, self.groups = source, list(groups)
         self.fmt = get_format(fmt)

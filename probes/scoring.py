@@ -31,7 +31,8 @@ class GroupScores:
     truncated: np.ndarray  # (groups, candidates) bool
 
     def mean(self, key: Any = OUTPUT) -> np.ndarray:
-        return self.totals[key] / self.n_tokens
+        with np.errstate(invalid="ignore", divide="ignore"):  # absent candidates (0 tokens) stay NaN
+            return self.totals[key] / self.n_tokens
 
 
 def score_groups(

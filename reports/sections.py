@@ -91,7 +91,8 @@ def response_tuning(run: RunData) -> Section:
     return Section("table1", "Table 1 — response tuning", (
         "Instruction following of the base model, the instruction-tuned and the response-tuned variant (responses only, the "
         "instruction replaced by an empty string). This run's columns come first; the paper's AlpacaEval 2 LC win rates against "
-        "the instruction-tuned model are beside them for reference only."), [Table(cols, rows, _seed_caption(run))])
+        "the instruction-tuned model are beside them for reference only."),
+        [Table(cols, rows, " ".join(filter(None, [_seed_caption(run), _reference_caption(run)])))])
 
 
 def ranking(run: RunData) -> Section:
@@ -128,7 +129,15 @@ def rules(run: RunData) -> Section:
     return Section("table4", "Table 4 — the rule-based adapter and its ablations", (
         "The base model combined with the paper's three rules as a product of experts (EOS score growing with length, fixed "
         "shifts of 15 tokens, −1.5 per token already used), and with one rule removed. No training involved."),
-        [Table(cols, rows)] if len(labels) > 1 else [])
+        [Table(cols, rows, _reference_caption(run))] if len(labels) > 1 else [])
+
+
+def _reference_caption(run: RunData) -> str:
+    """The base and the rule adapter have no seed: judged against each seed of the reference, their ± is over those."""
+    seeds = sorted({r.meta["reference_seed"] for r in run.stage("eval", set_name="alpaca")
+                    if r.meta.get("seed") is None and r.meta.get("reference_seed") is not None})
+    return (f"Win rates of the base and the rule adapter: mean ± std over the reference's seeds {seeds} (judged against "
+            "each, as in the paper)." if len(seeds) > 1 else "")
 
 
 def _seed_caption(run: RunData) -> str:

@@ -27,7 +27,7 @@ from implicit_it.io import atomic_write_json
 from implicit_it.manifest import build_manifest
 
 from .curves import loss_curve, write_loss_plot
-from .validation import heldout_response_nll
+from .validation import heldout_response_nll, response_nll
 from .variants import EncodedDataset, MaskedLMCollator, Variant, VariantData, build_variant_data
 
 MANIFEST_NAME = "train_manifest.json"
@@ -89,7 +89,7 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
         raise ValueError(f"{out_dir}: holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite to start over")
 
 
-def _training_arguments(config: ExperimentConfig, out_dir: Path, seed: int, show_progress: bool) -> Any:
+def _training_arguments(config: ExperimentConfig, out_dir: Path, seed: int, show_progress: bool, variant_name: str) -> Any:
     import torch
     from transformers import TrainingArguments
 
@@ -99,7 +99,7 @@ def _training_arguments(config: ExperimentConfig, out_dir: Path, seed: int, show
         per_device_train_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps(t.effective_batch_size, t.per_device_batch_size, world_size()),
         learning_rate=t.learning_rate,
-        num_train_epochs=t.epochs,
+        num_train_epochs=t.epochs_for(variant_name),
         max_steps=t.max_steps or -1,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a fraction of all steps
         lr_scheduler_type=t.lr_scheduler,
@@ -119,7 +119,85 @@ def _training_arguments(config: ExperimentConfig, out_dir: Path, seed: int, show
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # lets processes launched on a CPU-only machine form a gloo group
         disable_tqdm=not show_progress,
+        # example reduction divides by a fixed per-process example count; Trainer must not rescale it by the process count
+        average_tokens_across_devices=t.loss_reduction == "token",
     )
+
+
+def example_mean_loss(examples_per_step: int):
+    """``compute_loss_func`` for ``training.loss_reduction: example``: the paper's reduction.
+
+    The paper trains with micro-batch 1 and ``reduce_loss='mean'``: each example's loss is the
+    mean over its labelled tokens, and accelerate divides it by the accumulation steps, so an
+    optimizer step follows the mean over its examples. Here a micro-batch of any size gives the
+    same value: the sum of per-example means divided by the examples one process contributes
+    to a step (per-device batch x accumulation steps, as the paper's fixed divisor, also on a
+    short last step); data-parallel gradient averaging then takes the mean over processes."""
+    import torch.nn.functional as F
+
+    from implicit_it.formats import IGNORE_INDEX
+
+    def loss_fn(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs.logits[:, :-1].float()
+        target = labels[:, 1:].to(logits.device)
+        token_loss = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
+        mask = target != IGNORE_INDEX
+        per_example = token_loss.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return per_example.sum() / examples_per_step
+
+    return loss_fn
+
+
+def open_instruct_schedule(optimizer: Any, *, n_examples: int, per_device_batch_size: int, accumulation_steps: int,
+                           n_processes: int, epochs: float, warmup_ratio: float, kind: str) -> Any:
+    """The LR schedule as the paper's ``finetune.py`` steps it under ``accelerate``.
+
+    It plans ``epochs x ceil(ceil(N / batch) / accumulation)`` steps from the single-process
+    dataloader, warms up for ``int(ratio x planned)`` of them, and accelerate's scheduler wrapper
+    advances it once per process at every optimizer step. On 2 GPUs the schedule therefore runs
+    twice as fast as the real steps and sits at 0 for the run's last ~3%; on one process it
+    differs from Trainer's only in rounding the warmup down."""
+    import math
+
+    from torch.optim.lr_scheduler import LambdaLR
+
+    planned = math.ceil(epochs * math.ceil(math.ceil(n_examples / per_device_batch_size) / accumulation_steps))
+    warmup = int(planned * warmup_ratio)
+
+    def factor(step: int) -> float:
+        s = step * n_processes  # scheduler steps taken after `step` optimizer steps
+        if s < warmup:
+            return s / max(1, warmup)
+        progress = (s - warmup) / max(1, planned - warmup)
+        if kind == "cosine":
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+        return max(0.0, (planned - s) / max(1, planned - warmup))
+
+    return LambdaLR(optimizer, factor)
+
+
+def make_trainer(config: ExperimentConfig, *, n_examples: int, epochs: float, **kwargs: Any) -> Any:
+    """HF ``Trainer`` with the config's loss reduction and LR-schedule counting."""
+    from transformers import Trainer
+
+    t = config.training
+
+    class _Trainer(Trainer):
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if t.schedule_counting == "trainer" or t.max_steps:
+                return super().create_scheduler(num_training_steps, optimizer)
+            if self.lr_scheduler is None:
+                self.lr_scheduler = open_instruct_schedule(
+                    self.optimizer if optimizer is None else optimizer, n_examples=n_examples,
+                    per_device_batch_size=t.per_device_batch_size, accumulation_steps=self.args.gradient_accumulation_steps,
+                    n_processes=self.args.world_size, epochs=epochs, warmup_ratio=t.warmup_ratio, kind=t.lr_scheduler)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
+    if t.loss_reduction == "example":
+        args = kwargs["args"]
+        kwargs["compute_loss_func"] = example_mean_loss(t.per_device_batch_size * args.gradient_accumulation_steps)
+    return _Trainer(**kwargs)
 
 
 def _activation_checkpointing(enabled: bool) -> dict[str, Any]:
@@ -197,8 +275,6 @@ def train_variant(
     command: str | None = None,
 ) -> TrainResult:
     """Train ``variant`` of ``config`` into ``out_dir`` (default ``runs/<name>/<variant>``)."""
-    from transformers import Trainer
-
     seed = config.seed if seed is None else seed
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(config, variant)
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
@@ -212,8 +288,9 @@ def train_variant(
     timings["load_model"] = time.perf_counter() - t0
     data = build_variant_data(config, variant, loaded.tokenizer)
 
-    trainer = Trainer(
-        model=model, args=_training_arguments(config, out_dir, seed, show_progress),
+    trainer = make_trainer(
+        config, n_examples=len(data.examples), epochs=config.training.epochs_for(variant.name),
+        model=model, args=_training_arguments(config, out_dir, seed, show_progress, variant.name),
         train_dataset=EncodedDataset(data.examples), data_collator=MaskedLMCollator(loaded.tokenizer.pad_token_id),
         processing_class=loaded.tokenizer, callbacks=list(callbacks),
     )
@@ -243,7 +320,7 @@ def train_variant(
     timings["save"] = time.perf_counter() - t0
 
     heldout: dict[str, Any] = {}
-    if data.heldout:
+    if data.heldout or config.data.validation:
         t0 = time.perf_counter()
         heldout = _score_heldout(config, data, trainer, out_dir)
         timings["heldout_nll"] = time.perf_counter() - t0
@@ -258,14 +335,23 @@ def train_variant(
 
 
 def _score_heldout(config: ExperimentConfig, data: VariantData, trainer: Any, out_dir: Path) -> dict[str, Any]:
+    """Held-out NLL (``data.heldout_examples``) and validation NLL (``data.validation``) of the trained model."""
     if world_size() == 1:
         model = trainer.model  # the trained weights, still in memory (a PeftModel for LoRA)
     else:  # sharded across processes: score the saved model on this one
         from implicit_it.models import load_model
 
         model = load_model(out_dir, use_process_cache=False).model
-    return heldout_response_nll(model, trainer.processing_class, data.heldout, config.format,
-                                max_length=config.training.max_length, batch_size=config.training.eval_batch_size)
+    kw = dict(max_length=config.training.max_length, batch_size=config.training.eval_batch_size, strip=config.data.strip_whitespace)
+    out: dict[str, Any] = {}
+    if data.heldout:
+        out.update(heldout_response_nll(model, trainer.processing_class, data.heldout, config.format, **kw))
+    if config.data.validation:
+        from implicit_it.data import read_instructions
+
+        val = read_instructions(config.data.validation)
+        out.update(response_nll(model, trainer.processing_class, val, config.format, prefix="val", **kw))
+    return out
 
 
 def _manifest(config, variant, seed, base_model, data, trainer, output, curve, heldout, timings, resumed, command) -> dict[str, Any]:
@@ -280,7 +366,9 @@ def _manifest(config, variant, seed, base_model, data, trainer, output, curve, h
         "distributed_type": str(trainer.accelerator.distributed_type).split(".")[-1],  # NO, MULTI_GPU, FSDP, DEEPSPEED...
         "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
         "optimizer_steps": trainer.state.global_step,
-        "epochs": config.training.epochs,
+        "epochs": config.training.epochs_for(variant.name),
+        "loss_reduction": config.training.loss_reduction,
+        "schedule_counting": config.training.schedule_counting,
         "final_loss": curve[-1]["loss"] if curve else None,
         "mean_train_loss": output.training_loss,
         "tokens_seen": tokens_seen,  # non-padding input tokens, all processes
@@ -293,6 +381,6 @@ def _manifest(config, variant, seed, base_model, data, trainer, output, curve, h
     cfg["seed"] = seed
     return build_manifest(
         command=command or " ".join(["iit"] + sys.argv[1:]), config=cfg, seed=seed, model=base_model,
-        data_files=[config.data.train, *data.data_files], results=results,
+        data_files=[config.data.train, *data.data_files, *([config.data.validation] if config.data.validation else [])], results=results,
         timings={k: round(v, 2) for k, v in timings.items()},
     )

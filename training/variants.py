@@ -6,10 +6,11 @@
 * ``single_task:<source>``: one narrow dataset (gsm, mbpp, poetry, recipes, chess), converted
   with the paper's transformation, first 1,000 examples.
 
-Every variant uses :func:`implicit_it.formats.encode_example`, so loss is on response + EOS only.
-The held-out split (``data.heldout_examples``) is always cut from ``data.train`` before anything
-else, so instruction and response tuning never see it and every variant is scored on the same
-examples.
+Every variant uses :func:`implicit_it.formats.encode_conversation`, so loss is on responses + EOS only.
+The held-out split (``data.heldout_examples``, 0 in the paper) is always cut from ``data.train``
+before anything else, so instruction and response tuning never see it and every variant is scored
+on the same examples. Epochs are selected on ``data.validation`` (the paper's 56 LIMA validation
+instructions), which no variant trains on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from implicit_it.config import ExperimentConfig
 from implicit_it.data import ChatExample
-from implicit_it.formats import EncodedExample, encode_example, pad_batch
+from implicit_it.formats import EncodedExample, conversation_turns, encode_conversation, pad_batch
 from implicit_it.sources import SOURCES, load_chat_source
 
 BASE_VARIANTS = ("instruction", "response", "single_task")
@@ -110,19 +111,23 @@ def split_heldout(examples: Sequence[ChatExample], n_heldout: int) -> tuple[list
 
 
 def build_variant_data(config: ExperimentConfig, variant: Variant, tokenizer: Any) -> VariantData:
-    """Read, split, format and tokenize one variant's training data."""
-    t = config.training
-    lima = load_chat_source(config.data.train, single_turn_only=True)
-    lima_train, heldout = split_heldout(lima, config.data.heldout_examples) if config.data.heldout_examples else (lima, [])
+    """Read, split, format and tokenize one variant's training data.
+
+    As the paper's ``finetune.py`` (with ``data.strip_whitespace`` and ``data.multi_turn`` on, the
+    default): every turn stripped, multi-turn conversations trained on every assistant turn, and
+    response tuning blanking every user turn."""
+    t, d = config.training, config.data
+    single_turn_only = not d.multi_turn
+    lima = load_chat_source(d.train, single_turn_only=single_turn_only)
+    lima_train, heldout = split_heldout(lima, d.heldout_examples) if d.heldout_examples else (lima, [])
     source = _train_source(config, variant)
-    rows = lima_train if variant.kind != "single_task" else load_chat_source(source, single_turn_only=True)
+    rows = lima_train if variant.kind != "single_task" else load_chat_source(source, single_turn_only=single_turn_only)
     examples: list[EncodedExample] = []
     dropped = truncated = 0
     for ex in rows:
-        instruction = "" if variant.drops_instruction else ex.instruction
+        turns = conversation_turns(ex.messages, strip=d.strip_whitespace, drop_instructions=variant.drops_instruction)
         try:
-            enc = encode_example(tokenizer, config.format, instruction, ex.response,
-                                 max_length=None if t.overlong == "drop" else t.max_length)
+            enc = encode_conversation(tokenizer, config.format, turns, max_length=None if t.overlong == "drop" else t.max_length)
         except ValueError:  # the prompt alone does not fit: nothing of the response could be learnt
             enc = None
         if enc is None or len(enc.input_ids) > t.max_length:
@@ -130,7 +135,7 @@ def build_variant_data(config: ExperimentConfig, variant: Variant, tokenizer: An
             continue
         truncated += enc.truncated
         examples.append(enc)
-        if config.data.max_train_examples and len(examples) >= config.data.max_train_examples:
+        if d.max_train_examples and len(examples) >= d.max_train_examples:
             break
     if not examples:
         raise ValueError(f"{source}: no {variant.name} examples fit max_length={t.max_length} (overlong: {t.overlong})")

@@ -230,5 +230,6 @@ def loose_variants(response: str) -> list[str]:
 
 def run_check_loosely(response: str, check: dict[str, Any]) -> bool:
     """Loose: passes on the response or on any non-empty loose variant (so loose >= strict always;
-    IFEval skips empty variants, which would otherwise pass "at most N words" by deleting everything)."""
+    IFEval skips empty variants, which would otherwise pass "at most N words" by deleting everything). The check alone:
+    ``score_responses`` also requires the variant it passes on to be an answer (``suite.loose_answers``)."""
     return run_check(response, check) or any(run_check(v, check) for v in loose_variants(response)[1:] if v.strip())

@@ -8,7 +8,11 @@ restatement of the instruction, and not a continuation of the chat template. IFE
 gate because the models it grades answer; a base model instead repeats the prompt, and the
 repeated instruction contains its own keywords, its example ``<<title>>`` and no commas, which
 the checks would otherwise reward (measured: base Gemma-3-270M scored like SmolLM2-Instruct
-without the gate, by echoing). Responses come either aligned
+without the gate, by echoing). Loose scoring gates each of IFEval's variants the same way
+(:func:`loose_answers`): a check passes loosely only on a variant that is itself an answer, so the
+echoed instruction can never be the text a check passes on (measured before: a response whose first
+line repeated the instruction scored loose 1.0 on ``keywords_required`` and ``title`` with a body
+that ignored the constraint). Responses come either aligned
 with the prompts or keyed by instruction text, as in an AlpacaEval-format outputs file.
 """
 
@@ -25,7 +29,7 @@ from implicit_it.analysis import AnalysisResult, new_figure
 from implicit_it.errors import DataFormatError
 
 from ..behaviour import echoes_template
-from .checks import loose_variants, run_check, run_check_loosely, validate_check
+from .checks import loose_variants, run_check, validate_check
 
 PROMPTS_PATH = Path(__file__).with_name("prompts.jsonl")
 FIELDS = ("id", "category", "instruction", "checks")
@@ -131,6 +135,21 @@ def answer_problem(response: str, instruction: str) -> str | None:
     return None
 
 
+def loose_answers(response: str, instruction: str) -> list[str]:
+    """The non-empty loose variants of ``response`` that are answers themselves. Besides the strict
+    gate, a trimmed variant that is only a piece of the instruction (what is left of a multi-line
+    echo once lines are dropped) is not an answer. The response itself keeps the strict gate only,
+    so loose >= strict."""
+    answers = []
+    for i, variant in enumerate(loose_variants(response)):
+        if not variant.strip() or answer_problem(variant, instruction) is not None:
+            continue
+        if i > 0 and _normalise(variant) in _normalise(instruction):
+            continue
+        answers.append(variant)
+    return answers
+
+
 def score_responses(prompts: Sequence[IfPrompt], responses: Mapping[str, str] | Sequence[str], model: str | None = None) -> IfSuiteResult:
     """Run every check strictly and loosely; a Mapping is keyed by instruction text."""
     if not prompts:
@@ -138,10 +157,11 @@ def score_responses(prompts: Sequence[IfPrompt], responses: Mapping[str, str] | 
     per_prompt = []
     for prompt, response in zip(prompts, align_responses(prompts, responses), strict=True):
         problem = answer_problem(response, prompt.instruction)
-        # loose: some IFEval variant (e.g. without a first line restating the task) is an answer
-        loose_ok = problem is None or any(answer_problem(v, prompt.instruction) is None for v in loose_variants(response))
+        # loose: the check passes on some IFEval variant (e.g. without a first line restating the task)
+        # that is itself an answer; a variant holding the echoed instruction never counts
+        answers = loose_answers(response, prompt.instruction)
         checks = [{"kind": c["kind"], "strict": problem is None and run_check(response, c),
-                   "loose": loose_ok and run_check_loosely(response, c)} for c in prompt.checks]
+                   "loose": any(run_check(v, c) for v in answers)} for c in prompt.checks]
         per_prompt.append({"id": prompt.id, "category": prompt.category, "strict": all(c["strict"] for c in checks),
                            "loose": all(c["loose"] for c in checks), "not_an_answer": problem, "checks": checks})
     per_category: dict[str, dict[str, Any]] = {}

@@ -7,6 +7,12 @@
 * ``<variant>.s<seed>`` (``response.s0``, ``single_task-gsm.s1``): a trained variant;
 * ``rules``, ``rules-no_eos``, ...: the base combined with the paper's rule adapter (all three
   rules, or one removed: the paper's Table 4 ablations).
+
+AlpacaEval pairs systems as the paper does: seed s of a variant against seed s of the reference
+(``run.eval.reference``, the instruction-tuned variant), and the seedless base and rule adapter
+against every seed of the reference (``eval/alpaca/rules/vs-instruction.s1``, ...), so the report
+gives mean ± std over those pairs. Each system generates up to its own cap:
+``run.generate.max_new_tokens_by_system`` (by label), else ``run.generate.max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ class StudyPlan:
                 self.systems.append(System(f"{variant.name}.s{seed}", "variant", variant.name, seed, train=train))
         for rule_set in run.generate.rule_sets:
             self.systems.append(System(rule_system_name(rule_set), "rules", rule_system_name(rule_set), rules=RULE_SETS[rule_set]))
+        self._select(self.systems, list(run.generate.max_new_tokens_by_system), "run.generate.max_new_tokens_by_system")
         sets = [IFSUITE] + ([ALPACA] if run.generate.instructions else [])
         generated = {(s.name, name): self._generate_step(s, name) for s in self.systems for name in sets}
         model_systems = [s for s in self.systems if s.kind != "rules"]
@@ -111,10 +118,11 @@ class StudyPlan:
         for s in self.systems:
             self._ifsuite_step(s, generated[(s.name, IFSUITE)])
         if run.eval.judge:
-            reference = self._alpaca_reference(generated)
+            references = self._alpaca_references()
             for s in self.systems:
-                if reference is None or s.name != reference.meta.get("system"):
-                    self._alpaca_step(s, generated[(s.name, ALPACA)], reference)
+                for ref in self._paired_references(s, references):
+                    self._alpaca_step(s, generated[(s.name, ALPACA)], ref, generated[(ref.name, ALPACA)] if ref else None,
+                                      several=len(references) > 1)
         self._add(Step("report", "report", {"format": REPORT_FORMAT, "samples": run.generate.samples}, self._run_report,
                        self.run_dir / "report", inputs=list(self.steps)))
         return self.steps
@@ -149,10 +157,15 @@ class StudyPlan:
                               self._dir("train", f"{variant.name}.s{seed}"), data_files=sorted(files),
                               meta={"system": f"{variant.name}.s{seed}", "label": variant.name, "seed": seed}))
 
+    def _max_new_tokens(self, system: System) -> int:
+        """The system's own cap (``run.generate.max_new_tokens_by_system``, by label), else ``max_new_tokens``."""
+        g = self.config.run.generate
+        return g.max_new_tokens_by_system.get(system.label, g.max_new_tokens)
+
     def _generate_step(self, system: System, set_name: str) -> Step:
         g = self.config.run.generate
         config = {"system": system.name, "model": self._model_config(), "rules": list(system.rules), "set": set_name,
-                  "max_new_tokens": g.max_new_tokens, "batch_size": g.batch_size,
+                  "max_new_tokens": self._max_new_tokens(system), "batch_size": g.batch_size,
                   "instructions": g.ifsuite_prompts if set_name == IFSUITE else [g.instructions, g.instructions_limit]}
         files = [g.instructions] if set_name == ALPACA else []
         return self._add(Step("generate", f"{set_name}/{system.name}", config, lambda step: self._run_generate(step, system, set_name),
@@ -182,22 +195,41 @@ class StudyPlan:
         return self._add(Step("eval", f"{IFSUITE}/{system.name}", {"suite": "packaged"}, lambda step: self._run_ifsuite(step, system, generated),
                               self._dir("eval", f"{IFSUITE}/{system.name}"), inputs=[generated], meta=system.meta()))
 
-    def _alpaca_reference(self, generated: dict) -> Step | None:
+    def _alpaca_references(self) -> list[System]:
+        """The reference systems: one, or one per seed when ``run.eval.reference`` names a trained variant
+        (the paper: each seed of the instruction-tuned model); empty when the reference is a file."""
         ref = self.config.run.eval.reference
         matches = [s for s in self.systems if ref in (s.name, s.label)]
-        if matches:
-            return generated[(matches[0].name, ALPACA)]  # with several seeds, the first seed's outputs are the reference
-        if not Path(ref).is_file():
+        if not matches and not Path(ref).is_file():
             raise ValueError(f"run.eval.reference: {ref!r} is neither a system ({sorted({s.label for s in self.systems})}) nor a file")
-        return None
+        return matches
 
-    def _alpaca_step(self, system: System, generated: Step, reference: Step | None) -> Step:
+    @staticmethod
+    def _paired_references(system: System, references: list[System]) -> list[System | None]:
+        """Whom ``system`` is judged against, as the paper pairs them: seed s of a variant against seed s of the
+        reference; the seedless base and rule adapter against every seed of the reference (mean ± std over those)."""
+        if not references:
+            return [None]  # a reference file
+        if any(r.name == system.name for r in references):
+            return []  # not judged against itself
+        if len(references) == 1 or system.seed is None:
+            return list(references)
+        same_seed = [r for r in references if r.seed == system.seed]
+        if not same_seed:
+            raise ValueError(f"run.eval.reference: no seed {system.seed} of {references[0].label!r} to judge {system.name} against")
+        return same_seed
+
+    def _alpaca_step(self, system: System, generated: Step, ref: System | None, reference: Step | None, *, several: bool) -> Step:
         e = self.config.run.eval
-        config = {"judge": e.judge, "judge_model": e.judge_model, "reference": e.reference, "lc_data": e.lc_data}
+        config = {"judge": e.judge, "judge_model": e.judge_model, "reference": e.reference, "lc_data": e.lc_data,
+                  "reference_system": ref.name if ref is not None else None}
         inputs = [generated] + ([reference] if reference is not None else [])
-        return self._add(Step("eval", f"{ALPACA}/{system.name}", config, lambda step: self._run_alpaca(step, system, generated, reference),
-                              self._dir("eval", f"{ALPACA}/{system.name}"), inputs=inputs,
-                              data_files=[] if reference is not None else [e.reference], meta=system.meta()))
+        # a seedless system judged against several reference seeds gets one step per seed: alpaca/rules/vs-instruction.s1
+        name = f"{ALPACA}/{system.name}" + (f"/vs-{ref.name}" if several and system.seed is None and ref is not None else "")
+        meta = {**system.meta(), "set": ALPACA, "reference": ref.name if ref is not None else e.reference,
+                "reference_seed": ref.seed if ref is not None else None}
+        return self._add(Step("eval", name, config, lambda step: self._run_alpaca(step, system, generated, reference, ref),
+                              self._dir("eval", name), inputs=inputs, data_files=[] if reference is not None else [e.reference], meta=meta))
 
     # -- running ----------------------------------------------------------------------------
     def _load(self, system: System) -> Any:
@@ -233,7 +265,7 @@ class StudyPlan:
                                   command=self.command)
         manifest = json.loads((step.dir / MANIFEST_NAME).read_text(encoding="utf-8"))
         r = manifest["results"]
-        return {k: r.get(k) for k in ("final_loss", "heldout_nll", "tokens_per_second", "optimizer_steps", "tokens_seen")} | {
+        return {k: r.get(k) for k in ("final_loss", "heldout_nll", "val_nll", "tokens_per_second", "optimizer_steps", "tokens_seen")} | {
             "resumed": resume, "train_seconds": manifest["timings_seconds"].get("train")}
 
     def _launch_train(self, step: Step, variant: Any, seed: int, resume: bool) -> None:
@@ -270,9 +302,9 @@ class StudyPlan:
         g = self.config.run.generate
         instructions = self._instructions(set_name)
         loaded = self._load(system)
-        adapter = RuleAdapter(loaded.tokenizer, RuleConfig().with_rules(list(system.rules))) if system.rules else None
+        adapter = RuleAdapter(loaded.tokenizer, RuleConfig().with_rules(list(system.rules)), fmt=self.config.format) if system.rules else None
         results, stats = generate_responses(
-            loaded, instructions, fmt=self.config.format, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size,
+            loaded, instructions, fmt=self.config.format, max_new_tokens=self._max_new_tokens(system), batch_size=g.batch_size,
             logits_processor_factory=adapter.logits_processor if adapter is not None else None, show_progress=self.show_progress)
         records = [{"instruction": r.instruction, "output": r.output, "generator": system.name, "dataset": set_name,
                     "ended_with_eos": r.stopped, "n_tokens": len(r.token_ids)} for r in results]
@@ -288,7 +320,7 @@ class StudyPlan:
 
         r = self.config.run.rank
         source = read_ranking_source(r.data, limit=r.instructions)
-        groups = build_ranking_groups(source, negatives=r.negatives, seed=self.config.seed)
+        groups = build_ranking_groups(source, negatives=r.negatives, seed=self.config.seed, self_draws=r.self_draws)
         loaded = self._load(system)
         with progress_bar(len(groups), self.show_progress, f"rank {system.name}") as advance:
             run = RankingProbe(source, groups, fmt=self.config.format, max_length=r.max_length, layers=r.layers,
@@ -366,7 +398,8 @@ class StudyPlan:
         self._manifest(step, None, out, {})
         return out
 
-    def _run_alpaca(self, step: Step, system: System, generated: Step, reference: Step | None) -> dict[str, Any]:
+    def _run_alpaca(self, step: Step, system: System, generated: Step, reference: Step | None, ref: System | None) -> dict[str, Any]:
+        from implicit_it.data import read_instructions
         from implicit_it.evaluation import (
             AlpacaEvalResult,
             alpaca_metrics,
@@ -383,11 +416,14 @@ class StudyPlan:
         ref_path = reference.dir / "outputs.json" if reference is not None else Path(e.reference)
         pairs = pair_with_reference(outputs, read_model_outputs(ref_path), outputs_path=generated.dir / "outputs.json")
         frame = annotate(pairs, judge, step.dir / "judge", generator=system.name, cache_path=self.run_dir / "eval" / "judge_cache.json")
-        metrics = alpaca_metrics(frame, judge=judge.name, lc=find_lc_data(e.lc_data))
-        metrics.update({"generator": system.name, "reference_generator": e.reference})
+        # LC places each instruction in the whole instruction file (AlpacaEval's 805 when it is that set), not the limited subset
+        g = self.config.run.generate
+        eval_set = [it.instruction for it in read_instructions(g.instructions)] if g.instructions else None
+        metrics = alpaca_metrics(frame, judge=judge.name, lc=find_lc_data(e.lc_data), eval_set=eval_set)
+        metrics.update({"generator": system.name, "reference_generator": ref.name if ref is not None else e.reference})
         AlpacaEvalResult([metrics]).save(step.dir)
         self._manifest(step, None, metrics, {})
-        return {k: metrics.get(k) for k in ("win_rate", "standard_error", "lc_win_rate", "n")}
+        return {k: metrics.get(k) for k in ("win_rate", "standard_error", "lc_win_rate", "lc_standard_error", "lc_note", "n")}
 
     def _run_report(self, step: Step) -> dict[str, Any]:
         from implicit_it.reports import write_report

@@ -172,6 +172,43 @@ def test_weight_delta_finds_only_the_planted_unembedding_rows(tiny_llama_dir, tm
     assert set(frame["kind"]) >= {"q", "k", "v", "o", "gate", "up", "down", "norm", "embedding", "unembedding", "final_norm"}
 
 
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])
+def test_norm_deltas_are_relative_to_the_effective_scale(arch, bytelevel_tokenizer, tiny_llama_dir, tmp_path):
+    """Gemma3RMSNorm scales by (1 + w): its rows divide by ‖1 + W‖; Llama's RMSNorm (w) is unchanged."""
+    from safetensors.torch import load_file
+
+    from analyses.weights import norm_offset
+    from tests.conftest import save_tiny_model
+
+    src = save_tiny_model("gemma3", bytelevel_tokenizer, tmp_path / "g") if arch == "gemma3" else tiny_llama_dir
+    gen = torch.Generator().manual_seed(1)
+
+    def change(model):
+        for layer in model.model.layers:
+            norms = [layer.input_layernorm] + ([layer.self_attn.q_norm] if arch == "gemma3" else [])
+            for norm in norms:
+                norm.weight += 0.3 + 0.1 * torch.randn(norm.weight.shape, generator=gen)  # gemma's init is w = 0
+        model.model.layers[0].self_attn.q_proj.weight += 0.01
+
+    base = _modified_copy(src, tmp_path / "base", change)  # a base with non-trivial norm weights
+    variant = _modified_copy(base, tmp_path / "variant", lambda m: [n.weight.add_(0.2 * torch.randn(n.weight.shape, generator=gen))
+                                                                   for n in m.modules() if type(n).__name__.endswith("RMSNorm")])
+    assert norm_offset(base) == (1.0 if arch == "gemma3" else 0.0)
+    rows = {t["tensor"]: t for t in WeightDelta(top_k=2).run(base, variant).entries[0]["tensors"]}
+    w0, w1 = load_file(str(base / "model.safetensors")), load_file(str(variant / "model.safetensors"))
+    names = ["model.layers.0.input_layernorm.weight", "model.norm.weight"] + (["model.layers.1.self_attn.q_norm.weight"] if arch == "gemma3" else [])
+    off = 1.0 if arch == "gemma3" else 0.0
+    for name in names:
+        a, b = w0[name].double() + off, w1[name].double() + off  # by hand: the scale the norm applies
+        assert rows[name]["norm_offset"] == off
+        assert rows[name]["relative_delta"] == pytest.approx(float((b - a).norm() / a.norm()), rel=1e-5), name
+        assert rows[name]["cosine"] == pytest.approx(float((a * b).sum() / (a.norm() * b.norm())), rel=1e-6), name
+        if arch == "gemma3":  # the plain ‖ΔW‖/‖W‖ would be larger
+            assert rows[name]["relative_delta"] < float((b - a).norm() / w0[name].double().norm())
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert rows[q]["norm_offset"] == 0.0 and rows[q]["delta_norm"] == 0.0  # projections are never offset
+
+
 def test_lora_adapter_is_read_directly_and_matches_the_merged_model(tiny_llama_dir, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer

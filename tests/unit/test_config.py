@@ -28,8 +28,8 @@ def test_paper_hyperparameters():
     assert by_name["demo"].model.spec == "gemma-3-270m"
     paper_gemma = by_name["gemma3-270m-paper"].training
     assert (paper_gemma.effective_batch_size, paper_gemma.max_length, paper_gemma.bf16) == (64, 2048, True)
-    for cfg in by_name.values():  # every shipped config can be swept (held-out split present)
-        assert cfg.data.heldout_examples > 0
+    for cfg in by_name.values():  # every shipped config can be swept: a validation set or a held-out split
+        assert cfg.data.validation or cfg.data.heldout_examples > 0
 
 
 def test_training_options_are_validated(tmp_path):
@@ -70,3 +70,16 @@ def test_yaml_syntax_error_names_line(tmp_path):
 def test_missing_name_and_not_mapping(tmp_path):
     assert "name: Field required" in str(pytest.raises(ConfigError, load_config, _write(tmp_path, "seed: 1\n")).value)
     assert "must be a YAML mapping" in str(pytest.raises(ConfigError, load_config, _write(tmp_path, "- a\n")).value)
+
+
+def test_rule_family_defaults_to_frequent_tokens():
+    """With vocab 'all' the fitted family has a free constant per token (262k for Gemma) and its R² mostly measures a
+    static per-token bias; every entry point defaults to the 2,048 most frequent tokens instead."""
+    import inspect
+
+    from implicit_it.analyses import LayerDiff, RuleComparison
+    from implicit_it.config import RunDiffConfig
+
+    assert RunDiffConfig().vocab == "frequent:2048"
+    for cls in (LayerDiff, RuleComparison):
+        assert inspect.signature(cls).parameters["vocab"].default == "frequent:2048", cls.__name__

@@ -322,3 +322,38 @@ def test_echoing_the_prompt_or_template_is_not_an_answer():
     # loose forgives a restated task on the first line, as IFEval forgives a chatty first line
     fine = score_responses([p], [ins + "\nPasta with basil and garlic is my favourite."]).to_json()
     assert (fine["strict_accuracy"], fine["loose_accuracy"]) == (0, 1)
+
+
+KEYWORDS_INS = "Write a short email inviting your team to a picnic on Friday. Include the words 'sandwiches' and 'sunscreen'."
+TITLE_INS = "Write a poem about rain. Give it a title wrapped in double angular brackets, such as <<poem of joy>>."
+
+
+@pytest.mark.parametrize(("instruction", "check", "body"), [
+    (KEYWORDS_INS, {"kind": "keywords_required", "words": ["sandwiches", "sunscreen"]}, "Hi team, we meet at noon by the lake."),
+    (TITLE_INS, {"kind": "title"}, "Rain falls softly on the roof\nand the garden drinks it in."),
+])
+def test_loose_never_passes_on_the_echoed_instruction(instruction, check, body):
+    """The echo on the first line holds the keywords / the example title; the body ignores the constraint.
+    Every loose variant that still holds the echo is not an answer, so loose fails like strict."""
+    from implicit_it.evaluation.ifsuite.suite import loose_answers
+
+    prompt = IfPrompt("x", check["kind"], instruction, (check,))
+    for response in (instruction + "\n" + body, instruction + "\n" + body + "\nThanks!", "**" + instruction + "**\n" + body):
+        assert run_check_loosely(response, check)  # the ungated check alone would pass on the full response
+        out = score_responses([prompt], [response]).to_json()
+        assert (out["strict_accuracy"], out["loose_accuracy"]) == (0, 0), response
+        assert all(instruction.lower() not in v.lower() for v in loose_answers(response, instruction))
+    # a genuine answer after the same restated first line still passes loose (IFEval forgives a chatty first line)
+    genuine = {"keywords_required": "Hi team, bring sandwiches and sunscreen on Friday!", "title": "<<Rain>>\n" + body}[check["kind"]]
+    out = score_responses([prompt], [instruction + "\n" + genuine]).to_json()
+    assert (out["strict_accuracy"], out["loose_accuracy"]) == (0, 1)
+    assert score_responses([prompt], [genuine]).to_json()["strict_accuracy"] == 1
+
+
+def test_loose_rejects_a_variant_that_is_only_a_piece_of_a_multiline_echo():
+    ins = "Describe the sea.\nDo not use any commas."
+    prompt = IfPrompt("m", "no_commas", ins, ({"kind": "no_commas"},))
+    # dropping the first and the last line leaves "Do not use any commas." (comma-free, but the echo itself)
+    out = score_responses([prompt], [ins + "\nWaves, foam, salt."]).to_json()
+    assert out["loose_accuracy"] == 0
+    assert score_responses([prompt], [ins + "\nWaves roll and foam."]).to_json()["loose_accuracy"] == 1

@@ -10,6 +10,7 @@ import pytest
 
 from implicit_it.config import parse_config
 from implicit_it.io import atomic_write_json
+from implicit_it.models import load_tokenizer
 from implicit_it.pipeline import StageFailed, StudyPlan, parse_seeds, run_study
 from implicit_it.pipeline.steps import PENDING_FILE
 from tests.helpers import study_config_dict as _config_dict
@@ -170,14 +171,20 @@ def test_plan_rejects_unknown_systems_and_judge_without_instructions(tiny_llama_
         parse_config(data)
 
 
-def test_a_named_judge_compares_every_system_with_the_instruction_tuned_one(tiny_llama_dir, shared_data, tmp_path):
-    """``run.eval.judge``: AlpacaEval through alpaca_eval on ``generate.instructions``, each system against the
-    instruction-tuned variant (the paper's comparison); here with a local judge (the tiny model, long context)."""
+def _long_context_judge(tiny_llama_dir, tmp_path) -> Path:
+    """A copy of the tiny model that accepts alpaca_eval's ~700-token judge prompt."""
     judge_model = tmp_path / "judge-model"
     shutil.copytree(tiny_llama_dir, judge_model)
     cfg_json = json.loads((judge_model / "config.json").read_text())
-    cfg_json["max_position_embeddings"] = 4096  # alpaca_eval's judge prompt is ~700 tokens
+    cfg_json["max_position_embeddings"] = 4096
     (judge_model / "config.json").write_text(json.dumps(cfg_json))
+    return judge_model
+
+
+def test_a_named_judge_compares_every_system_with_the_instruction_tuned_one(tiny_llama_dir, shared_data, tmp_path):
+    """``run.eval.judge``: AlpacaEval through alpaca_eval on ``generate.instructions``, each system against the
+    instruction-tuned variant (the paper's comparison); here with a local judge (the tiny model, long context)."""
+    judge_model = _long_context_judge(tiny_llama_dir, tmp_path)
     data = _config_dict(tiny_llama_dir, shared_data)
     data["training"]["variants"] = ["instruction", "response"]
     data["run"].update({
@@ -198,3 +205,154 @@ def test_a_named_judge_compares_every_system_with_the_instruction_tuned_one(tiny
     win = json.loads((tmp_path / "run" / "eval" / "alpaca" / "response.s0" / "alpaca_eval.json").read_text())["win_rate"]
     assert "win rate vs instruction %" in table1 and f"| {win:.1f} |" in table1.split("| response |")[1].splitlines()[0]
     assert set(run_study(cfg, tmp_path / "run", show_progress=False).statuses.values()) == {"cached"}
+
+
+def _judged_config(tiny_llama_dir, shared_data, tmp_path, *, variants, instructions, limit, rule_sets, lc_data=None):
+    judge_model = _long_context_judge(tiny_llama_dir, tmp_path)
+    data = _config_dict(tiny_llama_dir, shared_data)
+    data["training"]["variants"] = variants
+    data["run"].update({
+        "generate": {"ifsuite_prompts": 1, "max_new_tokens": 6, "rule_sets": rule_sets, "instructions": str(instructions),
+                     "instructions_limit": limit},
+        "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False},
+        "eval": {"judge": f"local:{judge_model}", "reference": "instruction", "lc_data": str(lc_data) if lc_data else None}})
+    return data
+
+
+def test_a_run_reports_the_length_controlled_win_rate_with_lc_data(tiny_llama_dir, shared_data, tmp_path):
+    """With AlpacaEval's instruction set and an LC data folder, every judged system gets an LC win rate
+    (each instruction placed in the whole 805-instruction file, not in the limited subset), and the report shows it."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    lc = tmp_path / "lc"
+    lc.mkdir()
+    pd.DataFrame([dict(model=m, index=i, preference=float(rng.uniform()), std_delta_len=float(rng.normal()),
+                       instruction_difficulty=float(rng.normal()), not_gamed_baseline=False)
+                  for m in ("gamed_long", "gamed_short") for i in range(805)]).to_csv(lc / "df_gamed.csv", index=False)
+    data = _judged_config(tiny_llama_dir, shared_data, tmp_path, variants=["instruction", "response"],
+                          instructions=shared_data / "alpaca_eval" / "eval_set.json", limit=4, rule_sets=[], lc_data=lc)
+    data["training"]["max_steps"] = 1
+    outcome = run_study(parse_config(data), tmp_path / "run", show_progress=False)
+    alpaca = sorted(sid for sid in outcome.statuses if sid.startswith("eval/alpaca/"))
+    assert alpaca == ["eval/alpaca/base", "eval/alpaca/response.s0"]
+    for sid in alpaca:
+        result = json.loads((tmp_path / "run" / sid / "alpaca_eval.json").read_text())
+        assert isinstance(result["lc_win_rate"], float) and 0 <= result["lc_win_rate"] <= 100, result["lc_note"]
+        assert result["lc_scope"] == "subset" and result["n"] == 4 and "4 of the 805" in result["lc_note"]
+        assert json.loads((tmp_path / "run" / sid / "step.json").read_text())["summary"]["lc_win_rate"] == result["lc_win_rate"]
+    lc_response = json.loads((tmp_path / "run" / "eval" / "alpaca" / "response.s0" / "alpaca_eval.json").read_text())["lc_win_rate"]
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    row = md.split("## Table 1")[1].split("| response |")[1].splitlines()[0]
+    assert f"| {lc_response:.1f} |" in row
+
+
+def test_each_system_generates_up_to_its_own_cap(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
+    """``run.generate.max_new_tokens_by_system`` (the paper: 512 for rules-no_eos, 8192 for the rest) reaches the
+    generation call, the outputs and the step key; an unknown label is an error naming the field."""
+    import implicit_it.generation as generation
+
+    data = _config_dict(tiny_llama_dir, shared_data)
+    data["training"]["variants"] = ["response"]
+    data["training"]["max_steps"] = 1
+    data["run"].update({"generate": {"ifsuite_prompts": 2, "max_new_tokens": 9, "rule_sets": ["all", "no_eos"],
+                                     "max_new_tokens_by_system": {"rules-no_eos": 3, "response": 5}},
+                        "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False}})
+    cfg = parse_config(data)
+    real, caps = generation.generate_responses, {}
+
+    def spy(loaded, instructions, **kwargs):
+        caps[len(caps)] = kwargs["max_new_tokens"]
+        return real(loaded, instructions, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_responses", spy)
+    plan = StudyPlan(cfg, tmp_path / "run", show_progress=False)
+    keys = {s.name: s.config["max_new_tokens"] for s in plan.build() if s.stage == "generate"}
+    assert keys == {"ifsuite/base": 9, "ifsuite/response.s0": 5, "ifsuite/rules": 9, "ifsuite/rules-no_eos": 3}
+    run_study(cfg, tmp_path / "run", show_progress=False)
+    assert sorted(caps.values()) == [3, 5, 9, 9]
+    for name, cap in keys.items():
+        records = json.loads((tmp_path / "run" / "generate" / name / "outputs.json").read_text())
+        assert all(r["n_tokens"] <= cap for r in records)
+        if name != "ifsuite/rules":  # the EOS rule may stop the full adapter early; the others run to their cap
+            assert max(r["n_tokens"] for r in records) == cap
+    data["run"]["generate"]["max_new_tokens_by_system"] = {"rules-no-eos": 3}
+    with pytest.raises(ValueError, match=r"run.generate.max_new_tokens_by_system: unknown system\(s\) \['rules-no-eos'\]"):
+        StudyPlan(parse_config(data), tmp_path / "other").build()
+
+
+def test_alpaca_pairs_each_seed_with_the_same_seed_of_the_reference(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
+    """The paper: response seed s against instruction seed s; the seedless base and rules against every
+    instruction seed, reported as mean ± std over those pairs."""
+    import implicit_it.evaluation as evaluation
+
+    data = _judged_config(tiny_llama_dir, shared_data, tmp_path, variants=["instruction", "response"],
+                          instructions=shared_data / "lima" / "val_instructions.jsonl", limit=2, rule_sets=["all"])
+    data["training"]["max_steps"] = 1
+    real, judged = evaluation.annotate, {}
+
+    def spy(pairs, judge, judge_dir, *, generator, cache_path):
+        judged.setdefault(generator, []).append([(r.output, o.output) for r, o in pairs])
+        return real(pairs, judge, judge_dir, generator=generator, cache_path=cache_path)
+
+    monkeypatch.setattr(evaluation, "annotate", spy)
+    outcome = run_study(parse_config(data), tmp_path / "run", seeds=[1, 2], show_progress=False)
+    alpaca = sorted(sid for sid in outcome.statuses if sid.startswith("eval/alpaca/"))
+    assert alpaca == ["eval/alpaca/base/vs-instruction.s1", "eval/alpaca/base/vs-instruction.s2", "eval/alpaca/response.s1",
+                      "eval/alpaca/response.s2", "eval/alpaca/rules/vs-instruction.s1", "eval/alpaca/rules/vs-instruction.s2"]
+
+    def outputs(system):
+        return [r["output"] for r in json.loads((tmp_path / "run" / "generate" / "alpaca" / system / "outputs.json").read_text())]
+
+    ref = {s: outputs(f"instruction.s{s}") for s in (1, 2)}
+    assert ref[1] != ref[2]  # the seeds' references differ, so a wrong pairing would show
+    for seed in (1, 2):
+        assert judged[f"response.s{seed}"] == [list(zip(ref[seed], outputs(f"response.s{seed}"), strict=True))]
+        result = json.loads((tmp_path / "run" / "eval" / "alpaca" / f"response.s{seed}" / "alpaca_eval.json").read_text())
+        assert result["reference_generator"] == f"instruction.s{seed}"
+    for system in ("base", "rules"):
+        assert judged[system] == [list(zip(ref[s], outputs(system), strict=True)) for s in (1, 2)]
+    wins = [json.loads((tmp_path / "run" / "eval" / "alpaca" / "rules" / f"vs-instruction.s{s}" / "alpaca_eval.json").read_text())["win_rate"]
+            for s in (1, 2)]
+    import statistics
+
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    table4 = md.split("## Table 4")[1].split("\n## ")[0]
+    assert f"| {statistics.mean(wins):.1f} ± {statistics.stdev(wins):.1f} |" in table4.split("| rules |")[1].splitlines()[0]
+    assert "mean ± std over the reference's seeds [1, 2]" in table4
+
+
+def test_paper_switches_reach_the_ranking_draws_and_the_rule_adapter(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
+    """``run.rank.self_draws`` reaches the ranking draws and the config's chat format the rule adapter's tag search."""
+    import implicit_it.pipeline.stages as stages
+    import implicit_it.probes as probes
+    import implicit_it.rules as rules
+
+    data = _config_dict(tiny_llama_dir, shared_data)
+    data["format"] = "ab_tags"
+    data["training"]["variants"] = ["response"]
+    data["training"]["max_steps"] = 1
+    data["run"].update({"generate": {"ifsuite_prompts": 2, "max_new_tokens": 4, "rule_sets": ["all"]},
+                        "rank": {**data["run"]["rank"], "systems": ["base"], "self_draws": "drop"},
+                        "probe": {"enabled": False}, "diff": {"enabled": False}})
+    seen: dict[str, object] = {}
+    real_groups, real_adapter = probes.build_ranking_groups, rules.RuleAdapter
+
+    def groups_spy(source, **kw):
+        seen["self_draws"] = kw.get("self_draws")
+        return real_groups(source, **kw)
+
+    class AdapterSpy(real_adapter):
+        def __init__(self, tokenizer, config=None, **kw):
+            super().__init__(tokenizer, config, **kw)
+            seen["user_tag_ids"] = self.user_tag_ids
+
+    monkeypatch.setattr(probes, "build_ranking_groups", groups_spy)
+    monkeypatch.setattr(rules, "RuleAdapter", AdapterSpy)
+    monkeypatch.setattr(stages, "build_ranking_groups", groups_spy, raising=False)
+    monkeypatch.setattr(stages, "RuleAdapter", AdapterSpy, raising=False)
+    run_study(parse_config(data), tmp_path / "run", show_progress=False)
+    tok = load_tokenizer(str(tiny_llama_dir))
+    assert seen["self_draws"] == "drop"
+    assert tok.decode(seen["user_tag_ids"]).strip() == "<|A|>"  # the ab_tags format's user tag, not Tulu's

@@ -118,4 +118,4 @@ def test_iit_report_and_iit_run_cli(tiny_study, tmp_path):
     res = runner.invoke(app, ["run", str(config_path), "--out", str(copy), "--seeds", "3..1"])
     assert res.exit_code == 2 and "--seeds" in res.output
     res = runner.invoke(app, ["report", str(tmp_path / "missing")])
-    assert res.exit_code == 2 and "no such run directory" in res.output
+    assert res.exit_code == 2 and "no such run directory" in " ".join(res.output.split())

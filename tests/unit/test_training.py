@@ -266,12 +266,16 @@ def test_lora_adapter_merges_into_an_equivalent_dense_model(make_config, tmp_pat
     assert not torch.allclose(got, plain, atol=1e-4)  # the adapter did change the model
 
 
-def test_sweep_trains_the_grid_and_selects(make_config, tmp_path):
-    cfg = make_config(epoch_grid=[1, 2])
+def test_sweep_trains_the_grid_and_selects(make_config, tmp_path, shared_data):
+    val = str(shared_data / "lima" / "val_reference_gpt35.json")
+    cfg = make_config(data={"validation": val}, epoch_grid=[1, 2], epochs_by_variant={"response": 9})  # the grid overrides it
     summary = run_sweep(cfg, Variant("response"), out_dir=tmp_path / "sweep", show_progress=False)
-    assert [p["epochs"] for p in summary["points"]] == [1, 2]
-    pts = [SweepPoint(p["epochs"], p["out_dir"], {"heldout_nll": p["heldout_nll"]}) for p in summary["points"]]
-    assert summary["selected_epochs"] == select_best(pts, "heldout_nll").epochs
+    assert [p["epochs"] for p in summary["points"]] == [1, 2] and summary["metric"] == "val_nll"
+    pts = [SweepPoint(p["epochs"], p["out_dir"], {"val_nll": p["val_nll"]}) for p in summary["points"]]
+    assert summary["selected_epochs"] == select_best(pts, "val_nll").epochs
+    assert summary["points"][0]["val_nll"] != summary["points"][1]["val_nll"]
+    m = json.loads((tmp_path / "sweep" / "epochs-2" / "train_manifest.json").read_text())
+    assert m["results"]["epochs"] == 2 and m["results"]["val_examples"] + m["results"]["val_skipped"] == 56 and val in m["data"]
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == summary
     assert (tmp_path / "sweep" / "manifest.json").is_file()
     first = tmp_path / "sweep" / "epochs-1" / "train_manifest.json"
@@ -280,7 +284,101 @@ def test_sweep_trains_the_grid_and_selects(make_config, tmp_path):
     assert again == summary and first.stat().st_mtime_ns == stamp  # finished points are reused
 
 
-def test_sweep_needs_a_heldout_split(make_config, tmp_path):
-    cfg = make_config(data={"heldout_examples": 0})
+def test_sweep_needs_its_data(make_config, tmp_path):
     with pytest.raises(ValueError, match="heldout_examples"):
-        run_sweep(cfg, Variant("response"), out_dir=tmp_path, show_progress=False)
+        run_sweep(make_config(data={"heldout_examples": 0}, sweep_metric="heldout_nll"), Variant("response"), out_dir=tmp_path)
+    with pytest.raises(ValueError, match="data.validation"):
+        run_sweep(make_config(sweep_metric="val_nll"), Variant("response"), out_dir=tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="scorer"):
+        run_sweep(make_config(sweep_metric="ifsuite_loose"), Variant("response"), out_dir=tmp_path, show_progress=False)
+
+
+def test_sweep_by_a_generation_metric_from_the_cli(make_config, tmp_path):
+    """``iit sweep`` with sweep_metric ifsuite_loose generates on IF-suite prompts after each grid point and selects by it."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from implicit_it.cli import app
+
+    cfg = make_config(sweep_metric="ifsuite_loose", epoch_grid=[1, 2])
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(app, ["sweep", "-c", str(path), "-V", "response", "--prompts", "3", "--max-new-tokens", "6", "-q",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["metric"] == "ifsuite_loose" and summary["direction"] == "max"
+    assert all(0 <= p["ifsuite_loose"] <= 1 and "ifsuite_strict" in p for p in summary["points"])
+    assert json.loads((out / "epochs-1" / "sweep_scores.json").read_text())["ifsuite_loose"] == summary["points"][0]["ifsuite_loose"]
+    bad = CliRunner().invoke(app, ["sweep", "-c", str(path), "-V", "response", "--judge", "gpt4_turbo", "--out", str(out)])
+    assert bad.exit_code != 0 and "val_win_rate" in bad.output
+
+
+def test_sweep_by_the_papers_judged_win_rate(make_config, tiny_llama_dir, shared_data, tmp_path):
+    """sweep_metric val_win_rate (the paper's selection): generations on data.validation judged against its GPT-3.5
+    references by alpaca_eval's annotator; here the judge is a local tiny model with a long context."""
+    import shutil
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from implicit_it.cli import app
+
+    judge = tmp_path / "judge"
+    shutil.copytree(tiny_llama_dir, judge)
+    judge_cfg = json.loads((judge / "config.json").read_text())
+    judge_cfg["max_position_embeddings"] = 4096  # alpaca_eval's judge prompt is ~700 tokens
+    (judge / "config.json").write_text(json.dumps(judge_cfg))
+    val = json.loads((shared_data / "lima" / "val_reference_gpt35.json").read_text())[:4]
+    (tmp_path / "val.json").write_text(json.dumps(val))
+    cfg = make_config(data={"validation": str(tmp_path / "val.json")}, sweep_metric="val_win_rate", epoch_grid=[1])
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    res = CliRunner().invoke(app, ["sweep", "-c", str(path), "-V", "response", "--judge", f"local:{judge}", "--max-new-tokens", "6",
+                                   "-q", "--out", str(tmp_path / "sweep")])
+    assert res.exit_code == 0, res.output
+    point = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"][0]
+    assert 0 <= point["val_win_rate"] <= 100 and point["val_nll"] > 0
+    assert (tmp_path / "sweep" / "epochs-1" / "val_judge_cache.json").is_file()
+    no_judge = CliRunner().invoke(app, ["sweep", "-c", str(path), "-V", "response", "--out", str(tmp_path / "other")])
+    assert no_judge.exit_code != 0 and "--judge" in no_judge.output
+
+
+@pytest.mark.parametrize("reduction", ["example", "token"])
+def test_trainer_step_uses_the_configured_loss_reduction(reduction, make_config, tiny_llama_dir, tmp_path):
+    """One optimizer step through Trainer (4 examples, micro-batch 2, 2 accumulation steps): the logged loss and the
+    pre-clip gradient norm equal a hand computation with the same reduction."""
+    cfg = make_config(loss_reduction=reduction, max_steps=1, effective_batch_size=4, per_device_batch_size=2,
+                      data={"max_train_examples": 4, "heldout_examples": 0})
+    tok = load_model(tiny_llama_dir, use_process_cache=False).tokenizer
+    examples = build_variant_data(cfg, Variant("instruction"), tok).examples
+    model = load_model(tiny_llama_dir, dtype="float32", use_process_cache=False).model.train()
+    losses, counts = [], []
+    for e in examples:
+        logits = model(input_ids=torch.tensor([e.input_ids])).logits[0, :-1].float()
+        target = torch.tensor(e.labels[1:])
+        losses.append(torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum"))
+        counts.append(int((target != IGNORE_INDEX).sum()))
+    if reduction == "example":
+        loss = sum(l_ / c for l_, c in zip(losses, counts, strict=True)) / len(examples)
+    else:
+        loss = sum(losses) / sum(counts)
+    loss.backward()
+    grad_norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters())).item()
+
+    res = train_variant(cfg, Variant("instruction"), out_dir=tmp_path / reduction, show_progress=False)
+    step = res.results["loss_curve"][0]
+    assert step["loss"] == pytest.approx(loss.item(), abs=2e-4)
+    log = json.loads((tmp_path / reduction / "train_manifest.json").read_text())["results"]
+    assert log["loss_reduction"] == reduction
+    assert step.get("grad_norm", log.get("grad_norm")) == pytest.approx(grad_norm, rel=1e-4)
+
+
+def test_epochs_by_variant(make_config):
+    cfg = make_config(epochs=2, epochs_by_variant={"response": 5, "single_task-gsm": 7})
+    assert [cfg.training.epochs_for(v) for v in ("instruction", "response", "single_task-gsm")] == [2, 5, 7]
+    from implicit_it.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="epochs_by_variant"):
+        make_config(epochs_by_variant={"gsm": 7})
