@@ -3,7 +3,8 @@
 * :mod:`.alpaca`, :mod:`.judges`: AlpacaEval 2 through the ``alpaca-eval`` library (its annotators,
   cache and metric functions), with GPT-4-turbo, an OpenAI-compatible server or a local model as
   judge, and LC data resolved offline;
-* :mod:`.ifsuite`: a judge-free IFEval-style suite (our prompts, regex-checkable constraints);
+* :mod:`.ifeval`: IFEval (the standard judge-free benchmark: official verifiers, four metrics with CIs);
+* :mod:`.ifsuite`: a quick judge-free IFEval-style suite (our prompts, regex-checkable constraints);
 * :mod:`.behaviour`: EOS, repetition, template echo and length of any outputs;
 * :mod:`.similarity`: the paper's Fig. 5 (domain pull of a single-task model's responses);
 * :mod:`.outputs`: the AlpacaEval output layout every evaluation reads.
@@ -21,6 +22,7 @@ from .alpaca import (
     pair_with_reference,
 )
 from .behaviour import TEMPLATE_MARKERS, behaviour_metrics, distinct_ngram_ratio, echoes_template, write_behaviour
+from .ifeval import IfEvalPrompt, IfEvalResult, load_ifeval, read_ifeval_responses, reference_responses, score_ifeval, stratified_subset
 from .ifsuite import CHECKS, IfPrompt, IfSuiteResult, load_suite, loose_variants, score_responses
 from .judges import Judge, JudgeUnavailable, local_logprob_completions, parse_judge
 from .outputs import ModelOutput, generator_name, read_model_outputs
@@ -30,6 +32,7 @@ __all__ = [
     "AlpacaEvalResult", "LCData", "alpaca_metrics", "annotate", "annotations_frame", "find_lc_data", "instruction_positions",
     "load_reference", "pair_with_reference",
     "TEMPLATE_MARKERS", "behaviour_metrics", "distinct_ngram_ratio", "echoes_template", "write_behaviour",
+    "IfEvalPrompt", "IfEvalResult", "load_ifeval", "read_ifeval_responses", "reference_responses", "score_ifeval", "stratified_subset",
     "CHECKS", "IfPrompt", "IfSuiteResult", "load_suite", "loose_variants", "score_responses",
     "Judge", "JudgeUnavailable", "local_logprob_completions", "parse_judge",
     "ModelOutput", "generator_name", "read_model_outputs",

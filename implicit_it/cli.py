@@ -168,8 +168,8 @@ def sweep(
     judge: Optional[str] = typer.Option(None, "--judge", help="sweep_metric val_win_rate: the judge (gpt4_turbo, a server URL, "
                                         "local:SPEC), comparing against data.validation's reference outputs, as the paper did."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name on the judge server."),
-    prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="sweep_metric ifsuite_loose: IF-suite prompts to "
-                                          "generate for (round-robin over categories; default all 136)."),
+    prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="sweep_metric ifeval_loose / ifsuite_loose: prompts to "
+                                          "generate for (IFEval: a stratified subset, default 60; IF suite: round-robin, default all 136)."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Generation cap for generation-based metrics."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep directory (default runs/<name>/<variant>-sweep)."),
@@ -204,9 +204,25 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
     metric = cfg.training.sweep_metric
     if judge is not None and metric != "val_win_rate":
         raise ValueError(f"--judge is only used by training.sweep_metric val_win_rate (the config says {metric})")
-    if metric not in ("val_win_rate", "ifsuite_loose"):
+    if metric not in ("val_win_rate", "ifeval_loose", "ifsuite_loose"):
         return None
     from .models import load_model
+
+    if metric == "ifeval_loose":
+        from .evaluation.ifeval import load_ifeval, score_ifeval
+
+        ifeval_prompts = load_ifeval(limit=prompts or 60, seed=cfg.seed + 1)  # another subset than the report's (seed 0)
+
+        def score_ifeval_loose(model_dir):
+            from .generation import generate_responses
+
+            loaded = load_model(model_dir, use_process_cache=False)
+            results, _ = generate_responses(loaded, [p.prompt for p in ifeval_prompts], fmt=cfg.format, max_new_tokens=max_new_tokens,
+                                            batch_size=cfg.generation.batch_size, show_progress=not quiet)
+            summary = score_ifeval(ifeval_prompts, [r.output for r in results], n_boot=200).to_json()
+            return {"ifeval_loose": summary["prompt_loose"]["accuracy"], "ifeval_strict": summary["prompt_strict"]["accuracy"]}
+
+        return score_ifeval_loose
 
     if metric == "ifsuite_loose":
         from .evaluation import load_suite, score_responses

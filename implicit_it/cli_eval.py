@@ -120,6 +120,98 @@ def alpaca(
     console.print(f"wrote {out}/alpaca_eval.json (+ .parquet, .png), annotations.json, manifest.json", highlight=False)
 
 
+def _generate_outputs(out: Path, instructions: list[str], dataset: str, *, model: str, fmt: str, rules: Optional[str],
+                      rules_config: Optional[Path], max_new_tokens: int, batch_size: int, dtype: Optional[str], device: Optional[str],
+                      quiet: bool):
+    """Greedy responses of ``model`` (optionally with the rule adapter), written to ``out/outputs.json`` first.
+
+    Returns (outputs, label, model description, generation config) for the caller's scoring and manifest."""
+    from .evaluation import ModelOutput
+    from .formats import get_format
+    from .generation import generate_responses
+    from .io import atomic_write_json
+    from .models import load_model
+    from .rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
+
+    chat_format = get_format(fmt)
+    rule_cfg = None
+    if rules is not None or rules_config is not None:
+        rule_cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
+        if rules is not None:
+            rule_cfg = rule_cfg.with_rules(parse_rules(rules))
+    loaded = load_model(model, dtype=dtype, device=device)
+    adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
+    results, stats = generate_responses(
+        loaded, instructions, fmt=chat_format, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        show_progress=not quiet, logits_processor_factory=adapter.logits_processor if adapter is not None else None)
+    label = f"{model}+rules({','.join(adapter.rules)})" if adapter is not None else model
+    outputs = [ModelOutput(r.instruction, r.output, label, dataset, r.stopped) for r in results]
+    atomic_write_json(Path(out) / "outputs.json", [o.to_json() | {"ended_with_eos": o.ended_with_eos} for o in outputs])
+    gen_config = {"format": chat_format.name, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "decoding": "greedy",
+                  "rules": rule_cfg.model_dump(mode="json") if adapter is not None else None,
+                  "tokens_per_second": round(stats.tokens_per_second, 2)}
+    return outputs, label, loaded.describe(), gen_config
+
+
+@eval_app.command("ifeval")
+def ifeval(
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
+    outputs: Optional[Path] = typer.Option(None, "--outputs", help="Score these responses instead of generating: IFEval's "
+                                           "{prompt, response} JSONL, or AlpacaEval-format outputs (what `iit generate` writes)."),
+    data: str = typer.Option("../shared/data/ifeval/input_data.jsonl", "--data", help="IFEval's input_data.jsonl, or hub:ifeval."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N prompts, stratified by first instruction type (fixed seed)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the stratified subset and of the bootstrap."),
+    fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format: tulu (the paper's), native (instruct models' own template), ..."),
+    rules: Optional[str] = typer.Option(None, "--rules", help="Generate with the paper's rule adapter: 'all' or a subset of eos,uniform,diversity,start."),
+    rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants (see configs/rules/paper.yaml)."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Token budget per response."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """IFEval (Zhou et al. 2023): the official verifiers, prompt- and instruction-level accuracy, strict and loose, with 95% CIs."""
+    from .evaluation.ifeval import load_ifeval, read_ifeval_responses, score_ifeval
+    from .manifest import build_manifest, write_manifest
+
+    t0 = time.perf_counter()
+    described, gen_config = None, None
+    try:
+        if (model is None) == (outputs is None):
+            raise ValueError("give --model (generate, then score) or --outputs (score given responses)")
+        prompts = load_ifeval(data, limit=limit, seed=seed)
+        out.mkdir(parents=True, exist_ok=True)
+        if outputs is not None:
+            result = score_ifeval(prompts, read_ifeval_responses(outputs), model=outputs.stem, seed=seed)
+        else:
+            scored, label, described, gen_config = _generate_outputs(
+                out, [p.prompt for p in prompts], "ifeval", model=model, fmt=fmt, rules=rules, rules_config=rules_config,
+                max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, device=device, quiet=quiet)
+            result = score_ifeval(prompts, [o.output for o in scored], model=label, seed=seed)
+            _save_behaviour(out, scored, label)
+    except _ERRORS as exc:
+        _fail(exc)
+    result.save(out)
+    summary = result.to_json()
+    metrics = {k: summary[k] for k in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")}
+    write_manifest(out, build_manifest(
+        command=_command(), seed=seed, model=described,
+        data_files=[p for p in (None if data.startswith("hub:") else data, outputs) if p is not None],
+        config={"model": model, "outputs": str(outputs) if outputs else None, "data": data, "limit": limit, "generation": gen_config},
+        results={**metrics, "n_prompts": summary["n_prompts"], "n_instructions": summary["n_instructions"],
+                 "n_matched_by_position": summary["n_matched_by_position"]},
+        timings={"total": round(time.perf_counter() - t0, 2)},
+    ))
+    name = summary["model"]
+    console.print(f"{name}: IFEval on {summary['n_prompts']} prompts ({summary['n_instructions']} instructions)", highlight=False)
+    for k, v in metrics.items():
+        console.print(f"  {k.replace('_', ' '):<20} {v['accuracy']:.2%}  [{v['ci_low']:.1%}, {v['ci_high']:.1%}]", highlight=False)
+    if summary["n_matched_by_position"]:
+        console.print(f"  {summary['n_matched_by_position']} response(s) matched by position (prompt text differs)", highlight=False)
+    console.print(f"wrote {out}/ifeval.json (+ .parquet, .png), manifest.json", highlight=False)
+
+
 @eval_app.command("ifsuite")
 def ifsuite(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
@@ -137,13 +229,8 @@ def ifsuite(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Judge-free instruction following: verifiable constraints (counts, casing, JSON, ...), strict and loose accuracy."""
-    from .evaluation import ModelOutput, generator_name, load_suite, read_model_outputs, score_responses
-    from .formats import get_format
-    from .generation import generate_responses
-    from .io import atomic_write_json
+    from .evaluation import generator_name, load_suite, read_model_outputs, score_responses
     from .manifest import build_manifest, write_manifest
-    from .models import load_model
-    from .rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
 
     t0 = time.perf_counter()
     described, gen_config = None, None
@@ -158,25 +245,10 @@ def ifsuite(
             result = score_responses(prompts, {k: v.output for k, v in by_instruction.items()}, model=label)
             scored = [by_instruction[p.instruction] for p in prompts]
         else:
-            chat_format = get_format(fmt)
-            rule_cfg = None
-            if rules is not None or rules_config is not None:
-                rule_cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
-                if rules is not None:
-                    rule_cfg = rule_cfg.with_rules(parse_rules(rules))
-            loaded = load_model(model, dtype=dtype, device=device)
-            adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
-            results, stats = generate_responses(
-                loaded, [p.instruction for p in prompts], fmt=chat_format, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                show_progress=not quiet, logits_processor_factory=adapter.logits_processor if adapter is not None else None)
-            label = f"{model}+rules({','.join(adapter.rules)})" if adapter is not None else model
-            scored = [ModelOutput(r.instruction, r.output, label, "ifsuite", r.stopped) for r in results]
-            atomic_write_json(out / "outputs.json", [o.to_json() | {"ended_with_eos": o.ended_with_eos} for o in scored])
+            scored, label, described, gen_config = _generate_outputs(
+                out, [p.instruction for p in prompts], "ifsuite", model=model, fmt=fmt, rules=rules, rules_config=rules_config,
+                max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, device=device, quiet=quiet)
             result = score_responses(prompts, [o.output for o in scored], model=label)
-            described = loaded.describe()
-            gen_config = {"format": chat_format.name, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "decoding": "greedy",
-                          "rules": rule_cfg.model_dump(mode="json") if adapter is not None else None,
-                          "tokens_per_second": round(stats.tokens_per_second, 2)}
     except _ERRORS as exc:
         _fail(exc)
     result.save(out)

@@ -97,7 +97,8 @@ class TrainingConfig(_Strict):
     # (judge-free, one forward pass); val_win_rate: the paper's (a judge's win rate against the
     # validation references; needs --judge); ifsuite_loose: judge-free IF-suite loose accuracy of
     # greedy generations; heldout_nll: NLL of data.heldout_examples. None: val_nll with data.validation, else heldout_nll.
-    sweep_metric: Literal["val_nll", "val_win_rate", "ifsuite_loose", "heldout_nll"] | None = None
+    # ifeval_loose: IFEval prompt-level loose accuracy of greedy generations on a stratified subset (iit sweep --prompts N).
+    sweep_metric: Literal["val_nll", "val_win_rate", "ifeval_loose", "ifsuite_loose", "heldout_nll"] | None = None
     # example: mean of each example's token losses, then mean over the optimizer step's examples
     # (the paper: micro-batch 1, reduce_loss=mean). token: mean over all the step's tokens
     # (HF Trainer's default; long responses weigh more).
@@ -195,12 +196,26 @@ class RunDiffConfig(_Strict):
 
 
 class RunEvalConfig(_Strict):
-    """Evaluation: the judge-free suite always; AlpacaEval when a judge is named."""
+    """Evaluation: IFEval (unless switched off) and the judge-free suite always; AlpacaEval when a judge is named."""
 
+    # IFEval (Zhou et al. 2023), the standard judge-free benchmark and the report's headline: every system generates on its
+    # prompts (greedy, with run.generate's caps and batch size) and is scored strict and loose with 95% CIs, beside the
+    # reference systems constant / echo / empty (what the metric gives for free). false: no IFEval steps at all.
+    ifeval: bool = True
+    ifeval_data: str = "../shared/data/ifeval/input_data.jsonl"  # IFEval's input_data.jsonl, or hub:ifeval (google/IFEval)
+    # a subset stratified by each prompt's first instruction type, one fixed draw (the same in every run); None = all 541
+    ifeval_prompts: int | None = Field(default=None, gt=0)
     judge: str | None = None  # gpt4_turbo | http(s)://server/v1 | local:SPEC (needs generate.instructions)
     judge_model: str | None = None
     reference: str = "instruction"  # the system every other is compared against (the paper: instruction-tuned), or a file
     lc_data: str | None = None  # folder with alpaca_eval's df_gamed.csv, for length control
+
+    @field_validator("ifeval_data")
+    @classmethod
+    def _ifeval_source(cls, v: str) -> str:
+        if v.startswith("hub:") and v != "hub:ifeval":
+            raise ValueError(f"unknown hub source {v!r}: IFEval comes from a local input_data.jsonl or hub:ifeval")
+        return v
 
 
 class RunConfig(_Strict):

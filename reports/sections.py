@@ -2,7 +2,9 @@
 
 Both renderers (HTML and Markdown) draw the same sections, so the two files always agree.
 Tables follow the paper's Tables 1–4, with this run's numbers first and the paper's beside them,
-labelled as such. Without a judge the instruction-following columns are the judge-free suite.
+labelled as such. IFEval is the headline instruction-following metric, then the judge-free suite;
+every percentage carries its 95% CI (:mod:`.uncertainty`), every IF table has reference rows (what
+the metric gives a degenerate system for free) and a table of paired tests under it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,20 @@ from typing import Any
 
 from . import paper
 from .collect import RunData, StepRecord, finite, mean_std
+from .uncertainty import (
+    PAIRED_CAPTION,
+    PAIRED_COLUMNS,
+    binomial_cell,
+    ifeval_cells,
+    ifeval_outcomes,
+    interval,
+    normal_cell,
+    paired_rows,
+    share_cell,
+)
+
+REFERENCE_PREFIX = "reference-"  # the reference systems' labels (implicit_it.pipeline.stages.REFERENCE)
+REFERENCE_NOTE = {"constant": "answers “Okay!”", "echo": "repeats the prompt", "empty": "says nothing"}
 
 
 @dataclass
@@ -40,15 +56,32 @@ def _ifsuite_cells(run: RunData, label: str) -> list[str]:
     recs = run.by_label("eval", set_name="ifsuite").get(label, [])
     behaviour = [r.read("behaviour.json") or {} for r in recs]
     words = mean_std([b.get("mean_length_words") for b in behaviour], digits=0)
-    return [_pct(recs, "strict_accuracy"), _pct(recs, "loose_accuracy"), _pct(recs, "eos_fraction"), _pct(recs, "template_echo_rate"), words]
+    return [binomial_cell(recs, "strict_accuracy"), binomial_cell(recs, "loose_accuracy"), binomial_cell(recs, "eos_fraction"),
+            binomial_cell(recs, "template_echo_rate"), words]
 
 
-IFSUITE_COLUMNS = ["IF suite strict %", "IF suite loose %", "ends with EOS %", "template echo %", "mean words"]
+IFSUITE_COLUMNS = ["IF suite strict % [95% CI]", "IF suite loose % [95% CI]", "ends with EOS % [95% CI]", "template echo % [95% CI]",
+                   "mean words"]
+IFEVAL_COLUMNS = ["IFEval prompt strict % [95% CI]", "IFEval prompt loose % [95% CI]", "IFEval instruction loose % [95% CI]"]
+
+
+def _has_ifeval(run: RunData) -> bool:
+    return bool(run.stage("eval", set_name="ifeval"))
+
+
+def _ifeval_columns(run: RunData) -> list[str]:
+    return IFEVAL_COLUMNS if _has_ifeval(run) else []
+
+
+def _ifeval_cells(run: RunData, label: str, outcomes: dict[str, Any]) -> list[str]:
+    if not _has_ifeval(run):
+        return []
+    return ifeval_cells(run.by_label("eval", set_name="ifeval").get(label, []), outcomes.get(label))
 
 
 def _alpaca_cells(run: RunData, label: str) -> list[str]:
     recs = run.by_label("eval", set_name="alpaca").get(label, [])
-    return [mean_std([r.summary.get("win_rate") for r in recs]), mean_std([r.summary.get("lc_win_rate") for r in recs])]  # alpaca_eval: %
+    return [normal_cell(recs, "win_rate", "standard_error"), normal_cell(recs, "lc_win_rate", "lc_standard_error")]  # alpaca_eval: %
 
 
 def _has_judge(run: RunData) -> bool:
@@ -59,12 +92,56 @@ def _judge_columns(run: RunData) -> list[str]:
     if not _has_judge(run):
         return []
     ref = run.stage("eval", set_name="alpaca")[0].config.get("reference", "reference")
-    return [f"win rate vs {ref} %", "LC win rate %"]
+    return [f"win rate vs {ref} % [95% CI]", "LC win rate % [95% CI]"]
 
 
-def _row(run: RunData, label: str, extra: list[str], paper_table: dict[str, dict[str, str]], models: tuple[str, ...]) -> list[str]:
+def _row(run: RunData, label: str, extra: list[str], paper_table: dict[str, dict[str, str]], models: tuple[str, ...],
+         outcomes: dict[str, Any]) -> list[str]:
     judge = _alpaca_cells(run, label) if _has_judge(run) else []
-    return [label, *_ifsuite_cells(run, label), *extra, *judge, *paper.paper_cells(paper_table, label, models)]
+    return [label, *_ifeval_cells(run, label, outcomes), *_ifsuite_cells(run, label), *extra, *judge,
+            *paper.paper_cells(paper_table, label, models)]
+
+
+def _reference_labels(run: RunData) -> list[str]:
+    seen: dict[str, None] = {}
+    for s in run.stage("eval"):
+        if s.meta.get("kind") == "reference":
+            seen.setdefault(s.label)
+    return list(seen)
+
+
+def reference_name(label: str) -> str:
+    """What a table calls a reference system: ``reference: echo (repeats the prompt)``."""
+    kind = label[len(REFERENCE_PREFIX):]
+    return f"reference: {kind} ({REFERENCE_NOTE[kind]})" if kind in REFERENCE_NOTE else f"reference: {kind}"
+
+
+def _reference_rows(run: RunData, n_cols: int, outcomes: dict[str, Any]) -> list[list[str]]:
+    """What each metric gives a degenerate system for free; columns the metric does not apply to stay empty."""
+    rows = []
+    for label in _reference_labels(run):
+        cells = [*_ifeval_cells(run, label, outcomes), *_ifsuite_cells(run, label)[:2]]
+        rows.append([reference_name(label), *cells, *["–"] * (n_cols - 1 - len(cells))])
+    return rows
+
+
+REFERENCE_CAPTION = ("Rows “reference: …” are not models: they show what each metric gives for free (constant answers “Okay!” to "
+                     "everything, echo repeats the prompt, empty says nothing).")
+
+
+def _if_tables(run: RunData, cols: list[str], rows: list[list[str]], caption: str, outcomes: dict[str, Any],
+               comparisons: list[tuple[str, str]]) -> list[Table]:
+    """An IF table with its reference rows, and the paired tests of its systems under it."""
+    refs = _reference_rows(run, len(cols), outcomes)
+    tables = [Table(cols, rows + refs, " ".join(filter(None, [caption, REFERENCE_CAPTION if refs else ""])))]
+    paired = paired_rows(outcomes, comparisons)
+    if paired:
+        tables.append(Table(PAIRED_COLUMNS, paired, PAIRED_CAPTION))
+    return tables
+
+
+def _comparisons(labels: list[str], versus: tuple[str, ...] = ("base", "instruction")) -> list[tuple[str, str]]:
+    return [(a, b) for a in labels for b in versus if a != b and not (a == "base" and b == "instruction")]
 
 
 def _labels(run: RunData, kind: str) -> list[str]:
@@ -86,13 +163,16 @@ def _paper_columns(models: tuple[str, ...], what: str) -> list[str]:
 
 def response_tuning(run: RunData) -> Section:
     labels = ["base"] + [v for v in ("instruction", "response") if v in _labels(run, "variant")]
-    cols = ["system", *IFSUITE_COLUMNS, "held-out NLL", *_judge_columns(run), *_paper_columns(paper.MODELS, "win % vs instruction-tuned")]
-    rows = [_row(run, label, _train_cells(run, label), paper.WIN_RATE_VS_INSTRUCTION, paper.MODELS) for label in labels]
+    outcomes = ifeval_outcomes(run)
+    cols = ["system", *_ifeval_columns(run), *IFSUITE_COLUMNS, "held-out NLL", *_judge_columns(run),
+            *_paper_columns(paper.MODELS, "win % vs instruction-tuned")]
+    rows = [_row(run, label, _train_cells(run, label), paper.WIN_RATE_VS_INSTRUCTION, paper.MODELS, outcomes) for label in labels]
     return Section("table1", "Table 1 — response tuning", (
         "Instruction following of the base model, the instruction-tuned and the response-tuned variant (responses only, the "
-        "instruction replaced by an empty string). This run's columns come first; the paper's AlpacaEval 2 LC win rates against "
-        "the instruction-tuned model are beside them for reference only."),
-        [Table(cols, rows, " ".join(filter(None, [_seed_caption(run), _reference_caption(run)])))])
+        "instruction replaced by an empty string). This run's columns come first, IFEval (judge-free, the standard benchmark) "
+        "leading; the paper's AlpacaEval 2 LC win rates against the instruction-tuned model are beside them for reference only."),
+        _if_tables(run, cols, rows, " ".join(filter(None, [_seed_caption(run), _reference_caption(run)])), outcomes,
+                   _comparisons([lbl for lbl in labels if lbl != "base"])))
 
 
 def ranking(run: RunData) -> Section:
@@ -104,7 +184,7 @@ def ranking(run: RunData) -> Section:
         lw = recs[0].results("layerwise_ranking.json")
         first = lw[0].get("first_layer_above_0.6") if lw else None
         ci = recs[0].summary.get("ci95") or [None, None]
-        rows.append([label, _pct(recs, "accuracy"), f"[{ci[0] * 100:.1f}, {ci[1] * 100:.1f}]" if ci[0] is not None else "–",
+        rows.append([label, _pct(recs, "accuracy"), interval(ci[0], ci[1]) if ci[0] is not None else "–",
                      str(recs[0].summary.get("n_pairs", "–")), "–" if first is None else str(first),
                      *paper.paper_cells(paper.RANKING, label)])
     intro = ("How often each model gives an instruction's own response a higher mean token log-probability than another "
@@ -115,21 +195,24 @@ def ranking(run: RunData) -> Section:
 
 def single_task(run: RunData) -> Section:
     labels = ["base"] + [v for v in _labels(run, "variant") if v.startswith("single_task")]
-    cols = ["system", *IFSUITE_COLUMNS, "held-out NLL", *_judge_columns(run), *_paper_columns(paper.MODELS, "win % vs instruction-tuned")]
-    rows = [_row(run, label, _train_cells(run, label), paper.WIN_RATE_VS_INSTRUCTION, paper.MODELS) for label in labels]
+    outcomes = ifeval_outcomes(run)
+    cols = ["system", *_ifeval_columns(run), *IFSUITE_COLUMNS, "held-out NLL", *_judge_columns(run),
+            *_paper_columns(paper.MODELS, "win % vs instruction-tuned")]
+    rows = [_row(run, label, _train_cells(run, label), paper.WIN_RATE_VS_INSTRUCTION, paper.MODELS, outcomes) for label in labels]
     return Section("table3", "Table 3 — single-task finetuning", (
         "Variants finetuned on one narrow task (instruction and response), evaluated on general instructions."),
-        [Table(cols, rows, _seed_caption(run))] if len(labels) > 1 else [])
+        _if_tables(run, cols, rows, _seed_caption(run), outcomes, _comparisons(labels[1:])) if len(labels) > 1 else [])
 
 
 def rules(run: RunData) -> Section:
     labels = ["base"] + _labels(run, "rules")
-    cols = ["system", *IFSUITE_COLUMNS, *_judge_columns(run), "paper Llama-2-7B: win % vs instruction-tuned (reference)"]
-    rows = [_row(run, label, [], paper.RULES, ("Llama-2-7B",)) for label in labels]
+    outcomes = ifeval_outcomes(run)
+    cols = ["system", *_ifeval_columns(run), *IFSUITE_COLUMNS, *_judge_columns(run), "paper Llama-2-7B: win % vs instruction-tuned (reference)"]
+    rows = [_row(run, label, [], paper.RULES, ("Llama-2-7B",), outcomes) for label in labels]
     return Section("table4", "Table 4 — the rule-based adapter and its ablations", (
         "The base model combined with the paper's three rules as a product of experts (EOS score growing with length, fixed "
         "shifts of 15 tokens, −1.5 per token already used), and with one rule removed. No training involved."),
-        [Table(cols, rows, _reference_caption(run))] if len(labels) > 1 else [])
+        _if_tables(run, cols, rows, _reference_caption(run), outcomes, _comparisons(labels[1:])) if len(labels) > 1 else [])
 
 
 def _reference_caption(run: RunData) -> str:
@@ -188,11 +271,14 @@ def tokens(run: RunData, top: int = 10) -> Section:
         tables.append(Table(cols, rows, "Tokens with the largest fitted per-token constants (nats)."))
     if shifts:
         rows = [[name, f"{s['unshifted']:.3f}", f"{s['marginal']:.3f}", f"{s['shifted']:.3f}",
-                 f"{s['rule_token_share_of_moved'] * 100:.1f}", f"{s['rule_token_share_of_all'] * 100:.1f}", str(s["n_positions"])]
+                 share_cell(s["rule_token_share_of_moved"], round((s["marginal"] + s["shifted"]) * s["n_positions"])),
+                 share_cell(s["rule_token_share_of_all"], s["n_positions"]), str(s["n_positions"])]
                 for name, s in shifts]
-        tables.append(Table(["variant", "unshifted", "marginal", "shifted", "rule tokens among moved %", "rule tokens among all %", "positions"],
+        tables.append(Table(["variant", "unshifted", "marginal", "shifted", "rule tokens among moved % [95% CI]",
+                             "rule tokens among all % [95% CI]", "positions"],
                             rows, "Token shift along each variant's own greedy responses: the base's rank of the variant's top-1 "
-                                  "token is 1 (unshifted), 2–3 (marginal) or more (shifted)."))
+                                  "token is 1 (unshifted), 2–3 (marginal) or more (shifted). CIs: Wilson, positions treated as "
+                                  "independent (they are not quite: one response holds many)."))
         rows = [[str(i + 1), *[(f"{_tok(s['top_moved_tokens'][i]['token'])} ×{s['top_moved_tokens'][i]['count']}"
                                 + (" (rule)" if s["top_moved_tokens"][i]["rule_token"] else "")) if i < len(s["top_moved_tokens"]) else ""
                                for _, s in shifts]] for i in range(top)]
@@ -265,14 +351,28 @@ def manifest(run: RunData) -> Section:
 def headline(run: RunData) -> list[str]:
     """A few sentences with this run's main numbers (for the top of the report and the terminal)."""
     lines = []
-    ifs = run.by_label("eval", set_name="ifsuite")
-    parts = [f"{label} {mean_std([r.summary.get('strict_accuracy') for r in recs], scale=100)}%" for label, recs in ifs.items()]
+    ife = run.by_label("eval", set_name="ifeval")
+    if ife:
+        outcomes = ifeval_outcomes(run)
+        n = ife[next(iter(ife))][0].summary.get("n_prompts")
+        cells = {label: ifeval_cells(recs, outcomes.get(label)) for label, recs in ife.items()}
+        systems = [f"{label} {c[1]}" for label, c in cells.items() if not label.startswith(REFERENCE_PREFIX)]
+        refs = [f"{label[len(REFERENCE_PREFIX):]} {c[1]}" for label, c in cells.items() if label.startswith(REFERENCE_PREFIX)]
+        lines.append(f"IFEval prompt-level loose accuracy, % [95% CI] ({n} prompts): " + ", ".join(systems) + "."
+                     + (" For free (reference systems): " + ", ".join(refs) + "." if refs else ""))
+    ifs = {label: recs for label, recs in run.by_label("eval", set_name="ifsuite").items() if not label.startswith(REFERENCE_PREFIX)}
+    parts = [f"{label} {binomial_cell(recs, 'strict_accuracy')}" for label, recs in ifs.items()]
     if parts:
         n = ifs[next(iter(ifs))][0].summary.get("n")
-        lines.append(f"IF suite strict accuracy ({n} prompts): " + ", ".join(parts) + ".")
+        lines.append(f"IF suite strict accuracy, % [95% CI] ({n} prompts): " + ", ".join(parts) + ".")
     rk = run.by_label("rank")
     if rk:
-        lines.append("Response ranking accuracy: " + ", ".join(f"{label} {_pct(recs, 'accuracy')}%" for label, recs in rk.items()) + ".")
+        def rank_cell(recs: list[StepRecord]) -> str:
+            ci = recs[0].summary.get("ci95") or [None, None]
+            return _pct(recs, "accuracy") + (f" {interval(ci[0], ci[1])}" if ci[0] is not None else "")
+
+        lines.append("Response ranking accuracy, % [95% CI, first seed]: " + ", ".join(
+            f"{label} {rank_cell(recs)}" for label, recs in rk.items()) + ".")
     df = run.by_label("diff")
     if df:
         lines.append("Held-out R² of Δ log p at the output, rule family / paper's rules: " + ", ".join(
@@ -280,8 +380,8 @@ def headline(run: RunData) -> list[str]:
             f"{mean_std([r.summary.get('variance_explained_rules') for r in recs], digits=4)}" for label, recs in df.items()) + ".")
     al = run.by_label("eval", set_name="alpaca")
     if al:
-        lines.append("AlpacaEval win rate vs the reference: " + ", ".join(
-            f"{label} {mean_std([r.summary.get('win_rate') for r in recs])}%" for label, recs in al.items()) + ".")
+        lines.append("AlpacaEval win rate vs the reference, % [95% CI]: " + ", ".join(
+            f"{label} {normal_cell(recs, 'win_rate', 'standard_error')}" for label, recs in al.items()) + ".")
     return lines
 
 

@@ -53,5 +53,6 @@ def study_config_dict(model_dir: Path, shared_data: Path) -> dict:
                       "instructions": 12, "layers": "all", "folds": 2, "max_length": 64},
             "diff": {"data": str(shared_data / "lima" / "val_reference_gpt35.json"), "limit": 4, "layers": "all", "vocab": "frequent:64",
                      "max_length": 96, "max_new_tokens": 6},
+            "eval": {"ifeval_data": str(shared_data / "ifeval" / "input_data.jsonl"), "ifeval_prompts": 4},
         },
     }

@@ -73,7 +73,7 @@ def run_sweep(
         raise ValueError("training.sweep_metric heldout_nll needs data.heldout_examples > 0 in the config")
     if metric == "val_nll" and not config.data.validation:
         raise ValueError("training.sweep_metric val_nll needs data.validation (instructions with reference outputs)")
-    if metric in ("val_win_rate", "ifsuite_loose") and scorer is None:
+    if metric in ("val_win_rate", "ifeval_loose", "ifsuite_loose") and scorer is None:
         raise ValueError(f"training.sweep_metric {metric} scores generations: pass a scorer (iit sweep builds one; "
                          f"val_win_rate also needs --judge)")
     grid = list(grid or config.training.epoch_grid)

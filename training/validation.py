@@ -17,7 +17,7 @@ from implicit_it.data import ChatExample
 from implicit_it.formats import IGNORE_INDEX, encode_example, pad_batch
 
 # metric name -> "min" or "max": which direction is better (used by epoch selection)
-METRIC_DIRECTIONS: dict[str, str] = {"heldout_nll": "min", "val_nll": "min", "val_win_rate": "max", "ifsuite_loose": "max"}
+METRIC_DIRECTIONS: dict[str, str] = {"heldout_nll": "min", "val_nll": "min", "val_win_rate": "max", "ifeval_loose": "max", "ifsuite_loose": "max"}
 
 
 def _pairs(examples: Sequence[Any], strip: bool) -> list[tuple[str, str]]:

@@ -13,6 +13,11 @@ AlpacaEval pairs systems as the paper does: seed s of a variant against seed s o
 against every seed of the reference (``eval/alpaca/rules/vs-instruction.s1``, ...), so the report
 gives mean ± std over those pairs. Each system generates up to its own cap:
 ``run.generate.max_new_tokens_by_system`` (by label), else ``run.generate.max_new_tokens``.
+
+IFEval (``run.eval.ifeval``) is generated and scored like the judge-free suite (``generate/ifeval/<system>``,
+``eval/ifeval/<system>``). The reference systems ``reference-constant``, ``reference-echo`` and ``reference-empty``
+(:data:`implicit_it.evaluation.ifeval.REFERENCE_SYSTEMS`) generate nothing: they are scored on both prompt sets
+(``eval/ifeval/reference-echo``, ``eval/ifsuite/reference-echo``) to show what each metric gives for free.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ RULE_SETS: dict[str, tuple[str, ...]] = {
     "no_uniform": ("eos", "diversity"),
     "no_diversity": ("eos", "uniform"),
 }
-REPORT_FORMAT = 1  # bump when the report's layout changes, so that a re-run renders it again
+REPORT_FORMAT = 2  # bump when the report's layout changes, so that a re-run renders it again
 IFSUITE = "ifsuite"
+IFEVAL = "ifeval"
 ALPACA = "alpaca"
+IFEVAL_SUBSET_SEED = 0  # one fixed stratified draw of run.eval.ifeval_prompts: every run and config scores the same subset
+REFERENCE = "reference-"  # prefix of the reference systems' names (reference-constant, ...)
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,9 @@ class StudyPlan:
         for rule_set in run.generate.rule_sets:
             self.systems.append(System(rule_system_name(rule_set), "rules", rule_system_name(rule_set), rules=RULE_SETS[rule_set]))
         self._select(self.systems, list(run.generate.max_new_tokens_by_system), "run.generate.max_new_tokens_by_system")
-        sets = [IFSUITE] + ([ALPACA] if run.generate.instructions else [])
+        if run.eval.ifeval:
+            self._check_ifeval_data()
+        sets = [IFSUITE] + ([IFEVAL] if run.eval.ifeval else []) + ([ALPACA] if run.generate.instructions else [])
         generated = {(s.name, name): self._generate_step(s, name) for s in self.systems for name in sets}
         model_systems = [s for s in self.systems if s.kind != "rules"]
         if run.rank.enabled:
@@ -117,6 +127,14 @@ class StudyPlan:
                     self._diff_step(s)
         for s in self.systems:
             self._ifsuite_step(s, generated[(s.name, IFSUITE)])
+        if run.eval.ifeval:
+            for s in self.systems:
+                self._ifeval_step(s, generated[(s.name, IFEVAL)])
+        from implicit_it.evaluation.ifeval import REFERENCE_SYSTEMS
+
+        for set_name in [IFSUITE] + ([IFEVAL] if run.eval.ifeval else []):
+            for kind in REFERENCE_SYSTEMS:
+                self._reference_step(set_name, kind)
         if run.eval.judge:
             references = self._alpaca_references()
             for s in self.systems:
@@ -164,10 +182,11 @@ class StudyPlan:
 
     def _generate_step(self, system: System, set_name: str) -> Step:
         g = self.config.run.generate
+        instructions = {IFSUITE: g.ifsuite_prompts, IFEVAL: self._ifeval_config() if set_name == IFEVAL else None,
+                        ALPACA: [g.instructions, g.instructions_limit]}[set_name]
         config = {"system": system.name, "model": self._model_config(), "rules": list(system.rules), "set": set_name,
-                  "max_new_tokens": self._max_new_tokens(system), "batch_size": g.batch_size,
-                  "instructions": g.ifsuite_prompts if set_name == IFSUITE else [g.instructions, g.instructions_limit]}
-        files = [g.instructions] if set_name == ALPACA else []
+                  "max_new_tokens": self._max_new_tokens(system), "batch_size": g.batch_size, "instructions": instructions}
+        files = [g.instructions] if set_name == ALPACA else self._ifeval_files() if set_name == IFEVAL else []
         return self._add(Step("generate", f"{set_name}/{system.name}", config, lambda step: self._run_generate(step, system, set_name),
                               self._dir("generate", f"{set_name}/{system.name}"), inputs=[system.train] if system.train else [],
                               data_files=files, meta={**system.meta(), "set": set_name}))
@@ -194,6 +213,44 @@ class StudyPlan:
     def _ifsuite_step(self, system: System, generated: Step) -> Step:
         return self._add(Step("eval", f"{IFSUITE}/{system.name}", {"suite": "packaged"}, lambda step: self._run_ifsuite(step, system, generated),
                               self._dir("eval", f"{IFSUITE}/{system.name}"), inputs=[generated], meta=system.meta()))
+
+    def _ifeval_step(self, system: System, generated: Step) -> Step:
+        return self._add(Step("eval", f"{IFEVAL}/{system.name}", {"benchmark": IFEVAL, **self._ifeval_config()},
+                              lambda step: self._run_ifeval(step, system, generated), self._dir("eval", f"{IFEVAL}/{system.name}"),
+                              inputs=[generated], data_files=self._ifeval_files(), meta=system.meta()))
+
+    def _reference_step(self, set_name: str, kind: str) -> Step:
+        """A degenerate system scored on a prompt set without generating: its row shows what the metric gives for free."""
+        name = f"{REFERENCE}{kind}"
+        prompts = self._ifeval_config() if set_name == IFEVAL else {"suite": "packaged", "prompts": self.config.run.generate.ifsuite_prompts}
+        meta = {"system": name, "kind": "reference", "label": name, "seed": None, "rules": [], "set": set_name}
+        return self._add(Step("eval", f"{set_name}/{name}", {"reference": kind, **prompts}, lambda step: self._run_reference(step, set_name, kind),
+                              self._dir("eval", f"{set_name}/{name}"), data_files=self._ifeval_files() if set_name == IFEVAL else [],
+                              meta=meta))
+
+    def _ifeval_config(self) -> dict[str, Any]:
+        """What the IFEval prompt set depends on (the data file's sha256 enters the key through ``data_files``)."""
+        e = self.config.run.eval
+        return {"data": e.ifeval_data, "prompts": e.ifeval_prompts, "subset_seed": IFEVAL_SUBSET_SEED}
+
+    def _ifeval_files(self) -> list[str]:
+        data = self.config.run.eval.ifeval_data
+        return [] if data.startswith("hub:") else [data]
+
+    def _check_ifeval_data(self) -> None:
+        """A missing IFEval file is an error naming the field now, not a failed step after hours of training."""
+        data = self.config.run.eval.ifeval_data
+        if not data.startswith("hub:") and not Path(data).is_file():
+            raise ValueError(f"run.eval.ifeval_data: {data}: file not found (IFEval's input_data.jsonl, or hub:ifeval; "
+                             "run.eval.ifeval: false switches IFEval off)")
+
+    def _ifeval_prompts(self) -> list[Any]:
+        if getattr(self, "_ifeval_cache", None) is None:
+            from implicit_it.evaluation.ifeval import load_ifeval
+
+            e = self.config.run.eval
+            self._ifeval_cache = load_ifeval(e.ifeval_data, limit=e.ifeval_prompts, seed=IFEVAL_SUBSET_SEED)
+        return self._ifeval_cache
 
     def _alpaca_references(self) -> list[System]:
         """The reference systems: one, or one per seed when ``run.eval.reference`` names a trained variant
@@ -293,6 +350,8 @@ class StudyPlan:
         g = self.config.run.generate
         if set_name == IFSUITE:
             return [p.instruction for p in load_suite(limit=g.ifsuite_prompts)]
+        if set_name == IFEVAL:
+            return [p.prompt for p in self._ifeval_prompts()]
         return [it.instruction for it in read_instructions(g.instructions, limit=g.instructions_limit)]
 
     def _run_generate(self, step: Step, system: System, set_name: str) -> dict[str, Any]:
@@ -395,6 +454,40 @@ class StudyPlan:
         summary = result.to_json()
         out = {"strict_accuracy": summary["strict_accuracy"], "loose_accuracy": summary["loose_accuracy"], "n": summary["n"],
                "eos_fraction": behaviour["eos_fraction"], "template_echo_rate": behaviour["template_echo_rate"]}
+        self._manifest(step, None, out, {})
+        return out
+
+    def _run_ifeval(self, step: Step, system: System, generated: Step) -> dict[str, Any]:
+        from implicit_it.evaluation.ifeval import score_ifeval
+
+        records = json.loads((generated.dir / "outputs.json").read_text(encoding="utf-8"))
+        result = score_ifeval(self._ifeval_prompts(), {r["instruction"]: r["output"] for r in records}, model=system.name)
+        return self._save_ifeval(step, result)
+
+    def _save_ifeval(self, step: Step, result: Any) -> dict[str, Any]:
+        from implicit_it.evaluation.ifeval import METRICS
+
+        result.save(step.dir)  # ifeval.json holds the per-prompt outcomes the report's paired tests read
+        entry = result.to_json()
+        summary = {**{m: entry[m] for m in METRICS}, "n_prompts": entry["n_prompts"], "n_instructions": entry["n_instructions"]}
+        self._manifest(step, None, summary, {})
+        return summary
+
+    def _run_reference(self, step: Step, set_name: str, kind: str) -> dict[str, Any]:
+        from implicit_it.evaluation import load_suite, score_responses
+        from implicit_it.evaluation.ifeval import reference_responses, score_ifeval
+
+        name = f"{REFERENCE}{kind}"
+        if set_name == IFEVAL:
+            prompts = self._ifeval_prompts()
+            return self._save_ifeval(step, score_ifeval(prompts, reference_responses(kind, prompts), model=name))
+        suite = load_suite(limit=self.config.run.generate.ifsuite_prompts)
+        # the same definition of each reference system as IFEval's (echo repeats the instruction)
+        texts = reference_responses(kind, [p.instruction for p in suite])
+        result = score_responses(suite, texts, model=name)
+        result.save(step.dir)
+        summary = result.to_json()
+        out = {"strict_accuracy": summary["strict_accuracy"], "loose_accuracy": summary["loose_accuracy"], "n": summary["n"]}
         self._manifest(step, None, out, {})
         return out
 

@@ -116,7 +116,7 @@ def test_iit_run_trains_under_accelerate_launch(tiny_llama_dir, shared_data, tmp
     data["run"] = {"accelerate_config": str(ACCELERATE / "ddp.yaml"),
                    "accelerate_args": ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port())],
                    "generate": {"ifsuite_prompts": 2, "max_new_tokens": 4, "rule_sets": []},
-                   "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False}}
+                   "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False}, "eval": {"ifeval": False}}
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     outcome = run_study(parse_config(data), tmp_path / "run", show_progress=False)

@@ -191,7 +191,7 @@ def test_a_named_judge_compares_every_system_with_the_instruction_tuned_one(tiny
         "generate": {"ifsuite_prompts": 2, "max_new_tokens": 6, "rule_sets": ["all"],
                      "instructions": str(shared_data / "lima" / "val_instructions.jsonl"), "instructions_limit": 3},
         "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False},
-        "eval": {"judge": f"local:{judge_model}", "reference": "instruction"}})
+        "eval": {**data["run"]["eval"], "judge": f"local:{judge_model}", "reference": "instruction"}})
     cfg = parse_config(data)
     outcome = run_study(cfg, tmp_path / "run", show_progress=False)
     alpaca = sorted(sid for sid in outcome.statuses if sid.startswith("eval/alpaca/"))
@@ -203,7 +203,7 @@ def test_a_named_judge_compares_every_system_with_the_instruction_tuned_one(tiny
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     table1 = md.split("## Table 1")[1].split("\n## ")[0]
     win = json.loads((tmp_path / "run" / "eval" / "alpaca" / "response.s0" / "alpaca_eval.json").read_text())["win_rate"]
-    assert "win rate vs instruction %" in table1 and f"| {win:.1f} |" in table1.split("| response |")[1].splitlines()[0]
+    assert "win rate vs instruction % [95% CI]" in table1 and f"| {win:.1f} [" in table1.split("| response |")[1].splitlines()[0]
     assert set(run_study(cfg, tmp_path / "run", show_progress=False).statuses.values()) == {"cached"}
 
 
@@ -215,7 +215,8 @@ def _judged_config(tiny_llama_dir, shared_data, tmp_path, *, variants, instructi
         "generate": {"ifsuite_prompts": 1, "max_new_tokens": 6, "rule_sets": rule_sets, "instructions": str(instructions),
                      "instructions_limit": limit},
         "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False},
-        "eval": {"judge": f"local:{judge_model}", "reference": "instruction", "lc_data": str(lc_data) if lc_data else None}})
+        "eval": {**data["run"]["eval"], "judge": f"local:{judge_model}", "reference": "instruction",
+                 "lc_data": str(lc_data) if lc_data else None}})
     return data
 
 
@@ -245,7 +246,7 @@ def test_a_run_reports_the_length_controlled_win_rate_with_lc_data(tiny_llama_di
     lc_response = json.loads((tmp_path / "run" / "eval" / "alpaca" / "response.s0" / "alpaca_eval.json").read_text())["lc_win_rate"]
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     row = md.split("## Table 1")[1].split("| response |")[1].splitlines()[0]
-    assert f"| {lc_response:.1f} |" in row
+    assert f"| {lc_response:.1f} [" in row
 
 
 def test_each_system_generates_up_to_its_own_cap(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
@@ -269,13 +270,14 @@ def test_each_system_generates_up_to_its_own_cap(tiny_llama_dir, shared_data, tm
     monkeypatch.setattr(generation, "generate_responses", spy)
     plan = StudyPlan(cfg, tmp_path / "run", show_progress=False)
     keys = {s.name: s.config["max_new_tokens"] for s in plan.build() if s.stage == "generate"}
-    assert keys == {"ifsuite/base": 9, "ifsuite/response.s0": 5, "ifsuite/rules": 9, "ifsuite/rules-no_eos": 3}
+    caps_by_system = {"base": 9, "response.s0": 5, "rules": 9, "rules-no_eos": 3}
+    assert keys == {f"{bench}/{name}": cap for bench in ("ifsuite", "ifeval") for name, cap in caps_by_system.items()}  # IFEval too
     run_study(cfg, tmp_path / "run", show_progress=False)
-    assert sorted(caps.values()) == [3, 5, 9, 9]
+    assert sorted(caps.values()) == [3, 3, 5, 5, 9, 9, 9, 9]
     for name, cap in keys.items():
         records = json.loads((tmp_path / "run" / "generate" / name / "outputs.json").read_text())
         assert all(r["n_tokens"] <= cap for r in records)
-        if name != "ifsuite/rules":  # the EOS rule may stop the full adapter early; the others run to their cap
+        if not name.endswith("/rules"):  # the EOS rule may stop the full adapter early; the others run to their cap
             assert max(r["n_tokens"] for r in records) == cap
     data["run"]["generate"]["max_new_tokens_by_system"] = {"rules-no-eos": 3}
     with pytest.raises(ValueError, match=r"run.generate.max_new_tokens_by_system: unknown system\(s\) \['rules-no-eos'\]"):
@@ -319,7 +321,7 @@ def test_alpaca_pairs_each_seed_with_the_same_seed_of_the_reference(tiny_llama_d
 
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     table4 = md.split("## Table 4")[1].split("\n## ")[0]
-    assert f"| {statistics.mean(wins):.1f} ± {statistics.stdev(wins):.1f} |" in table4.split("| rules |")[1].splitlines()[0]
+    assert f"| {statistics.mean(wins):.1f} ± {statistics.stdev(wins):.1f} [" in table4.split("| rules |")[1].splitlines()[0]
     assert "mean ± std over the reference's seeds [1, 2]" in table4
 
 
@@ -356,3 +358,61 @@ def test_paper_switches_reach_the_ranking_draws_and_the_rule_adapter(tiny_llama_
     tok = load_tokenizer(str(tiny_llama_dir))
     assert seen["self_draws"] == "drop"
     assert tok.decode(seen["user_tag_ids"]).strip() == "<|A|>"  # the ab_tags format's user tag, not Tulu's
+
+
+def test_ifeval_runs_for_every_system_beside_the_reference_systems(study):
+    """IFEval: generated and scored per system on the configured stratified subset, the reference systems scored without generating."""
+    from implicit_it.evaluation.ifeval import load_ifeval
+
+    cfg, run_dir, outcome = study
+    subset = [p.prompt for p in load_ifeval(cfg.run.eval.ifeval_data, limit=4, seed=0)]
+    systems = {"base", "instruction.s0", "response.s0", "single_task-gsm.s0", "rules", "rules-no_eos"}
+    references = {"reference-constant", "reference-echo", "reference-empty"}
+    assert {p.name for p in (run_dir / "generate" / "ifeval").iterdir()} == systems
+    assert {p.name for p in (run_dir / "eval" / "ifeval").iterdir()} == systems | references
+    assert {p.name for p in (run_dir / "eval" / "ifsuite").iterdir()} == systems | references
+    for name in systems:
+        outputs = json.loads((run_dir / "generate" / "ifeval" / name / "outputs.json").read_text())
+        assert [r["instruction"] for r in outputs] == subset
+        result = json.loads((run_dir / "eval" / "ifeval" / name / "ifeval.json").read_text())
+        assert [r["response"] for r in result["per_prompt"]] == [r["output"] for r in outputs]
+        assert result["n_prompts"] == 4 and (run_dir / "eval" / "ifeval" / name / "ifeval.parquet").is_file()
+        summary = json.loads((run_dir / "eval" / "ifeval" / name / "step.json").read_text())["summary"]
+        assert summary["prompt_loose"] == result["prompt_loose"]
+    echo = json.loads((run_dir / "eval" / "ifeval" / "reference-echo" / "ifeval.json").read_text())
+    assert [r["response"] for r in echo["per_prompt"]] == subset
+    assert outcome.statuses["eval/ifeval/reference-empty"] == "ran" and "generate/ifeval/reference-empty" not in outcome.statuses
+    empty = json.loads((run_dir / "eval" / "ifsuite" / "reference-empty" / "step.json").read_text())["summary"]
+    assert empty["strict_accuracy"] == 0 and empty["n"] == 5
+
+
+def test_ifeval_keys_cover_the_data_file_and_subset_size_and_it_can_be_switched_off(tiny_llama_dir, shared_data, tmp_path):
+    from implicit_it.errors import ConfigError
+
+    data = _config_dict(tiny_llama_dir, shared_data)
+    copy = tmp_path / "input_data.jsonl"
+    shutil.copy(shared_data / "ifeval" / "input_data.jsonl", copy)
+    data["run"]["eval"]["ifeval_data"] = str(copy)
+
+    def keys(d):
+        return {s.id: s.key for s in StudyPlan(parse_config(d), tmp_path / "run").build()}
+
+    before = keys(data)
+    data["run"]["eval"]["ifeval_prompts"] = 6
+    changed = {sid for sid, key in keys(data).items() if before[sid] != key}
+    ifeval = {sid for sid in before if "/ifeval/" in sid}
+    assert changed == ifeval | {"report/report"} and len(ifeval) == 6 + 6 + 3
+    data["run"]["eval"]["ifeval_prompts"] = 4
+    copy.write_text(copy.read_text() + "\n")  # same prompts, another file: its sha256 is in the key
+    assert {sid for sid, key in keys(data).items() if before[sid] != key} == ifeval | {"report/report"}
+    data["run"]["eval"]["ifeval"] = False
+    assert not any("ifeval" in sid for sid in keys(data))
+    data["run"]["eval"].update(ifeval=True, ifeval_data=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="run.eval.ifeval_data: .*missing.jsonl: file not found"):
+        keys(data)
+    data["run"]["eval"]["ifeval_data"] = "hub:ifevl"
+    with pytest.raises(ConfigError, match="run.eval.ifeval_data: .*unknown hub source 'hub:ifevl'"):
+        parse_config(data)
+    data["run"]["eval"].update(ifeval_data=str(copy), ifeval_prompts=0)
+    with pytest.raises(ConfigError, match="run.eval.ifeval_prompts"):
+        parse_config(data)

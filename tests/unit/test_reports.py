@@ -14,8 +14,17 @@ from implicit_it.cli import app
 from implicit_it.reports import check_in_browser, find_chromium, read_run, write_report
 from implicit_it.reports.collect import mean_std
 from implicit_it.reports.sections import build_sections
+from implicit_it.stats import accuracy_with_ci, wilson_interval
 
 SECTION_IDS = ["headline", "table1", "table2", "table3", "table4", "layerwise", "tokens", "samples", "manifest"]
+
+
+def _ci(value: float, lo: float, hi: float) -> str:
+    return f"{value * 100:.1f} [{lo * 100:.1f}, {hi * 100:.1f}]"
+
+
+def _section(md: str, title: str) -> str:
+    return md.split(f"## {title}")[1].split("\n## ")[0]
 
 
 def _step(run_dir, *parts):
@@ -28,11 +37,19 @@ def test_report_tables_hold_this_runs_numbers_beside_the_papers(tiny_study):
 
     def rows(section: str) -> dict[str, str]:
         part = md.split(f"## {section}")[1].split("\n## ")[0]
-        return {line.split(" | ")[0].lstrip("| "): line for line in part.splitlines() if line.startswith("| ")}
+        out: dict[str, str] = {}
+        for line in part.splitlines():
+            if line.startswith("| "):
+                out.setdefault(line.split(" | ")[0].lstrip("| "), line)  # the section's first table, not its paired tests
+        return out
 
     for system in ("base", "response", "instruction", "single_task-gsm", "rules", "rules-no_eos"):
-        strict = _step(run_dir, "eval", "ifsuite", system if system in ("base", "rules", "rules-no_eos") else f"{system}.s0")["summary"]
-        assert f"| {system} | {strict['strict_accuracy'] * 100:.1f} | {strict['loose_accuracy'] * 100:.1f} |" in md
+        name = system if system in ("base", "rules", "rules-no_eos") else f"{system}.s0"
+        ifeval = json.loads((run_dir / "eval" / "ifeval" / name / "ifeval.json").read_text())
+        suite = _step(run_dir, "eval", "ifsuite", name)["summary"]
+        cells = [_ci(ifeval[m]["accuracy"], ifeval[m]["ci_low"], ifeval[m]["ci_high"]) for m in ("prompt_strict", "prompt_loose", "instruction_loose")]
+        cells += [_ci(suite[m], *wilson_interval(round(suite[m] * suite["n"]), suite["n"])) for m in ("strict_accuracy", "loose_accuracy")]
+        assert f"| {system} | {' | '.join(cells)} |" in md  # IFEval first, then the IF suite, each with its 95% CI
     # the paper's numbers sit in their own labelled columns, never in this run's
     assert "paper Llama-2-7B: win % vs instruction-tuned (reference)" in md
     assert rows("Table 1")["response"].rstrip(" |").endswith("43.3 ± 1.1 | 43.7 ± 1.7")
@@ -77,6 +94,80 @@ def test_report_of_a_partial_run_marks_missing_stages(tiny_study, tmp_path):
     assert "*Not part of this run.*" in table2
     assert not (partial / "report" / "figures" / "probe.png").exists() or "![probe]" not in md
     assert {s.id for s in build_sections(read_run(partial))} == set(SECTION_IDS[1:])
+
+
+def test_if_tables_carry_reference_rows_and_paired_tests(tiny_study, tmp_path):
+    """Tables 1, 3 and 4: the reference systems' rows (marked as such, with their IFEval cells) and a paired-test table
+    computed from the stored per-prompt outcomes; checked by hand on outcomes edited so that the test has something to find."""
+    _, run_dir, _ = tiny_study
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    path = run / "eval" / "ifeval" / "response.s0" / "ifeval.json"
+    result = json.loads(path.read_text())
+    base = {r["key"]: r for r in json.loads((run / "eval" / "ifeval" / "base" / "ifeval.json").read_text())["per_prompt"]}
+    assert not any(r["loose"] for r in base.values())  # a random model: so response passing 3 prompts makes 3 discordant pairs
+    for row, passed in zip(result["per_prompt"], (True, True, True, False), strict=True):
+        row["loose"] = row["strict"] = passed
+    path.write_text(json.dumps(result))
+    md = write_report(run)["markdown"].read_text()
+    echo = json.loads((run / "eval" / "ifeval" / "reference-echo" / "ifeval.json").read_text())
+    echo_cells = " | ".join(_ci(echo[m]["accuracy"], echo[m]["ci_low"], echo[m]["ci_high"])
+                            for m in ("prompt_strict", "prompt_loose", "instruction_loose"))
+    for title in ("Table 1", "Table 3", "Table 4"):
+        table = _section(md, title)
+        assert f"| reference: echo (repeats the prompt) | {echo_cells} |" in table
+        assert "| reference: constant (answers “Okay!”) |" in table and "| reference: empty (says nothing) |" in table
+        assert "McNemar p (loose)" in table
+    # 3 prompts only response passes, none only base: Δ = +75 points, exact McNemar p = 2 * (1/2)^3 = 0.25
+    row = next(line for line in _section(md, "Table 1").splitlines() if line.startswith("| response | base | 4 |"))
+    assert "| +75.0 [" in row and "| 3 / 0 | 0.250 |" in row
+    assert "| response | instruction | 4 |" in _section(md, "Table 1")
+    assert "| rules-no_eos | base | 4 | +0.0 [0.0, 0.0] | 0 / 0 | 1.000 |" in _section(md, "Table 4")
+    html = (run / "report" / "report.html").read_text()
+    assert html.count('<tr class="reference">') == 9  # three reference rows in each of Tables 1, 3 and 4
+    assert "IFEval prompt-level loose accuracy, % [95% CI] (4 prompts)" in _section(md, "Headline")
+
+
+def test_several_seeds_give_mean_std_and_a_ci_pooled_over_seeds(tiny_study, tmp_path):
+    """A second seed of the response variant (its outcomes edited): mean ± std over seeds and a CI over both seeds' outcomes
+    with one cluster per prompt; the paired test against the seedless base pools both seeds' pairs."""
+    _, run_dir, _ = tiny_study
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    src, dst = run / "eval" / "ifeval" / "response.s0", run / "eval" / "ifeval" / "response.s1"
+    shutil.copytree(src, dst)
+    step = json.loads((dst / "step.json").read_text())
+    step["name"], step["meta"]["system"], step["meta"]["seed"] = "ifeval/response.s1", "response.s1", 1
+    result = json.loads((dst / "ifeval.json").read_text())
+    for row, passed in zip(result["per_prompt"], (True, True, False, False), strict=True):
+        row["loose"] = passed
+    step["summary"]["prompt_loose"]["accuracy"] = 0.5
+    (dst / "step.json").write_text(json.dumps(step))
+    (dst / "ifeval.json").write_text(json.dumps(result))
+    md = write_report(run)["markdown"].read_text()
+    s0 = json.loads((src / "ifeval.json").read_text())
+    wins = [[r0["loose"], r1["loose"]] for r0, r1 in zip(s0["per_prompt"], result["per_prompt"], strict=True)]
+    acc, (lo, hi) = accuracy_with_ci(wins)
+    assert acc == (s0["prompt_loose"]["accuracy"] + 0.5) / 2
+    row = next(line for line in _section(md, "Table 1").splitlines() if line.startswith("| response |"))
+    assert row.split(" | ")[2] == f"{mean_std([s0['prompt_loose']['accuracy'], 0.5], scale=100)} [{lo * 100:.1f}, {hi * 100:.1f}]"
+    assert "| response | base | 8 |" in _section(md, "Table 1")  # 2 seeds x 4 prompts, each against the base
+
+
+def test_wilson_interval_against_a_hand_computation():
+    # k = 0: the interval is [0, z^2 / (n + z^2)]; k = n mirrors it
+    z2 = 1.959963984540054 ** 2
+    assert wilson_interval(0, 13) == (0.0, pytest.approx(z2 / (13 + z2)))
+    assert wilson_interval(13, 13) == (pytest.approx(13 / (13 + z2)), 1.0)
+    # k = 4, n = 13 by hand: centre (4/13 + z^2/26) / (1 + z^2/13), half z*sqrt(4*9/13^3 + z^2/(4*13^2)) / (1 + z^2/13)
+    centre = (4 / 13 + z2 / 26) / (1 + z2 / 13)
+    half = (z2 ** 0.5) * ((4 * 9 / 13 ** 3 + z2 / (4 * 169)) ** 0.5) / (1 + z2 / 13)
+    lo, hi = wilson_interval(4, 13)
+    assert (lo, hi) == (pytest.approx(centre - half), pytest.approx(centre + half))
+    assert (round(lo, 4), round(hi, 4)) == (0.1268, 0.5763)  # the textbook value for 4/13
+    for k, n in ((1, 0), (-1, 5), (6, 5)):
+        with pytest.raises(ValueError):
+            wilson_interval(k, n)
 
 
 def test_mean_std_over_seeds():

@@ -293,14 +293,15 @@ def test_sweep_needs_its_data(make_config, tmp_path):
         run_sweep(make_config(sweep_metric="ifsuite_loose"), Variant("response"), out_dir=tmp_path, show_progress=False)
 
 
-def test_sweep_by_a_generation_metric_from_the_cli(make_config, tmp_path):
-    """``iit sweep`` with sweep_metric ifsuite_loose generates on IF-suite prompts after each grid point and selects by it."""
+@pytest.mark.parametrize("metric", ["ifsuite_loose", "ifeval_loose"])
+def test_sweep_by_a_generation_metric_from_the_cli(metric, make_config, tmp_path):
+    """``iit sweep`` with a generation metric generates on IF-suite / IFEval prompts after each grid point and selects by it."""
     import yaml
     from typer.testing import CliRunner
 
     from implicit_it.cli import app
 
-    cfg = make_config(sweep_metric="ifsuite_loose", epoch_grid=[1, 2])
+    cfg = make_config(sweep_metric=metric, epoch_grid=[1, 2])
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     out = tmp_path / "sweep"
@@ -308,9 +309,10 @@ def test_sweep_by_a_generation_metric_from_the_cli(make_config, tmp_path):
                                    "--out", str(out)])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "sweep.json").read_text())
-    assert summary["metric"] == "ifsuite_loose" and summary["direction"] == "max"
-    assert all(0 <= p["ifsuite_loose"] <= 1 and "ifsuite_strict" in p for p in summary["points"])
-    assert json.loads((out / "epochs-1" / "sweep_scores.json").read_text())["ifsuite_loose"] == summary["points"][0]["ifsuite_loose"]
+    strict = metric.replace("loose", "strict")
+    assert summary["metric"] == metric and summary["direction"] == "max"
+    assert all(0 <= p[metric] <= 1 and strict in p for p in summary["points"])
+    assert json.loads((out / "epochs-1" / "sweep_scores.json").read_text())[metric] == summary["points"][0][metric]
     bad = CliRunner().invoke(app, ["sweep", "-c", str(path), "-V", "response", "--judge", "gpt4_turbo", "--out", str(out)])
     assert bad.exit_code != 0 and "val_win_rate" in bad.output
 

@@ -1,0 +1,92 @@
+"""Uncertainty and paired tests for accuracies that every room reports.
+
+Items that share a cluster are not independent (one easy instruction wins all its ranking
+pairs; one IFEval prompt carries up to three instructions), so intervals come from a cluster
+bootstrap: resample clusters, recompute accuracy over all their items, take the percentile
+2.5–97.5%. Two systems scored on the same prompts are compared *paired*: an exact McNemar test
+on the discordant prompts, and a paired bootstrap interval of the difference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def accuracy_with_ci(wins: np.ndarray, valid: np.ndarray | None = None, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """``wins`` (clusters, items) bool; ``valid`` masks absent items. Returns accuracy and its 95% CI."""
+    wins = np.asarray(wins, dtype=bool)
+    if wins.ndim == 1:
+        wins = wins[:, None]
+    valid = np.ones_like(wins) if valid is None else np.asarray(valid, dtype=bool).reshape(wins.shape)
+    w = (wins & valid).sum(axis=1).astype(np.float64)
+    n = valid.sum(axis=1).astype(np.float64)
+    if n.sum() == 0:
+        raise ValueError("no items to score")
+    acc = float(w.sum() / n.sum())
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(w), size=(n_boot, len(w)))
+    boot = w[idx].sum(axis=1) / np.maximum(n[idx].sum(axis=1), 1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return acc, (float(lo), float(hi))
+
+
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value for paired binary outcomes (a binomial test on the discordant pairs)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired outcomes need equal shapes, got {a.shape} and {b.shape}")
+    n01, n10 = int((~a & b).sum()), int((a & ~b).sum())
+    n = n01 + n10
+    if n == 0:
+        return 1.0
+    k = min(n01, n10)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return float(min(1.0, 2.0 * tail))
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """System A against system B on the same prompts: accuracies, their difference with a paired
+    bootstrap 95% CI, the discordant counts and the exact McNemar p-value (prompt-level)."""
+
+    accuracy_a: float
+    accuracy_b: float
+    difference: float  # a - b
+    ci: tuple[float, float]
+    a_only: int  # prompts A passes and B fails
+    b_only: int
+    p_value: float
+    n: int
+
+    def to_json(self) -> dict:
+        return {"accuracy_a": self.accuracy_a, "accuracy_b": self.accuracy_b, "difference": self.difference,
+                "ci_low": self.ci[0], "ci_high": self.ci[1], "a_only": self.a_only, "b_only": self.b_only,
+                "p_value": self.p_value, "n": self.n, "test": "exact McNemar (two-sided); paired bootstrap CI over prompts"}
+
+
+def paired_comparison(a: np.ndarray, b: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> PairedComparison:
+    """Compare two systems' per-prompt pass/fail outcomes (same prompts, same order)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired outcomes need two equal, non-empty 1-D arrays, got {a.shape} and {b.shape}")
+    d = a.astype(np.float64) - b.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
+    lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
+    return PairedComparison(float(a.mean()), float(b.mean()), float(d.mean()), (float(lo), float(hi)),
+                            int((a & ~b).sum()), int((~a & b).sum()), mcnemar_exact(a, b), len(a))
+
+
+def wilson_interval(k: int, n: int, *, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion ``k / n``: unlike the normal interval it stays inside [0, 1]
+    and does not collapse to a point at 0% or 100%, which small suites (13 prompts) hit often."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))  # exact at the ends
