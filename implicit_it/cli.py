@@ -206,7 +206,15 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
         raise ValueError(f"--judge is only used by training.sweep_metric val_win_rate (the config says {metric})")
     if metric not in ("val_win_rate", "ifeval_loose", "ifsuite_loose"):
         return None
-    from .models import load_model
+
+    def generate(model_dir, instructions: list[str]) -> list[str]:
+        from .generation import generate_responses
+        from .models import load_model
+
+        loaded = load_model(model_dir, use_process_cache=False)
+        results, _ = generate_responses(loaded, instructions, fmt=cfg.format, max_new_tokens=max_new_tokens,
+                                        batch_size=cfg.generation.batch_size, show_progress=not quiet)
+        return [r.output for r in results]
 
     if metric == "ifeval_loose":
         from .evaluation.ifeval import load_ifeval, score_ifeval
@@ -214,31 +222,20 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
         ifeval_prompts = load_ifeval(limit=prompts or 60, seed=cfg.seed + 1)  # another subset than the report's (seed 0)
 
         def score_ifeval_loose(model_dir):
-            from .generation import generate_responses
-
-            loaded = load_model(model_dir, use_process_cache=False)
-            results, _ = generate_responses(loaded, [p.prompt for p in ifeval_prompts], fmt=cfg.format, max_new_tokens=max_new_tokens,
-                                            batch_size=cfg.generation.batch_size, show_progress=not quiet)
-            summary = score_ifeval(ifeval_prompts, [r.output for r in results], n_boot=200).to_json()
+            summary = score_ifeval(ifeval_prompts, generate(model_dir, [p.prompt for p in ifeval_prompts]), n_boot=200).to_json()
             return {"ifeval_loose": summary["prompt_loose"]["accuracy"], "ifeval_strict": summary["prompt_strict"]["accuracy"]}
 
         return score_ifeval_loose
-
     if metric == "ifsuite_loose":
         from .evaluation import load_suite, score_responses
 
         suite = load_suite(limit=prompts)
 
-        def score(model_dir):
-            from .generation import generate_responses
-
-            loaded = load_model(model_dir, use_process_cache=False)
-            results, _ = generate_responses(loaded, [p.instruction for p in suite], fmt=cfg.format, max_new_tokens=max_new_tokens,
-                                            batch_size=cfg.generation.batch_size, show_progress=not quiet)
-            summary = score_responses(suite, [r.output for r in results]).to_json()
+        def score_ifsuite_loose(model_dir):
+            summary = score_responses(suite, generate(model_dir, [p.instruction for p in suite])).to_json()
             return {"ifsuite_loose": summary["loose_accuracy"], "ifsuite_strict": summary["strict_accuracy"]}
 
-        return score
+        return score_ifsuite_loose
     if judge is None:
         raise ValueError("training.sweep_metric val_win_rate needs --judge (the paper compared with GPT-3.5 under AlpacaEval's judge)")
     if not cfg.data.validation:
@@ -249,18 +246,14 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
     judge_obj.preflight()
     reference = load_reference(cfg.data.validation)
 
-    def score(model_dir):
-        from .generation import generate_responses
-
-        loaded = load_model(model_dir, use_process_cache=False)
-        results, _ = generate_responses(loaded, [r.instruction for r in reference], fmt=cfg.format, max_new_tokens=max_new_tokens,
-                                        batch_size=cfg.generation.batch_size, show_progress=not quiet)
-        outputs = [ModelOutput(r.instruction, g.output, generator=str(model_dir)) for r, g in zip(reference, results, strict=True)]
+    def score_win_rate(model_dir):
+        texts = generate(model_dir, [r.instruction for r in reference])
+        outputs = [ModelOutput(r.instruction, t, generator=str(model_dir)) for r, t in zip(reference, texts, strict=True)]
         frame = annotate(list(zip(reference, outputs, strict=True)), judge_obj, Path(model_dir) / "val_judge", generator=str(model_dir),
                          cache_path=Path(model_dir) / "val_judge_cache.json")
         return {"val_win_rate": alpaca_metrics(frame, judge=judge_obj.name)["win_rate"]}
 
-    return score
+    return score_win_rate
 
 
 def _model_formats(models_: list[str], formats_: list[str]) -> list[tuple[str, str]]:

@@ -20,6 +20,16 @@ eval_app = typer.Typer(help="Evaluate instruction following: AlpacaEval (judged)
 _ERRORS = (ImplicitItError, ValueError, OSError)
 
 
+# Options shared by the generating commands (ifeval, ifsuite): one declaration each.
+FORMAT_OPTION = typer.Option("tulu", "--format", "-f", help="Chat format: tulu (the paper's), native (instruct models' own template), ...")
+RULES_OPTION = typer.Option(None, "--rules", help="Generate with the paper's rule adapter: 'all' or a subset of eos,uniform,diversity,start.")
+RULES_CONFIG_OPTION = typer.Option(None, "--rules-config", help="YAML with rule constants (see configs/rules/paper.yaml).")
+BATCH_SIZE_OPTION = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together.")
+DTYPE_OPTION = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")
+DEVICE_OPTION = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available).")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
 def _command() -> str:
     return " ".join(["iit"] + sys.argv[1:])
 
@@ -162,14 +172,14 @@ def ifeval(
     data: str = typer.Option("../shared/data/ifeval/input_data.jsonl", "--data", help="IFEval's input_data.jsonl, or hub:ifeval."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N prompts, stratified by first instruction type (fixed seed)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the stratified subset and of the bootstrap."),
-    fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format: tulu (the paper's), native (instruct models' own template), ..."),
-    rules: Optional[str] = typer.Option(None, "--rules", help="Generate with the paper's rule adapter: 'all' or a subset of eos,uniform,diversity,start."),
-    rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants (see configs/rules/paper.yaml)."),
+    fmt: str = FORMAT_OPTION,
+    rules: Optional[str] = RULES_OPTION,
+    rules_config: Optional[Path] = RULES_CONFIG_OPTION,
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Token budget per response."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    batch_size: int = BATCH_SIZE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """IFEval (Zhou et al. 2023): the official verifiers, prompt- and instruction-level accuracy, strict and loose, with 95% CIs."""
     from .evaluation.ifeval import load_ifeval, read_ifeval_responses, score_ifeval
@@ -217,16 +227,16 @@ def ifsuite(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
     outputs: Optional[Path] = typer.Option(None, "--outputs", help="Score these AlpacaEval-format outputs instead of generating."),
-    fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format: tulu (the paper's), native (instruct models' own template), ..."),
-    rules: Optional[str] = typer.Option(None, "--rules", help="Generate with the paper's rule adapter: 'all' or a subset of eos,uniform,diversity,start."),
-    rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants (see configs/rules/paper.yaml)."),
+    fmt: str = FORMAT_OPTION,
+    rules: Optional[str] = RULES_OPTION,
+    rules_config: Optional[Path] = RULES_CONFIG_OPTION,
     suite: Optional[Path] = typer.Option(None, "--suite", help="Prompts JSONL (default: the packaged suite)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N prompts, taken round-robin over categories."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Token budget per response."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    batch_size: int = BATCH_SIZE_OPTION,
+    dtype: Optional[str] = DTYPE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Judge-free instruction following: verifiable constraints (counts, casing, JSON, ...), strict and loose accuracy."""
     from .evaluation import generator_name, load_suite, read_model_outputs, score_responses

@@ -192,8 +192,8 @@ def conversation_turns(messages: Sequence[Any], *, strip: bool = True, drop_inst
     ``drop_instructions`` blanks every user turn (response tuning; the paper's
     ``remove_instructions.py``). A trailing user turn without an answer carries no loss and is
     dropped."""
-    roles = [getattr(m, "role", None) or m["role"] for m in messages]
-    texts = [getattr(m, "content", None) if hasattr(m, "content") else m["content"] for m in messages]
+    pairs = [(m["role"], m["content"]) if isinstance(m, dict) else (m.role, m.content) for m in messages]  # dicts or data.Message
+    roles, texts = [r for r, _ in pairs], [t for _, t in pairs]
     turns = []
     for i in range(0, len(roles) - 1, 2):
         if roles[i] != "user" or roles[i + 1] != "assistant":

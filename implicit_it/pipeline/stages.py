@@ -23,6 +23,7 @@ IFEval (``run.eval.ifeval``) is generated and scored like the judge-free suite (
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import sys
@@ -244,13 +245,13 @@ class StudyPlan:
             raise ValueError(f"run.eval.ifeval_data: {data}: file not found (IFEval's input_data.jsonl, or hub:ifeval; "
                              "run.eval.ifeval: false switches IFEval off)")
 
+    @functools.cached_property
     def _ifeval_prompts(self) -> list[Any]:
-        if getattr(self, "_ifeval_cache", None) is None:
-            from implicit_it.evaluation.ifeval import load_ifeval
+        """The fixed IFEval subset, read once per plan (every generate, eval and reference step scores it)."""
+        from implicit_it.evaluation.ifeval import load_ifeval
 
-            e = self.config.run.eval
-            self._ifeval_cache = load_ifeval(e.ifeval_data, limit=e.ifeval_prompts, seed=IFEVAL_SUBSET_SEED)
-        return self._ifeval_cache
+        e = self.config.run.eval
+        return load_ifeval(e.ifeval_data, limit=e.ifeval_prompts, seed=IFEVAL_SUBSET_SEED)
 
     def _alpaca_references(self) -> list[System]:
         """The reference systems: one, or one per seed when ``run.eval.reference`` names a trained variant
@@ -351,7 +352,7 @@ class StudyPlan:
         if set_name == IFSUITE:
             return [p.instruction for p in load_suite(limit=g.ifsuite_prompts)]
         if set_name == IFEVAL:
-            return [p.prompt for p in self._ifeval_prompts()]
+            return [p.prompt for p in self._ifeval_prompts]
         return [it.instruction for it in read_instructions(g.instructions, limit=g.instructions_limit)]
 
     def _run_generate(self, step: Step, system: System, set_name: str) -> dict[str, Any]:
@@ -448,12 +449,14 @@ class StudyPlan:
         records = json.loads((generated.dir / "outputs.json").read_text(encoding="utf-8"))
         by_instruction = {r["instruction"]: r["output"] for r in records}
         prompts = [p for p in load_suite() if p.instruction in by_instruction]
-        result = score_responses(prompts, by_instruction, model=system.name)
-        result.save(step.dir)
         behaviour = write_behaviour(step.dir, [r["output"] for r in records], [r["ended_with_eos"] for r in records], system.name)
+        return self._save_ifsuite(step, score_responses(prompts, by_instruction, model=system.name),
+                                  {"eos_fraction": behaviour["eos_fraction"], "template_echo_rate": behaviour["template_echo_rate"]})
+
+    def _save_ifsuite(self, step: Step, result: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        result.save(step.dir)
         summary = result.to_json()
-        out = {"strict_accuracy": summary["strict_accuracy"], "loose_accuracy": summary["loose_accuracy"], "n": summary["n"],
-               "eos_fraction": behaviour["eos_fraction"], "template_echo_rate": behaviour["template_echo_rate"]}
+        out = {"strict_accuracy": summary["strict_accuracy"], "loose_accuracy": summary["loose_accuracy"], "n": summary["n"], **(extra or {})}
         self._manifest(step, None, out, {})
         return out
 
@@ -461,7 +464,7 @@ class StudyPlan:
         from implicit_it.evaluation.ifeval import score_ifeval
 
         records = json.loads((generated.dir / "outputs.json").read_text(encoding="utf-8"))
-        result = score_ifeval(self._ifeval_prompts(), {r["instruction"]: r["output"] for r in records}, model=system.name)
+        result = score_ifeval(self._ifeval_prompts, {r["instruction"]: r["output"] for r in records}, model=system.name)
         return self._save_ifeval(step, result)
 
     def _save_ifeval(self, step: Step, result: Any) -> dict[str, Any]:
@@ -479,17 +482,12 @@ class StudyPlan:
 
         name = f"{REFERENCE}{kind}"
         if set_name == IFEVAL:
-            prompts = self._ifeval_prompts()
+            prompts = self._ifeval_prompts
             return self._save_ifeval(step, score_ifeval(prompts, reference_responses(kind, prompts), model=name))
         suite = load_suite(limit=self.config.run.generate.ifsuite_prompts)
         # the same definition of each reference system as IFEval's (echo repeats the instruction)
         texts = reference_responses(kind, [p.instruction for p in suite])
-        result = score_responses(suite, texts, model=name)
-        result.save(step.dir)
-        summary = result.to_json()
-        out = {"strict_accuracy": summary["strict_accuracy"], "loose_accuracy": summary["loose_accuracy"], "n": summary["n"]}
-        self._manifest(step, None, out, {})
-        return out
+        return self._save_ifsuite(step, score_responses(suite, texts, model=name))
 
     def _run_alpaca(self, step: Step, system: System, generated: Step, reference: Step | None, ref: System | None) -> dict[str, Any]:
         from implicit_it.data import read_instructions
