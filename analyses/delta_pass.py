@@ -1,12 +1,15 @@
 """One forward pass of base and variant over the same texts, shared by the logit analyses.
 
 A *text* is an instruction with a response (a data file's response, or the variant's own greedy
-generation), in the experiment's chat format. Both models read the same token ids with the
-probes' prefix-reusing forward (:class:`implicit_it.probes.PairForward`); at every position that
-predicts a response token (or EOS) each model's log-probs come from the logit lens after each
-requested layer (layer L, the last, is exactly the output). Observers (the analyses) receive,
-per chunk of positions, what is common to all layers (seen tokens, the rule adapter's scores,
-response length so far) and then, layer by layer, the two models' full-vocabulary log-probs.
+generation), in the experiment's chat format. Texts are batched by length and each model reads
+each batch in **one traced forward** (nnsight, right-padded, ``logits_to_keep=1``), saving the
+residual stream after each requested layer. At every position that predicts a response token (or
+EOS) each model's log-probs come from the logit lens (:class:`implicit_it.lens.LogitLens`; layer
+L, the last, is exactly the output), computed for many positions at once in preallocated buffers
+whose size a memory budget sets (``lens_memory_mb``). Observers (the analyses) receive, per chunk
+of positions, what is common to all layers (:class:`ChunkContext`: targets, response length so
+far, and on demand the rule adapter's scores) and then, layer by layer, both models' full-vocabulary
+log-probs (:class:`LensChunk`, whose derived tensors are computed once and shared by observers).
 
 Texts are split by instruction into two halves with a seeded shuffle: the *fit* half runs first
 and the *held-out* half second, so an analysis can fit on one and score on the other.
@@ -16,18 +19,17 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from functools import cached_property
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from implicit_it.analysis import Analysis
-from implicit_it.formats import ChatFormat, get_format, instruction_offset
-from implicit_it.probes.forward import PairForward, encode_groups
-from implicit_it.probes.lens import LogitLens, parse_layers
-from implicit_it.probes.pairs import Candidate, RankingGroup, RankingSource
+from implicit_it.formats import ChatFormat, encode_example, encode_prompt, get_format, instruction_offset, pad_batch
+from implicit_it.lens import LogitLens, parse_layers
 from implicit_it.rules import RuleAdapter
 
-from .rule_family import row_centred
+from .rule_family import row_centred, rowdot
 
 FIT, HELDOUT = 0, 1
 
@@ -40,8 +42,8 @@ class DiffText:
     instruction_index: int  # texts of one instruction stay in the same half
 
 
-def texts_from_source(source: RankingSource, *, limit: int | None = None) -> list[DiffText]:
-    """Each instruction of a data file with its own response."""
+def texts_from_source(source: Any, *, limit: int | None = None) -> list[DiffText]:
+    """Each instruction of a data file (a :class:`~implicit_it.probes.RankingSource`) with its own response."""
     n = len(source.instructions) if limit is None else min(limit, len(source.instructions))
     return [DiffText(source.instructions[i], source.pool[source.own_response[i]], "data", i) for i in range(n)]
 
@@ -54,23 +56,118 @@ def split_halves(texts: Sequence[DiffText], seed: int) -> list[int]:
     return [FIT if t.instruction_index in fit else HELDOUT for t in texts]
 
 
-@dataclass
-class ChunkContext:
-    """Positions of one text, shared by every layer: position j predicts response token j."""
+@dataclass(frozen=True)
+class EncodedText:
+    """A text's token ids in the chat format: ``n_prompt`` prompt tokens, then the response (+EOS)."""
 
     text_index: int
-    text: DiffText
+    ids: tuple[int, ...]
+    n_prompt: int
+    instruction_start: int  # prompt tokens before the instruction (the diversity rule's anchor)
+
+    @property
+    def n_scored(self) -> int:
+        """Positions that predict a response token: the prompt's last token up to the one before the end."""
+        return len(self.ids) - self.n_prompt
+
+
+def encode_texts(tokenizer: Any, fmt: ChatFormat, texts: Sequence[DiffText], indices: Sequence[int],
+                 max_length: int | None) -> list[EncodedText]:
+    """Tokenize with the training encoder, cut from the right at ``max_length`` as the paper does;
+    a text whose prompt alone does not fit has nothing to score and is left out."""
+    out = []
+    for i in indices:
+        text = texts[i]
+        if max_length is not None and len(encode_prompt(tokenizer, fmt, text.instruction)) >= max_length:
+            continue
+        ex = encode_example(tokenizer, fmt, text.instruction, text.response, max_length=max_length)
+        prompt = ex.input_ids[: ex.n_prompt_tokens]
+        if len(ex.input_ids) > ex.n_prompt_tokens:
+            out.append(EncodedText(i, tuple(ex.input_ids), ex.n_prompt_tokens, instruction_offset(tokenizer, fmt, text.instruction, prompt)))
+    return out
+
+
+def length_batches(encoded: Sequence[EncodedText], max_batch_tokens: int) -> Iterator[list[EncodedText]]:
+    """Longest texts first, as many per batch as fit ``rows * longest <= max_batch_tokens``."""
+    batch: list[EncodedText] = []
+    for e in sorted(encoded, key=lambda e: (-len(e.ids), e.text_index)):
+        if batch and (len(batch) + 1) * len(batch[0].ids) > max_batch_tokens:
+            yield batch
+            batch = []
+        batch.append(e)
+    if batch:
+        yield batch
+
+
+@dataclass
+class ChunkContext:
+    """Positions of one chunk, shared by every layer: row i is the position of text
+    ``text_indices[i]`` that predicts its response token ``n_generated[i]`` (a chunk may span texts
+    of the same half). ``seen`` and ``rule_scores`` are computed on first use: a pass whose
+    observers never read them does no rule-adapter work."""
+
     half: int
+    text_indices: torch.Tensor  # (n,)
+    origins: tuple[str, ...]  # (n,) each row's DiffText.origin
     n_generated: torch.Tensor  # (n,) response tokens before each position
     targets: torch.Tensor  # (n,) the token that follows in the text
-    seen: torch.Tensor  # (n, V) 1.0 where the token already occurred (the diversity rule's scope), else 0.0
-    rule_scores: torch.Tensor  # (n, V) the adapter's scores r(w, x), row-centred: its log-prob shift up to a per-position constant
+    rules: Callable[[], tuple[torch.Tensor, torch.Tensor]] = field(repr=False, default=lambda: (torch.empty(0), torch.empty(0)))
+
+    def rows_of(self, origin: str) -> torch.Tensor:
+        """(n,) bool: the rows whose text has ``origin``."""
+        return torch.tensor([o == origin for o in self.origins], device=self.targets.device)
+
+    @cached_property
+    def _rule_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rules()
+
+    @property
+    def seen(self) -> torch.Tensor:
+        """(n, V) 1.0 where the token already occurred (the diversity rule's scope), else 0.0."""
+        return self._rule_tensors[0]
+
+    @property
+    def rule_scores(self) -> torch.Tensor:
+        """(n, V) the adapter's scores r(w, x), row-centred: its log-prob shift up to a per-position constant."""
+        return self._rule_tensors[1]
+
+
+class LensChunk:
+    """Both models' log-probs (n, V) at one layer for one chunk, and what observers derive from
+    them, each computed once into the pass's buffers. Valid only during ``observe``: the next
+    chunk overwrites the buffers (copy what you keep)."""
+
+    def __init__(self, base: torch.Tensor, variant: torch.Tensor, *, variant_probs: torch.Tensor | None = None,
+                 delta_buffer: torch.Tensor | None = None):
+        self.base, self.variant = base, variant
+        self._probs = variant_probs
+        self._delta_buffer = delta_buffer
+        self._delta: torch.Tensor | None = None
+
+    @property
+    def variant_probs(self) -> torch.Tensor:
+        """p_variant(w)."""
+        if self._probs is None:
+            self._probs = self.variant.exp()
+        return self._probs
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """log p_variant(w) − log p_base(w), elementwise in float32 (exact to one rounding of each)."""
+        if self._delta is None:
+            self._delta = torch.sub(self.variant, self.base, out=self._delta_buffer)
+        return self._delta
+
+    def kl(self) -> torch.Tensor:
+        """(n,) KL(variant ‖ base) per row, float64: Σ_w p_v · (log p_v − log p_b), the difference
+        taken before the sum so no two ~10-nat sums cancel (see :func:`rowdot`)."""
+        return rowdot(self.variant_probs, self.delta)
 
 
 class DeltaObserver:
     """What an analysis plugs into a pass: ``observe`` each (chunk, layer); ``end_half`` after each half."""
 
-    def observe(self, ctx: ChunkContext, layer: int, base_lp: torch.Tensor, variant_lp: torch.Tensor) -> None:
+    def observe(self, ctx: ChunkContext, layer: int, lens: LensChunk) -> None:
         raise NotImplementedError
 
     def end_half(self, half: int) -> None:
@@ -82,9 +179,12 @@ class DeltaPassConfig:
     fmt: str | ChatFormat = "tulu"
     layers: str | Sequence[int] | None = "all"  # the output layer is always included
     max_length: int | None = 512
-    max_batch_tokens: int = 2048
-    chunk_positions: int = 64
+    max_batch_tokens: int = 2048  # tokens per traced forward (rows × longest text)
+    lens_memory_mb: int = 1024  # the lens buffers: (positions, vocab) float32 tensors, several per model
     seed: int = 0
+
+
+LENS_BUFFERS = 4  # (rows, vocab) float32 each: base and variant log-probs, the variant's probs, the delta (also the base's work space)
 
 
 @dataclass
@@ -103,68 +203,98 @@ class DeltaPass:
         if len(tb) != len(tv) or tb(probe)["input_ids"] != tv(probe)["input_ids"]:
             raise ValueError(f"{self.variant.source.spec}: its tokenizer differs from the base's; logit deltas need the same vocabulary")
         self.fmt = get_format(self.config.fmt)
-        self.fw_base = PairForward(self.base, max_batch_tokens=self.config.max_batch_tokens)
-        self.fw_var = PairForward(self.variant, max_batch_tokens=self.config.max_batch_tokens)
-        if self.fw_base.n_layers != self.fw_var.n_layers:
+        self.n_layers = len(self.base.model.get_decoder().layers)
+        if len(self.variant.model.get_decoder().layers) != self.n_layers:
             raise ValueError("base and variant have different numbers of layers")
-        self.n_layers = self.fw_base.n_layers
         self.layers = sorted(set(parse_layers(self.config.layers, self.n_layers)) | {self.n_layers})
-        self.vocab_size = min(len(tb), self.base.model.get_output_embeddings().weight.shape[0])
+        self.head_size = self.base.model.get_output_embeddings().weight.shape[0]
+        self.vocab_size = min(len(tb), self.head_size)
         self.halves = split_halves(self.texts, self.config.seed)
+        row_bytes = 4 * (LENS_BUFFERS * self.vocab_size + (self.head_size if self.head_size > self.vocab_size else 0))
+        self.chunk_rows = max(1, self.config.lens_memory_mb * 2**20 // row_bytes)
 
     def run(self, observers: Sequence[DeltaObserver], *, progress: Callable[[int], None] | None = None) -> dict[str, int]:
-        """Feed every observer; returns counts (texts scored, skipped because the prompt is too long)."""
-        tok = self.base.tokenizer
-        source = RankingSource(tuple(t.instruction for t in self.texts), tuple(range(len(self.texts))),
-                               tuple(t.response for t in self.texts))
-        lens_b, lens_v = LogitLens(self.base.model), LogitLens(self.variant.model)
+        """Feed every observer; returns counts (texts scored, skipped because the prompt is too long, positions)."""
+        from implicit_it.hooking import nnsight_model
+
         counts = {"texts": 0, "skipped_texts": 0, "positions": 0}
-        for half in (FIT, HELDOUT):
-            groups = [RankingGroup(i, (Candidate(i, True),)) for i, h in enumerate(self.halves) if h == half]
-            encoded = encode_groups(tok, self.fmt, source, groups, max_length=self.config.max_length)
-            counts["texts"] += len(encoded)
-            counts["skipped_texts"] += len(groups) - len(encoded)
-            by_index = {e.group_index: e for e in encoded}
-            batches = zip(self.fw_base.iter_batches(encoded, layers=self.layers), self.fw_var.iter_batches(encoded, layers=self.layers),
-                          strict=True)
-            for b_base, b_var in batches:
-                for r, (gi, _) in enumerate(b_base.rows):
-                    enc = by_index[gi]
-                    text_index = groups[gi].instruction_index
-                    counts["positions"] += self._text(text_index, enc, b_base, b_var, r, lens_b, lens_v, observers)
-                if progress is not None:
-                    progress(len(b_base.rows))
-            for obs in observers:
-                obs.end_half(half)
+        models = (self.base, self.variant)
+        traced = [nnsight_model(m) for m in models]
+        lenses = [LogitLens(m.model) for m in models]
+        device = self.base.model.get_output_embeddings().weight.device
+        buffers: list[torch.Tensor] = []
+        was_training = [m.model.training for m in models]
+        for m in models:
+            m.model.eval()
+        try:
+            for half in (FIT, HELDOUT):
+                indices = [i for i, h in enumerate(self.halves) if h == half]
+                encoded = encode_texts(self.base.tokenizer, self.fmt, self.texts, indices, self.config.max_length)
+                counts["texts"] += len(encoded)
+                counts["skipped_texts"] += len(indices) - len(encoded)
+                for batch in length_batches(encoded, self.config.max_batch_tokens):
+                    counts["positions"] += self._batch(half, batch, traced, lenses, device, buffers, observers)
+                    if progress is not None:
+                        progress(len(batch))
+                for obs in observers:
+                    obs.end_half(half)
+        finally:
+            for m, mode in zip(models, was_training, strict=True):
+                m.model.train(mode)
         return counts
 
-    def _text(self, text_index: int, enc: Any, b_base: Any, b_var: Any, row: int, lens_b: LogitLens, lens_v: LogitLens,
-              observers: Sequence[DeltaObserver]) -> int:
-        text = self.texts[text_index]
-        prompt, response = list(enc.prompt_ids), list(enc.responses[0])
-        ids = torch.tensor([prompt + response])
-        n = int(b_base.lengths[row])
-        instruction_start = torch.tensor([instruction_offset(self.base.tokenizer, self.fmt, text.instruction, prompt)])
-        response_start = torch.tensor([len(prompt)])
-        v = self.vocab_size
-        for j0 in range(0, n, self.config.chunk_positions):
-            j1 = min(n, j0 + self.config.chunk_positions)
-            positions = torch.arange(j0, j1) + len(prompt) - 1  # column of the token that predicts response token j
-            seen = self.adapter.seen(ids, positions.unsqueeze(0), response_start, instruction_start)
-            scores = self.adapter.scores(ids, positions, response_start, instruction_start=instruction_start, seen=seen)
-            ctx = ChunkContext(text_index, text, self.halves[text_index], torch.arange(j0, j1), b_base.targets[row, j0:j1].cpu(),
-                               seen[0, :, :v].float(), row_centred(scores[0, :, :v]))
+    def _batch(self, half: int, batch: list[EncodedText], traced: list[Any], lenses: list[LogitLens], device: torch.device,
+               buffers: list[torch.Tensor], observers: Sequence[DeltaObserver]) -> int:
+        """One traced forward per model over ``batch``, then the lens chunk by chunk, layer by layer."""
+        from implicit_it.hooking import traced_residuals
+
+        padded = pad_batch([e.ids for e in batch], self.base.tokenizer.pad_token_id, side="right")
+        inputs = {k: padded[k].to(device) for k in ("input_ids", "attention_mask")}
+        # (row, column) of every position that predicts a response token, text after text
+        row_of = torch.cat([torch.full((e.n_scored,), r) for r, e in enumerate(batch)])
+        col_of = torch.cat([torch.arange(e.n_prompt - 1, len(e.ids) - 1) for e in batch])
+        with torch.no_grad():
+            residuals = [traced_residuals(lm, inputs, self.layers) for lm in traced]
+        hidden = [{layer: res[layer][row_of.to(device), col_of.to(device)] for layer in self.layers} for res in residuals]
+        del residuals
+        targets = padded["input_ids"][row_of, col_of + 1]
+        n_generated = col_of - torch.tensor([batch[r].n_prompt - 1 for r in row_of.tolist()])
+        text_of = torch.tensor([e.text_index for e in batch])[row_of]
+        n = len(row_of)
+        rows = min(n, self.chunk_rows)
+        if not buffers or buffers[0].shape[0] < rows:
+            buffers[:] = [torch.empty(rows, self.vocab_size, device=device) for _ in range(LENS_BUFFERS)]
+            if self.head_size > self.vocab_size:
+                buffers.append(torch.empty(rows, self.head_size, device=device))
+        scratch = buffers[4] if len(buffers) > LENS_BUFFERS else None
+        for p0 in range(0, n, self.chunk_rows):
+            p1 = min(n, p0 + self.chunk_rows)
+            texts = text_of[p0:p1]
+            ctx = ChunkContext(half, texts, tuple(self.texts[i].origin for i in texts.tolist()), n_generated[p0:p1].to(device),
+                               targets[p0:p1].to(device), rules=lambda b=batch, s=slice(p0, p1): self._rules(b, row_of[s], col_of[s], device))
+            lp_base, lp_var, p_var, delta = (b[: p1 - p0] for b in buffers[:LENS_BUFFERS])
             for layer in self.layers:
-                base_lp = _within_vocab(lens_b.logprobs(b_base.residual[layer][row, j0:j1]).cpu(), v)
-                var_lp = _within_vocab(lens_v.logprobs(b_var.residual[layer][row, j0:j1]).cpu(), v)
+                # the delta buffer is the base's work space until LensChunk.delta fills it
+                base_lp = lenses[0].logprobs(hidden[0][layer][p0:p1], vocab_size=self.vocab_size, out=lp_base, work=delta, scratch=scratch)
+                var_lp = lenses[1].logprobs(hidden[1][layer][p0:p1], vocab_size=self.vocab_size, out=lp_var, probs=p_var, scratch=scratch)
+                chunk = LensChunk(base_lp, var_lp, variant_probs=p_var, delta_buffer=delta)
                 for obs in observers:
-                    obs.observe(ctx, layer, base_lp, var_lp)
+                    obs.observe(ctx, layer, chunk)
         return n
 
-
-def _within_vocab(logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Drop the padded embedding rows past the tokenizer's vocabulary and renormalise."""
-    return logprobs if logprobs.shape[1] == vocab_size else logprobs[:, :vocab_size].log_softmax(-1)
+    def _rules(self, batch: list[EncodedText], rows: torch.Tensor, cols: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The seen mask and the adapter's row-centred scores at these positions, text by text
+        (computed on CPU, where the adapter keeps its tables, then moved to the lens's device)."""
+        seen_parts, score_parts = [], []
+        for r in torch.unique_consecutive(rows).tolist():
+            e = batch[r]
+            ids, positions = torch.tensor([e.ids]), cols[rows == r]
+            response_start, instruction_start = torch.tensor([e.n_prompt]), torch.tensor([e.instruction_start])
+            seen = self.adapter.seen(ids, positions.unsqueeze(0), response_start, instruction_start)
+            scores = self.adapter.scores(ids, positions, response_start, instruction_start=instruction_start, seen=seen)
+            seen_parts.append(seen[0, :, : self.vocab_size].float())
+            score_parts.append(row_centred(scores[0, :, : self.vocab_size]))
+        return torch.cat(seen_parts).to(device), torch.cat(score_parts).to(device)
 
 
 class PassAnalysis(Analysis):

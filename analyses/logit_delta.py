@@ -17,8 +17,7 @@ import torch
 
 from implicit_it.analysis import AnalysisResult, layer_axis, new_figure
 
-from .delta_pass import ChunkContext, DeltaObserver, DeltaPass, PassAnalysis, rule_token_ids, token_label
-from .rule_family import rowdot
+from .delta_pass import ChunkContext, DeltaObserver, DeltaPass, LensChunk, PassAnalysis, rule_token_ids, token_label
 
 
 def first_layer_reaching(layers: list[dict[str, Any]], key: str, fraction: float = 0.5) -> int | None:
@@ -58,15 +57,17 @@ class LogitDeltaObserver(DeltaObserver):
         self.agree: dict[int, int] = defaultdict(int)
         self.mass_shift = torch.zeros(delta_pass.vocab_size, dtype=torch.float64)
 
-    def observe(self, ctx: ChunkContext, layer: int, base_lp: torch.Tensor, variant_lp: torch.Tensor) -> None:
-        p_var = variant_lp.exp()
-        kl = float((rowdot(p_var, variant_lp) - rowdot(p_var, base_lp)).sum())
-        for origin in (ctx.text.origin, "all"):
-            self.kl[origin, layer] += kl
-            self.count[origin, layer] += base_lp.shape[0]
-        self.agree[layer] += int((base_lp.argmax(-1) == variant_lp.argmax(-1)).sum())
+    def observe(self, ctx: ChunkContext, layer: int, lens: LensChunk) -> None:
+        kl = lens.kl()
+        self.kl["all", layer] += float(kl.sum())
+        self.count["all", layer] += len(kl)
+        for origin in set(ctx.origins):
+            rows = ctx.rows_of(origin)
+            self.kl[origin, layer] += float(kl[rows].sum())
+            self.count[origin, layer] += int(rows.sum())
+        self.agree[layer] += int((lens.base.argmax(-1) == lens.variant.argmax(-1)).sum())
         if layer == self.output_layer:
-            self.mass_shift += (p_var.sum(0) - base_lp.exp().sum(0)).double()
+            self.mass_shift += (lens.variant_probs.sum(0) - lens.base.exp().sum(0)).double().cpu()
 
     def result(self, label: str, counts: dict[str, int]) -> LogitDeltaResult:
         origins = sorted({o for o, _ in self.count if o != "all"})

@@ -27,7 +27,7 @@ import torch
 
 from implicit_it.analysis import AnalysisResult, layer_axis, new_figure
 
-from .delta_pass import FIT, ChunkContext, DeltaObserver, DeltaPass, PassAnalysis, rule_token_ids, token_label
+from .delta_pass import FIT, ChunkContext, DeltaObserver, DeltaPass, LensChunk, PassAnalysis, rule_token_ids, token_label
 from .rule_family import RuleFamilyFit
 
 SCORE_KEYS = ("variance_explained_rules", "variance_explained_rules_unscaled", "correlation_rules", "variance_explained_rule_family",
@@ -117,16 +117,16 @@ class RuleComparisonObserver(DeltaObserver):
     def _cols(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.columns is None else x[:, self.columns]
 
-    def observe(self, ctx: ChunkContext, layer: int, base_lp: torch.Tensor, variant_lp: torch.Tensor) -> None:
-        y = self._cols(variant_lp - base_lp)
+    def observe(self, ctx: ChunkContext, layer: int, lens: LensChunk) -> None:
+        y = self._cols(lens.delta)
         seen, rules = self._cols(ctx.seen), self._cols(ctx.rule_scores)
         fit = self.fits[layer]
         if ctx.half == FIT:
             fit.add_fit(y, seen, ctx.n_generated, rules)
             if layer == self.delta_pass.n_layers:
-                for lp in (base_lp, variant_lp):
+                for lp in (lens.base, lens.variant):
                     top = self._cols(lp).topk(10, dim=-1).indices
-                    self.in_play[top.flatten()] = True
+                    self.in_play[top.flatten().cpu()] = True
         else:
             fit.add_heldout(y, seen, ctx.n_generated, rules)
 

@@ -13,11 +13,10 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-import torch
 
 from implicit_it.analysis import AnalysisResult, new_figure
 
-from .delta_pass import ChunkContext, DeltaObserver, DeltaPass, PassAnalysis, rule_token_ids, token_label
+from .delta_pass import ChunkContext, DeltaObserver, DeltaPass, LensChunk, PassAnalysis, rule_token_ids, token_label
 
 BUCKETS = ("unshifted", "marginal", "shifted")
 BUCKET_RANKS = {"unshifted": "1", "marginal": "2-3", "shifted": ">3"}  # the variant's top-1 token's rank under the base
@@ -60,12 +59,16 @@ class TokenShiftObserver(DeltaObserver):
         self.rule_ids = rule_token_ids(delta_pass.adapter)
         self.rule_all = self.follows_text = 0
 
-    def observe(self, ctx: ChunkContext, layer: int, base_lp: torch.Tensor, variant_lp: torch.Tensor) -> None:
-        if layer != self.delta_pass.n_layers or (self.origin is not None and ctx.text.origin != self.origin):
+    def observe(self, ctx: ChunkContext, layer: int, lens: LensChunk) -> None:
+        if layer != self.delta_pass.n_layers:
             return
-        top = variant_lp.argmax(-1)
+        rows = slice(None) if self.origin is None else ctx.rows_of(self.origin)
+        base_lp, targets = lens.base[rows], ctx.targets[rows]
+        if len(targets) == 0:
+            return
+        top = lens.variant[rows].argmax(-1)
         rank = 1 + (base_lp > base_lp.gather(1, top[:, None])).sum(-1)
-        self.follows_text += int((top == ctx.targets).sum())
+        self.follows_text += int((top == targets).sum())
         for t, r in zip(top.tolist(), rank.tolist(), strict=True):
             self.buckets[BUCKETS[0] if r == 1 else BUCKETS[1] if r <= 3 else BUCKETS[2]] += 1
             self.rule_all += t in self.rule_ids

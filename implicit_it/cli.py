@@ -586,6 +586,34 @@ def models(spec: Optional[str] = typer.Argument(None, help="Resolve this SPEC (n
 
 
 @app.command()
+def doctor(
+    gpu: bool = typer.Option(False, "--gpu", help="Run the GPU readiness check (same as scripts/gpu_check.py): random-weight "
+                             "Gemma-3-270M and Llama-2-7B shapes through training, generation, ranking, the delta pass and the "
+                             "weight diff, timed, with checks; exit 1 if a check fails."),
+    tiny: bool = typer.Option(False, "--tiny", help="With --gpu: 2-layer shapes (seconds; runs on CPU too)."),
+    shapes: Optional[str] = typer.Option(None, "--shapes", help="With --gpu: comma-separated shapes (gemma-3-270m, llama-2-7b, tiny-gemma3, tiny-llama)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="With --gpu: a subset of train,generate,rank,delta,weights."),
+    device: Optional[str] = typer.Option(None, "--device", help="With --gpu: cuda, cuda:N or cpu."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=32, help="With --gpu: training sequence length (default 1024; --tiny 32)."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="With --gpu: where the checkpoints are written (removed after)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="With --gpu: also write the plan, rows and checks as JSON."),
+) -> None:
+    """The environment (torch, CUDA, device); with --gpu, the GPU readiness check."""
+    from . import gpu_check
+
+    if not gpu:
+        for line in gpu_check.environment_lines():
+            console.print(line, highlight=False)
+        return
+    argv = ["--tiny"] if tiny else []
+    for flag, value in (("--shapes", shapes), ("--steps", steps), ("--device", device), ("--seq-len", seq_len),
+                        ("--workdir", workdir), ("--json", json_out)):
+        if value is not None:
+            argv += [flag, str(value)]
+    raise typer.Exit(gpu_check.main(argv))
+
+
+@app.command()
 def formats(
     instruction: str = typer.Option("Name three primary colours.", "--instruction", help="Instruction to render."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Also show token ids with this model's tokenizer."),

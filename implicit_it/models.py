@@ -31,7 +31,7 @@ from .errors import ModelSpecError
 
 log = logging.getLogger(__name__)
 
-SpecKind = Literal["embedded", "gguf", "local", "hub"]
+SpecKind = Literal["embedded", "gguf", "local", "hub", "random"]  # random: built from a config (implicit_it.shapes)
 
 
 def cache_root() -> Path:

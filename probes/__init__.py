@@ -2,7 +2,6 @@
 
 * :mod:`.pairs`: the paper's ranking protocol (which responses each instruction is compared with);
 * :mod:`.forward`: one batched forward pass per group of pairs, reusing the instruction prefix;
-* :mod:`.lens`: the logit lens (final norm + unembedding) on the residual after any layer;
 * :mod:`.scoring`, :mod:`.ranking`: ranking accuracy at the output and per layer, with CIs;
 * :mod:`.linear`: logistic-regression probes on pooled residuals with grouped CV and a control.
 
@@ -10,8 +9,9 @@ Per-layer activations are read with nnsight on the loaded HF module (:mod:`impli
 a test checks the TransformerLens bridge gives the same per-layer numbers.
 """
 
+from implicit_it.lens import LogitLens, decoder_of, parse_layers
+
 from .forward import EncodedGroup, PairBatch, PairForward, encode_groups
-from .lens import LogitLens, decoder_of, parse_layers
 from .linear import POOLS, ActivationStore, LinearProbe, ProbeResult, cross_validated_accuracy, pool_batch, swap_pair_groups
 from .pairs import Candidate, RankingGroup, RankingSource, build_ranking_groups, pair_wins, read_ranking_source
 from .ranking import SCORES, LayerwiseRankingResult, RankingProbe, RankingResult, RankingRun, first_layer_above, ranking_wins

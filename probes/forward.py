@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from implicit_it.formats import ChatFormat, encode_example, encode_prompt, get_format, pad_batch
+from implicit_it.lens import decoder_of
 
-from .lens import decoder_of
 from .pairs import RankingGroup, RankingSource
 
 
@@ -171,16 +171,8 @@ class PairForward:
 
     def _traced_residuals(self, kwargs: dict[str, Any], layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """The residual stream after each requested layer, read with nnsight in one pass."""
-        from implicit_it.hooking import nnsight_model
+        from implicit_it.hooking import nnsight_model, traced_residuals
 
         if self._nnsight is None:
             self._nnsight = nnsight_model(self.loaded)
-        lm = self._nnsight
-        envoy = getattr(lm, self.model.base_model_prefix)
-        saved = {}
-        # logits_to_keep=1: the lens computes what it needs; skip a (rows, C, vocab) output
-        with lm.trace(**kwargs, logits_to_keep=1):
-            for layer in layers:
-                node = envoy.embed_tokens if layer == 0 else envoy.layers[layer - 1]
-                saved[layer] = node.output.save()
-        return {layer: (v[0] if isinstance(v, tuple) else v) for layer, v in saved.items()}
+        return traced_residuals(self._nnsight, kwargs, layers)

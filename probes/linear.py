@@ -32,9 +32,9 @@ import torch
 from implicit_it.analysis import Analysis, AnalysisResult, finish_accuracy_axes, layer_axis, new_figure, plot_band
 from implicit_it.formats import ChatFormat, get_format
 from implicit_it.io import atomic_write
+from implicit_it.lens import parse_layers
 
 from .forward import PairBatch, PairForward, encode_groups
-from .lens import parse_layers
 from .pairs import Candidate, RankingGroup, RankingSource
 
 POOLS = ("mean", "last")

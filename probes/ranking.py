@@ -19,9 +19,9 @@ import numpy as np
 
 from implicit_it.analysis import Analysis, AnalysisResult, finish_accuracy_axes, layer_axis, new_figure, plot_band
 from implicit_it.formats import ChatFormat, get_format
+from implicit_it.lens import parse_layers
 
 from .forward import EncodedGroup, PairForward, encode_groups
-from .lens import parse_layers
 from .pairs import RankingGroup, RankingSource
 from .scoring import OUTPUT, GroupScores, score_groups
 from .stats import accuracy_with_ci

@@ -16,8 +16,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from implicit_it.lens import LogitLens
+
 from .forward import EncodedGroup, PairBatch, PairForward
-from .lens import LogitLens
 
 OUTPUT = "output"  # key of the model's own output distribution (no lens)
 

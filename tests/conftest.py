@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from implicit_it.shapes import tiny_config  # the 2-layer random shapes (also the GPU check's --tiny)
+
 # Tests never reach a hub: fail fast instead of hanging on a network call.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -80,27 +82,6 @@ def merging_tokenizer(shared_data):
     boundary_bait = ["<|assistant|>\nThe", "<|assistant|>\nI ", "<|B|>\nThe", "<|assistant|>\nHere"] * 200
     tk.train_from_iterator(_corpus(shared_data) + boundary_bait, trainer)
     return _wrap(tk)
-
-
-def tiny_config(arch: str, vocab_size: int, *, bos: int = 1, eos: int = 2, pad: int = 0):
-    """A 2-layer random model config in the shape of each architecture we support."""
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
-    if arch == "gemma3":
-        from transformers import Gemma3TextConfig
-
-        return Gemma3TextConfig(**common, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
-                                architectures=["Gemma3ForCausalLM"])
-    if arch == "llama":
-        from transformers import LlamaConfig
-
-        return LlamaConfig(**common, architectures=["LlamaForCausalLM"])
-    if arch == "olmo":
-        from transformers import OlmoConfig
-
-        return OlmoConfig(**common, architectures=["OlmoForCausalLM"])
-    raise ValueError(arch)
 
 
 TINY_ARCHS = ["gemma3", "llama", "olmo"]

@@ -89,12 +89,14 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
         raise ValueError(f"{out_dir}: holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite to start over")
 
 
-def _training_arguments(config: ExperimentConfig, out_dir: Path, seed: int, show_progress: bool, variant_name: str) -> Any:
+def _training_arguments(config: ExperimentConfig, out_dir: Path, seed: int, show_progress: bool, variant_name: str,
+                        **overrides: Any) -> Any:
+    """``TrainingArguments`` from the config; ``overrides`` replace single arguments (the GPU check: ``save_strategy="no"``)."""
     import torch
     from transformers import TrainingArguments
 
     t = config.training
-    return TrainingArguments(
+    kwargs: dict[str, Any] = dict(
         output_dir=str(out_dir / CHECKPOINT_DIR),
         per_device_train_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps(t.effective_batch_size, t.per_device_batch_size, world_size()),
@@ -122,6 +124,8 @@ def _training_arguments(config: ExperimentConfig, out_dir: Path, seed: int, show
         # example reduction divides by a fixed per-process example count; Trainer must not rescale it by the process count
         average_tokens_across_devices=t.loss_reduction == "token",
     )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
 
 
 def example_mean_loss(examples_per_step: int):
@@ -209,7 +213,7 @@ def _activation_checkpointing(enabled: bool) -> dict[str, Any]:
     from transformers import TrainingArguments
 
     name = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters else "gradient_checkpointing"
-    return {name: True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
 def _prepare_model(config: ExperimentConfig, seed: int) -> Any:
@@ -220,10 +224,15 @@ def _prepare_model(config: ExperimentConfig, seed: int) -> Any:
 
     loaded = load_model(config.model.spec, dtype="float32", device="cpu", device_map=None,
                         attn_implementation=config.model.attn_implementation, use_process_cache=False)
-    model = loaded.model
-    model.config.use_cache = False
-    t = config.training
     set_seed(seed)  # LoRA's random init must follow the seed too
+    return loaded, make_trainable(loaded.model, config.training)
+
+
+def make_trainable(model: Any, training: Any) -> Any:
+    """The model as ``training.method`` trains it: wrapped in a LoRA adapter (peft), or with the input
+    embeddings frozen (``freeze_embeddings``; for tied models that is the LM head too), or as is; in train mode."""
+    model.config.use_cache = False
+    t = training
     if t.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -232,7 +241,7 @@ def _prepare_model(config: ExperimentConfig, seed: int) -> Any:
     elif t.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     model.train()
-    return loaded, model
+    return model
 
 
 def _move_into(src: Path, dst: Path) -> None:

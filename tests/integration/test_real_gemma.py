@@ -52,7 +52,10 @@ def test_bridge_and_nnsight_give_hf_logits(real_gemma):
             with lm.trace(ids):
                 out = lm.output.save()
         assert (out.logits - ref).abs().max().item() <= 1e-4
-    assert bridge.original_model is real_gemma.model and lm._module is real_gemma.model
+    assert lm._module is real_gemma.model  # nnsight traces the module itself
+    # the bridge rewires a copy that shares every tensor: no second copy of the weights, the cached model untouched
+    assert {p.data_ptr() for p in bridge.original_model.parameters()} == {p.data_ptr() for p in real_gemma.model.parameters()}
+    assert type(real_gemma.model.model.embed_tokens).__name__ == "Gemma3TextScaledWordEmbedding"
 
 
 def test_batched_greedy_equals_batch_one(real_gemma, shared_data):

@@ -41,7 +41,7 @@ def test_fast_ranking_scores_equal_the_paper_loop(real_gemma, lima):
 
 
 def test_nnsight_layers_equal_transformer_lens_bridge(lima):
-    loaded = load_model("gemma-3-270m", device="cpu", use_process_cache=False)  # the bridge rewraps its model
+    loaded = load_model("gemma-3-270m", device="cpu")  # the bridge works on a copy that shares the weights
     groups = build_ranking_groups(lima, negatives=1)[:2]
     enc = encode_groups(loaded.tokenizer, "tulu", lima, groups, max_length=96)
     forward = PairForward(loaded, max_batch_tokens=1024)

@@ -28,7 +28,7 @@ from implicit_it.analyses import (
     split_halves,
     texts_from_source,
 )
-from implicit_it.analyses.delta_pass import DiffText
+from implicit_it.analyses.delta_pass import DiffText, LensChunk
 from implicit_it.models import load_model
 from implicit_it.probes import read_ranking_source
 from implicit_it.rules import RuleAdapter
@@ -59,7 +59,7 @@ def with_unembedding_bias(loaded, bias: dict[int, float]):
     return variant
 
 
-CONFIG = DeltaPassConfig(max_length=160, layers="all", chunk_positions=32)
+CONFIG = DeltaPassConfig(max_length=160, layers="all", lens_memory_mb=1)  # small buffers: chunks span and split texts
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -277,9 +277,9 @@ class _CombinedWithRules:
     def __init__(self, inner):
         self.inner = inner
 
-    def observe(self, ctx, layer, base_lp, variant_lp):
-        combined = torch.log_softmax(variant_lp + torch.log_softmax(ctx.rule_scores, -1), -1)
-        self.inner.observe(ctx, layer, base_lp, combined)
+    def observe(self, ctx, layer, lens):
+        combined = torch.log_softmax(lens.variant + torch.log_softmax(ctx.rule_scores, -1), -1)
+        self.inner.observe(ctx, layer, LensChunk(lens.base, combined))
 
     def end_half(self, half):
         self.inner.end_half(half)
@@ -287,7 +287,7 @@ class _CombinedWithRules:
 
 def test_the_rule_adapter_itself_is_explained_by_the_rules_and_recovered_by_the_family(base, lima_texts):
     adapter = RuleAdapter(base.tokenizer)
-    delta_pass = DeltaPass(base, base, lima_texts, adapter, DeltaPassConfig(max_length=160, layers="2", chunk_positions=32))
+    delta_pass = DeltaPass(base, base, lima_texts, adapter, DeltaPassConfig(max_length=160, layers="2", lens_memory_mb=1))
     observer = RuleComparison().observer(delta_pass)
     counts = delta_pass.run([_CombinedWithRules(observer)])
     entry = observer.result("base+rules", counts).entries[0]
@@ -307,9 +307,10 @@ def test_output_layer_log_probs_are_the_models_own(base, lima_texts):
     seen = []
 
     class Record:
-        def observe(self, ctx, layer, base_lp, variant_lp):
-            if layer == 2 and ctx.text_index == 0:
-                seen.append((ctx.n_generated.clone(), ctx.targets.clone(), base_lp.clone(), variant_lp.clone()))
+        def observe(self, ctx, layer, lens):
+            rows = ctx.text_indices == 0
+            if layer == 2 and rows.any():
+                seen.append((ctx.n_generated[rows], ctx.targets[rows], lens.base[rows].clone(), lens.variant[rows].clone()))
 
         def end_half(self, half):
             pass
@@ -359,3 +360,101 @@ def test_emergence_is_where_explained_variance_appears_not_where_r2_is_high():
     assert emergence_layer(layers) == 12
     assert emergence_layer(layers, key="variance_explained_rule_family") == 0
     assert emergence_layer([{"layer": 0, "explained_variance_rule_family": float("nan")}]) is None
+
+
+# ------------------------------------------------------------------ precision on a large vocabulary
+
+
+@pytest.fixture(scope="module")
+def large_vocab_pair():
+    """A tiny Gemma-3-shaped base over Gemma's real 262,144-token vocabulary, with embeddings spread
+    so logits look like a trained model's (std ~3), and a variant with its last block and final
+    norm perturbed: vocabulary-wide float32 sums are what this setting tests."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from implicit_it.models import LoadedModel, ModelSource, load_tokenizer
+    from tests.conftest import tiny_config
+
+    tok = load_tokenizer("gemma-3-270m")
+    torch.manual_seed(0)
+    cfg = tiny_config("gemma3", len(tok), bos=tok.bos_token_id, eos=tok.eos_token_id, pad=tok.pad_token_id)
+    cfg._attn_implementation = "eager"
+    base = AutoModelForCausalLM.from_config(cfg).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        base.get_input_embeddings().weight.normal_(0, 0.4, generator=gen)
+        variant = copy.deepcopy(base)
+        for name, p in variant.named_parameters():
+            if "layers.1.mlp" in name or name == "model.norm.weight":
+                p.add_(0.3 * max(float(p.std()), 0.3) * torch.randn(p.shape, generator=gen))
+    source = ModelSource("tiny-gemma3-262k", "local", "memory")
+    return LoadedModel(base, tok, source, 0.0, "hf"), LoadedModel(variant, tok, source, 0.0, "hf")
+
+
+def _float64_lens_kl(base, variant, texts, max_length):
+    """Mean KL(variant ‖ base) per layer from float64 copies of both models, batch 1, HF forward."""
+    import copy
+
+    from implicit_it.formats import encode_example, get_format
+
+    models = [copy.deepcopy(m.model).double() for m in (base, variant)]
+    n_layers = len(models[0].get_decoder().layers)
+    sums, n = [0.0] * (n_layers + 1), 0
+    for t in texts:
+        ex = encode_example(base.tokenizer, get_format("tulu"), t.instruction, t.response, max_length=max_length)
+        ids = torch.tensor([ex.input_ids])
+        cols = torch.arange(ex.n_prompt_tokens - 1, len(ex.input_ids) - 1)
+        lps = []
+        for model in models:
+            decoder, outs = model.get_decoder(), []
+            record = outs.append
+            hooks = [decoder.embed_tokens.register_forward_hook(lambda m, i, o, record=record: record(o))]
+            hooks += [block.register_forward_hook(lambda m, i, o, record=record: record(o[0] if isinstance(o, tuple) else o))
+                      for block in decoder.layers]
+            with torch.no_grad():
+                model(ids)
+                lps.append([torch.log_softmax(model.lm_head(decoder.norm(h[0, cols])), -1) for h in outs])
+            for h in hooks:
+                h.remove()
+        for layer in range(n_layers + 1):
+            lb, lv = lps[0][layer], lps[1][layer]
+            sums[layer] += float((lv.exp() * (lv - lb)).sum())
+        n += len(cols)
+    return [s / n for s in sums]
+
+
+def test_lens_kl_equals_a_float64_reference_on_a_262k_vocabulary(large_vocab_pair, shared_data):
+    """Float32 sums over 262k tokens (a ~10-nat Σ p·log p per model, then a difference, and torch's
+    own log-softmax normaliser) were off by ~4e-5 nats here; the pass must agree to 1e-6.
+    (HF computes RMS norms in float32 even in a float64 model; the rest of the reference is float64.)"""
+    base, variant = large_vocab_pair
+    texts = texts_from_source(read_ranking_source(shared_data / "lima" / "val_reference_gpt35.json", limit=4))
+    ours = LogitDelta().run(base, variant, texts, config=DeltaPassConfig(max_length=128, layers="all", lens_memory_mb=64)).entries[0]
+    reference = _float64_lens_kl(base, variant, texts, 128)
+    assert ours["positions"] > 300 and reference[-1] > 0.05  # a real delta at the output
+    assert max(abs(layer["kl"] - ref) for layer, ref in zip(ours["layers"], reference, strict=True)) <= 1e-6
+
+
+def test_rowdot_accumulates_in_float64():
+    from implicit_it.analyses.rule_family import rowdot
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.rand(4, 262_144 + 17, generator=gen), torch.randn(4, 262_144 + 17, generator=gen) - 10.0
+    exact = (a.double() * b.double()).sum(-1)
+    scale = (a.double() * b.double()).abs().sum(-1)
+    assert ((rowdot(a, b) - exact).abs() / scale).max() <= 1e-7  # ~5e-8: the float32 rounding of the block sums
+    assert ((torch.einsum("ij,ij->i", a, b).double() - exact).abs() / scale).max() > 1e-6  # one float32 dot: ~2e-5
+
+
+def test_rule_adapter_work_happens_only_for_analyses_that_read_it(base, lima_texts, monkeypatch):
+    adapter = RuleAdapter(base.tokenizer)
+    calls = []
+    scores = adapter.scores
+    monkeypatch.setattr(adapter, "scores", lambda *a, **k: calls.append(1) or scores(*a, **k))
+    LogitDelta().run(base, base, lima_texts[:3], adapter=adapter, config=CONFIG)
+    TokenShift().run(base, base, lima_texts[:3], adapter=adapter, config=CONFIG)
+    assert calls == []
+    RuleComparison().run(base, base, lima_texts[:3], adapter=adapter, config=CONFIG)
+    assert calls

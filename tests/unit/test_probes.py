@@ -27,7 +27,6 @@ from implicit_it.probes import (
     cross_validated_accuracy,
     encode_groups,
     paper_scores,
-    parse_layers,
     pool_batch,
     ranking_wins,
     read_ranking_source,
@@ -98,16 +97,6 @@ def test_cluster_bootstrap_is_wider_than_pairs_are_independent():
     _, (lo, hi) = accuracy_with_ci(wins)
     iid_halfwidth = 1.96 * np.sqrt(0.25 / wins.size)
     assert (hi - lo) / 2 > 1.8 * iid_halfwidth
-
-
-def test_parse_layers():
-    assert parse_layers("all", 4) == [0, 1, 2, 3, 4]
-    assert parse_layers("every:3", 7) == [0, 3, 6, 7]
-    assert parse_layers("0,2-3", 4) == [0, 2, 3]
-    with pytest.raises(ValueError, match="out of range"):
-        parse_layers("5", 4)
-    with pytest.raises(ValueError, match="every:N"):
-        parse_layers("every:x", 4)
 
 
 # --------------------------------------------------------------------------- scoring
