@@ -1,7 +1,8 @@
 """``implicit_it.analyses``: where each variant differs from its base, and how rule-like that is.
 
 * :mod:`.weights`: per-tensor weight deltas, streamed from safetensors or a LoRA adapter;
-* :mod:`.delta_pass`: one forward of base and variant over shared texts, logit lens per layer;
+* :mod:`.delta_pass`: one traced forward of base and variant over shared texts, the exact logit lens
+  per layer, fed to observers (``observe(ctx, layer, lens)`` with a :class:`LensChunk`);
 * :mod:`.logit_delta`: KL(variant ‖ base) per layer and the most moved tokens;
 * :mod:`.rule_family`, :mod:`.rule_comparison`: variance of Δ log p explained by the paper's
   rules and by the fitted rule family, per layer;
@@ -17,6 +18,7 @@ from .delta_pass import (
     DeltaPass,
     DeltaPassConfig,
     DiffText,
+    LensChunk,
     PassAnalysis,
     split_halves,
     texts_from_source,
@@ -29,7 +31,7 @@ from .token_shift import TokenShift, TokenShiftResult
 from .weights import LoraAdapter, SafetensorsCheckpoint, WeightDelta, WeightDeltaResult, checkpoint_dir, describe_tensor, spectrum_stats
 
 __all__ = [
-    "FIT", "HELDOUT", "ChunkContext", "DeltaObserver", "DeltaPass", "DeltaPassConfig", "DiffText", "PassAnalysis", "split_halves", "texts_from_source",
+    "FIT", "HELDOUT", "ChunkContext", "DeltaObserver", "DeltaPass", "DeltaPassConfig", "DiffText", "LensChunk", "PassAnalysis", "split_halves", "texts_from_source",
     "ANALYSES", "LayerDiff", "VariantDiff", "load_variant", "merge_results", "parse_analyses", "parse_texts",
     "LogitDelta", "LogitDeltaResult",
     "RuleComparison", "RuleComparisonResult", "emergence_layer", "parse_vocab", "vocabulary_columns",
