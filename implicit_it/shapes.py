@@ -1,7 +1,7 @@
 """Model shapes built from configs with random weights: real architectures, no checkpoint needed.
 
 A *shape* is an HF config (layers, widths, heads, vocabulary) without weights. The GPU readiness
-check (:mod:`implicit_it.gpu_check`) builds the paper-scale shapes on the accelerator itself, and
+check (:mod:`implicit_it.app.gpu_check`) builds the paper-scale shapes on the accelerator itself, and
 the unit tests build the tiny ones; both go through :func:`random_model`, which returns the same
 :class:`~implicit_it.models.LoadedModel` every study function takes.
 

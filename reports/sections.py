@@ -27,7 +27,7 @@ from .uncertainty import (
     share_cell,
 )
 
-REFERENCE_PREFIX = "reference-"  # the reference systems' labels (implicit_it.pipeline.stages.REFERENCE)
+REFERENCE_PREFIX = "reference-"  # the reference systems' labels (implicit_it.app.pipeline.stages.REFERENCE)
 REFERENCE_NOTE = {"constant": "answers “Okay!”", "echo": "repeats the prompt", "empty": "says nothing"}
 
 

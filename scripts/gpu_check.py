@@ -14,7 +14,7 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network on a lent GPU machine: never wait for a hub
 
-from implicit_it.gpu_check import main  # noqa: E402
+from implicit_it.app.gpu_check import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

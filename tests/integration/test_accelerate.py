@@ -107,8 +107,8 @@ def test_two_process_launch_matches_one_process(config_name, tiny_yaml, tmp_path
 
 def test_iit_run_trains_under_accelerate_launch(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
     """``run.accelerate_config``: the pipeline's training steps become `accelerate launch ... -m implicit_it train` processes."""
+    from implicit_it.app.pipeline import run_study
     from implicit_it.config import parse_config
-    from implicit_it.pipeline import run_study
     from tests.helpers import study_config_dict
 
     data = study_config_dict(tiny_llama_dir, shared_data)

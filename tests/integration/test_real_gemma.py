@@ -103,7 +103,7 @@ def test_smollm2_instruct_native_format_stops_at_end_of_turn():
 
 
 def test_cli_generate_56_val_records(tmp_path, real_gemma, shared_data):
-    from implicit_it.cli import app
+    from implicit_it.app.cli import app
 
     out = tmp_path / "o.json"
     res = CliRunner().invoke(app, ["generate", "--model", "gemma-3-270m", "--instructions", str(shared_data / "lima" / "val_instructions.jsonl"),

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from implicit_it.cli import app
+from implicit_it.app.cli import app
 
 runner = CliRunner()
 

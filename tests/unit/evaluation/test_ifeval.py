@@ -8,7 +8,7 @@ import random
 import pytest
 from typer.testing import CliRunner
 
-from implicit_it.cli import app
+from implicit_it.app.cli import app
 from implicit_it.errors import DataFormatError
 from implicit_it.evaluation.ifeval import (
     IfEvalPrompt,

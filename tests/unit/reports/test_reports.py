@@ -10,7 +10,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from implicit_it.cli import app
+from implicit_it.app.cli import app
 from implicit_it.reports import check_in_browser, find_chromium, read_run, write_report
 from implicit_it.reports.collect import mean_std
 from implicit_it.reports.sections import build_sections

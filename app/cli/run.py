@@ -9,8 +9,9 @@ from typing import Optional
 
 import typer
 
-from .cli_common import _fail, console
-from .errors import ImplicitItError
+from implicit_it.errors import ImplicitItError
+
+from .common import _fail, console
 
 DEFAULT_CONFIG = Path("configs/demo.yaml")
 
@@ -26,8 +27,8 @@ def run(
 
     Every step's output is keyed by a hash of its config and inputs: a re-run skips finished steps,
     a changed config re-runs only what depends on it, and an interrupted run resumes."""
-    from .config import load_config
-    from .pipeline import StageFailed, parse_seeds, run_study
+    from implicit_it.app.pipeline import StageFailed, parse_seeds, run_study
+    from implicit_it.config import load_config
 
     try:
         cfg = load_config(config)
@@ -55,8 +56,8 @@ def run(
         raise typer.Exit(code=1) from None
     except (ImplicitItError, ValueError) as exc:  # the plan or the judge, rejected before any step ran
         _fail(exc)
-    from .reports import read_run
-    from .reports.sections import headline
+    from implicit_it.reports import read_run
+    from implicit_it.reports.sections import headline
 
     for line in headline(read_run(run_dir)):
         console.print(line, highlight=False)
@@ -72,7 +73,7 @@ def report(
     screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="With --check: also save a screenshot (PNG) here."),
 ) -> None:
     """Write the mechanism report (self-contained report.html and report.md) of a run directory."""
-    from .reports import check_in_browser, write_report
+    from implicit_it.reports import check_in_browser, write_report
 
     try:
         paths = write_report(run_dir, out)

@@ -11,8 +11,9 @@ from typing import Optional
 
 import typer
 
-from .cli_common import _fail, console
-from .errors import ImplicitItError
+from implicit_it.errors import ImplicitItError
+
+from .common import _fail, console
 
 eval_app = typer.Typer(help="Evaluate instruction following: AlpacaEval (judged), IF suite and behaviour (judge-free), similarity.",
                        no_args_is_help=True)
@@ -35,7 +36,7 @@ def _command() -> str:
 
 
 def _save_behaviour(out: Path, outputs, label: str) -> dict:
-    from .evaluation import write_behaviour
+    from implicit_it.evaluation import write_behaviour
 
     return write_behaviour(out, [o.output for o in outputs], [o.ended_with_eos for o in outputs], label)
 
@@ -65,7 +66,7 @@ def alpaca(
     generator: Optional[str] = typer.Option(None, "--generator", help="Name of the evaluated model (default: from the outputs)."),
 ) -> None:
     """AlpacaEval 2 win rate (and length-controlled win rate where alpaca_eval's LC data is available)."""
-    from .evaluation import (
+    from implicit_it.evaluation import (
         AlpacaEvalResult,
         alpaca_metrics,
         annotate,
@@ -77,8 +78,8 @@ def alpaca(
         parse_judge,
         read_model_outputs,
     )
-    from .io import atomic_write_json
-    from .manifest import build_manifest, write_manifest
+    from implicit_it.io import atomic_write_json
+    from implicit_it.manifest import build_manifest, write_manifest
 
     t0 = time.perf_counter()
     data_files: list[Path] = []
@@ -136,12 +137,12 @@ def _generate_outputs(out: Path, instructions: list[str], dataset: str, *, model
     """Greedy responses of ``model`` (optionally with the rule adapter), written to ``out/outputs.json`` first.
 
     Returns (outputs, label, model description, generation config) for the caller's scoring and manifest."""
-    from .evaluation import ModelOutput
-    from .formats import get_format
-    from .generation import generate_responses
-    from .io import atomic_write_json
-    from .models import load_model
-    from .rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
+    from implicit_it.evaluation import ModelOutput
+    from implicit_it.formats import get_format
+    from implicit_it.generation import generate_responses
+    from implicit_it.io import atomic_write_json
+    from implicit_it.models import load_model
+    from implicit_it.rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
 
     chat_format = get_format(fmt)
     rule_cfg = None
@@ -182,8 +183,8 @@ def ifeval(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """IFEval (Zhou et al. 2023): the official verifiers, prompt- and instruction-level accuracy, strict and loose, with 95% CIs."""
-    from .evaluation.ifeval import load_ifeval, read_ifeval_responses, score_ifeval
-    from .manifest import build_manifest, write_manifest
+    from implicit_it.evaluation.ifeval import load_ifeval, read_ifeval_responses, score_ifeval
+    from implicit_it.manifest import build_manifest, write_manifest
 
     t0 = time.perf_counter()
     described, gen_config = None, None
@@ -239,8 +240,8 @@ def ifsuite(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Judge-free instruction following: verifiable constraints (counts, casing, JSON, ...), strict and loose accuracy."""
-    from .evaluation import generator_name, load_suite, read_model_outputs, score_responses
-    from .manifest import build_manifest, write_manifest
+    from implicit_it.evaluation import generator_name, load_suite, read_model_outputs, score_responses
+    from implicit_it.manifest import build_manifest, write_manifest
 
     t0 = time.perf_counter()
     described, gen_config = None, None
@@ -288,8 +289,8 @@ def behaviour(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
 ) -> None:
     """EOS-terminated fraction, repetition (distinct n-grams), template echo and length of any outputs."""
-    from .evaluation import read_model_outputs
-    from .manifest import build_manifest, write_manifest
+    from implicit_it.evaluation import read_model_outputs
+    from implicit_it.manifest import build_manifest, write_manifest
 
     try:
         given = read_model_outputs(outputs)
@@ -314,8 +315,8 @@ def similarity(
     device: str = typer.Option("cpu", "--device", help="Embedder device."),
 ) -> None:
     """Paper Fig. 5: instruction similarity to the finetuning domain vs the response's domain − general similarity."""
-    from .evaluation import DomainSimilarity, Embedder, SimilarityConfig, generator_name, load_examples, read_model_outputs
-    from .manifest import build_manifest, write_manifest
+    from implicit_it.evaluation import DomainSimilarity, Embedder, SimilarityConfig, generator_name, load_examples, read_model_outputs
+    from implicit_it.manifest import build_manifest, write_manifest
 
     t0 = time.perf_counter()
     try:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from implicit_it.app.pipeline import StageFailed, StudyPlan, parse_seeds, run_study
+from implicit_it.app.pipeline.steps import PENDING_FILE
 from implicit_it.config import parse_config
 from implicit_it.io import atomic_write_json
 from implicit_it.models import load_tokenizer
-from implicit_it.pipeline import StageFailed, StudyPlan, parse_seeds, run_study
-from implicit_it.pipeline.steps import PENDING_FILE
 from tests.helpers import study_config_dict as _config_dict
 
 
@@ -327,7 +327,7 @@ def test_alpaca_pairs_each_seed_with_the_same_seed_of_the_reference(tiny_llama_d
 
 def test_paper_switches_reach_the_ranking_draws_and_the_rule_adapter(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
     """``run.rank.self_draws`` reaches the ranking draws and the config's chat format the rule adapter's tag search."""
-    import implicit_it.pipeline.stages as stages
+    import implicit_it.app.pipeline.stages as stages
     import implicit_it.probes as probes
     import implicit_it.rules as rules
 

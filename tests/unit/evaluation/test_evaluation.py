@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from implicit_it.cli import app
+from implicit_it.app.cli import app
 from implicit_it.errors import DataFormatError
 from implicit_it.evaluation import (
     JudgeUnavailable,

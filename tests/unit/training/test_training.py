@@ -299,7 +299,7 @@ def test_sweep_by_a_generation_metric_from_the_cli(metric, make_config, tmp_path
     import yaml
     from typer.testing import CliRunner
 
-    from implicit_it.cli import app
+    from implicit_it.app.cli import app
 
     cfg = make_config(sweep_metric=metric, epoch_grid=[1, 2])
     path = tmp_path / "cfg.yaml"
@@ -325,7 +325,7 @@ def test_sweep_by_the_papers_judged_win_rate(make_config, tiny_llama_dir, shared
     import yaml
     from typer.testing import CliRunner
 
-    from implicit_it.cli import app
+    from implicit_it.app.cli import app
 
     judge = tmp_path / "judge"
     shutil.copytree(tiny_llama_dir, judge)

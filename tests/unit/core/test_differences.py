@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from implicit_it.config import ExperimentConfig
 from implicit_it.differences import DIFFERENCES, differences_markdown
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_readme_table_is_generated_from_the_registry():

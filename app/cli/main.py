@@ -12,8 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_common import _fail, _slug, console
-from .errors import ImplicitItError
+from implicit_it.errors import ImplicitItError
+
+from .common import _fail, _slug, console
 
 app = typer.Typer(
     name="iit",
@@ -65,12 +66,12 @@ def generate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Greedy-decode responses for a file of instructions (batched, KV-cached), optionally with the rule adapter."""
-    from .data import read_instructions
-    from .formats import get_format
-    from .generation import alpaca_eval_records, generate_responses, write_outputs
-    from .manifest import build_manifest, write_manifest
-    from .models import load_model
-    from .rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
+    from implicit_it.data import read_instructions
+    from implicit_it.formats import get_format
+    from implicit_it.generation import alpaca_eval_records, generate_responses, write_outputs
+    from implicit_it.manifest import build_manifest, write_manifest
+    from implicit_it.models import load_model
+    from implicit_it.rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
 
     try:
         chat_format = get_format(fmt)
@@ -118,8 +119,8 @@ def generate(
 
 
 def _load_experiment(config: Path, variant: Optional[str]):
-    from .config import load_config
-    from .training import config_variants, parse_variant
+    from implicit_it.config import load_config
+    from implicit_it.training import config_variants, parse_variant
 
     cfg = load_config(config)
     return cfg, (parse_variant(variant, cfg) if variant else config_variants(cfg))
@@ -141,7 +142,7 @@ def train(
 
     Runs on one process as is, or on several GPUs unchanged under
     `accelerate launch --config_file configs/accelerate/fsdp.yaml -m implicit_it train ...`."""
-    from .training import train_variant
+    from implicit_it.training import train_variant
 
     try:
         cfg, variants = _load_experiment(config, variant)
@@ -178,7 +179,7 @@ def sweep(
 ) -> None:
     """Train the epoch grid and select the epoch count by training.sweep_metric (validation NLL by default;
     val_win_rate, the paper's, with --judge; ifsuite_loose, judge-free generations)."""
-    from .training import run_sweep
+    from implicit_it.training import run_sweep
 
     try:
         cfg, variants = _load_experiment(config, variant)
@@ -208,8 +209,8 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
         return None
 
     def generate(model_dir, instructions: list[str]) -> list[str]:
-        from .generation import generate_responses
-        from .models import load_model
+        from implicit_it.generation import generate_responses
+        from implicit_it.models import load_model
 
         loaded = load_model(model_dir, use_process_cache=False)
         results, _ = generate_responses(loaded, instructions, fmt=cfg.format, max_new_tokens=max_new_tokens,
@@ -217,7 +218,7 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
         return [r.output for r in results]
 
     if metric == "ifeval_loose":
-        from .evaluation.ifeval import load_ifeval, score_ifeval
+        from implicit_it.evaluation.ifeval import load_ifeval, score_ifeval
 
         ifeval_prompts = load_ifeval(limit=prompts or 60, seed=cfg.seed + 1)  # another subset than the report's (seed 0)
 
@@ -227,7 +228,7 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
 
         return score_ifeval_loose
     if metric == "ifsuite_loose":
-        from .evaluation import load_suite, score_responses
+        from implicit_it.evaluation import load_suite, score_responses
 
         suite = load_suite(limit=prompts)
 
@@ -240,7 +241,7 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
         raise ValueError("training.sweep_metric val_win_rate needs --judge (the paper compared with GPT-3.5 under AlpacaEval's judge)")
     if not cfg.data.validation:
         raise ValueError("training.sweep_metric val_win_rate needs data.validation (instructions with reference outputs)")
-    from .evaluation import ModelOutput, alpaca_metrics, annotate, load_reference, parse_judge
+    from implicit_it.evaluation import ModelOutput, alpaca_metrics, annotate, load_reference, parse_judge
 
     judge_obj = parse_judge(judge, judge_model)
     judge_obj.preflight()
@@ -258,7 +259,7 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
 
 def _model_formats(models_: list[str], formats_: list[str]) -> list[tuple[str, str]]:
     """Pair each --model with a --format: one format for all, or one per model."""
-    from .formats import get_format
+    from implicit_it.formats import get_format
 
     if len(formats_) not in (1, len(models_)):
         raise ValueError(f"--format: give one format for all models or one per model ({len(models_)}), got {len(formats_)}")
@@ -267,7 +268,7 @@ def _model_formats(models_: list[str], formats_: list[str]) -> list[tuple[str, s
 
 
 def _probe_inputs(data: Path, pairs: int, negatives: int, include_self: bool, seed: int, self_draws: str | None = None):
-    from .probes import build_ranking_groups, read_ranking_source
+    from implicit_it.probes import build_ranking_groups, read_ranking_source
 
     source = read_ranking_source(data, limit=pairs)
     return source, build_ranking_groups(source, negatives=negatives, seed=seed, exclude_self=not include_self,
@@ -277,8 +278,8 @@ def _probe_inputs(data: Path, pairs: int, negatives: int, include_self: bool, se
 def _each_model(pairs_of: list[tuple[str, str]], run_one, *, dtype: Optional[str], device: Optional[str], quiet: bool, verb: str, total: int):
     """Load each (spec, format) in turn and yield ``(spec, format, loaded, run_one(loaded, spec, format, advance), load_seconds)``;
     a failure names the model and exits, after the caller has written what earlier models produced."""
-    from .generation import progress_bar
-    from .models import load_model
+    from implicit_it.generation import progress_bar
+    from implicit_it.models import load_model
 
     for spec, chat_format in pairs_of:
         try:
@@ -317,9 +318,9 @@ def rank(
     """Response-ranking accuracy (the paper's protocol) with 95% CIs; with --layers, per layer via the logit lens."""
     import pandas as pd
 
-    from .analysis import write_parquet
-    from .manifest import build_manifest, write_manifest
-    from .probes import RankingProbe
+    from implicit_it.analysis import write_parquet
+    from implicit_it.manifest import build_manifest, write_manifest
+    from implicit_it.probes import RankingProbe
 
     try:
         pairs_of = _model_formats(model, fmt)
@@ -389,12 +390,12 @@ def probe(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Linear probes (matched vs mismatched instruction/response) on residual activations, per layer, with a shuffled-label control."""
-    from .manifest import build_manifest, write_manifest
-    from .probes import POOLS, LinearProbe
+    from implicit_it.manifest import build_manifest, write_manifest
+    from implicit_it.probes import POOLS, LinearProbe
 
     try:
         pairs_of = _model_formats(model, fmt)
-        from .probes import read_ranking_source
+        from implicit_it.probes import read_ranking_source
 
         source = read_ranking_source(data, limit=pairs)
         pool_list = [p.strip() for p in pools.split(",") if p.strip()]
@@ -461,7 +462,7 @@ def diff(
     """Where each variant differs from the base (weights, logit lens per layer) and how much of it the rule adapter explains."""
     import contextlib
 
-    from .analyses import (
+    from implicit_it.analyses import (
         DeltaPassConfig,
         LayerDiff,
         load_variant,
@@ -471,12 +472,12 @@ def diff(
         parse_vocab,
         texts_from_source,
     )
-    from .generation import progress_bar
-    from .io import atomic_write_jsonl
-    from .manifest import build_manifest, write_manifest
-    from .models import load_model
-    from .probes import parse_layers, read_ranking_source
-    from .rules import RuleConfig, load_rule_config
+    from implicit_it.generation import progress_bar
+    from implicit_it.io import atomic_write_jsonl
+    from implicit_it.manifest import build_manifest, write_manifest
+    from implicit_it.models import load_model
+    from implicit_it.probes import parse_layers, read_ranking_source
+    from implicit_it.rules import RuleConfig, load_rule_config
 
     try:
         names = parse_analyses(analyses)
@@ -569,7 +570,7 @@ def _diff_lines(merged: dict) -> list[str]:
 @app.command()
 def models(spec: Optional[str] = typer.Argument(None, help="Resolve this SPEC (nothing is loaded).")) -> None:
     """List the embedded models, or show how a SPEC resolves."""
-    from .models import EMBEDDED_MODELS, resolve_model_spec
+    from implicit_it.models import EMBEDDED_MODELS, resolve_model_spec
 
     if spec:
         try:
@@ -599,7 +600,7 @@ def doctor(
     json_out: Optional[Path] = typer.Option(None, "--json", help="With --gpu: also write the plan, rows and checks as JSON."),
 ) -> None:
     """The environment (torch, CUDA, device); with --gpu, the GPU readiness check."""
-    from . import gpu_check
+    from implicit_it.app import gpu_check
 
     if not gpu:
         for line in gpu_check.environment_lines():
@@ -619,11 +620,11 @@ def formats(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Also show token ids with this model's tokenizer."),
 ) -> None:
     """Show each chat format's prompt for an instruction."""
-    from .formats import FORMATS, encode_prompt
+    from implicit_it.formats import FORMATS, encode_prompt
 
     tok = None
     if model:
-        from .models import load_tokenizer
+        from implicit_it.models import load_tokenizer
 
         tok = load_tokenizer(model)
     out = Console()
@@ -643,8 +644,8 @@ def rules_cmd(
     rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants."),
 ) -> None:
     """Show the rule adapter's constants and which token ids its strings map to for a tokenizer."""
-    from .models import load_tokenizer
-    from .rules import RuleAdapter, RuleConfig, load_rule_config
+    from implicit_it.models import load_tokenizer
+    from implicit_it.rules import RuleAdapter, RuleConfig, load_rule_config
 
     try:
         cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
@@ -668,7 +669,7 @@ def data_validate(
     kind: str = typer.Option("auto", "--kind", help="chat, instructions, or auto (chat if records have 'messages')."),
 ) -> None:
     """Check a data file; errors name file:line and what is wrong."""
-    from .data import read_chat_jsonl, read_instructions
+    from implicit_it.data import read_chat_jsonl, read_instructions
 
     try:
         if kind == "auto":
@@ -691,8 +692,8 @@ def data_convert(
     raw: Optional[Path] = typer.Option(None, "--raw", help="Convert a local copy of the hub rows (JSONL, CSV, or .txt lines for chess) instead of downloading."),
 ) -> None:
     """Convert one of the paper's sources to chat JSONL with the paper's transformation."""
-    from .data import write_chat_jsonl
-    from .sources import SOURCES
+    from implicit_it.data import write_chat_jsonl
+    from implicit_it.sources import SOURCES
 
     if source not in SOURCES:
         _fail(ValueError(f"unknown source {source!r}; choose one of {sorted(SOURCES)}"))
@@ -708,7 +709,7 @@ def data_convert(
 @config_app.command("validate")
 def config_validate(path: Path = typer.Argument(..., help="A YAML experiment config.")) -> None:
     """Validate a config; unknown keys and wrong types are errors naming the field."""
-    from .config import load_config
+    from implicit_it.config import load_config
 
     try:
         cfg = load_config(path)
@@ -718,12 +719,12 @@ def config_validate(path: Path = typer.Argument(..., help="A YAML experiment con
                   f"variants {', '.join(cfg.training.variants)})", highlight=False)
 
 
-from . import cli_run  # noqa: E402
-from .cli_eval import eval_app  # noqa: E402 - after the shared helpers, which it uses
+from . import run as run_commands  # noqa: E402
+from .evaluate import eval_app  # noqa: E402 - after the shared helpers, which it uses
 
 app.add_typer(eval_app, name="eval")
-app.command("run")(cli_run.run)
-app.command("report")(cli_run.report)
+app.command("run")(run_commands.run)
+app.command("report")(run_commands.report)
 
 
 def main() -> None:  # pragma: no cover - entry point

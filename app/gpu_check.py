@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .shapes import Shape, count_parameters, get_shape, random_model, shape_tokenizer
+from implicit_it.shapes import Shape, count_parameters, get_shape, random_model, shape_tokenizer
 
 BUDGET_SECONDS = 600  # the whole full-mode run, on one H100/H200-class GPU
 FULL_SHAPES = ("gemma-3-270m", "llama-2-7b")
@@ -434,7 +434,7 @@ class _StepTimer:
 
 def _training_config(shape: Shape, s: ShapeSettings, method: str) -> Any:
     """The paper config's training block for this shape (configs/<file>), set to one step of ``method``."""
-    from .config import ExperimentConfig, TrainingConfig, load_config
+    from implicit_it.config import ExperimentConfig, TrainingConfig, load_config
 
     path = Path(__file__).resolve().parent.parent / "configs" / (shape.paper_config or "")
     if shape.paper_config and path.is_file():
@@ -452,7 +452,7 @@ def _training_config(shape: Shape, s: ShapeSettings, method: str) -> Any:
 
 def _training_examples(tok: Any, n: int, seq_len: int, seed: int) -> list[Any]:
     """``n`` examples of exactly ``seq_len`` tokens: a prompt (loss-masked) and a response cut at ``seq_len``."""
-    from .formats import encode_example
+    from implicit_it.formats import encode_example
 
     instructions = synthetic_instructions(n, seed, words=(2, max(3, min(30, seq_len // 6))))  # the prompt leaves room for a response
     responses = synthetic_texts(n, (seq_len, seq_len + 10), seed + 7)
@@ -473,7 +473,7 @@ def _probe_tensors(model: Any, rows: list[int]) -> dict[str, torch.Tensor]:
 
 def train_step(report: CheckReport, loaded: Any, shape: Shape, s: ShapeSettings, plan: ShapePlan, method: str, workdir: Path) -> Any:
     """One optimizer step of ``method`` through the project's Trainer set-up; returns the (unwrapped) model."""
-    from .training.engine import make_trainable
+    from implicit_it.training.engine import make_trainable
 
     config = _training_config(shape, s, method)
     tok = loaded.tokenizer
@@ -495,8 +495,8 @@ def _one_step(report: CheckReport, model: Any, tok: Any, examples: list[Any], co
               plan: ShapePlan, method: str, workdir: Path, before: dict[str, torch.Tensor]) -> Any:
     from transformers.trainer_callback import PrinterCallback
 
-    from .training.engine import _training_arguments, make_trainer
-    from .training.variants import EncodedDataset, MaskedLMCollator
+    from implicit_it.training.engine import _training_arguments, make_trainer
+    from implicit_it.training.variants import EncodedDataset, MaskedLMCollator
 
     dev, name = report.device.device, shape.name
     timer = _StepTimer(dev)
@@ -564,8 +564,8 @@ class _TopRecorder:
 
 
 def _generate(loaded: Any, instructions: Sequence[str], *, tokens: int, batch_size: int, rules: bool) -> tuple[list[Any], Any, dict]:
-    from .generation import generate_responses
-    from .rules import RuleAdapter
+    from implicit_it.generation import generate_responses
+    from implicit_it.rules import RuleAdapter
 
     adapter = RuleAdapter(loaded.tokenizer) if rules else None
     store: dict[int, list[tuple[list[int], list[float]]]] = {}
@@ -635,7 +635,7 @@ def generation_equality(report: CheckReport, loaded: Any, shape: Shape, s: Shape
             batched, st2, g2 = _generate(loaded, instructions, tokens=s.eq_tokens, batch_size=len(instructions), rules=rules)
         if inject == "generation" and not rules and batched[0].token_ids:
             batched[0].token_ids[0] = (batched[0].token_ids[0] + 1) % len(loaded.tokenizer)  # a deliberate mismatch
-        from .formats import get_format
+        from implicit_it.formats import get_format
 
         ok, detail = compare_generations(single, batched, g1, g2, GEN_TIE_TOL.get(dt, 0.125), get_format("tulu").stop_token_ids(loaded.tokenizer))
         report.rows.append(Row(shape.name, label, _dtype_name(dt), st1.n_new_tokens + st2.n_new_tokens, t["seconds"], None, t["peak"]))
@@ -659,8 +659,8 @@ def generation_timing(report: CheckReport, loaded: Any, plan: ShapePlan) -> None
 
 def rule_scores_agree(report: CheckReport, loaded: Any, shape: Shape) -> None:
     """The rule adapter's scores r(w, x) computed on the device equal those computed on the CPU."""
-    from .formats import encode_example, instruction_offset
-    from .rules import ALL_RULES, RuleAdapter, RuleConfig
+    from implicit_it.formats import encode_example, instruction_offset
+    from implicit_it.rules import ALL_RULES, RuleAdapter, RuleConfig
 
     dev = report.device.device
     tok = loaded.tokenizer
@@ -683,7 +683,7 @@ def ranking(report: CheckReport, loaded: Any, plan: ShapePlan) -> None:
     """The ranking scorer (fast path, logit lens on a few layers), and its agreement with the paper's loop."""
     import numpy as np
 
-    from .probes import RankingProbe, RankingSource, build_ranking_groups, paper_scores
+    from implicit_it.probes import RankingProbe, RankingSource, build_ranking_groups, paper_scores
 
     dev, s, name = report.device.device, plan.settings, plan.shape.name
     n = s.rank_instructions
@@ -715,7 +715,7 @@ def _frame_column(result: Any, column: str) -> dict[int, float]:
 
 def delta_pass(report: CheckReport, base: Any, variant: Any, plan: ShapePlan) -> None:
     """LogitDelta and RuleComparison (the delta pass) on the device; against an fp32 CPU copy where the shape allows."""
-    from .analyses import DeltaPassConfig, DiffText, LogitDelta, RuleComparison
+    from implicit_it.analyses import DeltaPassConfig, DiffText, LogitDelta, RuleComparison
 
     dev, s, name = report.device.device, plan.settings, plan.shape.name
     n = s.delta_texts
@@ -780,7 +780,7 @@ def perturbed(loaded: Any, scale: float, seed: int) -> Any:
 
 def save_and_load(report: CheckReport, base: Any, variant: Any, plan: ShapePlan, workdir: Path) -> tuple[Any, Path, Path]:
     """Write both checkpoints (safetensors) and load the base back with ``load_model``: ``device_map="auto"`` on CUDA."""
-    from .models import load_model
+    from implicit_it.models import load_model
 
     dev, name = report.device.device, plan.shape.name
     paths = []
@@ -807,8 +807,8 @@ def save_and_load(report: CheckReport, base: Any, variant: Any, plan: ShapePlan,
 
 
 def weight_diff(report: CheckReport, base_dir: Path, variant_dir: Path, plan: ShapePlan, tok: Any) -> None:
-    from .analyses import WeightDelta
-    from .rules import RuleAdapter
+    from implicit_it.analyses import WeightDelta
+    from implicit_it.rules import RuleAdapter
 
     dev, name = report.device.device, plan.shape.name
     rule_ids = [r.token_id for r in RuleAdapter(tok).resolved if r.token_id is not None]

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from implicit_it import gpu_check
-from implicit_it.cli import app
+from implicit_it.app import gpu_check
+from implicit_it.app.cli import app
 
 # Every step of the tiny run, as the table names them (the train rows carry a note after the method).
 EXPECTED_STEPS = [
