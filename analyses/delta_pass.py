@@ -71,8 +71,9 @@ class EncodedText:
         return len(self.ids) - self.n_prompt
 
 
-def encode_texts(tokenizer: Any, fmt: ChatFormat, texts: Sequence[DiffText], indices: Sequence[int],
-                 max_length: int | None) -> list[EncodedText]:
+def encode_texts(
+    tokenizer: Any, fmt: ChatFormat, texts: Sequence[DiffText], indices: Sequence[int], max_length: int | None
+) -> list[EncodedText]:
     """Tokenize with the training encoder, cut from the right at ``max_length`` as the paper does;
     a text whose prompt alone does not fit has nothing to score and is left out."""
     out = []
@@ -83,7 +84,9 @@ def encode_texts(tokenizer: Any, fmt: ChatFormat, texts: Sequence[DiffText], ind
         ex = encode_example(tokenizer, fmt, text.instruction, text.response, max_length=max_length)
         prompt = ex.input_ids[: ex.n_prompt_tokens]
         if len(ex.input_ids) > ex.n_prompt_tokens:
-            out.append(EncodedText(i, tuple(ex.input_ids), ex.n_prompt_tokens, instruction_offset(tokenizer, fmt, text.instruction, prompt)))
+            out.append(
+                EncodedText(i, tuple(ex.input_ids), ex.n_prompt_tokens, instruction_offset(tokenizer, fmt, text.instruction, prompt))
+            )
     return out
 
 
@@ -137,8 +140,14 @@ class LensChunk:
     them, each computed once into the pass's buffers. Valid only during ``observe``: the next
     chunk overwrites the buffers (copy what you keep)."""
 
-    def __init__(self, base: torch.Tensor, variant: torch.Tensor, *, variant_probs: torch.Tensor | None = None,
-                 delta_buffer: torch.Tensor | None = None):
+    def __init__(
+        self,
+        base: torch.Tensor,
+        variant: torch.Tensor,
+        *,
+        variant_probs: torch.Tensor | None = None,
+        delta_buffer: torch.Tensor | None = None,
+    ):
         self.base, self.variant = base, variant
         self._probs = variant_probs
         self._delta_buffer = delta_buffer
@@ -243,8 +252,16 @@ class DeltaPass:
                 m.model.train(mode)
         return counts
 
-    def _batch(self, half: int, batch: list[EncodedText], traced: list[Any], lenses: list[LogitLens], device: torch.device,
-               buffers: list[torch.Tensor], observers: Sequence[DeltaObserver]) -> int:
+    def _batch(
+        self,
+        half: int,
+        batch: list[EncodedText],
+        traced: list[Any],
+        lenses: list[LogitLens],
+        device: torch.device,
+        buffers: list[torch.Tensor],
+        observers: Sequence[DeltaObserver],
+    ) -> int:
         """One traced forward per model over ``batch``, then the lens chunk by chunk, layer by layer."""
         from implicit_it.hooking import traced_residuals
 
@@ -270,8 +287,14 @@ class DeltaPass:
         for p0 in range(0, n, self.chunk_rows):
             p1 = min(n, p0 + self.chunk_rows)
             texts = text_of[p0:p1]
-            ctx = ChunkContext(half, texts, tuple(self.texts[i].origin for i in texts.tolist()), n_generated[p0:p1].to(device),
-                               targets[p0:p1].to(device), rules=lambda b=batch, s=slice(p0, p1): self._rules(b, row_of[s], col_of[s], device))
+            ctx = ChunkContext(
+                half,
+                texts,
+                tuple(self.texts[i].origin for i in texts.tolist()),
+                n_generated[p0:p1].to(device),
+                targets[p0:p1].to(device),
+                rules=lambda b=batch, s=slice(p0, p1): self._rules(b, row_of[s], col_of[s], device),
+            )
             lp_base, lp_var, p_var, delta = (b[: p1 - p0] for b in buffers[:LENS_BUFFERS])
             for layer in self.layers:
                 # the delta buffer is the base's work space until LensChunk.delta fills it
@@ -282,7 +305,9 @@ class DeltaPass:
                     obs.observe(ctx, layer, chunk)
         return n
 
-    def _rules(self, batch: list[EncodedText], rows: torch.Tensor, cols: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rules(
+        self, batch: list[EncodedText], rows: torch.Tensor, cols: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The seen mask and the adapter's row-centred scores at these positions, text by text
         (computed on CPU, where the adapter keeps its tables, then moved to the lens's device)."""
         seen_parts, score_parts = [], []
@@ -304,8 +329,16 @@ class PassAnalysis(Analysis):
     def observer(self, delta_pass: DeltaPass) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must say how it observes a delta pass")
 
-    def run(self, base: Any, variant: Any, texts: Sequence[DiffText], *, adapter: RuleAdapter | None = None,
-            config: DeltaPassConfig | None = None, label: str | None = None) -> Any:
+    def run(
+        self,
+        base: Any,
+        variant: Any,
+        texts: Sequence[DiffText],
+        *,
+        adapter: RuleAdapter | None = None,
+        config: DeltaPassConfig | None = None,
+        label: str | None = None,
+    ) -> Any:
         delta_pass = DeltaPass(base, variant, texts, adapter or RuleAdapter(base.tokenizer), config or DeltaPassConfig())
         observer = self.observer(delta_pass)
         counts = delta_pass.run([observer])

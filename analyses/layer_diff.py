@@ -86,12 +86,23 @@ class LayerDiff:
     top_n: int = 20
 
     def pass_analyses(self) -> list[PassAnalysis]:
-        make = {"logits": lambda: LogitDelta(top_n=self.top_n), "rules": lambda: RuleComparison(vocab=self.vocab, top_n=self.top_n),
-                "shift": lambda: TokenShift(top_n=self.top_n)}
+        make = {
+            "logits": lambda: LogitDelta(top_n=self.top_n),
+            "rules": lambda: RuleComparison(vocab=self.vocab, top_n=self.top_n),
+            "shift": lambda: TokenShift(top_n=self.top_n),
+        }
         return [make[name]() for name in self.analyses if name in make]
 
-    def run(self, base: Any, variant: Any, data_texts: Sequence[DiffText], *, base_spec: str, variant_spec: str,
-            progress: Callable[[str, int, int], Callable[[int], None] | None] | None = None) -> VariantDiff:
+    def run(
+        self,
+        base: Any,
+        variant: Any,
+        data_texts: Sequence[DiffText],
+        *,
+        base_spec: str,
+        variant_spec: str,
+        progress: Callable[[str, int, int], Callable[[int], None] | None] | None = None,
+    ) -> VariantDiff:
         """``base``/``variant``: loaded models (needed unless only weights are asked for).
         ``progress(label, total)`` may return an ``advance`` callback for each stage."""
         out = VariantDiff(variant_spec)
@@ -126,10 +137,17 @@ class LayerDiff:
         seen: dict[int, str] = {}
         for t in data_texts:
             seen.setdefault(t.instruction_index, t.instruction)
-        results, _ = generate_responses(variant, list(seen.values()), fmt=self.pass_config.fmt, max_new_tokens=self.max_new_tokens,
-                                        batch_size=self.batch_size, show_progress=False)
-        return [DiffText(ins, r.output.strip(), "generation", i) for (i, ins), r in zip(seen.items(), results, strict=True)
-                if r.output.strip()]
+        results, _ = generate_responses(
+            variant,
+            list(seen.values()),
+            fmt=self.pass_config.fmt,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            show_progress=False,
+        )
+        return [
+            DiffText(ins, r.output.strip(), "generation", i) for (i, ins), r in zip(seen.items(), results, strict=True) if r.output.strip()
+        ]
 
 
 def merge_results(diffs: Sequence[VariantDiff]) -> dict[str, AnalysisResult]:

@@ -74,7 +74,11 @@ class LogitDeltaObserver(DeltaObserver):
         layers = []
         for layer in self.delta_pass.layers:
             n = self.count["all", layer]
-            row = {"layer": layer, "kl": self.kl["all", layer] / n if n else float("nan"), "top1_agreement": self.agree[layer] / n if n else float("nan")}
+            row = {
+                "layer": layer,
+                "kl": self.kl["all", layer] / n if n else float("nan"),
+                "top1_agreement": self.agree[layer] / n if n else float("nan"),
+            }
             for origin in origins:
                 m = self.count[origin, layer]
                 row[f"kl_{origin}"] = self.kl[origin, layer] / m if m else float("nan")
@@ -84,15 +88,31 @@ class LogitDeltaObserver(DeltaObserver):
         n_out = max(1, self.count["all", self.output_layer])
 
         def listing(order: torch.Tensor) -> list[dict[str, Any]]:
-            return [{"token_id": int(t), "token": token_label(tok, int(t)), "mean_probability_change": float(self.mass_shift[t]) / n_out,
-                     "rule_token": int(t) in rule_ids} for t in order[: self.top_n]]
+            return [
+                {
+                    "token_id": int(t),
+                    "token": token_label(tok, int(t)),
+                    "mean_probability_change": float(self.mass_shift[t]) / n_out,
+                    "rule_token": int(t) in rule_ids,
+                }
+                for t in order[: self.top_n]
+            ]
 
         order = torch.argsort(self.mass_shift, descending=True)
-        return LogitDeltaResult([{
-            "variant": label, "n_layers": self.delta_pass.n_layers, "layers": layers, "kl_output": layers[-1]["kl"],
-            "kl_emergence_layer": first_layer_reaching(layers, "kl"), "promoted_tokens": listing(order),
-            "demoted_tokens": listing(order.flip(0)), **counts,
-        }])
+        return LogitDeltaResult(
+            [
+                {
+                    "variant": label,
+                    "n_layers": self.delta_pass.n_layers,
+                    "layers": layers,
+                    "kl_output": layers[-1]["kl"],
+                    "kl_emergence_layer": first_layer_reaching(layers, "kl"),
+                    "promoted_tokens": listing(order),
+                    "demoted_tokens": listing(order.flip(0)),
+                    **counts,
+                }
+            ]
+        )
 
 
 class LogitDelta(PassAnalysis):

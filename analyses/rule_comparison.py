@@ -30,8 +30,17 @@ from implicit_it.analysis import AnalysisResult, layer_axis, new_figure
 from .delta_pass import FIT, ChunkContext, DeltaObserver, DeltaPass, LensChunk, PassAnalysis, rule_token_ids, token_label
 from .rule_family import RuleFamilyFit
 
-SCORE_KEYS = ("variance_explained_rules", "variance_explained_rules_unscaled", "correlation_rules", "variance_explained_rule_family",
-              "delta_variance", "explained_variance_rule_family", "fitted_seen_coefficient", "fitted_eos_slope", "rules_scale")
+SCORE_KEYS = (
+    "variance_explained_rules",
+    "variance_explained_rules_unscaled",
+    "correlation_rules",
+    "variance_explained_rule_family",
+    "delta_variance",
+    "explained_variance_rule_family",
+    "fitted_seen_coefficient",
+    "fitted_eos_slope",
+    "rules_scale",
+)
 
 
 def emergence_layer(per_layer: list[dict[str, Any]], key: str = "explained_variance_rule_family") -> int | None:
@@ -75,22 +84,44 @@ class RuleComparisonResult(AnalysisResult):
     def to_frame(self) -> Any:
         import pandas as pd
 
-        return pd.DataFrame([{"variant": e["variant"], "n_layers": e["n_layers"], **layer} for e in self.entries for layer in e["per_layer"]])
+        return pd.DataFrame(
+            [{"variant": e["variant"], "n_layers": e["n_layers"], **layer} for e in self.entries for layer in e["per_layer"]]
+        )
 
     def plot(self) -> Any:
         fig, (ax, ax_var) = new_figure(1, 2, figsize=(12, 4.2), layout="constrained")
         x_of, xlabel = layer_axis([{**e, "layers": e["per_layer"]} for e in self.entries])
         for e in self.entries:
             x = x_of({**e, "layers": e["per_layer"]})
-            (line,) = ax.plot(x, [layer["variance_explained_rule_family"] for layer in e["per_layer"]], "-o", ms=3,
-                              label=f"{e['variant']}: token bias + seen + EOS slope (fitted)")
-            ax.plot(x, [layer["variance_explained_rules"] for layer in e["per_layer"]], "--", marker="s", ms=3, color=line.get_color(),
-                    label=f"{e['variant']}: paper's rules (scaled)")
+            (line,) = ax.plot(
+                x,
+                [layer["variance_explained_rule_family"] for layer in e["per_layer"]],
+                "-o",
+                ms=3,
+                label=f"{e['variant']}: token bias + seen + EOS slope (fitted)",
+            )
+            ax.plot(
+                x,
+                [layer["variance_explained_rules"] for layer in e["per_layer"]],
+                "--",
+                marker="s",
+                ms=3,
+                color=line.get_color(),
+                label=f"{e['variant']}: paper's rules (scaled)",
+            )
             ax_var.plot(x, [layer["delta_variance"] for layer in e["per_layer"]], ":", color=line.get_color(), label=f"{e['variant']}: Δ")
-            ax_var.plot(x, [layer["explained_variance_rule_family"] for layer in e["per_layer"]], "-o", ms=3, color=line.get_color(),
-                        label=f"{e['variant']}: explained by token bias + seen + EOS slope")
+            ax_var.plot(
+                x,
+                [layer["explained_variance_rule_family"] for layer in e["per_layer"]],
+                "-o",
+                ms=3,
+                color=line.get_color(),
+                label=f"{e['variant']}: explained by token bias + seen + EOS slope",
+            )
             if e["emergence_layer"] is not None:
-                ax_var.axvline(x[[layer["layer"] for layer in e["per_layer"]].index(e["emergence_layer"])], color=line.get_color(), lw=0.8, ls="--")
+                ax_var.axvline(
+                    x[[layer["layer"] for layer in e["per_layer"]].index(e["emergence_layer"])], color=line.get_color(), lw=0.8, ls="--"
+                )
         ax.axhline(0, color="grey", lw=0.8, ls=":")
         ax.set_ylim(min(-0.05, ax.get_ylim()[0]), 1)
         ax.set_xlabel(xlabel)
@@ -159,22 +190,44 @@ class RuleComparisonObserver(DeltaObserver):
         order = candidates[torch.argsort(in_play_shifts, descending=True)]
 
         def listing(cols: torch.Tensor) -> list[dict[str, Any]]:
-            return [{"token_id": self._token_id(int(c)), "token": token_label(tok, self._token_id(int(c))), "fitted_shift": float(shift[c])}
-                    for c in cols[: self.top_n]]
+            return [
+                {"token_id": self._token_id(int(c)), "token": token_label(tok, self._token_id(int(c))), "fitted_shift": float(shift[c])}
+                for c in cols[: self.top_n]
+            ]
 
         paper = []
         for r in self.delta_pass.adapter.resolved:
             c = self._column(r.token_id)
-            paper.append({"text": r.text, "paper_score": r.score, "token_id": r.token_id,
-                          "fitted_shift": float(shift[c]) if c is not None else None, "in_play": bool(self.in_play[c]) if c is not None else None,
-                          "percentile": float((in_play_shifts < shift[c]).double().mean()) if c is not None and len(candidates) else None})
-        return RuleComparisonResult([{
-            "variant": label, "n_layers": self.delta_pass.n_layers, "vocab": self.vocab, "n_vocab_columns": len(shift),
-            **scores[self.delta_pass.n_layers], "emergence_layer": emergence_layer(per_layer), "per_layer": per_layer,
-            "paper_rule_constants": {"seen_coefficient": -self.delta_pass.adapter.config.diversity_penalty,
-                                     "eos_slope": self.delta_pass.adapter.config.eos_slope},
-            "top_token_shifts": {"up": listing(order), "down": listing(order.flip(0))}, "paper_tokens": paper, **counts,
-        }])
+            paper.append(
+                {
+                    "text": r.text,
+                    "paper_score": r.score,
+                    "token_id": r.token_id,
+                    "fitted_shift": float(shift[c]) if c is not None else None,
+                    "in_play": bool(self.in_play[c]) if c is not None else None,
+                    "percentile": float((in_play_shifts < shift[c]).double().mean()) if c is not None and len(candidates) else None,
+                }
+            )
+        return RuleComparisonResult(
+            [
+                {
+                    "variant": label,
+                    "n_layers": self.delta_pass.n_layers,
+                    "vocab": self.vocab,
+                    "n_vocab_columns": len(shift),
+                    **scores[self.delta_pass.n_layers],
+                    "emergence_layer": emergence_layer(per_layer),
+                    "per_layer": per_layer,
+                    "paper_rule_constants": {
+                        "seen_coefficient": -self.delta_pass.adapter.config.diversity_penalty,
+                        "eos_slope": self.delta_pass.adapter.config.eos_slope,
+                    },
+                    "top_token_shifts": {"up": listing(order), "down": listing(order.flip(0))},
+                    "paper_tokens": paper,
+                    **counts,
+                }
+            ]
+        )
 
 
 class RuleComparison(PassAnalysis):

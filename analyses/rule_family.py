@@ -80,7 +80,9 @@ class RuleFamilyFit:
     token_shift: torch.Tensor | None = None  # c_w (float64), centred to mean 0 over the vocabulary
     rules_scale: float = float("nan")
     # held-out half
-    heldout: dict[str, float] = field(default_factory=lambda: {"ss_tot": 0.0, "ss_family": 0.0, "yy": 0.0, "yr": 0.0, "rr": 0.0, "n_rows": 0})
+    heldout: dict[str, float] = field(
+        default_factory=lambda: {"ss_tot": 0.0, "ss_family": 0.0, "yy": 0.0, "yr": 0.0, "rr": 0.0, "n_rows": 0}
+    )
 
     def _acc(self, table: dict[str, float], key: str, value: float) -> None:
         table[key] = table.get(key, 0.0) + value
@@ -99,8 +101,13 @@ class RuleFamilyFit:
         s, e = seen.float(), n_generated.double()
         ry, rs = y.sum(1).double(), s.sum(1).double()
         y_eos, s_eos = y[:, self.eos].double(), s[:, self.eos].double()
-        for key, value in (("yS", rowdot(y, s).sum()), ("yE", (y_eos * e).sum()), ("SS", rs.sum()), ("SE", (s_eos * e).sum()),
-                           ("EE", (e * e).sum())):
+        for key, value in (
+            ("yS", rowdot(y, s).sum()),
+            ("yE", (y_eos * e).sum()),
+            ("SS", rs.sum()),
+            ("SE", (s_eos * e).sum()),
+            ("EE", (e * e).sum()),
+        ):
             self._acc(self.raw, key, float(value))
         for key, value in (("yS", ry @ rs), ("yE", ry @ e), ("SS", rs @ rs), ("SE", rs @ e), ("EE", e @ e)):
             self._acc(self.rowprod, key, float(value))
@@ -109,6 +116,7 @@ class RuleFamilyFit:
         self.col_e_eos += float(e.sum())
         self.n_rows += y.shape[0]
         self._rules_terms(self.rules_fit, y, None if rules is None else rules.float())
+
     def _demeaned(self, key: str, col_dot: float, tot_a: float, tot_b: float) -> float:
         p, v = self.n_rows, self.vocab_size
         return self.raw[key] - self.rowprod[key] / v - col_dot / p + tot_a * tot_b / (p * v)
@@ -155,12 +163,17 @@ class RuleFamilyFit:
         h = self.heldout
         nan = float("nan")
         cells = h["n_rows"] * self.vocab_size
-        out = {"variance_explained_rule_family": 1 - h["ss_family"] / h["ss_tot"] if h["ss_tot"] > 0 else nan,
-               # in nats² per (position, token) cell: comparable across layers, unlike R²
-               "delta_variance": h["ss_tot"] / cells if cells else nan,
-               "explained_variance_rule_family": (h["ss_tot"] - h["ss_family"]) / cells if cells else nan,
-               "fitted_seen_coefficient": self.seen_coef, "fitted_eos_slope": self.eos_slope,
-               "rules_scale": self.rules_scale, "n_fit_positions": self.n_rows, "n_heldout_positions": int(h["n_rows"])}
+        out = {
+            "variance_explained_rule_family": 1 - h["ss_family"] / h["ss_tot"] if h["ss_tot"] > 0 else nan,
+            # in nats² per (position, token) cell: comparable across layers, unlike R²
+            "delta_variance": h["ss_tot"] / cells if cells else nan,
+            "explained_variance_rule_family": (h["ss_tot"] - h["ss_family"]) / cells if cells else nan,
+            "fitted_seen_coefficient": self.seen_coef,
+            "fitted_eos_slope": self.eos_slope,
+            "rules_scale": self.rules_scale,
+            "n_fit_positions": self.n_rows,
+            "n_heldout_positions": int(h["n_rows"]),
+        }
         yy, yr, rr = h["yy"], h["yr"], h["rr"]
         if yy > 0 and rr > 0:
             beta = self.rules_scale if math.isfinite(self.rules_scale) else 0.0

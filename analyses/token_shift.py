@@ -30,9 +30,19 @@ class TokenShiftResult(AnalysisResult):
     def to_frame(self) -> Any:
         import pandas as pd
 
-        return pd.DataFrame([{"variant": e["variant"], "texts": e["texts_used"], "n_positions": e["n_positions"],
-                              **{b: e[b] for b in BUCKETS}, "rule_token_share_of_moved": e["rule_token_share_of_moved"],
-                              "rule_token_share_of_all": e["rule_token_share_of_all"]} for e in self.entries])
+        return pd.DataFrame(
+            [
+                {
+                    "variant": e["variant"],
+                    "texts": e["texts_used"],
+                    "n_positions": e["n_positions"],
+                    **{b: e[b] for b in BUCKETS},
+                    "rule_token_share_of_moved": e["rule_token_share_of_moved"],
+                    "rule_token_share_of_all": e["rule_token_share_of_all"],
+                }
+                for e in self.entries
+            ]
+        )
 
     def plot(self) -> Any:
         fig, ax = new_figure(figsize=(7, 0.8 + 0.5 * len(self.entries)))
@@ -79,17 +89,34 @@ class TokenShiftObserver(DeltaObserver):
         n = sum(self.buckets.values())
         n_moved = sum(self.moved.values())
         tok = self.delta_pass.base.tokenizer
-        top = [{"token_id": t, "token": token_label(tok, t), "count": c, "rule_token": t in self.rule_ids,
-                "paper_score": (None if np.isnan(self.rule_ids[t]) else self.rule_ids[t]) if t in self.rule_ids else None}
-               for t, c in self.moved.most_common(self.top_n)]
-        return TokenShiftResult([{
-            "variant": label, "texts_used": self.origin or "all", "n_positions": n,
-            **{b: self.buckets[b] / n if n else float("nan") for b in BUCKETS},
-            "top1_follows_text": self.follows_text / n if n else float("nan"),
-            "rule_token_share_of_moved": sum(c for t, c in self.moved.items() if t in self.rule_ids) / n_moved if n_moved else float("nan"),
-            "rule_token_share_of_all": self.rule_all / n if n else float("nan"),
-            "rule_tokens_in_top": sum(x["rule_token"] for x in top), "top_moved_tokens": top, **counts,
-        }])
+        top = [
+            {
+                "token_id": t,
+                "token": token_label(tok, t),
+                "count": c,
+                "rule_token": t in self.rule_ids,
+                "paper_score": (None if np.isnan(self.rule_ids[t]) else self.rule_ids[t]) if t in self.rule_ids else None,
+            }
+            for t, c in self.moved.most_common(self.top_n)
+        ]
+        return TokenShiftResult(
+            [
+                {
+                    "variant": label,
+                    "texts_used": self.origin or "all",
+                    "n_positions": n,
+                    **{b: self.buckets[b] / n if n else float("nan") for b in BUCKETS},
+                    "top1_follows_text": self.follows_text / n if n else float("nan"),
+                    "rule_token_share_of_moved": sum(c for t, c in self.moved.items() if t in self.rule_ids) / n_moved
+                    if n_moved
+                    else float("nan"),
+                    "rule_token_share_of_all": self.rule_all / n if n else float("nan"),
+                    "rule_tokens_in_top": sum(x["rule_token"] for x in top),
+                    "top_moved_tokens": top,
+                    **counts,
+                }
+            ]
+        )
 
 
 class TokenShift(PassAnalysis):

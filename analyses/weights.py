@@ -33,8 +33,17 @@ from implicit_it.errors import ModelSpecError
 BLOCK_ELEMENTS = 1 << 24
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
-_KINDS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
-          "down_proj": "down", "embed_tokens": "embedding", "lm_head": "unembedding"}
+_KINDS = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+    "embed_tokens": "embedding",
+    "lm_head": "unembedding",
+}
 
 
 def describe_tensor(name: str) -> tuple[int | None, str, str]:
@@ -92,7 +101,10 @@ class SafetensorsCheckpoint:
         else:
             files = sorted(f.name for f in self.directory.glob("*.safetensors") if not f.name.startswith("adapter_"))
             if not files:
-                raise ModelSpecError(f"{self.directory}: no *.safetensors weights (pytorch .bin checkpoints are not streamed; re-save with safe_serialization)")
+                raise ModelSpecError(
+                    f"{self.directory}: no *.safetensors weights "
+                    "(pytorch .bin checkpoints are not streamed; re-save with safe_serialization)"
+                )
             weight_map = {}
         self._handles = {f: safe_open(str(self.directory / f), framework="pt") for f in files}
         if not weight_map:
@@ -130,7 +142,9 @@ class LoraAdapter:
         if cfg.get("peft_type", "LORA") != "LORA":
             raise ModelSpecError(f"{directory}/adapter_config.json: peft_type {cfg.get('peft_type')!r} is not LORA")
         if cfg.get("use_dora"):
-            raise ModelSpecError(f"{directory}/adapter_config.json: DoRA adapters are not supported (merge the adapter and pass the merged directory)")
+            raise ModelSpecError(
+                f"{directory}/adapter_config.json: DoRA adapters are not supported (merge the adapter and pass the merged directory)"
+            )
         weights_file = directory / "adapter_model.safetensors"
         if not weights_file.is_file():
             raise ModelSpecError(f"{directory}: no adapter_model.safetensors")
@@ -207,15 +221,25 @@ class _Accumulator:
             self.gram = g if self.gram is None else self.gram + g
 
 
-def tensor_row(name: str, acc: _Accumulator, singular_values: torch.Tensor | None, *, shape: Sequence[int], top_k: int,
-               status: str) -> dict[str, Any]:
+def tensor_row(
+    name: str, acc: _Accumulator, singular_values: torch.Tensor | None, *, shape: Sequence[int], top_k: int, status: str
+) -> dict[str, Any]:
     layer, module, kind = describe_tensor(name)
     base_norm, var_norm = math.sqrt(acc.base_sq), math.sqrt(acc.var_sq)
-    row = {"tensor": name, "layer": layer, "module": module, "kind": kind, "shape": list(shape), "status": status,
-           "base_norm": base_norm, "delta_norm": math.sqrt(acc.delta_sq),
-           "relative_delta": math.sqrt(acc.delta_sq) / base_norm if base_norm > 0 else (0.0 if acc.delta_sq == 0 else math.inf),
-           "cosine": acc.dot / (base_norm * var_norm) if base_norm > 0 and var_norm > 0 else float("nan"),
-           "effective_rank": float("nan"), "topk_energy": float("nan")}
+    row = {
+        "tensor": name,
+        "layer": layer,
+        "module": module,
+        "kind": kind,
+        "shape": list(shape),
+        "status": status,
+        "base_norm": base_norm,
+        "delta_norm": math.sqrt(acc.delta_sq),
+        "relative_delta": math.sqrt(acc.delta_sq) / base_norm if base_norm > 0 else (0.0 if acc.delta_sq == 0 else math.inf),
+        "cosine": acc.dot / (base_norm * var_norm) if base_norm > 0 and var_norm > 0 else float("nan"),
+        "effective_rank": float("nan"),
+        "topk_energy": float("nan"),
+    }
     if acc.delta_sq == 0 and len(shape) == 2:
         row["effective_rank"] = 0.0
     elif singular_values is not None:
@@ -234,8 +258,11 @@ class WeightDeltaResult(AnalysisResult):
     def to_frame(self) -> Any:
         import pandas as pd
 
-        rows = [{"variant": e["variant"], **{k: v for k, v in t.items() if k != "shape"}, "shape": "x".join(map(str, t["shape"]))}
-                for e in self.entries for t in e["tensors"]]
+        rows = [
+            {"variant": e["variant"], **{k: v for k, v in t.items() if k != "shape"}, "shape": "x".join(map(str, t["shape"]))}
+            for e in self.entries
+            for t in e["tensors"]
+        ]
         frame = pd.DataFrame(rows)
         if len(frame):
             frame["layer"] = frame["layer"].astype("Int64")
@@ -257,8 +284,9 @@ class WeightDeltaResult(AnalysisResult):
             for (layer, kind), value in sub.groupby(["layer", "kind"])["relative_delta"].mean().items():
                 if kind in kinds:
                     grid[kinds.index(kind), int(layer) - 1] = value
-            im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest",
-                           extent=(0.5, n_layers + 0.5, len(kinds) - 0.5, -0.5))
+            im = ax.imshow(
+                grid, aspect="auto", cmap="viridis", interpolation="nearest", extent=(0.5, n_layers + 0.5, len(kinds) - 0.5, -0.5)
+            )
             ax.set_yticks(range(len(kinds)), kinds)
             ax.set_xlabel("layer (block)")
             ax.set_title(entry["variant"], fontsize=8)
@@ -274,8 +302,7 @@ class WeightDelta(Analysis):
 
     name = "weights"
 
-    def __init__(self, *, rule_token_ids: Sequence[int] = (), top_k: int = 8, spectrum: bool = True,
-                 block_elements: int = BLOCK_ELEMENTS):
+    def __init__(self, *, rule_token_ids: Sequence[int] = (), top_k: int = 8, spectrum: bool = True, block_elements: int = BLOCK_ELEMENTS):
         self.rule_token_ids = sorted(set(rule_token_ids))
         self.top_k, self.spectrum, self.block_elements = top_k, spectrum, block_elements
 
@@ -289,13 +316,21 @@ class WeightDelta(Analysis):
         var_ckpt = None if adapter else SafetensorsCheckpoint(variant_dir)
         unembed = _unembedding_name(base_ckpt.names())
         tensors = list(self._rows(base_ckpt, var_ckpt, adapter, unembed))
-        entry = {"variant": label or str(variant), "base": str(base), "lora": adapter is not None, "top_k": self.top_k,
-                 "tensors": tensors, "n_tensors_changed": sum(t["delta_norm"] > 0 for t in tensors),
-                 "unembedding_rule_rows": self._rule_rows(tensors, unembed, base_ckpt), "seconds": time.perf_counter() - t0}
+        entry = {
+            "variant": label or str(variant),
+            "base": str(base),
+            "lora": adapter is not None,
+            "top_k": self.top_k,
+            "tensors": tensors,
+            "n_tensors_changed": sum(t["delta_norm"] > 0 for t in tensors),
+            "unembedding_rule_rows": self._rule_rows(tensors, unembed, base_ckpt),
+            "seconds": time.perf_counter() - t0,
+        }
         return WeightDeltaResult([entry])
 
-    def _rows(self, base: SafetensorsCheckpoint, variant: SafetensorsCheckpoint | None, adapter: LoraAdapter | None,
-              unembed: str | None) -> Iterator[dict[str, Any]]:
+    def _rows(
+        self, base: SafetensorsCheckpoint, variant: SafetensorsCheckpoint | None, adapter: LoraAdapter | None, unembed: str | None
+    ) -> Iterator[dict[str, Any]]:
         names = base.names()
         if variant is not None:
             names += [n for n in variant.names() if n not in base.weight_map]
@@ -308,14 +343,24 @@ class WeightDelta(Analysis):
             in_var = variant is None or name in variant.weight_map
             shape = base.shape(name) if in_base else variant.shape(name)  # type: ignore[union-attr]
             if in_base and in_var and variant is not None and variant.shape(name) != shape:
-                raise ModelSpecError(f"tensor {name}: shape {list(shape)} in the base but {list(variant.shape(name))} in the variant "
-                                     "(not the same architecture)")
+                raise ModelSpecError(
+                    f"tensor {name}: shape {list(shape)} in the base but {list(variant.shape(name))} in the variant "
+                    "(not the same architecture)"
+                )
             status = "both" if in_base and in_var else ("added" if in_var else "removed")
             rule_rows = torch.tensor(self.rule_token_ids, dtype=torch.long) if name == unembed and self.rule_token_ids else None
             yield self._one(name, shape, status, base if in_base else None, variant if in_var else None, adapter, rule_rows)
 
-    def _one(self, name: str, shape: tuple[int, ...], status: str, base: SafetensorsCheckpoint | None,
-             variant: SafetensorsCheckpoint | None, adapter: LoraAdapter | None, rule_rows: torch.Tensor | None) -> dict[str, Any]:
+    def _one(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        status: str,
+        base: SafetensorsCheckpoint | None,
+        variant: SafetensorsCheckpoint | None,
+        adapter: LoraAdapter | None,
+        rule_rows: torch.Tensor | None,
+    ) -> dict[str, Any]:
         matrix = len(shape) == 2
         lora_svd = adapter is not None and name in adapter.factors
         n_rows = shape[0] if shape else 1
@@ -355,8 +400,14 @@ class WeightDelta(Analysis):
         n_vocab = base.shape(unembed)[0]
         share = row["rule_rows_delta_sq"] / total if total > 0 else float("nan")
         expected = len(self.rule_token_ids) / n_vocab
-        return {"tensor": unembed, "tied_to_embedding": unembed.endswith("embed_tokens.weight"), "n_rule_tokens": len(self.rule_token_ids),
-                "share_of_delta": share, "share_of_rows": expected, "enrichment": share / expected if total > 0 else float("nan")}
+        return {
+            "tensor": unembed,
+            "tied_to_embedding": unembed.endswith("embed_tokens.weight"),
+            "n_rule_tokens": len(self.rule_token_ids),
+            "share_of_delta": share,
+            "share_of_rows": expected,
+            "enrichment": share / expected if total > 0 else float("nan"),
+        }
 
 
 GEMMA_NORM_MODEL_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text")

@@ -51,8 +51,18 @@ METHODS = ("lora", "frozen_embeddings", "full")
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), from the vendors' data sheets; the first match wins.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H200", 989.0), ("GH200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H800", 989.0),
-    ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("A10G", 70.0), ("L4", 121.0),
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H800", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("A10G", 70.0),
+    ("L4", 121.0),
 )
 FALLBACK_PEAK_TFLOPS = 989.0  # an H100/H200-class GPU, when the name is not in the table
 
@@ -97,20 +107,62 @@ class ShapeSettings:
 def shape_settings(shape: Shape, *, tiny: bool, seq_len: int | None = None) -> ShapeSettings:
     if tiny:
         return ShapeSettings(
-            seq_len=seq_len or 32, effective_batch=4, per_device_batch=2, gradient_checkpointing=shape.name == "tiny-llama",
-            train_attn="eager", gen_prompts=3, gen_tokens=6, eq_prompts=3, eq_tokens=6, rank_instructions=3, rank_negatives=2,
-            rank_layers="all", texts_words=(6, 14), delta_texts=3, delta_layers="all", delta_vocab="frequent:64",
-            cpu_reference=True, weight_spectrum=True)
-    common = dict(seq_len=seq_len or 1024, effective_batch=64, gen_prompts=16, gen_tokens=64, eq_prompts=4, eq_tokens=24,
-                  rank_instructions=8, rank_negatives=3, texts_words=(60, 160), delta_texts=4, delta_vocab="frequent:2048")
+            seq_len=seq_len or 32,
+            effective_batch=4,
+            per_device_batch=2,
+            gradient_checkpointing=shape.name == "tiny-llama",
+            train_attn="eager",
+            gen_prompts=3,
+            gen_tokens=6,
+            eq_prompts=3,
+            eq_tokens=6,
+            rank_instructions=3,
+            rank_negatives=2,
+            rank_layers="all",
+            texts_words=(6, 14),
+            delta_texts=3,
+            delta_layers="all",
+            delta_vocab="frequent:64",
+            cpu_reference=True,
+            weight_spectrum=True,
+        )
+    common = dict(
+        seq_len=seq_len or 1024,
+        effective_batch=64,
+        gen_prompts=16,
+        gen_tokens=64,
+        eq_prompts=4,
+        eq_tokens=24,
+        rank_instructions=8,
+        rank_negatives=3,
+        texts_words=(60, 160),
+        delta_texts=4,
+        delta_vocab="frequent:2048",
+    )
     if shape.name == "llama-2-7b":
         # micro-batch 4 x 16 accumulation steps, activation checkpointing and SDPA as in configs/llama2-7b.yaml; no fp32 CPU
         # copy of 7B (27.5 GB, minutes of CPU) and no spectra (fp64 Grams of 224 matrices on the CPU: ~46 min)
-        return ShapeSettings(**common, per_device_batch=4, gradient_checkpointing=True, train_attn="sdpa", rank_layers="every:8",
-                             delta_layers="every:16", cpu_reference=False, weight_spectrum=False)
+        return ShapeSettings(
+            **common,
+            per_device_batch=4,
+            gradient_checkpointing=True,
+            train_attn="sdpa",
+            rank_layers="every:8",
+            delta_layers="every:16",
+            cpu_reference=False,
+            weight_spectrum=False,
+        )
     # configs/gemma3-270m-paper.yaml: micro-batch 8 x 8, eager attention (Gemma-3's recommendation for training)
-    return ShapeSettings(**common, per_device_batch=8, gradient_checkpointing=False, train_attn="eager", rank_layers="every:6",
-                         delta_layers="every:6", cpu_reference=True, weight_spectrum=True)
+    return ShapeSettings(
+        **common,
+        per_device_batch=8,
+        gradient_checkpointing=False,
+        train_attn="eager",
+        rank_layers="every:6",
+        delta_layers="every:6",
+        cpu_reference=True,
+        weight_spectrum=True,
+    )
 
 
 @dataclass
@@ -136,7 +188,9 @@ def device_info(device: str | torch.device | None = None) -> DeviceInfo:
     for key, tflops in PEAK_BF16_TFLOPS:
         if key.lower() in name.lower():
             return DeviceInfo(dev, name, tflops * 1e12, f"{key} bf16 dense peak", props.total_memory)
-    return DeviceInfo(dev, name, FALLBACK_PEAK_TFLOPS * 1e12, f"not in the table: assumed {FALLBACK_PEAK_TFLOPS:g} TFLOP/s", props.total_memory)
+    return DeviceInfo(
+        dev, name, FALLBACK_PEAK_TFLOPS * 1e12, f"not in the table: assumed {FALLBACK_PEAK_TFLOPS:g} TFLOP/s", props.total_memory
+    )
 
 
 def forward_flops_per_token(counts: dict[str, int], config: Any, context: float) -> float:
@@ -196,15 +250,19 @@ def plan_shape(shape: Shape, s: ShapeSettings, info: DeviceInfo) -> ShapePlan:
     big = counts["total"] > 1e9
     mfu = 0.3 if big else 0.1  # conservative model-FLOPs utilisation for the estimate
     tokens = s.effective_batch * s.seq_len
-    lines = [f"{shape.name}: {shape.stands_for}",
-             f"  parameters {counts['total'] / 1e9:.3f}B (input embedding {counts['embedding'] / 1e9:.3f}B, "
-             f"matmul {counts['matmul'] / 1e9:.3f}B); bf16 weights {bf16_bytes / 1e9:.2f} GB; vocabulary {config.vocab_size:,} "
-             f"({shape.tokenizer} tokenizer)"]
+    lines = [
+        f"{shape.name}: {shape.stands_for}",
+        f"  parameters {counts['total'] / 1e9:.3f}B (input embedding {counts['embedding'] / 1e9:.3f}B, "
+        f"matmul {counts['matmul'] / 1e9:.3f}B); bf16 weights {bf16_bytes / 1e9:.2f} GB; vocabulary {config.vocab_size:,} "
+        f"({shape.tokenizer} tokenizer)",
+    ]
     est = 10.0 + bf16_bytes / 2e9  # init on the device, tokenizer
     skip: dict[str, str] = {}
-    lines.append(f"  training step: {s.effective_batch} examples x {s.seq_len} tokens = {tokens:,} tokens (micro-batch "
-                 f"{s.per_device_batch} x {s.effective_batch // s.per_device_batch} accumulation steps"
-                 f"{', activation checkpointing' if s.gradient_checkpointing else ''}; bf16 autocast, fp32 master weights, AdamW)")
+    lines.append(
+        f"  training step: {s.effective_batch} examples x {s.seq_len} tokens = {tokens:,} tokens (micro-batch "
+        f"{s.per_device_batch} x {s.effective_batch // s.per_device_batch} accumulation steps"
+        f"{', activation checkpointing' if s.gradient_checkpointing else ''}; bf16 autocast, fp32 master weights, AdamW)"
+    )
     for method in METHODS:
         flops = train_flops(counts, config, method, tokens, s.seq_len)
         states, acts = training_memory(counts, config, s, method)
@@ -213,27 +271,39 @@ def plan_shape(shape: Shape, s: ShapeSettings, info: DeviceInfo) -> ShapePlan:
         fits = info.memory_bytes is None or need <= 0.92 * info.memory_bytes
         if not fits:
             skip[method] = f"needs ~{need / 1e9:.0f} GB of {info.memory_bytes / 1e9:.0f} GB"
-        lines.append(f"    {method:<18} {flops / 1e15:7.3f} PFLOP; memory ~{states / 1e9:6.1f} GB states + {acts / 1e9:5.1f} GB "
-                     f"activations = {need / 1e9:6.1f} GB{'' if fits else '  -> SKIPPED: does not fit'}; "
-                     f"est. {secs:5.1f} s at {peak / 1e12:.0f} TFLOP/s x MFU {mfu}")
+        lines.append(
+            f"    {method:<18} {flops / 1e15:7.3f} PFLOP; memory ~{states / 1e9:6.1f} GB states + {acts / 1e9:5.1f} GB "
+            f"activations = {need / 1e9:6.1f} GB{'' if fits else '  -> SKIPPED: does not fit'}; "
+            f"est. {secs:5.1f} s at {peak / 1e12:.0f} TFLOP/s x MFU {mfu}"
+        )
         est += secs if fits else 0.0
     # decoding is bound by reading the weights and by per-layer kernel launches (eager HF: ~1 ms a layer)
     per_step32 = 4.0 * counts["total"] / 3e12 + 1e-3 * config.num_hidden_layers
     per_step16 = 2.0 * counts["total"] / 3e12 + 1e-3 * config.num_hidden_layers
     eq_steps = 2 * (s.eq_prompts + 1) * s.eq_tokens  # batch-1 + batched, with and without the rules
     gen_secs = eq_steps * (per_step32 + per_step16) + 2 * s.gen_tokens * per_step16
-    lines.append(f"  generation: {s.gen_prompts} prompts x {s.gen_tokens} new tokens batched, with and without the rules (bf16); "
-                 f"batch-1 vs batched on {s.eq_prompts} prompts x {s.eq_tokens} tokens (fp32 and bf16): {2 * s.gen_tokens + 2 * eq_steps} "
-                 f"decode steps at ~{per_step16 * 1e3:.0f}-{per_step32 * 1e3:.0f} ms: est. {gen_secs:.0f} s")
+    lines.append(
+        f"  generation: {s.gen_prompts} prompts x {s.gen_tokens} new tokens batched, with and without the rules (bf16); "
+        f"batch-1 vs batched on {s.eq_prompts} prompts x {s.eq_tokens} tokens (fp32 and bf16): {2 * s.gen_tokens + 2 * eq_steps} "
+        f"decode steps at ~{per_step16 * 1e3:.0f}-{per_step32 * 1e3:.0f} ms: est. {gen_secs:.0f} s"
+    )
     io_secs = 2 * bf16_bytes / 1e9 + bf16_bytes / 1.5e9  # write 2 checkpoints at ~1 GB/s, load one at ~1.5 GB/s
     diff_secs = 2 * bf16_bytes / 0.5e9 + (gram_seconds(counts, config) if s.weight_spectrum else 0.0)
-    lines.append(f"  checkpoints: write 2 x {bf16_bytes / 1e9:.2f} GB, load 1 with device_map=auto: est. {io_secs:.0f} s; "
-                 f"streamed weight diff{' with spectra' if s.weight_spectrum else ' (norms and cosines; spectra off: ~' + format(gram_seconds(counts, config) / 60, '.0f') + ' min of fp64 Grams on CPU)'}: "
-                 f"est. {diff_secs:.0f} s")
+    spectra = (
+        " with spectra"
+        if s.weight_spectrum
+        else f" (norms and cosines; spectra off: ~{gram_seconds(counts, config) / 60:.0f} min of fp64 Grams on CPU)"
+    )
+    lines.append(
+        f"  checkpoints: write 2 x {bf16_bytes / 1e9:.2f} GB, load 1 with device_map=auto: est. {io_secs:.0f} s; "
+        f"streamed weight diff{spectra}: est. {diff_secs:.0f} s"
+    )
     small = 15.0 + (25.0 if s.cpu_reference else 0.0)
-    lines.append(f"  ranking ({s.rank_instructions} instructions x {1 + s.rank_negatives} responses, lens at {s.rank_layers}) and delta pass "
-                 f"({s.delta_texts} texts, lens at {s.delta_layers}): est. {small:.0f} s"
-                 f"{' incl. the fp32 CPU reference' if s.cpu_reference else '; no CPU reference at this size (fp32 7B on CPU: 27 GB, minutes)'}")
+    lines.append(
+        f"  ranking ({s.rank_instructions} instructions x {1 + s.rank_negatives} responses, lens at {s.rank_layers}) and delta pass "
+        f"({s.delta_texts} texts, lens at {s.delta_layers}): est. {small:.0f} s"
+        f"{' incl. the fp32 CPU reference' if s.cpu_reference else '; no CPU reference at this size (fp32 7B on CPU: 27 GB, minutes)'}"
+    )
     est += gen_secs + io_secs + diff_secs + small
     lines.append(f"  estimated total for {shape.name}: {est:.0f} s")
     return ShapePlan(shape, s, counts, config, lines, est, skip)
@@ -301,10 +371,12 @@ class CheckReport:
         for r in self.rows:
             mfu = self.mfu(r)
             tps = r.tokens_per_second()
-            lines.append(f"| {r.model} | {r.step}{' (' + r.note + ')' if r.note else ''} | {r.dtype} | "
-                         f"{'' if r.tokens is None else format(r.tokens, ',')} | {'' if r.seconds is None else format(r.seconds, '.2f')} | "
-                         f"{'' if tps is None else format(tps, ',.0f')} | {'–' if mfu is None else format(100 * mfu, '.1f') + '%'} | "
-                         f"{'–' if r.peak_memory is None else format(r.peak_memory / 2**30, '.2f') + ' GiB'} |")
+            lines.append(
+                f"| {r.model} | {r.step}{' (' + r.note + ')' if r.note else ''} | {r.dtype} | "
+                f"{'' if r.tokens is None else format(r.tokens, ',')} | {'' if r.seconds is None else format(r.seconds, '.2f')} | "
+                f"{'' if tps is None else format(tps, ',.0f')} | {'–' if mfu is None else format(100 * mfu, '.1f') + '%'} | "
+                f"{'–' if r.peak_memory is None else format(r.peak_memory / 2**30, '.2f') + ' GiB'} |"
+            )
         return "\n".join(lines)
 
     def checks_table(self) -> str:
@@ -318,23 +390,36 @@ class CheckReport:
         return head + ("" if not failed else "; FAILED: " + ", ".join(f"{c.model}/{c.name}" for c in failed))
 
     def to_json(self) -> dict[str, Any]:
-        return {"device": {"name": self.device.name, "type": self.device.device.type, "peak_flops": self.device.peak_flops,
-                           "peak_source": self.device.peak_source, "memory_bytes": self.device.memory_bytes},
-                "tiny": self.tiny, "ok": self.ok, "seconds": self.seconds, "estimate_seconds": self.estimate_seconds,
-                "plan": self.plan, "rows": [{**asdict(r), "tokens_per_second": r.tokens_per_second(), "mfu": self.mfu(r)} for r in self.rows],
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "device": {
+                "name": self.device.name,
+                "type": self.device.device.type,
+                "peak_flops": self.device.peak_flops,
+                "peak_source": self.device.peak_source,
+                "memory_bytes": self.device.memory_bytes,
+            },
+            "tiny": self.tiny,
+            "ok": self.ok,
+            "seconds": self.seconds,
+            "estimate_seconds": self.estimate_seconds,
+            "plan": self.plan,
+            "rows": [{**asdict(r), "tokens_per_second": r.tokens_per_second(), "mfu": self.mfu(r)} for r in self.rows],
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-_WORDS = ("the of and to in is that for it as was with be by on not this are or from at which but have an they you were there one "
-          "all we their has been if more when will would who so no time only new about also two first what some could into other "
-          "than then these may its any like our over such even most made after many before must through back years where much "
-          "your way well down should because each just those people how too little state good very make world still own see men "
-          "work long get here between both life being under never day same another know while last might us great old year off "
-          "come since against go came right used take three small large water city number part place case point group problem "
-          "fact hand system program question during government early ready answer list write explain describe summary example").split()
+_WORDS = (
+    "the of and to in is that for it as was with be by on not this are or from at which but have an they you were there one "
+    "all we their has been if more when will would who so no time only new about also two first what some could into other "
+    "than then these may its any like our over such even most made after many before must through back years where much "
+    "your way well down should because each just those people how too little state good very make world still own see men "
+    "work long get here between both life being under never day same another know while last might us great old year off "
+    "come since against go came right used take three small large water city number part place case point group problem "
+    "fact hand system program question during government early ready answer list write explain describe summary example"
+).split()
 
 
 def synthetic_texts(n: int, words: tuple[int, int], seed: int) -> list[str]:
@@ -441,12 +526,20 @@ def _training_config(shape: Shape, s: ShapeSettings, method: str) -> Any:
         base = load_config(path)
     else:  # an installed copy without the repository's configs: the paper's values
         base = ExperimentConfig(name=f"gpu-check-{shape.name}", training=TrainingConfig(bf16=True, effective_batch_size=64))
-    t = base.training.model_copy(update={
-        "method": "lora" if method == "lora" else "full", "freeze_embeddings": method == "frozen_embeddings", "max_steps": 1,
-        "warmup_ratio": 0.0,  # one step: a warmup would make its learning rate 0
-        "effective_batch_size": s.effective_batch, "per_device_batch_size": s.per_device_batch, "max_length": s.seq_len,
-        "bf16": True, "gradient_checkpointing": s.gradient_checkpointing, "loss_reduction": "example",
-    })
+    t = base.training.model_copy(
+        update={
+            "method": "lora" if method == "lora" else "full",
+            "freeze_embeddings": method == "frozen_embeddings",
+            "max_steps": 1,
+            "warmup_ratio": 0.0,  # one step: a warmup would make its learning rate 0
+            "effective_batch_size": s.effective_batch,
+            "per_device_batch_size": s.per_device_batch,
+            "max_length": s.seq_len,
+            "bf16": True,
+            "gradient_checkpointing": s.gradient_checkpointing,
+            "loss_reduction": "example",
+        }
+    )
     return base.model_copy(update={"training": t, "name": f"gpu-check-{shape.name}"})
 
 
@@ -491,8 +584,19 @@ def train_step(report: CheckReport, loaded: Any, shape: Shape, s: ShapeSettings,
             model.unload()  # the base model back, LoRA layers removed (its weights were frozen), also after a failure
 
 
-def _one_step(report: CheckReport, model: Any, tok: Any, examples: list[Any], config: Any, shape: Shape, s: ShapeSettings,
-              plan: ShapePlan, method: str, workdir: Path, before: dict[str, torch.Tensor]) -> Any:
+def _one_step(
+    report: CheckReport,
+    model: Any,
+    tok: Any,
+    examples: list[Any],
+    config: Any,
+    shape: Shape,
+    s: ShapeSettings,
+    plan: ShapePlan,
+    method: str,
+    workdir: Path,
+    before: dict[str, torch.Tensor],
+) -> Any:
     from transformers.trainer_callback import PrinterCallback
 
     from implicit_it.training.engine import _training_arguments, make_trainer
@@ -500,10 +604,20 @@ def _one_step(report: CheckReport, model: Any, tok: Any, examples: list[Any], co
 
     dev, name = report.device.device, shape.name
     timer = _StepTimer(dev)
-    args = _training_arguments(config, workdir / f"train-{method}", 0, False, "instruction",
-                               save_strategy="no", **({"use_cpu": True} if dev.type == "cpu" else {}))
-    trainer = make_trainer(config, n_examples=len(examples), epochs=1, model=model, args=args, train_dataset=EncodedDataset(examples),
-                           data_collator=MaskedLMCollator(tok.pad_token_id), processing_class=tok, callbacks=[timer.callback])
+    args = _training_arguments(
+        config, workdir / f"train-{method}", 0, False, "instruction", save_strategy="no", **({"use_cpu": True} if dev.type == "cpu" else {})
+    )
+    trainer = make_trainer(
+        config,
+        n_examples=len(examples),
+        epochs=1,
+        model=model,
+        args=args,
+        train_dataset=EncodedDataset(examples),
+        data_collator=MaskedLMCollator(tok.pad_token_id),
+        processing_class=tok,
+        callbacks=[timer.callback],
+    )
     trainer.remove_callback(PrinterCallback)
     tokens = len(examples) * s.seq_len
     with _timed(dev) as t:
@@ -514,14 +628,30 @@ def _one_step(report: CheckReport, model: Any, tok: Any, examples: list[Any], co
     steady = timer.end - timer.substeps[0] if timer.substeps and timer.end else None
     steady_tokens = tokens * (accum - 1) // accum
     flops = train_flops(plan.counts, plan.config, method, steady_tokens, s.seq_len) if steady else None
-    report.rows.append(Row(name, f"train {method}", "bf16 autocast", steady_tokens if steady else tokens, steady or t["seconds"], flops,
-                           t["peak"], note=f"1 step = {accum} x {s.per_device_batch} x {s.seq_len}; whole step {timer.end - timer.begin:.2f} s"))
+    report.rows.append(
+        Row(
+            name,
+            f"train {method}",
+            "bf16 autocast",
+            steady_tokens if steady else tokens,
+            steady or t["seconds"],
+            flops,
+            t["peak"],
+            note=f"1 step = {accum} x {s.per_device_batch} x {s.seq_len}; whole step {timer.end - timer.begin:.2f} s",
+        )
+    )
     logs = [h for h in trainer.state.log_history if "loss" in h]
     loss = logs[-1]["loss"] if logs else float("nan")
     grad = logs[-1].get("grad_norm", float("nan")) if logs else float("nan")
-    report.checks.append(Check(name, f"train {method}: loss", math.isfinite(loss) and math.isfinite(grad) and loss > 0,
-                               f"loss {loss:.4f} (ln V = {math.log(len(tok)):.2f}), grad norm {grad:.3g}; per-example reduction, "
-                               f"response-only mask ({sum(e.n_prompt_tokens for e in examples)} of {tokens} tokens masked)"))
+    report.checks.append(
+        Check(
+            name,
+            f"train {method}: loss",
+            math.isfinite(loss) and math.isfinite(grad) and loss > 0,
+            f"loss {loss:.4f} (ln V = {math.log(len(tok)):.2f}), grad norm {grad:.3g}; per-example reduction, "
+            f"response-only mask ({sum(e.n_prompt_tokens for e in examples)} of {tokens} tokens masked)",
+        )
+    )
     if method == "lora":
         model = model.get_base_model()  # train_step unloads the adapter
     (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()  # renamed in transformers 5
@@ -532,9 +662,15 @@ def _one_step(report: CheckReport, model: Any, tok: Any, examples: list[Any], co
     moved_emb = not torch.equal(before["embedding"], after["embedding"])
     expect = {"lora": (False, False), "frozen_embeddings": (True, False), "full": (True, True)}[method]
     ok = (moved_q, moved_emb) == expect
-    report.checks.append(Check(name, f"train {method}: trained weights", ok,
-                               f"layer-0 q_proj moved: {moved_q} (expected {expect[0]}), input embedding moved: {moved_emb} "
-                               f"(expected {expect[1]}{', tied LM head' if plan.counts['tied'] else ''})"))
+    report.checks.append(
+        Check(
+            name,
+            f"train {method}: trained weights",
+            ok,
+            f"layer-0 q_proj moved: {moved_q} (expected {expect[0]}), input embedding moved: {moved_emb} "
+            f"(expected {expect[1]}{', tied LM head' if plan.counts['tied'] else ''})",
+        )
+    )
     for p in model.parameters():
         p.requires_grad_(False)
         p.grad = None
@@ -574,8 +710,9 @@ def _generate(loaded: Any, instructions: Sequence[str], *, tokens: int, batch_si
         procs = [adapter.logits_processor(batch)] if adapter is not None else []
         return procs + [_TopRecorder(batch.indices, store)]
 
-    results, stats = generate_responses(loaded, instructions, max_new_tokens=tokens, batch_size=batch_size,
-                                        logits_processor_factory=factory, show_progress=False)
+    results, stats = generate_responses(
+        loaded, instructions, max_new_tokens=tokens, batch_size=batch_size, logits_processor_factory=factory, show_progress=False
+    )
     return results, stats, store
 
 
@@ -586,8 +723,9 @@ def _near_top(record: tuple[list[int], list[float]], choices: set[int], tol: flo
     return min(gaps) if gaps else None
 
 
-def compare_generations(single: Sequence[Any], batched: Sequence[Any], tops_single: dict, tops_batched: dict, tol: float,
-                        stop_ids: Sequence[int] = ()) -> tuple[bool, str]:
+def compare_generations(
+    single: Sequence[Any], batched: Sequence[Any], tops_single: dict, tops_batched: dict, tol: float, stop_ids: Sequence[int] = ()
+) -> tuple[bool, str]:
     """Batch-1 vs batched greedy tokens: equal, or parted only at a near-tie: where they part, each run's choice
     scored within ``tol`` of the best score in the other run (so rounding may flip it). A stop counts as any stop id."""
     identical = ties = 0
@@ -612,8 +750,10 @@ def compare_generations(single: Sequence[Any], batched: Sequence[Any], tops_sing
             tie_gaps.append(max(gap_in_a, gap_in_b))
         else:
             fmt = lambda g: "not in the top " + str(TOP_K) if g is None else format(g, ".3g")  # noqa: E731
-            problems.append(f"prompt {i} parts at token {p}: {sorted(choice_a)[:2]} vs {sorted(choice_b)[:2]} "
-                            f"(each below the other's best by {fmt(gap_in_a)}, {fmt(gap_in_b)})")
+            problems.append(
+                f"prompt {i} parts at token {p}: {sorted(choice_a)[:2]} vs {sorted(choice_b)[:2]} "
+                f"(each below the other's best by {fmt(gap_in_a)}, {fmt(gap_in_b)})"
+            )
     n = len(single)
     detail = f"{identical}/{n} prompts token-identical"
     if ties:
@@ -637,7 +777,9 @@ def generation_equality(report: CheckReport, loaded: Any, shape: Shape, s: Shape
             batched[0].token_ids[0] = (batched[0].token_ids[0] + 1) % len(loaded.tokenizer)  # a deliberate mismatch
         from implicit_it.formats import get_format
 
-        ok, detail = compare_generations(single, batched, g1, g2, GEN_TIE_TOL.get(dt, 0.125), get_format("tulu").stop_token_ids(loaded.tokenizer))
+        ok, detail = compare_generations(
+            single, batched, g1, g2, GEN_TIE_TOL.get(dt, 0.125), get_format("tulu").stop_token_ids(loaded.tokenizer)
+        )
         report.rows.append(Row(shape.name, label, _dtype_name(dt), st1.n_new_tokens + st2.n_new_tokens, t["seconds"], None, t["peak"]))
         report.checks.append(Check(shape.name, f"{label} ({_dtype_name(dt)})", ok, detail))
 
@@ -652,9 +794,18 @@ def generation_timing(report: CheckReport, loaded: Any, plan: ShapePlan) -> None
             results, stats, _ = _generate(loaded, instructions, tokens=s.gen_tokens, batch_size=s.gen_prompts, rules=rules)
         ctx = 40 + s.gen_tokens / 2
         flops = forward_flops_per_token(plan.counts, plan.config, ctx) * stats.n_new_tokens
-        report.rows.append(Row(plan.shape.name, f"generate batched{' + rules' if rules else ''}", _dtype_name(loaded.dtype),
-                               stats.n_new_tokens, t["seconds"], flops, t["peak"],
-                               note=f"{s.gen_prompts} prompts x <= {s.gen_tokens} tokens, {sum(r.stopped for r in results)} stopped at EOS"))
+        report.rows.append(
+            Row(
+                plan.shape.name,
+                f"generate batched{' + rules' if rules else ''}",
+                _dtype_name(loaded.dtype),
+                stats.n_new_tokens,
+                t["seconds"],
+                flops,
+                t["peak"],
+                note=f"{s.gen_prompts} prompts x <= {s.gen_tokens} tokens, {sum(r.stopped for r in results)} stopped at EOS",
+            )
+        )
 
 
 def rule_scores_agree(report: CheckReport, loaded: Any, shape: Shape) -> None:
@@ -675,8 +826,14 @@ def rule_scores_agree(report: CheckReport, loaded: Any, shape: Shape) -> None:
     on_dev = adapter.scores(ids.to(dev), positions.to(dev), rs.to(dev), instruction_start=ist.to(dev)).cpu()
     diff = float((cpu - on_dev).abs().max())
     where = "cuda" if dev.type == "cuda" else "cpu (no CUDA: the CPU against itself)"
-    report.checks.append(Check(shape.name, "rule adapter scores: device vs CPU", diff <= RULE_SCORE_ATOL,
-                               f"{where}: max |diff| {diff:.3g} <= {RULE_SCORE_ATOL:g} over {cpu.numel():,} scores (all four rules)"))
+    report.checks.append(
+        Check(
+            shape.name,
+            "rule adapter scores: device vs CPU",
+            diff <= RULE_SCORE_ATOL,
+            f"{where}: max |diff| {diff:.3g} <= {RULE_SCORE_ATOL:g} over {cpu.numel():,} scores (all four rules)",
+        )
+    )
 
 
 def ranking(report: CheckReport, loaded: Any, plan: ShapePlan) -> None:
@@ -695,8 +852,18 @@ def ranking(report: CheckReport, loaded: Any, plan: ShapePlan) -> None:
     tokens = sum(len(g.prompt_ids) + sum(len(r) for r in g.responses) for g in run.encoded)
     flops = forward_flops_per_token(plan.counts, plan.config, 100) * tokens
     dt = _dtype_name(loaded.dtype)
-    report.rows.append(Row(name, f"rank (lens at {s.rank_layers})", dt, tokens, t["seconds"], flops, t["peak"],
-                           note=f"{n} instructions x {1 + s.rank_negatives} responses"))
+    report.rows.append(
+        Row(
+            name,
+            f"rank (lens at {s.rank_layers})",
+            dt,
+            tokens,
+            t["seconds"],
+            flops,
+            t["peak"],
+            note=f"{n} instructions x {1 + s.rank_negatives} responses",
+        )
+    )
     with _timed(dev) as t:
         ref = paper_scores(loaded.model, run.encoded)
     report.rows.append(Row(name, "rank, the paper's loop (reference)", dt, tokens, t["seconds"], flops, t["peak"]))
@@ -704,8 +871,14 @@ def ranking(report: CheckReport, loaded: Any, plan: ShapePlan) -> None:
     diff = float(np.nanmax(np.abs(fast - slow)))
     tol = RANK_TOL.get(loaded.dtype, 0.05)
     acc = run.ranking().entries[0]["accuracy"]
-    report.checks.append(Check(name, f"rank: fast path vs paper loop ({dt})", diff <= tol,
-                               f"max |Δ mean log-prob| {diff:.3g} <= {tol:g} nats over {fast.size} pairs (accuracy {acc:.2f}, random weights)"))
+    report.checks.append(
+        Check(
+            name,
+            f"rank: fast path vs paper loop ({dt})",
+            diff <= tol,
+            f"max |Δ mean log-prob| {diff:.3g} <= {tol:g} nats over {fast.size} pairs (accuracy {acc:.2f}, random weights)",
+        )
+    )
 
 
 def _frame_column(result: Any, column: str) -> dict[int, float]:
@@ -719,8 +892,10 @@ def delta_pass(report: CheckReport, base: Any, variant: Any, plan: ShapePlan) ->
 
     dev, s, name = report.device.device, plan.settings, plan.shape.name
     n = s.delta_texts
-    texts = [DiffText(i, r, "data", k) for k, (i, r) in
-             enumerate(zip(synthetic_instructions(n, seed=31), synthetic_texts(n, s.texts_words, seed=32), strict=True))]
+    texts = [
+        DiffText(i, r, "data", k)
+        for k, (i, r) in enumerate(zip(synthetic_instructions(n, seed=31), synthetic_texts(n, s.texts_words, seed=32), strict=True))
+    ]
     cfg = DeltaPassConfig(layers=s.delta_layers, max_length=512)
     tokens = 2 * sum(len(base.tokenizer(t.instruction + t.response)["input_ids"]) + 12 for t in texts)
     flops = forward_flops_per_token(plan.counts, plan.config, 100) * tokens
@@ -728,18 +903,44 @@ def delta_pass(report: CheckReport, base: Any, variant: Any, plan: ShapePlan) ->
     def both(b: Any, v: Any, dtype_label: str, suffix: str) -> tuple[Any, Any]:
         with _timed(b.device) as t:
             logits = LogitDelta().run(b, v, texts, config=cfg, label="variant")
-        report.rows.append(Row(name, f"delta pass: lens KL{suffix}", dtype_label, tokens, t["seconds"], flops if not suffix else None, t["peak"],
-                               note=f"{n} texts, layers {s.delta_layers}"))
+        report.rows.append(
+            Row(
+                name,
+                f"delta pass: lens KL{suffix}",
+                dtype_label,
+                tokens,
+                t["seconds"],
+                flops if not suffix else None,
+                t["peak"],
+                note=f"{n} texts, layers {s.delta_layers}",
+            )
+        )
         with _timed(b.device) as t:
             rules = RuleComparison(vocab=s.delta_vocab).run(b, v, texts, config=cfg, label="variant")
-        report.rows.append(Row(name, f"delta pass: rule comparison{suffix}", dtype_label, tokens, t["seconds"], flops if not suffix else None,
-                               t["peak"], note=f"vocab {s.delta_vocab}"))
+        report.rows.append(
+            Row(
+                name,
+                f"delta pass: rule comparison{suffix}",
+                dtype_label,
+                tokens,
+                t["seconds"],
+                flops if not suffix else None,
+                t["peak"],
+                note=f"vocab {s.delta_vocab}",
+            )
+        )
         return logits, rules
 
     logits_dev, rules_dev = both(base, variant, _dtype_name(base.dtype), "")
     kl_dev = _frame_column(logits_dev, "kl")
-    report.checks.append(Check(name, "delta pass: finite lens KL", all(math.isfinite(v) and v >= -1e-6 for v in kl_dev.values()),
-                               "KL per layer " + ", ".join(f"{k}: {v:.4g}" for k, v in sorted(kl_dev.items()))))
+    report.checks.append(
+        Check(
+            name,
+            "delta pass: finite lens KL",
+            all(math.isfinite(v) and v >= -1e-6 for v in kl_dev.values()),
+            "KL per layer " + ", ".join(f"{k}: {v:.4g}" for k, v in sorted(kl_dev.items())),
+        )
+    )
     if not s.cpu_reference:
         return
     cpu = torch.device("cpu")
@@ -751,17 +952,29 @@ def delta_pass(report: CheckReport, base: Any, variant: Any, plan: ShapePlan) ->
     where = "cuda bf16 vs cpu fp32" if dev.type == "cuda" else "bf16 on the CPU vs fp32 on the CPU (no CUDA device)"
     kl_cpu = _frame_column(logits_cpu, "kl")
     worst = max(abs(kl_dev[k] - kl_cpu[k]) - KL_RTOL * abs(kl_cpu[k]) for k in kl_cpu)
-    report.checks.append(Check(name, "lens KL: device vs CPU", worst <= KL_ATOL,
-                               f"{where}: per layer |KL_dev - KL_cpu| <= {KL_RTOL:g} KL_cpu + {KL_ATOL:g}; "
-                               + ", ".join(f"{k}: {kl_dev[k]:.4g}/{kl_cpu[k]:.4g}" for k in sorted(kl_cpu))))
+    report.checks.append(
+        Check(
+            name,
+            "lens KL: device vs CPU",
+            worst <= KL_ATOL,
+            f"{where}: per layer |KL_dev - KL_cpu| <= {KL_RTOL:g} KL_cpu + {KL_ATOL:g}; "
+            + ", ".join(f"{k}: {kl_dev[k]:.4g}/{kl_cpu[k]:.4g}" for k in sorted(kl_cpu)),
+        )
+    )
     corr_dev, corr_cpu = _frame_column(rules_dev, "correlation_rules"), _frame_column(rules_cpu, "correlation_rules")
     var_dev, var_cpu_ = _frame_column(rules_dev, "delta_variance"), _frame_column(rules_cpu, "delta_variance")
     corr_worst = max(abs(corr_dev[k] - corr_cpu[k]) for k in corr_cpu)
     var_worst = max(abs(var_dev[k] - var_cpu_[k]) / max(abs(var_cpu_[k]), 1e-12) for k in var_cpu_)
     ok = corr_worst <= RULE_CORR_ATOL and var_worst <= RULE_VAR_RTOL
-    report.checks.append(Check(name, "rule comparison: device vs CPU", ok,
-                               f"{where}: correlation with the rules max |diff| {corr_worst:.3g} <= {RULE_CORR_ATOL:g}; "
-                               f"Δ log p variance max rel. diff {var_worst:.3g} <= {RULE_VAR_RTOL:g}"))
+    report.checks.append(
+        Check(
+            name,
+            "rule comparison: device vs CPU",
+            ok,
+            f"{where}: correlation with the rules max |diff| {corr_worst:.3g} <= {RULE_CORR_ATOL:g}; "
+            f"Δ log p variance max rel. diff {var_worst:.3g} <= {RULE_VAR_RTOL:g}",
+        )
+    )
 
 
 def perturbed(loaded: Any, scale: float, seed: int) -> Any:
@@ -791,18 +1004,44 @@ def save_and_load(report: CheckReport, base: Any, variant: Any, plan: ShapePlan,
             lm.tokenizer.save_pretrained(path)
             paths.append(path)
     size = sum(f.stat().st_size for p in paths for f in p.glob("*.safetensors"))
-    report.rows.append(Row(name, "save 2 checkpoints", _dtype_name(base.dtype), None, t["seconds"], None, t["peak"],
-                           note=f"{size / 1e9:.2f} GB, {size / 1e9 / t['seconds']:.2f} GB/s"))
+    report.rows.append(
+        Row(
+            name,
+            "save 2 checkpoints",
+            _dtype_name(base.dtype),
+            None,
+            t["seconds"],
+            None,
+            t["peak"],
+            note=f"{size / 1e9:.2f} GB, {size / 1e9 / t['seconds']:.2f} GB/s",
+        )
+    )
     device_map = "auto" if dev.type == "cuda" else None
     with _timed(dev) as t:
         loaded = load_model(paths[0], dtype=base.dtype, device=dev, device_map=device_map, use_process_cache=False)
-    report.rows.append(Row(name, f"load_model(device_map={device_map!r})", _dtype_name(loaded.dtype), None, t["seconds"], None, t["peak"],
-                           note=f"{size / 2e9:.2f} GB"))
+    report.rows.append(
+        Row(
+            name,
+            f"load_model(device_map={device_map!r})",
+            _dtype_name(loaded.dtype),
+            None,
+            t["seconds"],
+            None,
+            t["peak"],
+            note=f"{size / 2e9:.2f} GB",
+        )
+    )
     a, b = base.model.state_dict(), loaded.model.state_dict()
     same = all(torch.equal(a[k], b[k].to(a[k].device)) for k in a if k in b)
     on = {str(p.device) for p in loaded.model.parameters()}
-    report.checks.append(Check(name, "checkpoint round trip", same and len(on) == 1,
-                               f"{len(a)} tensors equal after save + load_model(device_map={device_map!r}); parameters on {sorted(on)}"))
+    report.checks.append(
+        Check(
+            name,
+            "checkpoint round trip",
+            same and len(on) == 1,
+            f"{len(a)} tensors equal after save + load_model(device_map={device_map!r}); parameters on {sorted(on)}",
+        )
+    )
     return loaded, paths[0], paths[1]
 
 
@@ -816,14 +1055,24 @@ def weight_diff(report: CheckReport, base_dir: Path, variant_dir: Path, plan: Sh
         result = WeightDelta(spectrum=plan.settings.weight_spectrum, rule_token_ids=rule_ids).run(base_dir, variant_dir, label="variant")
     frame = result.to_frame()
     size = sum(f.stat().st_size for d in (base_dir, variant_dir) for f in d.glob("*.safetensors"))
-    report.rows.append(Row(name, f"weight diff (streamed{', spectra' if plan.settings.weight_spectrum else ', no spectra'})", "bf16→fp32",
-                           None, t["seconds"], None, t["peak"], note=f"{len(frame)} tensors, {size / 1e9:.2f} GB read, "
-                                                                       f"{size / 1e9 / t['seconds']:.2f} GB/s"))
+    report.rows.append(
+        Row(
+            name,
+            f"weight diff (streamed{', spectra' if plan.settings.weight_spectrum else ', no spectra'})",
+            "bf16→fp32",
+            None,
+            t["seconds"],
+            None,
+            t["peak"],
+            note=f"{len(frame)} tensors, {size / 1e9:.2f} GB read, {size / 1e9 / t['seconds']:.2f} GB/s",
+        )
+    )
     moved = frame[(frame["base_norm"] > 0) & (frame["norm_offset"] == 0)]["relative_delta"]
     med = float(moved.median()) if len(moved) else float("nan")
     ok = len(frame) > 0 and 0.9 * NOISE <= med <= 1.1 * NOISE
-    report.checks.append(Check(name, "weight diff", ok, f"{len(frame)} tensors; median ‖ΔW‖/‖W‖ {med:.4f} "
-                                                         f"(the variant's noise: {NOISE:g} ± 10%)"))
+    report.checks.append(
+        Check(name, "weight diff", ok, f"{len(frame)} tensors; median ‖ΔW‖/‖W‖ {med:.4f} (the variant's noise: {NOISE:g} ± 10%)")
+    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -834,21 +1083,35 @@ def _attempt(report: CheckReport, model: str, step: str, fn: Callable[..., Any],
     try:
         return fn(*args)
     except Exception as exc:  # noqa: BLE001 - every failure is reported, none stops the other steps
-        report.checks.append(Check(model, f"{step}: ran", False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"))
+        report.checks.append(
+            Check(model, f"{step}: ran", False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+        )
         traceback.print_exc(file=sys.stderr)
     _free(report.device.device)  # after the except block: the traceback (and the step's tensors) are gone
     return None
 
 
-def check_shape(report: CheckReport, plan: ShapePlan, steps: Sequence[str], workdir: Path, inject: str | None, say: Callable[[str], None]) -> None:
+def check_shape(
+    report: CheckReport, plan: ShapePlan, steps: Sequence[str], workdir: Path, inject: str | None, say: Callable[[str], None]
+) -> None:
     shape, s = plan.shape, plan.settings
     dev = report.device.device
     name = shape.name
     say(f"== {name}: building from its config with random weights on {dev} ...")
     with _timed(dev) as t:
         loaded = random_model(shape, dtype=torch.float32, device=dev, seed=0, attn_implementation=s.train_attn)
-    report.rows.append(Row(name, "build (random init on the device)", "fp32", None, t["seconds"], None, t["peak"],
-                           note=f"{plan.counts['total'] / 1e6:,.1f}M parameters"))
+    report.rows.append(
+        Row(
+            name,
+            "build (random init on the device)",
+            "fp32",
+            None,
+            t["seconds"],
+            None,
+            t["peak"],
+            note=f"{plan.counts['total'] / 1e6:,.1f}M parameters",
+        )
+    )
     if "train" in steps:
         for method in METHODS:
             if method in plan.skip_methods:
@@ -901,8 +1164,13 @@ def assumed_device(spec: str) -> DeviceInfo:
     """A GPU described, not present (``--plan --assume "H200:141"``): name from the peak table, memory in GB."""
     name, _, mem = spec.partition(":")
     peak = next((t for key, t in PEAK_BF16_TFLOPS if key.lower() in name.lower()), None)
-    return DeviceInfo(torch.device("cuda"), f"{name} (assumed, not present)", (peak or FALLBACK_PEAK_TFLOPS) * 1e12,
-                      f"{name} bf16 dense peak" if peak else f"assumed {FALLBACK_PEAK_TFLOPS:g} TFLOP/s", int(float(mem or 141) * 1e9))
+    return DeviceInfo(
+        torch.device("cuda"),
+        f"{name} (assumed, not present)",
+        (peak or FALLBACK_PEAK_TFLOPS) * 1e12,
+        f"{name} bf16 dense peak" if peak else f"assumed {FALLBACK_PEAK_TFLOPS:g} TFLOP/s",
+        int(float(mem or 141) * 1e9),
+    )
 
 
 def make_plans(info: DeviceInfo, *, tiny: bool, shapes: Sequence[str] | None = None, seq_len: int | None = None) -> list[ShapePlan]:
@@ -918,19 +1186,29 @@ def plan_lines(plans: Sequence[ShapePlan], info: DeviceInfo) -> list[str]:
     total = sum(p.estimate_seconds for p in plans)
     return [line for p in plans for line in p.lines] + [
         f"estimated total: {total:.0f} s (budget {BUDGET_SECONDS} s on one H100/H200-class GPU)"
-        + ("" if info.is_cuda else "; the estimate assumes a GPU")]
+        + ("" if info.is_cuda else "; the estimate assumes a GPU")
+    ]
 
 
 def device_line(info: DeviceInfo) -> str:
     if info.is_cuda:
-        return (f"device: {info.name}, {info.memory_bytes / 2**30:.1f} GiB, bf16 peak {info.peak_flops / 1e12:.0f} TFLOP/s "
-                f"({info.peak_source})")
+        return (
+            f"device: {info.name}, {info.memory_bytes / 2**30:.1f} GiB, bf16 peak {info.peak_flops / 1e12:.0f} TFLOP/s ({info.peak_source})"
+        )
     return f"device: {info.name} — every 'device' run below is bf16 on the CPU, compared against fp32 on the CPU"
 
 
-def run_gpu_check(*, tiny: bool = False, shapes: Sequence[str] | None = None, device: str | None = None, seq_len: int | None = None,
-                  steps: Sequence[str] = STEPS, workdir: str | Path | None = None, inject: str | None = None,
-                  say: Callable[[str], None] = print) -> CheckReport:
+def run_gpu_check(
+    *,
+    tiny: bool = False,
+    shapes: Sequence[str] | None = None,
+    device: str | None = None,
+    seq_len: int | None = None,
+    steps: Sequence[str] = STEPS,
+    workdir: str | Path | None = None,
+    inject: str | None = None,
+    say: Callable[[str], None] = print,
+) -> CheckReport:
     """Run the readiness check; ``say`` gets the plan and progress lines. See the module docstring.
 
     Full mode needs CUDA unless ``device="cpu"`` is asked for explicitly (a slow dry run of the real shapes)."""
@@ -948,7 +1226,9 @@ def run_gpu_check(*, tiny: bool = False, shapes: Sequence[str] | None = None, de
         raise ValueError(f"unknown steps {sorted(unknown)}; choose from {list(STEPS)}")
     report = CheckReport(info, tiny)
     say(device_line(info))
-    say(f"torch {torch.__version__}, transformers {transformers.__version__}; mode: {'tiny' if tiny else 'full'}; steps: {', '.join(steps)}")
+    say(
+        f"torch {torch.__version__}, transformers {transformers.__version__}; mode: {'tiny' if tiny else 'full'}; steps: {', '.join(steps)}"
+    )
     plans = make_plans(info, tiny=tiny, shapes=shapes, seq_len=seq_len)
     report.estimate_seconds = sum(p.estimate_seconds for p in plans)
     report.plan = plan_lines(plans, info)
@@ -980,8 +1260,10 @@ def print_report(report: CheckReport, say: Callable[[str], None] = print) -> Non
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
     except Exception:  # noqa: BLE001 - not on every platform
         pass
-    say(f"{report.summary()}; wall time {report.seconds:.1f} s (estimated {report.estimate_seconds:.0f} s)"
-        + (f"; peak host RSS {rss:.2f} GiB" if rss else ""))
+    say(
+        f"{report.summary()}; wall time {report.seconds:.1f} s (estimated {report.estimate_seconds:.0f} s)"
+        + (f"; peak host RSS {rss:.2f} GiB" if rss else "")
+    )
 
 
 def environment_lines() -> list[str]:
@@ -991,12 +1273,16 @@ def environment_lines() -> list[str]:
     import transformers
 
     info = device_info()
-    lines = [f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
-             f"CUDA available: {torch.cuda.is_available()}" + (f" (CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s))"
-                                                               if torch.cuda.is_available() else "")]
+    lines = [
+        f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
+        f"CUDA available: {torch.cuda.is_available()}"
+        + (f" (CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s))" if torch.cuda.is_available() else ""),
+    ]
     if info.is_cuda:
-        lines.append(f"device: {info.name}, {info.memory_bytes / 2**30:.1f} GiB, bf16 peak {info.peak_flops / 1e12:.0f} TFLOP/s "
-                     f"({info.peak_source}); bf16 supported: {torch.cuda.is_bf16_supported()}")
+        lines.append(
+            f"device: {info.name}, {info.memory_bytes / 2**30:.1f} GiB, bf16 peak {info.peak_flops / 1e12:.0f} TFLOP/s "
+            f"({info.peak_source}); bf16 supported: {torch.cuda.is_bf16_supported()}"
+        )
     else:
         lines.append(f"device: {info.name}")
     lines.append(f"HF_HUB_OFFLINE: {os.environ.get('HF_HUB_OFFLINE', 'unset')}")
@@ -1007,7 +1293,9 @@ def environment_lines() -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="2-layer shapes (seconds, any device; what CI runs on CPU)")
-    parser.add_argument("--shapes", default=None, help=f"comma-separated shapes (default: {','.join(FULL_SHAPES)}; --tiny: {','.join(TINY_SHAPES)})")
+    parser.add_argument(
+        "--shapes", default=None, help=f"comma-separated shapes (default: {','.join(FULL_SHAPES)}; --tiny: {','.join(TINY_SHAPES)})"
+    )
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     parser.add_argument("--seq-len", type=int, default=None, help="training sequence length, >= 32 (default 1024; --tiny 32)")
@@ -1024,9 +1312,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         plans = make_plans(info, tiny=args.tiny, shapes=args.shapes.split(",") if args.shapes else None, seq_len=args.seq_len)
         print("\n".join([device_line(info), "plan:"] + plan_lines(plans, info)))
         return 0
-    report = run_gpu_check(tiny=args.tiny, shapes=args.shapes.split(",") if args.shapes else None, device=args.device,
-                           seq_len=args.seq_len, steps=[x for x in args.steps.split(",") if x], workdir=args.workdir, inject=args.inject,
-                           say=lambda line: print(line, flush=True))
+    report = run_gpu_check(
+        tiny=args.tiny,
+        shapes=args.shapes.split(",") if args.shapes else None,
+        device=args.device,
+        seq_len=args.seq_len,
+        steps=[x for x in args.steps.split(",") if x],
+        workdir=args.workdir,
+        inject=args.inject,
+        say=lambda line: print(line, flush=True),
+    )
     print_report(report, lambda line: print(line, flush=True))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_json(), indent=2, default=str))

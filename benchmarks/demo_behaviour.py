@@ -24,8 +24,9 @@ def behaviour(spec: str, instructions: list[str], fmt: str, max_new_tokens: int,
     from implicit_it import generate_responses, load_model
 
     loaded = load_model(spec, device="cpu", use_process_cache=False)
-    results, stats = generate_responses(loaded, instructions, fmt=fmt, max_new_tokens=max_new_tokens,
-                                        batch_size=batch_size, show_progress=False)
+    results, stats = generate_responses(
+        loaded, instructions, fmt=fmt, max_new_tokens=max_new_tokens, batch_size=batch_size, show_progress=False
+    )
     n = len(results)
     return {
         "model": spec,
@@ -55,20 +56,31 @@ def main() -> None:
     for spec in args.model:
         row = behaviour(spec, instructions, args.format, args.max_new_tokens, args.batch_size)
         rows.append(row)
-        print(f"{spec}: EOS within {args.max_new_tokens} tokens {row['eos_rate']:.1%}, tag echo {row['tag_echo_rate']:.1%}, "
-              f"mean {row['mean_new_tokens']:.0f} new tokens ({row['tokens_per_second']} tok/s)", flush=True)
+        print(
+            f"{spec}: EOS within {args.max_new_tokens} tokens {row['eos_rate']:.1%}, tag echo {row['tag_echo_rate']:.1%}, "
+            f"mean {row['mean_new_tokens']:.0f} new tokens ({row['tokens_per_second']} tok/s)",
+            flush=True,
+        )
     base = rows[0]
     for row in rows[1:]:
-        print(f"{row['model']} vs {base['model']}: EOS rate {row['eos_rate']:.1%} vs {base['eos_rate']:.1%}; "
-              f"tag echo {row['tag_echo_rate']:.1%} vs {base['tag_echo_rate']:.1%}")
+        print(
+            f"{row['model']} vs {base['model']}: EOS rate {row['eos_rate']:.1%} vs {base['eos_rate']:.1%}; "
+            f"tag echo {row['tag_echo_rate']:.1%} vs {base['tag_echo_rate']:.1%}"
+        )
     from implicit_it.io import atomic_write_json
 
     atomic_write_json(args.out, rows)
-    write_manifest(args.out, build_manifest(
-        command=" ".join(["python3"] + sys.argv), config=vars(args) | {"out": str(args.out)}, seed=None,
-        data_files=[args.instructions], results={"rows": [{k: v for k, v in r.items() if k != "examples"} for r in rows]},
-        timings={"total": round(time.perf_counter() - t0, 1)},
-    ))
+    write_manifest(
+        args.out,
+        build_manifest(
+            command=" ".join(["python3"] + sys.argv),
+            config=vars(args) | {"out": str(args.out)},
+            seed=None,
+            data_files=[args.instructions],
+            results={"rows": [{k: v for k, v in r.items() if k != "examples"} for r in rows]},
+            timings={"total": round(time.perf_counter() - t0, 1)},
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -35,13 +35,16 @@ def main() -> None:
     loaded = load_model(args.spec, device="cpu")
     tok = loaded.tokenizer
     prompts = [encode_prompt(tok, "tulu", i.instruction) for i in read_instructions(args.instructions, limit=args.prompts)]
-    print(f"model: {loaded.source.display_name}; {len(prompts)} prompts x {args.new_tokens} new tokens; "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model: {loaded.source.display_name}; {len(prompts)} prompts x {args.new_tokens} new tokens; "
+        f"torch threads {torch.get_num_threads()}"
+    )
     baseline = None
     for bs in args.batch_sizes:
         t = time.perf_counter()
-        out, _, stats = generate_ids(loaded.model, prompts, pad_token_id=tok.pad_token_id, stop_token_ids=(),
-                                     max_new_tokens=args.new_tokens, batch_size=bs)
+        out, _, stats = generate_ids(
+            loaded.model, prompts, pad_token_id=tok.pad_token_id, stop_token_ids=(), max_new_tokens=args.new_tokens, batch_size=bs
+        )
         secs = time.perf_counter() - t
         tps = sum(len(o) for o in out) / secs
         baseline = baseline or tps

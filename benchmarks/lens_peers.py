@@ -183,8 +183,8 @@ def lens_alone(base, variant, encoded, n_layers: int) -> float:
     for layer in layers:
         for p0 in range(0, n_positions, rows):
             n = min(rows, n_positions - p0)
-            lenses[0].logprobs(hidden[0][layer][p0:p0 + n], vocab_size=dp.vocab_size, out=lp_base[:n], work=work[:n])
-            lenses[1].logprobs(hidden[1][layer][p0:p0 + n], vocab_size=dp.vocab_size, out=lp_var[:n], probs=p_var[:n])
+            lenses[0].logprobs(hidden[0][layer][p0 : p0 + n], vocab_size=dp.vocab_size, out=lp_base[:n], work=work[:n])
+            lenses[1].logprobs(hidden[1][layer][p0 : p0 + n], vocab_size=dp.vocab_size, out=lp_var[:n], probs=p_var[:n])
     return time.perf_counter() - t0
 
 
@@ -209,12 +209,17 @@ def main() -> None:
     n_positions = sum(len(cols) for _, cols in encoded)
     vocab, d = base.model.get_output_embeddings().weight.shape
     print(f"base {args.base}; variant {label}")
-    print(f"{len(encoded)} texts, {n_positions} response positions, {n_layers + 1} layers, vocabulary {vocab:,}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{len(encoded)} texts, {n_positions} response positions, {n_layers + 1} layers, vocabulary {vocab:,}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
     peers = {"TransformerLens": TransformerLensPeer(base, variant, n_layers), "nnsight": NnsightPeer(base, variant, n_layers)}
-    runs = {"implicit-it": lambda: ours(base, variant, texts, args.max_length), "TransformerLens": lambda: peers["TransformerLens"].run(encoded),
-            "nnsight": lambda: peers["nnsight"].run(encoded)}
+    runs = {
+        "implicit-it": lambda: ours(base, variant, texts, args.max_length),
+        "TransformerLens": lambda: peers["TransformerLens"].run(encoded),
+        "nnsight": lambda: peers["nnsight"].run(encoded),
+    }
     times: dict[str, list[float]] = {name: [] for name in runs}
     values: dict[str, list[float]] = {}
     peak_mib = {"models loaded": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -228,8 +233,11 @@ def main() -> None:
 
     print("\nagreement, max over layers of |ΔKL| (nats):")
     for name in peers:
-        print(f"  implicit-it vs {name} (exact reductions): {max(abs(a - b) for a, b in zip(values['implicit-it'], exact[name], strict=True)):.2e}"
-              f"   {name}'s float32 code vs exact: {max(abs(a - b) for a, b in zip(values[name], exact[name], strict=True)):.2e}")
+        print(
+            f"  implicit-it vs {name} (exact reductions): "
+            f"{max(abs(a - b) for a, b in zip(values['implicit-it'], exact[name], strict=True)):.2e}"
+            f"   {name}'s float32 code vs exact: {max(abs(a - b) for a, b in zip(values[name], exact[name], strict=True)):.2e}"
+        )
     print(f"  output-layer KL: implicit-it {values['implicit-it'][-1]:.6f}, exact {exact['nnsight'][-1]:.6f}")
 
     med = {name: statistics.median(t) for name, t in times.items()}
@@ -244,8 +252,10 @@ def main() -> None:
     rate = unembedding_rate(base.model, rows)
     floor = 2 * (n_layers + 1) * n_positions * 2 * vocab * d / rate
     lens = lens_alone(base, variant, encoded, n_layers)
-    print(f"\nlens alone: {lens:.1f} s; its unembedding matmuls at the measured {rate / 1e9:.0f} GFLOP/s "
-          f"(fp32, {rows} x {d} x {vocab:,}): {floor:.1f} s; ratio {lens / floor:.2f}x (target <= 1.3)")
+    print(
+        f"\nlens alone: {lens:.1f} s; its unembedding matmuls at the measured {rate / 1e9:.0f} GFLOP/s "
+        f"(fp32, {rows} x {d} x {vocab:,}): {floor:.1f} s; ratio {lens / floor:.2f}x (target <= 1.3)"
+    )
     peak_mib["whole run (the exact float64 references included)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("peak RSS of this process: " + "; ".join(f"{k} {v:,.0f} MiB" for k, v in peak_mib.items()))
 

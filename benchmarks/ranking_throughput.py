@@ -39,15 +39,18 @@ def main() -> None:
 
     loaded = load_model(args.spec, device=args.device)
     source = read_ranking_source(args.data, limit=args.instructions)
-    groups = encode_groups(loaded.tokenizer, "tulu", source, build_ranking_groups(source, negatives=args.negatives),
-                           max_length=args.max_length)
+    groups = encode_groups(
+        loaded.tokenizer, "tulu", source, build_ranking_groups(source, negatives=args.negatives), max_length=args.max_length
+    )
     n_seqs = sum(len(g.responses) for g in groups)
     n_pairs = sum(len(g.responses) - 1 for g in groups)  # (real, other) comparisons
     n_tokens = sum(len(g.prompt_ids) + len(r) for g in groups for r in g.responses)
-    print(f"model: {loaded.source.display_name} on {loaded.device} ({loaded.dtype}); torch threads {torch.get_num_threads()}; "
-          f"{len(groups)} instructions x {args.negatives + 1} responses = {n_seqs} scored sequences ({n_pairs} ranking pairs), "
-          f"{n_tokens} tokens, "
-          f"max_length {args.max_length}")
+    print(
+        f"model: {loaded.source.display_name} on {loaded.device} ({loaded.dtype}); torch threads {torch.get_num_threads()}; "
+        f"{len(groups)} instructions x {args.negatives + 1} responses = {n_seqs} scored sequences ({n_pairs} ranking pairs), "
+        f"{n_tokens} tokens, "
+        f"max_length {args.max_length}"
+    )
 
     def timed(fn):
         if loaded.device.type == "cuda":

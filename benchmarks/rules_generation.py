@@ -34,8 +34,9 @@ def paper_style(model, adapter: RuleAdapter, prompt: list[int], ins_start: int, 
     for _ in range(new_tokens):
         x = torch.tensor([ids])
         logits = model(x, use_cache=False).logits[0, -1]
-        rule = adapter.scores(x, torch.tensor([len(ids) - 1]), torch.tensor([len(prompt)]),
-                              instruction_start=torch.tensor([ins_start]))[0, 0]
+        rule = adapter.scores(x, torch.tensor([len(ids) - 1]), torch.tensor([len(prompt)]), instruction_start=torch.tensor([ins_start]))[
+            0, 0
+        ]
         ids.append(int((torch.log_softmax(logits, -1) + torch.log_softmax(rule, -1)).argmax()))
     return len(ids) - len(prompt)
 
@@ -55,18 +56,28 @@ def main() -> None:
     texts = [i.instruction for i in read_instructions(DATA, limit=args.prompts)]
     prompts = [encode_prompt(tok, "tulu", t) for t in texts]
     offsets = [instruction_offset(tok, "tulu", t) for t in texts]
-    print(f"model: {loaded.source.display_name}; rules {adapter.rules}; {args.new_tokens} new tokens; "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model: {loaded.source.display_name}; rules {adapter.rules}; {args.new_tokens} new tokens; torch threads {torch.get_num_threads()}"
+    )
 
     t = time.perf_counter()
-    n = sum(paper_style(loaded.model, adapter, p, o, args.new_tokens) for p, o in zip(prompts[: args.baseline_prompts], offsets, strict=False))
+    n = sum(
+        paper_style(loaded.model, adapter, p, o, args.new_tokens) for p, o in zip(prompts[: args.baseline_prompts], offsets, strict=False)
+    )
     base_tps = n / (time.perf_counter() - t)
     print(f"paper-style (batch 1, no KV cache), {args.baseline_prompts} prompts: {base_tps:8.2f} tokens/s")
 
     t = time.perf_counter()
-    out, _, _ = generate_ids(loaded.model, prompts, pad_token_id=tok.pad_token_id, stop_token_ids=(),
-                             max_new_tokens=args.new_tokens, batch_size=args.batch_size,
-                             logits_processor_factory=adapter.logits_processor, instruction_offsets=offsets)
+    out, _, _ = generate_ids(
+        loaded.model,
+        prompts,
+        pad_token_id=tok.pad_token_id,
+        stop_token_ids=(),
+        max_new_tokens=args.new_tokens,
+        batch_size=args.batch_size,
+        logits_processor_factory=adapter.logits_processor,
+        instruction_offsets=offsets,
+    )
     fast_tps = sum(map(len, out)) / (time.perf_counter() - t)
     print(f"fast path (batch {args.batch_size}, KV cache), {len(prompts)} prompts: {fast_tps:8.2f} tokens/s")
     print(f"speed-up: {fast_tps / base_tps:.1f}x (target >= 30x)")

@@ -59,8 +59,14 @@ def main() -> None:
             cfg = base.model_copy(update={"training": training, "data": base.data.model_copy(update={"heldout_examples": 0})})
             res = train_variant(cfg, variant, out_dir=scratch / name, show_progress=False, command="benchmarks/train_throughput.py")
             r = res.results
-            row = {"method": name, "tokens_per_second": r["tokens_per_second"], "trainable": r["trainable_parameters"],
-                   "parameters": res.manifest["model"]["n_parameters"], "steps": r["optimizer_steps"], "tokens": r["tokens_seen"]}
+            row = {
+                "method": name,
+                "tokens_per_second": r["tokens_per_second"],
+                "trainable": r["trainable_parameters"],
+                "parameters": res.manifest["model"]["n_parameters"],
+                "steps": r["optimizer_steps"],
+                "tokens": r["tokens_seen"],
+            }
             if peak:
                 row["mfu"] = 6 * row["parameters"] * row["tokens_per_second"] / peak
             rows.append(row)
@@ -71,13 +77,18 @@ def main() -> None:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"{base.model.spec} / {variant.name}: {args.steps} optimizer steps per method, effective batch "
-          f"{base.training.effective_batch_size}, max length {base.training.max_length}, bf16={base.training.bf16}, on {device}")
+    print(
+        f"{base.model.spec} / {variant.name}: {args.steps} optimizer steps per method, effective batch "
+        f"{base.training.effective_batch_size}, max length {base.training.max_length}, bf16={base.training.bf16}, on {device}"
+    )
     baseline = rows[0]["tokens_per_second"]
     for row in rows:
         mfu = f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
-        print(f"  {row['method']:<18} {row['tokens_per_second']:8.1f} tok/s  x{row['tokens_per_second'] / baseline:.2f} vs {rows[0]['method']}"
-              f"  ({row['trainable'] / 1e6:.1f}M of {row['parameters'] / 1e6:.1f}M parameters trained{mfu})")
+        print(
+            f"  {row['method']:<18} {row['tokens_per_second']:8.1f} tok/s  "
+            f"x{row['tokens_per_second'] / baseline:.2f} vs {rows[0]['method']}"
+            f"  ({row['trainable'] / 1e6:.1f}M of {row['parameters'] / 1e6:.1f}M parameters trained{mfu})"
+        )
 
 
 if __name__ == "__main__":

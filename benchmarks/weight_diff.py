@@ -72,8 +72,14 @@ def _child(conn, what: str, base: str, variant: str) -> None:
     seconds = time.perf_counter() - t0
     done.set()
     sampler.join()
-    conn.send({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "peak_anon_mib": peak_anon[0], "out": out})
+    conn.send(
+        {
+            "seconds": seconds,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_anon_mib": peak_anon[0],
+            "out": out,
+        }
+    )
 
 
 def measure(what: str, base: str, variant: str) -> dict:

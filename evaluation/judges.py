@@ -47,15 +47,20 @@ def _clf_prompt_path() -> Path:
 
 
 def _logprob_annotator(name: str, completions: dict[str, Any], prompt_template: str | Path) -> dict[str, Any]:
-    return {name: {
-        "prompt_template": str(prompt_template),
-        "completions_kwargs": completions,
-        "fn_completion_parser": "logprob_parser",
-        "completion_parser_kwargs": {"numerator_token": ANSWER_TOKENS[0], "denominator_tokens": list(ANSWER_TOKENS),
-                                     "is_binarize": False},
-        "completion_key": "completions_all",
-        "batch_size": 1,
-    }}
+    return {
+        name: {
+            "prompt_template": str(prompt_template),
+            "completions_kwargs": completions,
+            "fn_completion_parser": "logprob_parser",
+            "completion_parser_kwargs": {
+                "numerator_token": ANSWER_TOKENS[0],
+                "denominator_tokens": list(ANSWER_TOKENS),
+                "is_binarize": False,
+            },
+            "completion_key": "completions_all",
+            "batch_size": 1,
+        }
+    }
 
 
 @dataclass
@@ -83,8 +88,13 @@ class Judge:
         return GPT4_TURBO if self.kind == "gpt4_turbo" else "iit_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name).strip("_")
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "target": self.target, "model_name": self.model_name,
-                "annotator": self.annotator_name}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "target": self.target,
+            "model_name": self.model_name,
+            "annotator": self.annotator_name,
+        }
 
     # ---- checks before any work -------------------------------------------------------------
     def preflight(self) -> None:
@@ -95,7 +105,8 @@ class Judge:
             if not has_key and not Path(constants.OPENAI_CLIENT_CONFIG_PATH).is_file():
                 raise JudgeUnavailable(
                     "judge gpt4_turbo needs OPENAI_API_KEY (or OPENAI_CLIENT_CONFIG_PATH pointing to an alpaca_eval "
-                    "client config); neither is set. Use --judge URL for an OpenAI-compatible server or --judge local:SPEC.")
+                    "client config); neither is set. Use --judge URL for an OpenAI-compatible server or --judge local:SPEC."
+                )
         elif self.kind == "openai_compatible":
             served = list_served_models(self.target)
             if self.model_name is None:
@@ -126,8 +137,13 @@ class Judge:
         judge_dir = Path(judge_dir)
         if self.kind == "openai_compatible":
             completions: dict[str, Any] = {
-                "model_name": self.model_name, "max_tokens": 1, "temperature": 1, "logprobs": True, "top_logprobs": 5,
-                "requires_chatml": True, "openai_api_base": self.target,
+                "model_name": self.model_name,
+                "max_tokens": 1,
+                "temperature": 1,
+                "logprobs": True,
+                "top_logprobs": 5,
+                "requires_chatml": True,
+                "openai_api_base": self.target,
                 # a config path that cannot exist, so alpaca_eval builds the client from openai_api_base
                 "client_config_path": str(judge_dir / "no_client_config.yaml"),
             }
@@ -137,8 +153,9 @@ class Judge:
         else:
             prompt, special = render_local_prompt(self.target)
             prompt_path = atomic_write_text(judge_dir / "prompt.txt", prompt)
-            config = _logprob_annotator(self.annotator_name, {"model_name": self.target, "add_special_tokens": special},
-                                        prompt_path.resolve())
+            config = _logprob_annotator(
+                self.annotator_name, {"model_name": self.target, "add_special_tokens": special}, prompt_path.resolve()
+            )
         return atomic_write_text(judge_dir / "configs.yaml", yaml.safe_dump(config, sort_keys=False)).resolve()
 
     def annotator_kwargs(self) -> dict[str, Any]:
@@ -152,15 +169,19 @@ def parse_judge(spec: str, model_name: str | None = None) -> Judge:
         return Judge("gpt4_turbo", GPT4_TURBO)
     if spec.startswith(("http://", "https://")):
         return Judge("openai_compatible", spec.rstrip("/"), model_name)
-    if spec.startswith("local:") and spec[len("local:"):].strip():
-        return Judge("local", spec[len("local:"):].strip(), fn_completions=local_logprob_completions)
-    raise ValueError(f"--judge {spec!r}: expected gpt4_turbo, an OpenAI-compatible server URL (http://host:port/v1), "
-                     "or local:SPEC (a model directory, GGUF file or embedded name)")
+    if spec.startswith("local:") and spec[len("local:") :].strip():
+        return Judge("local", spec[len("local:") :].strip(), fn_completions=local_logprob_completions)
+    raise ValueError(
+        f"--judge {spec!r}: expected gpt4_turbo, an OpenAI-compatible server URL (http://host:port/v1), "
+        "or local:SPEC (a model directory, GGUF file or embedded name)"
+    )
 
 
 def list_served_models(base_url: str, timeout: float = 5.0) -> list[str]:
     """``GET {base_url}/models`` of an OpenAI-compatible server; an unreachable server is JudgeUnavailable."""
-    req = urllib.request.Request(base_url.rstrip("/") + "/models", headers={"Authorization": "Bearer " + os.environ.get("OPENAI_API_KEY", "EMPTY")})
+    req = urllib.request.Request(
+        base_url.rstrip("/") + "/models", headers={"Authorization": "Bearer " + os.environ.get("OPENAI_API_KEY", "EMPTY")}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = json.loads(resp.read().decode("utf-8"))
@@ -214,8 +235,9 @@ def answer_token_ids(tokenizer: Any, answers: Sequence[str] = ANSWER_TOKENS) -> 
     return ids
 
 
-def local_logprob_completions(prompts: Sequence[str], model_name: str, add_special_tokens: bool = False,
-                              top_logprobs: int = 5, **_: Any) -> dict[str, list]:
+def local_logprob_completions(
+    prompts: Sequence[str], model_name: str, add_special_tokens: bool = False, top_logprobs: int = 5, **_: Any
+) -> dict[str, list]:
     """alpaca_eval completion function for a local model: next-token log-probs after the prompt.
 
     The answer tokens' log-probs are always included next to the top-k (a small judge may rank
@@ -246,5 +268,4 @@ def local_logprob_completions(prompts: Sequence[str], model_name: str, add_speci
         done.append({"text": text, "logprobs": {"content": content}, "total_tokens": len(ids)})
         completions.append(text)
         times.append(time.perf_counter() - t0)
-    return {"completions": completions, "completions_all": done, "price_per_example": [0.0] * len(prompts),
-            "time_per_example": times}
+    return {"completions": completions, "completions_all": done, "price_per_example": [0.0] * len(prompts), "time_per_example": times}

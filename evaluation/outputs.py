@@ -53,8 +53,7 @@ def read_model_outputs(path: str | Path, *, limit: int | None = None) -> list[Mo
         if not isinstance(item.reference_output, str):
             raise DataFormatError(path, None, f"record {i}: field 'output' must be a string (the model's response)")
         eos = item.extra.get("ended_with_eos", flags[i] if flags is not None else None)
-        out.append(ModelOutput(item.instruction, item.reference_output, item.generator, item.dataset,
-                               None if eos is None else bool(eos)))
+        out.append(ModelOutput(item.instruction, item.reference_output, item.generator, item.dataset, None if eos is None else bool(eos)))
     return out[:limit] if limit is not None else out
 
 

@@ -52,8 +52,9 @@ class Embedder:
     def __call__(self, texts: Sequence[str]) -> Any:
         import numpy as np
 
-        emb = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=False)
+        emb = self.model.encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         return np.asarray(emb, dtype=np.float64)
 
 
@@ -96,15 +97,33 @@ class DomainSimilarity(Analysis):
         res_general = _mean_similarity(out_res, gen_res)
         y = res_domain - res_general
         fit = stats.linregress(x, y)
-        points = [{"instruction": i, "output": o, "instruction_similarity": float(a), "response_similarity_domain": float(b),
-                   "response_similarity_general": float(c), "response_similarity_difference": float(d)}
-                  for i, o, a, b, c, d in zip(instructions, outputs, x, res_domain, res_general, y, strict=True)]
+        points = [
+            {
+                "instruction": i,
+                "output": o,
+                "instruction_similarity": float(a),
+                "response_similarity_domain": float(b),
+                "response_similarity_general": float(c),
+                "response_similarity_difference": float(d),
+            }
+            for i, o, a, b, c, d in zip(instructions, outputs, x, res_domain, res_general, y, strict=True)
+        ]
         order = np.argsort(-x)
         entry = {
-            "model": model, "domain": self.config.domain_name, "general": self.config.general_name, "embedder": embedder.spec,
-            "n": len(points), "n_domain": len(self.domain), "n_general": len(self.general),
-            "trend": {"slope": float(fit.slope), "intercept": float(fit.intercept), "pearson_r": float(fit.rvalue),
-                      "p_value": float(fit.pvalue), "slope_stderr": float(fit.stderr)},
+            "model": model,
+            "domain": self.config.domain_name,
+            "general": self.config.general_name,
+            "embedder": embedder.spec,
+            "n": len(points),
+            "n_domain": len(self.domain),
+            "n_general": len(self.general),
+            "trend": {
+                "slope": float(fit.slope),
+                "intercept": float(fit.intercept),
+                "pearson_r": float(fit.rvalue),
+                "p_value": float(fit.pvalue),
+                "slope_stderr": float(fit.stderr),
+            },
             "mean_instruction_similarity": float(x.mean()),
             "mean_response_similarity_difference": float(y.mean()),
             "share_closer_to_domain": float((y > 0).mean()),
@@ -123,8 +142,11 @@ class SimilarityResult(AnalysisResult):
     def to_frame(self) -> Any:
         import pandas as pd
 
-        rows = [{"model": e["model"], "domain": e["domain"], **{k: v for k, v in p.items() if k not in ("instruction", "output")}}
-                for e in self.entries for p in e["points"]]
+        rows = [
+            {"model": e["model"], "domain": e["domain"], **{k: v for k, v in p.items() if k not in ("instruction", "output")}}
+            for e in self.entries
+            for p in e["points"]
+        ]
         return pd.DataFrame(rows)
 
     def plot(self) -> Any:
@@ -137,8 +159,13 @@ class SimilarityResult(AnalysisResult):
             dots = ax.scatter(x, y, s=12, alpha=0.7, label=f"{e['model']} (n={e['n']})")
             t = e["trend"]
             xs = np.linspace(x.min(), x.max(), 2)
-            ax.plot(xs, t["intercept"] + t["slope"] * xs, color=dots.get_facecolor()[0], lw=1.5,
-                    label=f"fit: slope {t['slope']:.2f}, r = {t['pearson_r']:.2f}")
+            ax.plot(
+                xs,
+                t["intercept"] + t["slope"] * xs,
+                color=dots.get_facecolor()[0],
+                lw=1.5,
+                label=f"fit: slope {t['slope']:.2f}, r = {t['pearson_r']:.2f}",
+            )
         e0 = self.entries[0]
         ax.axhline(0, color="grey", lw=0.8, ls=":")
         ax.set_xlabel(f"instruction similarity to {e0['domain']} instructions")

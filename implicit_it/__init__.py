@@ -14,9 +14,23 @@ from .models import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, load_model, loa
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChatExample", "Instruction", "read_chat_jsonl", "read_instructions",
-    "ConfigError", "DataFormatError", "ImplicitItError", "ModelSpecError",
-    "FORMATS", "encode_example", "encode_prompt", "get_format",
+    "ChatExample",
+    "Instruction",
+    "read_chat_jsonl",
+    "read_instructions",
+    "ConfigError",
+    "DataFormatError",
+    "ImplicitItError",
+    "ModelSpecError",
+    "FORMATS",
+    "encode_example",
+    "encode_prompt",
+    "get_format",
     "generate_responses",
-    "DEFAULT_MODEL", "EMBEDDED_MODELS", "LoadedModel", "load_model", "load_tokenizer", "resolve_model_spec",
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "LoadedModel",
+    "load_model",
+    "load_tokenizer",
+    "resolve_model_spec",
 ]

@@ -98,15 +98,28 @@ def layer_axis(entries: list[dict[str, Any]]) -> tuple[Any, str]:
     return x_of, "layer / depth (0 = embeddings)" if relative else "layer (0 = embeddings)"
 
 
-def plot_band(ax: Any, x: Any, y: Any, lo: Any, hi: Any, *, label: str, style: str = "-", marker: str | None = "o",
-              color: Any = None, alpha: float = 0.18) -> Any:
+def plot_band(
+    ax: Any,
+    x: Any,
+    y: Any,
+    lo: Any,
+    hi: Any,
+    *,
+    label: str,
+    style: str = "-",
+    marker: str | None = "o",
+    color: Any = None,
+    alpha: float = 0.18,
+) -> Any:
     """A line with a shaded band (CI or ± std); returns the line."""
     (line,) = ax.plot(x, y, style, marker=marker, ms=3, label=label, color=color)
     ax.fill_between(x, lo, hi, color=line.get_color(), alpha=alpha)
     return line
 
 
-def finish_accuracy_axes(ax: Any, *, xlabel: str, ylabel: str, ylim: tuple[float, float] = (0, 1), guides: tuple[float, ...] = (0.5,)) -> None:
+def finish_accuracy_axes(
+    ax: Any, *, xlabel: str, ylabel: str, ylim: tuple[float, float] = (0, 1), guides: tuple[float, ...] = (0.5,)
+) -> None:
     """Labels, limits, dotted chance/threshold guides and a small legend for an accuracy plot."""
     for i, y in enumerate(guides):
         ax.axhline(y, color="grey", lw=0.8, ls=":" if i == 0 else "--")

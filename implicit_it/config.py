@@ -294,4 +294,3 @@ def load_config(path: str | Path) -> ExperimentConfig:
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise ConfigError(f"{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
     return parse_config(data, str(path))
-

@@ -83,7 +83,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise DataFormatError(path, lineno, f"not valid UTF-8 (byte {exc.start}: {line[exc.start:exc.start + 1]!r})") from None
+            raise DataFormatError(path, lineno, f"not valid UTF-8 (byte {exc.start}: {line[exc.start : exc.start + 1]!r})") from None
         try:
             yield lineno, json.loads(text)
         except json.JSONDecodeError as exc:
@@ -106,7 +106,9 @@ def parse_chat_record(obj: Any, path: Path | str, lineno: int | None, *, index: 
         if role is None:
             raise DataFormatError(path, lineno, f"messages[{i}] has no 'role' (expected {expected!r})")
         if role != expected:
-            raise DataFormatError(path, lineno, f"messages[{i}].role is {role!r}, expected {expected!r} (roles must alternate user/assistant)")
+            raise DataFormatError(
+                path, lineno, f"messages[{i}].role is {role!r}, expected {expected!r} (roles must alternate user/assistant)"
+            )
         if not isinstance(content, str):
             raise DataFormatError(path, lineno, f"messages[{i}].content must be a string")
         if not content.strip():

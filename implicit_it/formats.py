@@ -60,12 +60,10 @@ def _native_prompt(instruction: str, tokenizer: Any) -> str:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "this tokenizer")
         raise ValueError(f"format 'native' needs a tokenizer with a chat template; {name} has none (use 'tulu')")
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
-    )
+    text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token
     # The template writes BOS itself; encode_prompt adds special tokens, so strip it here.
-    return text[len(bos):] if bos and text.startswith(bos) else text
+    return text[len(bos) :] if bos and text.startswith(bos) else text
 
 
 FORMATS: dict[str, ChatFormat] = {
@@ -73,8 +71,13 @@ FORMATS: dict[str, ChatFormat] = {
     for f in [
         ChatFormat("tulu", "<|user|>", "<|assistant|>", description="the paper's format (Tulu tags)"),
         ChatFormat("ab_tags", "<|A|>", "<|B|>", description="the paper's ablation with uninformative tags"),
-        ChatFormat("empty_instruction", "<|user|>", "<|assistant|>", drop_instruction=True,
-                   description="response tuning: Tulu with the instruction replaced by an empty string"),
+        ChatFormat(
+            "empty_instruction",
+            "<|user|>",
+            "<|assistant|>",
+            drop_instruction=True,
+            description="response tuning: Tulu with the instruction replaced by an empty string",
+        ),
         ChatFormat("native", description="the tokenizer's own chat template (instruct models)"),
     ]
 }
@@ -134,7 +137,7 @@ def _continuation_ids(tokenizer: Any, text: str) -> list[int]:
         anchor_ids = tokenizer(anchor, add_special_tokens=False)["input_ids"]
         both = tokenizer(anchor + text, add_special_tokens=False)["input_ids"]
         if both[: len(anchor_ids)] == anchor_ids:
-            return list(both[len(anchor_ids):])
+            return list(both[len(anchor_ids) :])
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -158,7 +161,7 @@ def encode_example(
     prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     full_ids = list(tokenizer(prompt + response, add_special_tokens=True)["input_ids"])
     if full_ids[: len(prompt_ids)] == prompt_ids:
-        response_ids, merged = full_ids[len(prompt_ids):], False
+        response_ids, merged = full_ids[len(prompt_ids) :], False
     else:
         response_ids, merged = _continuation_ids(tokenizer, response), True
     end_ids = fmt.train_end_token_ids(tokenizer)
@@ -168,7 +171,7 @@ def encode_example(
         if len(prompt_ids) >= max_length:
             raise ValueError(f"prompt is {len(prompt_ids)} tokens, not shorter than max_length={max_length}")
         input_ids, truncated = input_ids[:max_length], True
-    labels = [IGNORE_INDEX] * len(prompt_ids) + input_ids[len(prompt_ids):]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + input_ids[len(prompt_ids) :]
     return EncodedExample(input_ids, labels, len(prompt_ids), merged, truncated)
 
 
@@ -180,7 +183,7 @@ def _split_continuation(tokenizer: Any, context: str, addition: str) -> tuple[li
     ctx = _continuation_ids(tokenizer, context)
     both = _continuation_ids(tokenizer, context + addition)
     if both[: len(ctx)] == ctx:
-        return ctx, both[len(ctx):], False
+        return ctx, both[len(ctx) :], False
     return ctx, _continuation_ids(tokenizer, addition), True
 
 

@@ -69,7 +69,7 @@ class GenerationStats:
 
 def _batches(order: list[int], batch_size: int) -> Iterable[list[int]]:
     for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
+        yield order[start : start + batch_size]
 
 
 @torch.no_grad()
@@ -102,8 +102,13 @@ def generate_ids(
     # An explicit config, so that sampling defaults or stop ids in a checkpoint's
     # generation_config cannot change greedy decoding. No stop ids: always decode max_new_tokens.
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=False, num_beams=1, use_cache=True,
-        eos_token_id=list(stop_token_ids), pad_token_id=pad_token_id,  # [] (not None) disables stopping
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        eos_token_id=list(stop_token_ids),
+        pad_token_id=pad_token_id,  # [] (not None) disables stopping
     )
     t0 = time.perf_counter()
     for idx in _batches(order, batch_size):
@@ -120,7 +125,7 @@ def generate_ids(
             generation_config=config,
             logits_processor=processors,
         )
-        new = gen[:, pb.prompt_width:].tolist()
+        new = gen[:, pb.prompt_width :].tolist()
         for row, i in enumerate(idx):
             ids = new[row]
             cut = next((k for k, t in enumerate(ids) if t in stop_set), None)
@@ -152,9 +157,15 @@ def generate_responses(
     stop_ids = fmt.stop_token_ids(tok)
     with progress_bar(len(prompts), show_progress) as advance:
         ids, stopped, stats = generate_ids(
-            loaded.model, prompts, pad_token_id=tok.pad_token_id, stop_token_ids=stop_ids,
-            max_new_tokens=max_new_tokens, batch_size=batch_size, logits_processor_factory=logits_processor_factory,
-            progress=advance, instruction_offsets=offsets,
+            loaded.model,
+            prompts,
+            pad_token_id=tok.pad_token_id,
+            stop_token_ids=stop_ids,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            logits_processor_factory=logits_processor_factory,
+            progress=advance,
+            instruction_offsets=offsets,
         )
     results = [
         GenerationResult(ins, tok.decode(out, skip_special_tokens=False), out, st)
@@ -179,8 +190,12 @@ def progress_bar(total: int, enabled: bool, label: str = "generating") -> Iterat
 def alpaca_eval_records(results: Sequence[GenerationResult], generator: str, datasets: Sequence[str] | None = None) -> list[dict[str, str]]:
     """AlpacaEval model-output records: ``{"instruction", "output", "generator", "dataset"}``."""
     return [
-        {"instruction": r.instruction, "output": r.output, "generator": generator,
-         "dataset": (datasets[i] if datasets else "") or "implicit_it"}
+        {
+            "instruction": r.instruction,
+            "output": r.output,
+            "generator": generator,
+            "dataset": (datasets[i] if datasets else "") or "implicit_it",
+        }
         for i, r in enumerate(results)
     ]
 

@@ -62,7 +62,11 @@ def transformer_bridge(loaded: LoadedModel) -> Any:
         raise ValueError(f"{loaded.source.spec}: config.architectures is unset; load it with implicit_it.load_model")
     name = loaded.source.upstream or loaded.source.spec
     return TransformerBridge.boot_transformers(
-        name, hf_model=shared_weight_copy(loaded.model), tokenizer=loaded.tokenizer, dtype=loaded.dtype, device=loaded.device,
+        name,
+        hf_model=shared_weight_copy(loaded.model),
+        tokenizer=loaded.tokenizer,
+        dtype=loaded.dtype,
+        device=loaded.device,
     )
 
 

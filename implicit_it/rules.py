@@ -174,7 +174,7 @@ def resolve_token_scores(tokenizer: Any, items: Sequence[TokenScore]) -> list[Re
 def _strip_space_marker(token: str) -> str:
     for marker in ("▁", "Ġ"):
         if token.startswith(marker):
-            return token[len(marker):]
+            return token[len(marker) :]
     return token
 
 
@@ -275,8 +275,9 @@ class RuleAdapter:
     ) -> torch.Tensor:
         """The (B, P, V) mask the diversity rule penalises, with the configured scope and anchor."""
         resp, ins = self.anchors(input_ids, positions, response_start, instruction_start)
-        return seen_tokens(input_ids, _positions(positions, input_ids.shape[0], input_ids.device),
-                           self.diversity_scope_start(resp, ins), self.vocab_size)
+        return seen_tokens(
+            input_ids, _positions(positions, input_ids.shape[0], input_ids.device), self.diversity_scope_start(resp, ins), self.vocab_size
+        )
 
     @torch.no_grad()
     def scores(
@@ -389,7 +390,7 @@ def tag_ends(input_ids: torch.Tensor, tag: Sequence[int]) -> torch.Tensor:
     if k == 0 or length < k:
         return out
     windows = input_ids.unfold(1, k, 1)  # (B, L - k + 1, k)
-    out[:, k - 1:] = (windows == torch.tensor(list(tag), device=input_ids.device)).all(-1)
+    out[:, k - 1 :] = (windows == torch.tensor(list(tag), device=input_ids.device)).all(-1)
     return out
 
 
@@ -417,8 +418,8 @@ def seen_tokens(input_ids: torch.Tensor, positions: torch.Tensor, scope_start: t
             for b in range(input_ids.shape[0]):
                 for s in torch.unique(start2[b]).tolist():
                     hit = (start2[b] == s).view(1, -1, 1)
-                    part = seen_tokens(input_ids[b:b + 1], positions[b:b + 1], torch.tensor([s]), vocab_size)
-                    out[b:b + 1] |= part & hit
+                    part = seen_tokens(input_ids[b : b + 1], positions[b : b + 1], torch.tensor([s]), vocab_size)
+                    out[b : b + 1] |= part & hit
             return out
     bsz, length = input_ids.shape
     dev = input_ids.device
@@ -455,13 +456,17 @@ class RuleLogitsProcessor:
         if "diversity" in ad.config.rules:
             scope = ad.diversity_scope_start(self._resp, self._ins)
             self._seen = seen_tokens(input_ids, last.view(1, 1).expand(input_ids.shape[0], 1), scope, ad.vocab_size)[:, 0].clone()
-        self._width, self._prefix = input_ids.shape[1], input_ids[:, :self.response_start.max().item()].clone()
+        self._width, self._prefix = input_ids.shape[1], input_ids[:, : self.response_start.max().item()].clone()
 
     def _advance(self, input_ids: torch.Tensor) -> None:
         ad = self.adapter
         width = input_ids.shape[1]
-        fresh = (self._prefix is None or width <= self._width or input_ids.shape[0] != self._prefix.shape[0]
-                 or not torch.equal(input_ids[:, :self._prefix.shape[1]], self._prefix.to(input_ids.device)))
+        fresh = (
+            self._prefix is None
+            or width <= self._width
+            or input_ids.shape[0] != self._prefix.shape[0]
+            or not torch.equal(input_ids[:, : self._prefix.shape[1]], self._prefix.to(input_ids.device))
+        )
         if fresh:
             self._rebuild(input_ids)
             return
@@ -520,9 +525,7 @@ def rule_logit_delta(
     With ``base_logits`` (B, P, V) for the same positions: the exact shift
     ``log p_combined − log p_base``.
     """
-    rule_lp = torch.log_softmax(
-        adapter.scores(input_ids, positions, response_start, instruction_start=instruction_start), -1
-    )
+    rule_lp = torch.log_softmax(adapter.scores(input_ids, positions, response_start, instruction_start=instruction_start), -1)
     if base_logits is None:
         return rule_lp
     base_lp = torch.log_softmax(base_logits.float(), -1)

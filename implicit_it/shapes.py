@@ -26,14 +26,28 @@ from .models import LoadedModel, ModelSource, load_tokenizer
 
 def tiny_config(arch: str, vocab_size: int, *, bos: int = 1, eos: int = 2, pad: int = 0) -> Any:
     """A 2-layer random model config in the shape of each architecture we support (gemma3, llama, olmo)."""
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
     if arch == "gemma3":
         from transformers import Gemma3TextConfig
 
-        return Gemma3TextConfig(**common, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
-                                architectures=["Gemma3ForCausalLM"])
+        return Gemma3TextConfig(
+            **common,
+            head_dim=16,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            architectures=["Gemma3ForCausalLM"],
+        )
     if arch == "llama":
         from transformers import LlamaConfig
 
@@ -51,12 +65,28 @@ def gemma3_270m_config(vocab_size: int, *, bos: int, eos: int, pad: int) -> Any:
 
     pattern = (["sliding_attention"] * 5 + ["full_attention"]) * 3
     return Gemma3TextConfig(
-        vocab_size=vocab_size, hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=512, layer_types=pattern,
-        max_position_embeddings=32768, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
-        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
-                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
-        bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, architectures=["Gemma3ForCausalLM"],
+        vocab_size=vocab_size,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_hidden_layers=18,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=512,
+        layer_types=pattern,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        hidden_activation="gelu_pytorch_tanh",
+        tie_word_embeddings=True,
+        rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+        },
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        architectures=["Gemma3ForCausalLM"],
     )
 
 
@@ -65,10 +95,21 @@ def llama2_7b_config(vocab_size: int, *, bos: int, eos: int, pad: int) -> Any:
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+        tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
-        bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, architectures=["LlamaForCausalLM"],
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        architectures=["LlamaForCausalLM"],
     )
 
 
@@ -98,14 +139,21 @@ class Shape:
         return self.arch is not None
 
 
-SHAPES: dict[str, Shape] = {s.name: s for s in [
-    Shape("gemma-3-270m", "gemma-3-270m", "google/gemma-3-270m (its config and Gemma-3 tokenizer)", "gemma3-270m-paper.yaml"),
-    Shape("llama-2-7b", "smollm2-135m-instruct",
-          "meta-llama/Llama-2-7b-hf's config with the SmolLM2 tokenizer (vocabulary 49,152, not 32,000)", "llama2-7b.yaml"),
-    Shape("tiny-gemma3", "gemma-3-270m", "a 2-layer Gemma-3 (width 64) with the Gemma-3 tokenizer", "gemma3-270m-paper.yaml", "gemma3"),
-    Shape("tiny-llama", "smollm2-135m-instruct", "a 2-layer Llama (width 64) with the SmolLM2 tokenizer", "llama2-7b.yaml", "llama"),
-    Shape("tiny-olmo", "smollm2-135m-instruct", "a 2-layer OLMo (width 64) with the SmolLM2 tokenizer", None, "olmo"),
-]}
+SHAPES: dict[str, Shape] = {
+    s.name: s
+    for s in [
+        Shape("gemma-3-270m", "gemma-3-270m", "google/gemma-3-270m (its config and Gemma-3 tokenizer)", "gemma3-270m-paper.yaml"),
+        Shape(
+            "llama-2-7b",
+            "smollm2-135m-instruct",
+            "meta-llama/Llama-2-7b-hf's config with the SmolLM2 tokenizer (vocabulary 49,152, not 32,000)",
+            "llama2-7b.yaml",
+        ),
+        Shape("tiny-gemma3", "gemma-3-270m", "a 2-layer Gemma-3 (width 64) with the Gemma-3 tokenizer", "gemma3-270m-paper.yaml", "gemma3"),
+        Shape("tiny-llama", "smollm2-135m-instruct", "a 2-layer Llama (width 64) with the SmolLM2 tokenizer", "llama2-7b.yaml", "llama"),
+        Shape("tiny-olmo", "smollm2-135m-instruct", "a 2-layer OLMo (width 64) with the SmolLM2 tokenizer", None, "olmo"),
+    ]
+}
 
 
 def get_shape(name: str) -> Shape:
@@ -136,8 +184,15 @@ def count_parameters(config: Any) -> dict[str, int]:
     return {"total": total, "embedding": emb, "matmul": total - norms - (0 if tied else emb), "tied": int(tied)}
 
 
-def random_model(shape: str | Shape, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0,
-                 tokenizer: Any = None, attn_implementation: str | None = "eager") -> LoadedModel:
+def random_model(
+    shape: str | Shape,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    tokenizer: Any = None,
+    attn_implementation: str | None = "eager",
+) -> LoadedModel:
     """A random-weight model of ``shape``, initialised directly on ``device`` (a 7B init on a GPU takes seconds)."""
     from transformers import AutoModelForCausalLM
 

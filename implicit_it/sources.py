@@ -153,8 +153,22 @@ SOURCES: dict[str, HubSource] = {
         HubSource("gsm", "openai/gsm8k", "main", "train", gsm8k_from_rows, "grade-school math word problems, first 1,000"),
         HubSource("mbpp", "google-research-datasets/mbpp", "full", "train", mbpp_from_rows, "Python problems -> code (374 train tasks)"),
         HubSource("poetry", "merve/poetry", None, "train", poetry_from_rows, "'Write a poem called X' -> poem (571 titled poems)"),
-        HubSource("recipes", "Hieu-Pham/kaggle_food_recipes", None, "train", recipes_from_rows, "'Recipe for X' -> ingredients + steps, first 1,000"),
-        HubSource("chess", "patrickfrank1/chess-pgn-games", None, "train", _chess_rows, "Elo headers -> PGN moves, first 1,000 (fails to teach instruction following)"),
+        HubSource(
+            "recipes",
+            "Hieu-Pham/kaggle_food_recipes",
+            None,
+            "train",
+            recipes_from_rows,
+            "'Recipe for X' -> ingredients + steps, first 1,000",
+        ),
+        HubSource(
+            "chess",
+            "patrickfrank1/chess-pgn-games",
+            None,
+            "train",
+            _chess_rows,
+            "Elo headers -> PGN moves, first 1,000 (fails to teach instruction following)",
+        ),
     ]
 }
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def accuracy_with_ci(wins: np.ndarray, valid: np.ndarray | None = None, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, tuple[float, float]]:
+def accuracy_with_ci(
+    wins: np.ndarray, valid: np.ndarray | None = None, *, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
     """``wins`` (clusters, items) bool; ``valid`` masks absent items. Returns accuracy and its 95% CI."""
     wins = np.asarray(wins, dtype=bool)
     if wins.ndim == 1:
@@ -62,9 +64,18 @@ class PairedComparison:
     n: int
 
     def to_json(self) -> dict:
-        return {"accuracy_a": self.accuracy_a, "accuracy_b": self.accuracy_b, "difference": self.difference,
-                "ci_low": self.ci[0], "ci_high": self.ci[1], "a_only": self.a_only, "b_only": self.b_only,
-                "p_value": self.p_value, "n": self.n, "test": "exact McNemar (two-sided); paired bootstrap CI over prompts"}
+        return {
+            "accuracy_a": self.accuracy_a,
+            "accuracy_b": self.accuracy_b,
+            "difference": self.difference,
+            "ci_low": self.ci[0],
+            "ci_high": self.ci[1],
+            "a_only": self.a_only,
+            "b_only": self.b_only,
+            "p_value": self.p_value,
+            "n": self.n,
+            "test": "exact McNemar (two-sided); paired bootstrap CI over prompts",
+        }
 
 
 def paired_comparison(a: np.ndarray, b: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> PairedComparison:
@@ -76,8 +87,16 @@ def paired_comparison(a: np.ndarray, b: np.ndarray, *, n_boot: int = 2000, seed:
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(d), size=(n_boot, len(d)))
     lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
-    return PairedComparison(float(a.mean()), float(b.mean()), float(d.mean()), (float(lo), float(hi)),
-                            int((a & ~b).sum()), int((~a & b).sum()), mcnemar_exact(a, b), len(a))
+    return PairedComparison(
+        float(a.mean()),
+        float(b.mean()),
+        float(d.mean()),
+        (float(lo), float(hi)),
+        int((a & ~b).sum()),
+        int((~a & b).sum()),
+        mcnemar_exact(a, b),
+        len(a),
+    )
 
 
 def wilson_interval(k: int, n: int, *, z: float = 1.959963984540054) -> tuple[float, float]:

@@ -40,7 +40,12 @@ class EncodedGroup:
 
 
 def encode_groups(
-    tokenizer: Any, fmt: str | ChatFormat, source: RankingSource, groups: Sequence[RankingGroup], *, max_length: int | None = 1024,
+    tokenizer: Any,
+    fmt: str | ChatFormat,
+    source: RankingSource,
+    groups: Sequence[RankingGroup],
+    *,
+    max_length: int | None = 1024,
 ) -> list[EncodedGroup]:
     """Tokenize every pair with the training encoder (loss tokens = response + EOS).
 
@@ -58,7 +63,7 @@ def encode_groups(
         for c in g.candidates:
             ex = encode_example(tokenizer, fmt, instruction, source.pool[c.response_index], max_length=max_length)
             prompt = tuple(ex.input_ids[: ex.n_prompt_tokens])
-            responses.append(tuple(ex.input_ids[ex.n_prompt_tokens:]))
+            responses.append(tuple(ex.input_ids[ex.n_prompt_tokens :]))
             truncated.append(ex.truncated)
         out.append(EncodedGroup(gi, prompt, tuple(responses), tuple(truncated)))
     return out
@@ -113,14 +118,22 @@ class PairForward:
         return len(self.decoder.layers)
 
     def run(
-        self, groups: Sequence[EncodedGroup], consume: Callable[[PairBatch], None], *, layers: Sequence[int] | None = None,
+        self,
+        groups: Sequence[EncodedGroup],
+        consume: Callable[[PairBatch], None],
+        *,
+        layers: Sequence[int] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
         for batch in self.iter_batches(groups, layers=layers, progress=progress):
             consume(batch)
 
     def iter_batches(
-        self, groups: Sequence[EncodedGroup], *, layers: Sequence[int] | None = None, progress: Callable[[int], None] | None = None,
+        self,
+        groups: Sequence[EncodedGroup],
+        *,
+        layers: Sequence[int] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Iterator[PairBatch]:
         """The batches of :meth:`run` as a generator, so two models can be stepped side by side
         (the batching depends only on the token ids, so equal ids give equal batches)."""
@@ -142,8 +155,13 @@ class PairForward:
                 cache = DynamicCache(config=self.model.config)
                 pre_pos = (pre["attention_mask"].cumsum(-1) - 1).clamp(min=0)
                 with torch.no_grad():
-                    self.decoder(input_ids=pre["input_ids"].to(device), attention_mask=pre["attention_mask"].to(device),
-                                 position_ids=pre_pos.to(device), past_key_values=cache, use_cache=True)
+                    self.decoder(
+                        input_ids=pre["input_ids"].to(device),
+                        attention_mask=pre["attention_mask"].to(device),
+                        position_ids=pre_pos.to(device),
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
                 cache.reorder_cache(torch.tensor(owner, device=device))
                 # 2. each response after its prompt's last token, with the cache repeated per response
                 chunks = [(g.prompt_ids[-1],) + r for g in batch for r in g.responses]
@@ -151,8 +169,13 @@ class PairForward:
                 width = ch["input_ids"].shape[1]
                 mask = torch.cat([pre["attention_mask"][owner], ch["attention_mask"]], dim=1)
                 pos = (prompt_len[owner] - 1)[:, None] + torch.arange(width)[None, :]
-                kwargs = dict(input_ids=ch["input_ids"].to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                              past_key_values=cache, use_cache=True)
+                kwargs = dict(
+                    input_ids=ch["input_ids"].to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=pos.to(device),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
                 lengths = torch.tensor([len(c) - 1 for c in chunks])
                 targets = torch.full((len(chunks), width), -100, dtype=torch.long)
                 for r, c in enumerate(chunks):

@@ -77,7 +77,9 @@ def pool_batch(batch: PairBatch, layer: int) -> dict[str, torch.Tensor]:
     return {"mean": mean, "last": last}
 
 
-def cross_validated_accuracy(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int = 5, c: float = 1.0, seed: int = 0) -> np.ndarray:
+def cross_validated_accuracy(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int = 5, c: float = 1.0, seed: int = 0
+) -> np.ndarray:
     """Per-fold accuracy of a standardised logistic regression under GroupKFold."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold, cross_val_score
@@ -111,8 +113,9 @@ class ProbeResult(AnalysisResult):
     def to_frame(self) -> Any:
         import pandas as pd
 
-        return pd.DataFrame([{"model": e["model"], "pool": e["pool"], "n_layers": e["n_layers"], **layer}
-                             for e in self.entries for layer in e["layers"]])
+        return pd.DataFrame(
+            [{"model": e["model"], "pool": e["pool"], "n_layers": e["n_layers"], **layer} for e in self.entries for layer in e["layers"]]
+        )
 
     def plot(self) -> Any:
         fig, ax = new_figure(figsize=(7, 4))
@@ -123,8 +126,18 @@ class ProbeResult(AnalysisResult):
                 y = np.array([layer[key] for layer in e["layers"]])
                 sd = np.array([layer[key.replace("accuracy", "std")] for layer in e["layers"]])
                 label = f"{e['model']} ({e['pool']}){' control' if key != 'accuracy' else ''}"
-                line = plot_band(ax, x_of(e), y, y - sd, y + sd, label=label, style=style, marker="o" if key == "accuracy" else None,
-                                 color=color, alpha=0.18 if color is None else 0.07)
+                line = plot_band(
+                    ax,
+                    x_of(e),
+                    y,
+                    y - sd,
+                    y + sd,
+                    label=label,
+                    style=style,
+                    marker="o" if key == "accuracy" else None,
+                    color=color,
+                    alpha=0.18 if color is None else 0.07,
+                )
                 color = line.get_color()
         finish_accuracy_axes(ax, xlabel=xlabel, ylabel="probe accuracy, grouped CV (mean ± std)", ylim=(0.3, 1))
         return fig
@@ -142,9 +155,21 @@ class LinearProbe(Analysis):
 
     name = "probe"
 
-    def __init__(self, source: RankingSource, *, activation_dir: str | Path, fmt: str | ChatFormat = "tulu",
-                 max_length: int | None = 512, layers: str | Sequence[int] = "all", pools: Sequence[str] = POOLS, folds: int = 5,
-                 c: float = 1.0, control_repeats: int = 3, seed: int = 0, max_batch_tokens: int = 4096):
+    def __init__(
+        self,
+        source: RankingSource,
+        *,
+        activation_dir: str | Path,
+        fmt: str | ChatFormat = "tulu",
+        max_length: int | None = 512,
+        layers: str | Sequence[int] = "all",
+        pools: Sequence[str] = POOLS,
+        folds: int = 5,
+        c: float = 1.0,
+        control_repeats: int = 3,
+        seed: int = 0,
+        max_batch_tokens: int = 4096,
+    ):
         bad = [p for p in pools if p not in POOLS]
         if bad:
             raise ValueError(f"unknown pooling {bad}; choose from {list(POOLS)}")
@@ -154,8 +179,9 @@ class LinearProbe(Analysis):
         self.max_length, self.layers, self.pools = max_length, layers, list(pools)
         self.folds, self.c, self.control_repeats, self.seed, self.max_batch_tokens = folds, c, control_repeats, seed, max_batch_tokens
 
-    def run(self, loaded: Any, *, label: str | None = None, fmt: str | ChatFormat | None = None,
-            progress: Callable[[int], None] | None = None) -> ProbeRun:
+    def run(
+        self, loaded: Any, *, label: str | None = None, fmt: str | ChatFormat | None = None, progress: Callable[[int], None] | None = None
+    ) -> ProbeRun:
         import shutil
         import time
 
@@ -199,11 +225,31 @@ class LinearProbe(Analysis):
             for layer in layers:
                 x = store.layer(p, layer)
                 acc = cross_validated_accuracy(x, y, grp, folds=self.folds, c=self.c, seed=self.seed)
-                ctl = np.concatenate([cross_validated_accuracy(x, yc, grp, folds=self.folds, c=self.c, seed=self.seed) for yc in y_controls])
-                per_layer.append({"layer": layer, "accuracy": float(acc.mean()), "std": float(acc.std()),
-                                  "control_accuracy": float(ctl.mean()), "control_std": float(ctl.std())})
-            entries.append({"model": label or loaded.source.spec, "pool": p, "n_layers": forward.n_layers,
-                            "n_examples": len(y), "n_instructions": len(encoded), "folds": self.folds, "C": self.c,
-                            "control_repeats": self.control_repeats, "design": "swap pairs (own vs partner's response), GroupKFold by pair",
-                            "layers": per_layer, "model_description": loaded.describe()})
+                ctl = np.concatenate(
+                    [cross_validated_accuracy(x, yc, grp, folds=self.folds, c=self.c, seed=self.seed) for yc in y_controls]
+                )
+                per_layer.append(
+                    {
+                        "layer": layer,
+                        "accuracy": float(acc.mean()),
+                        "std": float(acc.std()),
+                        "control_accuracy": float(ctl.mean()),
+                        "control_std": float(ctl.std()),
+                    }
+                )
+            entries.append(
+                {
+                    "model": label or loaded.source.spec,
+                    "pool": p,
+                    "n_layers": forward.n_layers,
+                    "n_examples": len(y),
+                    "n_instructions": len(encoded),
+                    "folds": self.folds,
+                    "C": self.c,
+                    "control_repeats": self.control_repeats,
+                    "design": "swap pairs (own vs partner's response), GroupKFold by pair",
+                    "layers": per_layer,
+                    "model_description": loaded.describe(),
+                }
+            )
         return ProbeRun(ProbeResult(entries), len(y), time.perf_counter() - t0)

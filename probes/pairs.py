@@ -81,8 +81,10 @@ def read_ranking_source(path: str | Path, *, limit: int | None = None) -> Rankin
         if not isinstance(it.reference_output, str) or not it.reference_output.strip():
             raise DataFormatError(path, None, f"record {i}: a ranking pair needs a non-empty 'output' (the instruction's response)")
     return RankingSource(
-        tuple(it.instruction.strip() for it in items), tuple(range(len(items))),
-        tuple(it.reference_output.strip() for it in items), str(path),
+        tuple(it.instruction.strip() for it in items),
+        tuple(range(len(items))),
+        tuple(it.reference_output.strip() for it in items),
+        str(path),
     )
 
 
@@ -90,8 +92,9 @@ SelfDraws = Literal["redraw", "drop", "tie"]
 SELF_DRAWS: tuple[str, ...] = ("redraw", "drop", "tie")
 
 
-def build_ranking_groups(source: RankingSource, *, negatives: int = 5, seed: int = 0, exclude_self: bool = True,
-                         self_draws: SelfDraws | None = None) -> list[RankingGroup]:
+def build_ranking_groups(
+    source: RankingSource, *, negatives: int = 5, seed: int = 0, exclude_self: bool = True, self_draws: SelfDraws | None = None
+) -> list[RankingGroup]:
     """Each instruction with its real response and ``negatives`` random pool responses.
 
     ``self_draws`` says what a draw of the instruction's own response does: ``"redraw"``,

@@ -40,9 +40,20 @@ class RankingResult(AnalysisResult):
     def to_frame(self) -> Any:
         import pandas as pd
 
-        return pd.DataFrame([{"model": e["model"], "score": e["score"], "accuracy": e["accuracy"], "ci95_low": e["ci95"][0],
-                              "ci95_high": e["ci95"][1], "n_pairs": e["n_pairs"], "n_instructions": e["n_instructions"]}
-                             for e in self.entries])
+        return pd.DataFrame(
+            [
+                {
+                    "model": e["model"],
+                    "score": e["score"],
+                    "accuracy": e["accuracy"],
+                    "ci95_low": e["ci95"][0],
+                    "ci95_high": e["ci95"][1],
+                    "n_pairs": e["n_pairs"],
+                    "n_instructions": e["n_instructions"],
+                }
+                for e in self.entries
+            ]
+        )
 
     def plot(self) -> Any:
         fig, ax = new_figure(figsize=(7, 0.6 + 0.45 * len(self.entries)))
@@ -64,9 +75,21 @@ class LayerwiseRankingResult(AnalysisResult):
     def to_frame(self) -> Any:
         import pandas as pd
 
-        return pd.DataFrame([{"model": e["model"], "score": e["score"], "layer": layer["layer"], "n_layers": e["n_layers"],
-                              "accuracy": layer["accuracy"], "ci95_low": layer["ci95"][0], "ci95_high": layer["ci95"][1]}
-                             for e in self.entries for layer in e["layers"]])
+        return pd.DataFrame(
+            [
+                {
+                    "model": e["model"],
+                    "score": e["score"],
+                    "layer": layer["layer"],
+                    "n_layers": e["n_layers"],
+                    "accuracy": layer["accuracy"],
+                    "ci95_low": layer["ci95"][0],
+                    "ci95_high": layer["ci95"][1],
+                }
+                for e in self.entries
+                for layer in e["layers"]
+            ]
+        )
 
     def plot(self) -> Any:
         fig, ax = new_figure(figsize=(7, 4))
@@ -105,21 +128,38 @@ class RankingRun:
 
     def ranking(self) -> RankingResult:
         n_pairs = sum(len(g.responses) - 1 for g in self.encoded)
-        return RankingResult([
-            {"model": self.model, "score": s, **self._entry(self.output, OUTPUT, s), "n_pairs": n_pairs,
-             "n_instructions": len(self.encoded), "n_skipped_instructions": len(self.groups) - len(self.encoded),
-             "truncated_fraction": float(self.output.truncated[self.output.n_tokens > 0].mean()), "model_description": self.description}
-            for s in SCORES
-        ])
+        return RankingResult(
+            [
+                {
+                    "model": self.model,
+                    "score": s,
+                    **self._entry(self.output, OUTPUT, s),
+                    "n_pairs": n_pairs,
+                    "n_instructions": len(self.encoded),
+                    "n_skipped_instructions": len(self.groups) - len(self.encoded),
+                    "truncated_fraction": float(self.output.truncated[self.output.n_tokens > 0].mean()),
+                    "model_description": self.description,
+                }
+                for s in SCORES
+            ]
+        )
 
     def layerwise(self, score: str = "mean_logprob") -> LayerwiseRankingResult:
         if self.layers is None:
             raise ValueError("this run computed no per-layer scores (pass layers)")
         per_layer = [{"layer": layer, **self._entry(self.layers, layer, score)} for layer in sorted(self.layers.totals)]
-        return LayerwiseRankingResult([{
-            "model": self.model, "score": score, "n_layers": self.n_layers, "layers": per_layer,
-            "first_layer_above_0.6": first_layer_above(per_layer), "n_pairs": sum(len(g.responses) - 1 for g in self.encoded),
-        }])
+        return LayerwiseRankingResult(
+            [
+                {
+                    "model": self.model,
+                    "score": score,
+                    "n_layers": self.n_layers,
+                    "layers": per_layer,
+                    "first_layer_above_0.6": first_layer_above(per_layer),
+                    "n_pairs": sum(len(g.responses) - 1 for g in self.encoded),
+                }
+            ]
+        )
 
     def pairs_frame(self) -> Any:
         """One row per (instruction, candidate): token count and summed/mean log-probs (output and per layer)."""
@@ -130,11 +170,17 @@ class RankingRun:
         for gi, enc in enumerate(self.encoded):
             group = self.groups[enc.group_index]
             for ci, cand in enumerate(group.candidates):
-                row = {"model": self.model, "instruction_index": group.instruction_index, "candidate": ci,
-                       "response_index": cand.response_index, "is_real": cand.is_real,
-                       "n_tokens": int(self.output.n_tokens[gi, ci]), "truncated": bool(self.output.truncated[gi, ci]),
-                       "total_logprob": float(self.output.totals[OUTPUT][gi, ci]),
-                       "mean_logprob": float(means[gi, ci])}
+                row = {
+                    "model": self.model,
+                    "instruction_index": group.instruction_index,
+                    "candidate": ci,
+                    "response_index": cand.response_index,
+                    "is_real": cand.is_real,
+                    "n_tokens": int(self.output.n_tokens[gi, ci]),
+                    "truncated": bool(self.output.truncated[gi, ci]),
+                    "total_logprob": float(self.output.totals[OUTPUT][gi, ci]),
+                    "mean_logprob": float(means[gi, ci]),
+                }
                 if self.layers is not None:
                     for layer, totals in self.layers.totals.items():
                         row[f"lens{layer}_total_logprob"] = float(totals[gi, ci])
@@ -147,16 +193,26 @@ class RankingProbe(Analysis):
 
     name = "ranking"
 
-    def __init__(self, source: RankingSource, groups: Sequence[RankingGroup], *, fmt: str | ChatFormat = "tulu",
-                 max_length: int | None = 1024, layers: str | Sequence[int] | None = None, max_batch_tokens: int = 4096,
-                 n_boot: int = 2000, seed: int = 0):
+    def __init__(
+        self,
+        source: RankingSource,
+        groups: Sequence[RankingGroup],
+        *,
+        fmt: str | ChatFormat = "tulu",
+        max_length: int | None = 1024,
+        layers: str | Sequence[int] | None = None,
+        max_batch_tokens: int = 4096,
+        n_boot: int = 2000,
+        seed: int = 0,
+    ):
         self.source, self.groups = source, list(groups)
         self.fmt = get_format(fmt)
         self.max_length, self.layers, self.max_batch_tokens = max_length, layers, max_batch_tokens
         self.n_boot, self.seed = n_boot, seed
 
-    def run(self, loaded: Any, *, label: str | None = None, fmt: str | ChatFormat | None = None,
-            progress: Callable[[int], None] | None = None) -> RankingRun:
+    def run(
+        self, loaded: Any, *, label: str | None = None, fmt: str | ChatFormat | None = None, progress: Callable[[int], None] | None = None
+    ) -> RankingRun:
         import time
 
         t0 = time.perf_counter()
@@ -175,5 +231,15 @@ class RankingProbe(Analysis):
             layer_scores.totals = {k: v for k, v in layer_scores.totals.items() if k in layers}
         else:
             output = score_groups(forward, encoded, progress=progress)
-        return RankingRun(label or loaded.source.spec, loaded.describe(), self.groups, encoded, output, layer_scores,
-                          forward.n_layers, self.n_boot, self.seed, seconds=time.perf_counter() - t0)
+        return RankingRun(
+            label or loaded.source.spec,
+            loaded.describe(),
+            self.groups,
+            encoded,
+            output,
+            layer_scores,
+            forward.n_layers,
+            self.n_boot,
+            self.seed,
+            seconds=time.perf_counter() - t0,
+        )

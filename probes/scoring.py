@@ -37,7 +37,10 @@ class GroupScores:
 
 
 def score_groups(
-    forward: PairForward, groups: Sequence[EncodedGroup], *, layers: Sequence[int] | None = None,
+    forward: PairForward,
+    groups: Sequence[EncodedGroup],
+    *,
+    layers: Sequence[int] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> GroupScores:
     """Sum of response(+EOS) token log-probs for every candidate, at the output (``layers=None``)

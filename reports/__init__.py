@@ -14,5 +14,15 @@ from .collect import RunData, StepRecord, read_run
 from .render import write_report
 from .sections import Section, Table, build_sections
 
-__all__ = ["BrowserCheck", "check_in_browser", "find_chromium", "RunData", "StepRecord", "read_run", "write_report", "Section", "Table",
-           "build_sections"]
+__all__ = [
+    "BrowserCheck",
+    "check_in_browser",
+    "find_chromium",
+    "RunData",
+    "StepRecord",
+    "read_run",
+    "write_report",
+    "Section",
+    "Table",
+    "build_sections",
+]

@@ -51,13 +51,23 @@ class _DomReader(HTMLParser):
 
 def _chromium(binary: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory(prefix="iit-chromium-") as profile:
-        cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-               "--no-first-run", "--virtual-time-budget=10000", *args]
+        cmd = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--no-first-run",
+            "--virtual-time-budget=10000",
+            *args,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def check_in_browser(html_path: str | Path, *, screenshot: str | Path | None = None, window: tuple[int, int] = (1280, 2400),
-                     timeout: float = 120) -> BrowserCheck:
+def check_in_browser(
+    html_path: str | Path, *, screenshot: str | Path | None = None, window: tuple[int, int] = (1280, 2400), timeout: float = 120
+) -> BrowserCheck:
     """Load ``html_path`` in headless Chromium; return what the page reported after ``load``."""
     binary = find_chromium()
     if binary is None:

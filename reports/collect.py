@@ -82,8 +82,17 @@ def read_run(run_dir: str | Path) -> RunData:
             record = json.loads(path.read_text(encoding="utf-8"))
             if record.get("stage") == "report":
                 continue
-            steps.append(StepRecord(record["stage"], record["name"], path.parent, record.get("meta", {}), record.get("summary", {}),
-                                    record.get("seconds", 0.0), record.get("config", {})))
+            steps.append(
+                StepRecord(
+                    record["stage"],
+                    record["name"],
+                    path.parent,
+                    record.get("meta", {}),
+                    record.get("summary", {}),
+                    record.get("seconds", 0.0),
+                    record.get("config", {}),
+                )
+            )
         except (ValueError, KeyError, AttributeError) as exc:
             raise ImplicitItError(f"{path}: not a step record ({type(exc).__name__}: {exc})") from None
     if not steps:

@@ -27,8 +27,10 @@ def weight_delta_heatmap(run: RunData) -> Any:
     if not panels:
         return None
     fig, axes = new_figure(1, len(panels), figsize=(2.4 + 2.6 * len(panels), 4.2), squeeze=False)
-    vmax = max((t["relative_delta"] for _, ts in panels for t in ts if t["kind"] in WEIGHT_KINDS and t["relative_delta"] == t["relative_delta"]),
-               default=1.0)
+    vmax = max(
+        (t["relative_delta"] for _, ts in panels for t in ts if t["kind"] in WEIGHT_KINDS and t["relative_delta"] == t["relative_delta"]),
+        default=1.0,
+    )
     image = None
     for i, (ax, (name, tensors)) in enumerate(zip(axes[0], panels, strict=True)):
         n_layers = max((t["layer"] or 0) for t in tensors)
@@ -71,14 +73,22 @@ def logit_lens_kl(run: RunData) -> Any:
 
 
 def ranking_per_layer(run: RunData) -> Any:
-    entries = [e for s in run.stage("rank") for e in s.results("layerwise_ranking.json") if e.get("score", "mean_logprob") == "mean_logprob"]
+    entries = [
+        e for s in run.stage("rank") for e in s.results("layerwise_ranking.json") if e.get("score", "mean_logprob") == "mean_logprob"
+    ]
     if not entries:
         return None
     fig, ax = new_figure(figsize=(6.4, 3.6))
     for e in entries:
         x = [layer["layer"] for layer in e["layers"]]
-        plot_band(ax, x, [layer["accuracy"] for layer in e["layers"]], [layer["ci95"][0] for layer in e["layers"]],
-                  [layer["ci95"][1] for layer in e["layers"]], label=e["model"])
+        plot_band(
+            ax,
+            x,
+            [layer["accuracy"] for layer in e["layers"]],
+            [layer["ci95"][0] for layer in e["layers"]],
+            [layer["ci95"][1] for layer in e["layers"]],
+            label=e["model"],
+        )
     finish_accuracy_axes(ax, xlabel="layer (0 = embeddings)", ylabel="ranking accuracy (95% CI)")
     ax.set_title("response ranking through the logit lens", fontsize=10)
     return fig
@@ -103,10 +113,17 @@ def rule_variance_per_layer(run: RunData) -> Any:
     def draw(ax: Any, item: Any) -> None:
         step, e = item
         x = [layer["layer"] for layer in e["per_layer"]]
-        (line,) = ax.plot(x, [layer["variance_explained_rule_family"] for layer in e["per_layer"]], "-o", ms=3,
-                          label=f"{step.system}: rule family")
-        ax.plot(x, [layer["variance_explained_rules"] for layer in e["per_layer"]], "--", color=line.get_color(), lw=1,
-                label=f"{step.system}: paper's rules")
+        (line,) = ax.plot(
+            x, [layer["variance_explained_rule_family"] for layer in e["per_layer"]], "-o", ms=3, label=f"{step.system}: rule family"
+        )
+        ax.plot(
+            x,
+            [layer["variance_explained_rules"] for layer in e["per_layer"]],
+            "--",
+            color=line.get_color(),
+            lw=1,
+            label=f"{step.system}: paper's rules",
+        )
 
     fig = _lines(run, "diff", "rules.json", draw, title="held-out variance of Δ log p explained, per layer", ylabel="R² (held out)")
     if fig is not None:
@@ -116,8 +133,17 @@ def rule_variance_per_layer(run: RunData) -> Any:
 
 FIGURES: dict[str, tuple[Callable[[RunData], Any], str]] = {
     "weights": (weight_delta_heatmap, "Relative weight change ‖ΔW‖/‖W‖ of each projection in each block, per variant."),
-    "kl": (logit_lens_kl, "Mean KL(variant ‖ base) over response positions, reading each layer through the model's own final norm and unembedding."),
+    "kl": (
+        logit_lens_kl,
+        "Mean KL(variant ‖ base) over response positions, reading each layer through the model's own final norm and unembedding.",
+    ),
     "ranking": (ranking_per_layer, "Response-ranking accuracy per layer through the logit lens (the last point is the model's output)."),
-    "probe": (probe_per_layer, "Linear-probe accuracy per layer (matched vs mismatched instruction/response), grouped CV; dotted: shuffled labels."),
-    "rules": (rule_variance_per_layer, "Held-out R² of Δ log p explained by the fitted rule family (solid) and by the paper's rules with a fitted scale (dashed)."),
+    "probe": (
+        probe_per_layer,
+        "Linear-probe accuracy per layer (matched vs mismatched instruction/response), grouped CV; dotted: shuffled labels.",
+    ),
+    "rules": (
+        rule_variance_per_layer,
+        "Held-out R² of Δ log p explained by the fitted rule family (solid) and by the paper's rules with a fitted scale (dashed).",
+    ),
 }

@@ -59,13 +59,21 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
                 r["cell"] = f"{r['text']} {'⏹' if r['eos'] else '…'}"
     figures = render_figures(run, out_dir)
     context = {
-        "title": str(((run.manifest or {}).get("config") or {}).get("name") or run.run_dir.name), "run_dir": str(run.run_dir),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "version": implicit_it.__version__,
-        "model_note": model_note(run), "headline": headline(run), "sections": sections, "figures": figures,
-        "paper_source": paper.SOURCE, "n_images": len([k for s in sections for k in s.figures if k in figures]),
+        "title": str(((run.manifest or {}).get("config") or {}).get("name") or run.run_dir.name),
+        "run_dir": str(run.run_dir),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "version": implicit_it.__version__,
+        "model_note": model_note(run),
+        "headline": headline(run),
+        "sections": sections,
+        "figures": figures,
+        "paper_source": paper.SOURCE,
+        "n_images": len([k for s in sections for k in s.figures if k in figures]),
     }
     loader = jinja2.FileSystemLoader(str(TEMPLATES))
-    html = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined).get_template("report.html.j2").render(context)
+    html = (
+        jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined).get_template("report.html.j2").render(context)
+    )
     md_env = jinja2.Environment(loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     md_env.filters["md"] = _md_cell
     markdown = md_env.get_template("report.md.j2").render(context)

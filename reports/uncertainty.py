@@ -142,13 +142,33 @@ def paired_rows(outcomes: dict[str, dict[int | None, dict[int, Any]]], compariso
         def diff(t: dict[str, Any]) -> str:
             return f"{t['difference'] * 100:+.1f} {interval(t['ci_low'], t['ci_high'])}"
 
-        rows.append([a, b, str(loose["n"]), diff(loose), f"{loose['a_only']} / {loose['b_only']}", p_text(loose["p_value"]),
-                     diff(strict), p_text(strict["p_value"])])
+        rows.append(
+            [
+                a,
+                b,
+                str(loose["n"]),
+                diff(loose),
+                f"{loose['a_only']} / {loose['b_only']}",
+                p_text(loose["p_value"]),
+                diff(strict),
+                p_text(strict["p_value"]),
+            ]
+        )
     return rows
 
 
-PAIRED_COLUMNS = ["system", "versus", "paired prompts", "Δ IFEval prompt loose, points [95% CI]", "loose: only system / only versus",
-                  "McNemar p (loose)", "Δ IFEval prompt strict, points [95% CI]", "McNemar p (strict)"]
-PAIRED_CAPTION = ("Paired tests on the same IFEval prompts: Δ = system − versus in accuracy points, with a paired bootstrap 95% CI; "
-                  "p: exact two-sided McNemar test on the prompts only one of the two passes; * p < 0.05 (no correction for the "
-                  "number of tests). Several seeds: seed s against seed s, a seedless system against every seed, pairs pooled.")
+PAIRED_COLUMNS = [
+    "system",
+    "versus",
+    "paired prompts",
+    "Δ IFEval prompt loose, points [95% CI]",
+    "loose: only system / only versus",
+    "McNemar p (loose)",
+    "Δ IFEval prompt strict, points [95% CI]",
+    "McNemar p (strict)",
+]
+PAIRED_CAPTION = (
+    "Paired tests on the same IFEval prompts: Δ = system − versus in accuracy points, with a paired bootstrap 95% CI; "
+    "p: exact two-sided McNemar test on the prompts only one of the two passes; * p < 0.05 (no correction for the "
+    "number of tests). Several seeds: seed s against seed s, a seedless system against every seed, pairs pooled."
+)

@@ -1,7 +1,7 @@
 """Write the README's "Differences from the paper" table from implicit_it.differences.DIFFERENCES.
 
-    python scripts/render_differences.py          # rewrite README.md between the markers
-    python scripts/render_differences.py --check  # exit 1 if README.md is out of date (tests run this check too)
+python scripts/render_differences.py          # rewrite README.md between the markers
+python scripts/render_differences.py --check  # exit 1 if README.md is out of date (tests run this check too)
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ def check_mask_invariants(tok, fmt_name: str, instruction: str, response: str) -
     assert ex.labels[n:] == ex.input_ids[n:]
     # 3. the labelled tokens are the response followed by the end token
     end_ids = fmt.train_end_token_ids(tok)
-    assert ex.input_ids[-len(end_ids):] == end_ids
-    resp_ids = ex.input_ids[n:-len(end_ids)]
+    assert ex.input_ids[-len(end_ids) :] == end_ids
+    resp_ids = ex.input_ids[n : -len(end_ids)]
     assert tok.decode(prompt_ids + resp_ids) == tok.decode(prompt_ids) + response
     assert not ex.truncated
     return ex.boundary_merged
@@ -39,20 +39,52 @@ def assert_resolved_ids_spell_their_strings(tok, adapter) -> None:
 def study_config_dict(model_dir: Path, shared_data: Path) -> dict:
     """A tiny ``iit run`` study: every stage, 2 optimizer steps per variant, a handful of prompts."""
     return {
-        "name": "tiny-study", "seed": 0, "model": {"spec": str(model_dir)},
-        "data": {"train": str(shared_data / "lima" / "train.jsonl"), "max_train_examples": 8, "heldout_examples": 4,
-                 "single_task": {"gsm": str(shared_data / "gsm8k" / "train_1k.jsonl")}},
-        "training": {"variants": ["instruction", "response", "single_task"], "single_task_sources": ["gsm"], "learning_rate": 1e-3,
-                     "max_steps": 2, "effective_batch_size": 4, "per_device_batch_size": 2, "max_length": 96, "warmup_ratio": 0.0,
-                     "save_steps": 1},
+        "name": "tiny-study",
+        "seed": 0,
+        "model": {"spec": str(model_dir)},
+        "data": {
+            "train": str(shared_data / "lima" / "train.jsonl"),
+            "max_train_examples": 8,
+            "heldout_examples": 4,
+            "single_task": {"gsm": str(shared_data / "gsm8k" / "train_1k.jsonl")},
+        },
+        "training": {
+            "variants": ["instruction", "response", "single_task"],
+            "single_task_sources": ["gsm"],
+            "learning_rate": 1e-3,
+            "max_steps": 2,
+            "effective_batch_size": 4,
+            "per_device_batch_size": 2,
+            "max_length": 96,
+            "warmup_ratio": 0.0,
+            "save_steps": 1,
+        },
         "run": {
             "generate": {"ifsuite_prompts": 5, "max_new_tokens": 6, "batch_size": 4, "rule_sets": ["all", "no_eos"], "samples": 2},
-            "rank": {"data": str(shared_data / "lima" / "val_reference_gpt35.json"), "systems": ["base", "response"], "instructions": 6,
-                     "negatives": 2, "max_length": 64, "layers": "all"},
-            "probe": {"data": str(shared_data / "lima" / "val_reference_gpt35.json"), "systems": ["base", "instruction"],
-                      "instructions": 12, "layers": "all", "folds": 2, "max_length": 64},
-            "diff": {"data": str(shared_data / "lima" / "val_reference_gpt35.json"), "limit": 4, "layers": "all", "vocab": "frequent:64",
-                     "max_length": 96, "max_new_tokens": 6},
+            "rank": {
+                "data": str(shared_data / "lima" / "val_reference_gpt35.json"),
+                "systems": ["base", "response"],
+                "instructions": 6,
+                "negatives": 2,
+                "max_length": 64,
+                "layers": "all",
+            },
+            "probe": {
+                "data": str(shared_data / "lima" / "val_reference_gpt35.json"),
+                "systems": ["base", "instruction"],
+                "instructions": 12,
+                "layers": "all",
+                "folds": 2,
+                "max_length": 64,
+            },
+            "diff": {
+                "data": str(shared_data / "lima" / "val_reference_gpt35.json"),
+                "limit": 4,
+                "layers": "all",
+                "vocab": "frequent:64",
+                "max_length": 96,
+                "max_new_tokens": 6,
+            },
             "eval": {"ifeval_data": str(shared_data / "ifeval" / "input_data.jsonl"), "ifeval_prompts": 4},
         },
     }

@@ -20,9 +20,22 @@ from .variants import (
 )
 
 __all__ = [
-    "TrainResult", "check_out_dir", "default_out_dir", "gradient_accumulation_steps", "train_variant",
-    "SweepPoint", "run_sweep", "select_best",
-    "METRIC_DIRECTIONS", "heldout_response_nll",
-    "EncodedDataset", "MaskedLMCollator", "Variant", "VariantData", "build_variant_data", "config_variants",
-    "parse_variant", "split_heldout",
+    "TrainResult",
+    "check_out_dir",
+    "default_out_dir",
+    "gradient_accumulation_steps",
+    "train_variant",
+    "SweepPoint",
+    "run_sweep",
+    "select_best",
+    "METRIC_DIRECTIONS",
+    "heldout_response_nll",
+    "EncodedDataset",
+    "MaskedLMCollator",
+    "Variant",
+    "VariantData",
+    "build_variant_data",
+    "config_variants",
+    "parse_variant",
+    "split_heldout",
 ]

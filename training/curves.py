@@ -12,10 +12,15 @@ from implicit_it.io import atomic_write
 def loss_curve(log_history: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
     """One point per logged optimizer step: ``step``, ``epoch``, ``loss``, ``learning_rate`` and the pre-clip ``grad_norm``."""
     return [
-        {"step": int(h["step"]), "epoch": round(float(h.get("epoch", 0.0)), 4), "loss": float(h["loss"]),
-         "learning_rate": float(h.get("learning_rate", 0.0)),
-         **({"grad_norm": float(h["grad_norm"])} if h.get("grad_norm") is not None else {})}
-        for h in log_history if "loss" in h and "step" in h
+        {
+            "step": int(h["step"]),
+            "epoch": round(float(h.get("epoch", 0.0)), 4),
+            "loss": float(h["loss"]),
+            "learning_rate": float(h.get("learning_rate", 0.0)),
+            **({"grad_norm": float(h["grad_norm"])} if h.get("grad_norm") is not None else {}),
+        }
+        for h in log_history
+        if "loss" in h and "step" in h
     ]
 
 

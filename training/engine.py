@@ -89,8 +89,9 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
         raise ValueError(f"{out_dir}: holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite to start over")
 
 
-def _training_arguments(config: ExperimentConfig, out_dir: Path, seed: int, show_progress: bool, variant_name: str,
-                        **overrides: Any) -> Any:
+def _training_arguments(
+    config: ExperimentConfig, out_dir: Path, seed: int, show_progress: bool, variant_name: str, **overrides: Any
+) -> Any:
     """``TrainingArguments`` from the config; ``overrides`` replace single arguments (the GPU check: ``save_strategy="no"``)."""
     import torch
     from transformers import TrainingArguments
@@ -152,8 +153,17 @@ def example_mean_loss(examples_per_step: int):
     return loss_fn
 
 
-def open_instruct_schedule(optimizer: Any, *, n_examples: int, per_device_batch_size: int, accumulation_steps: int,
-                           n_processes: int, epochs: float, warmup_ratio: float, kind: str) -> Any:
+def open_instruct_schedule(
+    optimizer: Any,
+    *,
+    n_examples: int,
+    per_device_batch_size: int,
+    accumulation_steps: int,
+    n_processes: int,
+    epochs: float,
+    warmup_ratio: float,
+    kind: str,
+) -> Any:
     """The LR schedule as the paper's ``finetune.py`` steps it under ``accelerate``.
 
     It plans ``epochs x ceil(ceil(N / batch) / accumulation)`` steps from the single-process
@@ -192,9 +202,15 @@ def make_trainer(config: ExperimentConfig, *, n_examples: int, epochs: float, **
                 return super().create_scheduler(num_training_steps, optimizer)
             if self.lr_scheduler is None:
                 self.lr_scheduler = open_instruct_schedule(
-                    self.optimizer if optimizer is None else optimizer, n_examples=n_examples,
-                    per_device_batch_size=t.per_device_batch_size, accumulation_steps=self.args.gradient_accumulation_steps,
-                    n_processes=self.args.world_size, epochs=epochs, warmup_ratio=t.warmup_ratio, kind=t.lr_scheduler)
+                    self.optimizer if optimizer is None else optimizer,
+                    n_examples=n_examples,
+                    per_device_batch_size=t.per_device_batch_size,
+                    accumulation_steps=self.args.gradient_accumulation_steps,
+                    n_processes=self.args.world_size,
+                    epochs=epochs,
+                    warmup_ratio=t.warmup_ratio,
+                    kind=t.lr_scheduler,
+                )
                 self._created_lr_scheduler = True
             return self.lr_scheduler
 
@@ -212,7 +228,11 @@ def _activation_checkpointing(enabled: bool) -> dict[str, Any]:
 
     from transformers import TrainingArguments
 
-    name = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters else "gradient_checkpointing"
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters
+        else "gradient_checkpointing"
+    )
     return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
@@ -222,8 +242,14 @@ def _prepare_model(config: ExperimentConfig, seed: int) -> Any:
 
     from implicit_it.models import load_model
 
-    loaded = load_model(config.model.spec, dtype="float32", device="cpu", device_map=None,
-                        attn_implementation=config.model.attn_implementation, use_process_cache=False)
+    loaded = load_model(
+        config.model.spec,
+        dtype="float32",
+        device="cpu",
+        device_map=None,
+        attn_implementation=config.model.attn_implementation,
+        use_process_cache=False,
+    )
     set_seed(seed)  # LoRA's random init must follow the seed too
     return loaded, make_trainable(loaded.model, config.training)
 
@@ -236,8 +262,16 @@ def make_trainable(model: Any, training: Any) -> Any:
     if t.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
-                                                 target_modules=list(t.lora.target_modules), task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=t.lora.r,
+                lora_alpha=t.lora.alpha,
+                lora_dropout=t.lora.dropout,
+                target_modules=list(t.lora.target_modules),
+                task_type="CAUSAL_LM",
+            ),
+        )
     elif t.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     model.train()
@@ -261,8 +295,9 @@ def _merge_lora(config: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> N
 
     from implicit_it.models import load_model
 
-    base = load_model(config.model.spec, dtype="float32", device="cpu", attn_implementation=config.model.attn_implementation,
-                      use_process_cache=False)
+    base = load_model(
+        config.model.spec, dtype="float32", device="cpu", attn_implementation=config.model.attn_implementation, use_process_cache=False
+    )
     merged = PeftModel.from_pretrained(base.model, adapter_dir).merge_and_unload()
     tmp = out_dir / ".merged-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -298,10 +333,15 @@ def train_variant(
     data = build_variant_data(config, variant, loaded.tokenizer)
 
     trainer = make_trainer(
-        config, n_examples=len(data.examples), epochs=config.training.epochs_for(variant.name),
-        model=model, args=_training_arguments(config, out_dir, seed, show_progress, variant.name),
-        train_dataset=EncodedDataset(data.examples), data_collator=MaskedLMCollator(loaded.tokenizer.pad_token_id),
-        processing_class=loaded.tokenizer, callbacks=list(callbacks),
+        config,
+        n_examples=len(data.examples),
+        epochs=config.training.epochs_for(variant.name),
+        model=model,
+        args=_training_arguments(config, out_dir, seed, show_progress, variant.name),
+        train_dataset=EncodedDataset(data.examples),
+        data_collator=MaskedLMCollator(loaded.tokenizer.pad_token_id),
+        processing_class=loaded.tokenizer,
+        callbacks=list(callbacks),
     )
     if not show_progress:  # Trainer prints each log line when its progress bar is off
         from transformers.trainer_callback import PrinterCallback
@@ -389,7 +429,11 @@ def _manifest(config, variant, seed, base_model, data, trainer, output, curve, h
     cfg = config.model_dump(mode="json")
     cfg["seed"] = seed
     return build_manifest(
-        command=command or " ".join(["iit"] + sys.argv[1:]), config=cfg, seed=seed, model=base_model,
-        data_files=[config.data.train, *data.data_files, *([config.data.validation] if config.data.validation else [])], results=results,
+        command=command or " ".join(["iit"] + sys.argv[1:]),
+        config=cfg,
+        seed=seed,
+        model=base_model,
+        data_files=[config.data.train, *data.data_files, *([config.data.validation] if config.data.validation else [])],
+        results=results,
         timings={k: round(v, 2) for k, v in timings.items()},
     )

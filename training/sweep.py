@@ -74,8 +74,9 @@ def run_sweep(
     if metric == "val_nll" and not config.data.validation:
         raise ValueError("training.sweep_metric val_nll needs data.validation (instructions with reference outputs)")
     if metric in ("val_win_rate", "ifeval_loose", "ifsuite_loose") and scorer is None:
-        raise ValueError(f"training.sweep_metric {metric} scores generations: pass a scorer (iit sweep builds one; "
-                         f"val_win_rate also needs --judge)")
+        raise ValueError(
+            f"training.sweep_metric {metric} scores generations: pass a scorer (iit sweep builds one; val_win_rate also needs --judge)"
+        )
     grid = list(grid or config.training.epoch_grid)
     root = Path(out_dir) if out_dir is not None else default_out_dir(config, variant).with_name(f"{variant.name}-sweep")
     points: list[SweepPoint] = []
@@ -87,8 +88,9 @@ def run_sweep(
             results = json.loads(finished.read_text(encoding="utf-8"))["results"]
         else:
             has_ckpt = any((point_dir / "checkpoints").glob("checkpoint-*"))
-            results = train_variant(cfg, variant, out_dir=point_dir, seed=seed, resume=resume and has_ckpt,
-                                    show_progress=show_progress).results
+            results = train_variant(
+                cfg, variant, out_dir=point_dir, seed=seed, resume=resume and has_ckpt, show_progress=show_progress
+            ).results
         if not results:  # not the main process
             continue
         metrics = {k: results[k] for k in METRIC_DIRECTIONS if k in results}
@@ -105,13 +107,22 @@ def run_sweep(
         return {}
     best = select_best(points, metric)
     summary = {
-        "variant": variant.name, "metric": metric, "direction": METRIC_DIRECTIONS[metric],
-        "selected_epochs": best.epochs, "selected_dir": best.out_dir,
+        "variant": variant.name,
+        "metric": metric,
+        "direction": METRIC_DIRECTIONS[metric],
+        "selected_epochs": best.epochs,
+        "selected_dir": best.out_dir,
         "points": [{"epochs": p.epochs, "out_dir": p.out_dir, **p.metrics} for p in points],
     }
     atomic_write_json(root / "sweep.json", summary)
-    atomic_write_json(root / "manifest.json", build_manifest(
-        command=" ".join(["iit"] + sys.argv[1:]), config=config.model_dump(mode="json"),
-        seed=config.seed if seed is None else seed, data_files=[config.data.train, *([config.data.validation] if config.data.validation else [])], results=summary,
-    ))
+    atomic_write_json(
+        root / "manifest.json",
+        build_manifest(
+            command=" ".join(["iit"] + sys.argv[1:]),
+            config=config.model_dump(mode="json"),
+            seed=config.seed if seed is None else seed,
+            data_files=[config.data.train, *([config.data.validation] if config.data.validation else [])],
+            results=summary,
+        ),
+    )
     return summary

@@ -17,7 +17,13 @@ from implicit_it.data import ChatExample
 from implicit_it.formats import IGNORE_INDEX, encode_example, pad_batch
 
 # metric name -> "min" or "max": which direction is better (used by epoch selection)
-METRIC_DIRECTIONS: dict[str, str] = {"heldout_nll": "min", "val_nll": "min", "val_win_rate": "max", "ifeval_loose": "max", "ifsuite_loose": "max"}
+METRIC_DIRECTIONS: dict[str, str] = {
+    "heldout_nll": "min",
+    "val_nll": "min",
+    "val_win_rate": "max",
+    "ifeval_loose": "max",
+    "ifsuite_loose": "max",
+}
 
 
 def _pairs(examples: Sequence[Any], strip: bool) -> list[tuple[str, str]]:
@@ -36,7 +42,14 @@ def _pairs(examples: Sequence[Any], strip: bool) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def response_nll(
-    model: Any, tokenizer: Any, examples: Sequence[Any], fmt: str, *, max_length: int, batch_size: int = 8, strip: bool = True,
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Any],
+    fmt: str,
+    *,
+    max_length: int,
+    batch_size: int = 8,
+    strip: bool = True,
     prefix: str = "heldout",
 ) -> dict[str, float]:
     """Mean negative log-likelihood (nats per token) of response + EOS given the prompt.
@@ -61,9 +74,8 @@ def response_nll(
         raise ValueError(f"no {prefix} example has a prompt shorter than max_length={max_length}")
     total, n_tokens = 0.0, 0
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
-        batch = pad_batch([e.input_ids for e in chunk], tokenizer.pad_token_id, side="right",
-                          label_sequences=[e.labels for e in chunk])
+        chunk = encoded[start : start + batch_size]
+        batch = pad_batch([e.input_ids for e in chunk], tokenizer.pad_token_id, side="right", label_sequences=[e.labels for e in chunk])
         logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
         labels = batch["labels"].to(device)
         for row in range(logits.shape[0]):  # one row at a time: (T, V) temporaries, not (B, T, V)
@@ -73,12 +85,18 @@ def response_nll(
             n_tokens += int(keep.sum())
     model.train(was_training)
     nll = total / n_tokens
-    return {f"{prefix}_nll": nll, f"{prefix}_perplexity": math.exp(nll), f"{prefix}_tokens": n_tokens,
-            f"{prefix}_examples": len(encoded), f"{prefix}_skipped": len(examples) - len(encoded)}
+    return {
+        f"{prefix}_nll": nll,
+        f"{prefix}_perplexity": math.exp(nll),
+        f"{prefix}_tokens": n_tokens,
+        f"{prefix}_examples": len(encoded),
+        f"{prefix}_skipped": len(examples) - len(encoded),
+    }
 
 
-def heldout_response_nll(model: Any, tokenizer: Any, examples: Sequence[ChatExample], fmt: str, *, max_length: int,
-                         batch_size: int = 8, strip: bool = True) -> dict[str, float]:
+def heldout_response_nll(
+    model: Any, tokenizer: Any, examples: Sequence[ChatExample], fmt: str, *, max_length: int, batch_size: int = 8, strip: bool = True
+) -> dict[str, float]:
     """NLL of held-out training examples (``data.heldout_examples``); see :func:`response_nll`."""
     if not examples:
         raise ValueError("no held-out examples to score (set data.heldout_examples)")

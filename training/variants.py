@@ -89,10 +89,15 @@ class VariantData:
         n_tokens = sum(len(e.input_ids) for e in self.examples)
         n_labelled = sum(len(e.input_ids) - e.n_prompt_tokens for e in self.examples)
         return {
-            "variant": self.variant.name, "source": self.source, "n_read": self.n_read,
-            "n_train_examples": len(self.examples), "n_heldout_examples": len(self.heldout),
-            "n_dropped_overlong": self.n_dropped_overlong, "n_truncated": self.n_truncated,
-            "n_tokens": n_tokens, "n_labelled_tokens": n_labelled,
+            "variant": self.variant.name,
+            "source": self.source,
+            "n_read": self.n_read,
+            "n_train_examples": len(self.examples),
+            "n_heldout_examples": len(self.heldout),
+            "n_dropped_overlong": self.n_dropped_overlong,
+            "n_truncated": self.n_truncated,
+            "n_tokens": n_tokens,
+            "n_labelled_tokens": n_labelled,
         }
 
 
@@ -163,6 +168,6 @@ class MaskedLMCollator:
     pad_token_id: int
 
     def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        return pad_batch([f["input_ids"] for f in features], self.pad_token_id, side="right",
-                         label_sequences=[f["labels"] for f in features])
-
+        return pad_batch(
+            [f["input_ids"] for f in features], self.pad_token_id, side="right", label_sequences=[f["labels"] for f in features]
+        )

@@ -15,15 +15,18 @@ from implicit_it.errors import ImplicitItError
 
 from .common import _fail, console
 
-eval_app = typer.Typer(help="Evaluate instruction following: AlpacaEval (judged), IF suite and behaviour (judge-free), similarity.",
-                       no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluate instruction following: AlpacaEval (judged), IF suite and behaviour (judge-free), similarity.", no_args_is_help=True
+)
 
 _ERRORS = (ImplicitItError, ValueError, OSError)
 
 
 # Options shared by the generating commands (ifeval, ifsuite): one declaration each.
 FORMAT_OPTION = typer.Option("tulu", "--format", "-f", help="Chat format: tulu (the paper's), native (instruct models' own template), ...")
-RULES_OPTION = typer.Option(None, "--rules", help="Generate with the paper's rule adapter: 'all' or a subset of eos,uniform,diversity,start.")
+RULES_OPTION = typer.Option(
+    None, "--rules", help="Generate with the paper's rule adapter: 'all' or a subset of eos,uniform,diversity,start."
+)
 RULES_CONFIG_OPTION = typer.Option(None, "--rules-config", help="YAML with rule constants (see configs/rules/paper.yaml).")
 BATCH_SIZE_OPTION = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together.")
 DTYPE_OPTION = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")
@@ -43,25 +46,42 @@ def _save_behaviour(out: Path, outputs, label: str) -> dict:
 
 def _behaviour_line(m: dict) -> str:
     eos = "unknown" if m["eos_fraction"] is None else f"{m['eos_fraction']:.1%}"
-    return (f"behaviour: EOS {eos}, template echo {m['template_echo_rate']:.1%}, repetition(3-gram) "
-            f"{(m['repetition_3gram'] or 0):.3f}, mean {m['mean_length_words']:.0f} words")
+    return (
+        f"behaviour: EOS {eos}, template echo {m['template_echo_rate']:.1%}, repetition(3-gram) "
+        f"{(m['repetition_3gram'] or 0):.3f}, mean {m['mean_length_words']:.0f} words"
+    )
 
 
 @eval_app.command("alpaca")
 def alpaca(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     outputs: Optional[Path] = typer.Option(None, "--outputs", help="Model outputs, AlpacaEval JSON list (what `iit generate` writes)."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Reference outputs (AlpacaEval JSON list), or 'alpaca_eval' for "
-                                            "the library's own from the hub. Output_1 of every comparison."),
-    judge: str = typer.Option("gpt4_turbo", "--judge", help="gpt4_turbo (alpaca_eval's weighted GPT-4-turbo judge; OPENAI_API_KEY), "
-                              "an OpenAI-compatible server URL (http://host:8000/v1), or local:SPEC (a model implicit-it loads)."),
+    reference: Optional[str] = typer.Option(
+        None,
+        "--reference",
+        help="Reference outputs (AlpacaEval JSON list), or 'alpaca_eval' for the library's own from the hub. Output_1 of every comparison.",
+    ),
+    judge: str = typer.Option(
+        "gpt4_turbo",
+        "--judge",
+        help="gpt4_turbo (alpaca_eval's weighted GPT-4-turbo judge; OPENAI_API_KEY), "
+        "an OpenAI-compatible server URL (http://host:8000/v1), or local:SPEC (a model implicit-it loads).",
+    ),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name on the judge server (default: its first)."),
-    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Score stored alpaca_eval annotations instead "
-                                               "(no judge called), e.g. a leaderboard model's annotations.json."),
-    lc_data: Optional[Path] = typer.Option(None, "--lc-data", help="Directory with alpaca_eval's df_gamed.csv (and "
-                                           "instruction_difficulty.csv) for the length-controlled win rate; default: the HF cache."),
-    eval_set: Optional[Path] = typer.Option(None, "--eval-set", help="AlpacaEval's 805-instruction set (JSON list), to place "
-                                            "instructions for LC (default: --reference)."),
+    annotations: Optional[Path] = typer.Option(
+        None,
+        "--annotations",
+        help="Score stored alpaca_eval annotations instead (no judge called), e.g. a leaderboard model's annotations.json.",
+    ),
+    lc_data: Optional[Path] = typer.Option(
+        None,
+        "--lc-data",
+        help="Directory with alpaca_eval's df_gamed.csv (and "
+        "instruction_difficulty.csv) for the length-controlled win rate; default: the HF cache.",
+    ),
+    eval_set: Optional[Path] = typer.Option(
+        None, "--eval-set", help="AlpacaEval's 805-instruction set (JSON list), to place instructions for LC (default: --reference)."
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N model outputs (a subset: see LC notes)."),
     generator: Optional[str] = typer.Option(None, "--generator", help="Name of the evaluated model (default: from the outputs)."),
 ) -> None:
@@ -90,7 +110,9 @@ def alpaca(
                 raise ValueError("give --outputs (to judge) or --annotations (already judged), not both")
             frame = annotations_frame(annotations)
             frame = frame.iloc[:limit] if limit is not None else frame
-            judge_name = str(frame["annotator"].dropna().iloc[0]) if "annotator" in frame.columns and frame["annotator"].notna().any() else "stored"
+            judge_name = (
+                str(frame["annotator"].dropna().iloc[0]) if "annotator" in frame.columns and frame["annotator"].notna().any() else "stored"
+            )
             eval_instructions = None
             ref_path = eval_set or (Path(reference) if reference and reference != "alpaca_eval" else None)
             if ref_path is not None:
@@ -117,23 +139,53 @@ def alpaca(
         _fail(exc)
     atomic_write_json(out / "annotations.json", frame.to_dict("records"))
     AlpacaEvalResult([metrics]).save(out)
-    write_manifest(out, build_manifest(
-        command=_command(), seed=None, data_files=data_files + [p for p in lc.files.values()],
-        config={"outputs": str(outputs) if outputs else None, "reference": reference, "annotations": str(annotations) if annotations else None,
-                "judge": judge_info, "lc_data": {k: str(v) for k, v in lc.files.items()}, "eval_set": str(eval_set) if eval_set else None,
-                "limit": limit, "metric_functions": ["alpaca_eval.metrics.get_winrate", "alpaca_eval.metrics.get_length_controlled_winrate"]},
-        results=dict(metrics), timings={"total": round(time.perf_counter() - t0, 2)},
-    ))
-    lc_text = (f"LC {metrics['lc_win_rate']:.2f} ± {metrics['lc_standard_error']:.2f} ({metrics['lc_scope']})"
-               if metrics["lc_win_rate"] is not None else metrics["lc_note"])
-    console.print(f"win rate {metrics['win_rate']:.2f} ± {metrics['standard_error']:.2f} (n={metrics['n']}, judge {judge_name}); {lc_text}",
-                  highlight=False)
+    write_manifest(
+        out,
+        build_manifest(
+            command=_command(),
+            seed=None,
+            data_files=data_files + [p for p in lc.files.values()],
+            config={
+                "outputs": str(outputs) if outputs else None,
+                "reference": reference,
+                "annotations": str(annotations) if annotations else None,
+                "judge": judge_info,
+                "lc_data": {k: str(v) for k, v in lc.files.items()},
+                "eval_set": str(eval_set) if eval_set else None,
+                "limit": limit,
+                "metric_functions": ["alpaca_eval.metrics.get_winrate", "alpaca_eval.metrics.get_length_controlled_winrate"],
+            },
+            results=dict(metrics),
+            timings={"total": round(time.perf_counter() - t0, 2)},
+        ),
+    )
+    lc_text = (
+        f"LC {metrics['lc_win_rate']:.2f} ± {metrics['lc_standard_error']:.2f} ({metrics['lc_scope']})"
+        if metrics["lc_win_rate"] is not None
+        else metrics["lc_note"]
+    )
+    console.print(
+        f"win rate {metrics['win_rate']:.2f} ± {metrics['standard_error']:.2f} (n={metrics['n']}, judge {judge_name}); {lc_text}",
+        highlight=False,
+    )
     console.print(f"wrote {out}/alpaca_eval.json (+ .parquet, .png), annotations.json, manifest.json", highlight=False)
 
 
-def _generate_outputs(out: Path, instructions: list[str], dataset: str, *, model: str, fmt: str, rules: Optional[str],
-                      rules_config: Optional[Path], max_new_tokens: int, batch_size: int, dtype: Optional[str], device: Optional[str],
-                      quiet: bool):
+def _generate_outputs(
+    out: Path,
+    instructions: list[str],
+    dataset: str,
+    *,
+    model: str,
+    fmt: str,
+    rules: Optional[str],
+    rules_config: Optional[Path],
+    max_new_tokens: int,
+    batch_size: int,
+    dtype: Optional[str],
+    device: Optional[str],
+    quiet: bool,
+):
     """Greedy responses of ``model`` (optionally with the rule adapter), written to ``out/outputs.json`` first.
 
     Returns (outputs, label, model description, generation config) for the caller's scoring and manifest."""
@@ -153,14 +205,25 @@ def _generate_outputs(out: Path, instructions: list[str], dataset: str, *, model
     loaded = load_model(model, dtype=dtype, device=device)
     adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
     results, stats = generate_responses(
-        loaded, instructions, fmt=chat_format, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        show_progress=not quiet, logits_processor_factory=adapter.logits_processor if adapter is not None else None)
+        loaded,
+        instructions,
+        fmt=chat_format,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        show_progress=not quiet,
+        logits_processor_factory=adapter.logits_processor if adapter is not None else None,
+    )
     label = f"{model}+rules({','.join(adapter.rules)})" if adapter is not None else model
     outputs = [ModelOutput(r.instruction, r.output, label, dataset, r.stopped) for r in results]
     atomic_write_json(Path(out) / "outputs.json", [o.to_json() | {"ended_with_eos": o.ended_with_eos} for o in outputs])
-    gen_config = {"format": chat_format.name, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "decoding": "greedy",
-                  "rules": rule_cfg.model_dump(mode="json") if adapter is not None else None,
-                  "tokens_per_second": round(stats.tokens_per_second, 2)}
+    gen_config = {
+        "format": chat_format.name,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "decoding": "greedy",
+        "rules": rule_cfg.model_dump(mode="json") if adapter is not None else None,
+        "tokens_per_second": round(stats.tokens_per_second, 2),
+    }
     return outputs, label, loaded.describe(), gen_config
 
 
@@ -168,8 +231,12 @@ def _generate_outputs(out: Path, instructions: list[str], dataset: str, *, model
 def ifeval(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
-    outputs: Optional[Path] = typer.Option(None, "--outputs", help="Score these responses instead of generating: IFEval's "
-                                           "{prompt, response} JSONL, or AlpacaEval-format outputs (what `iit generate` writes)."),
+    outputs: Optional[Path] = typer.Option(
+        None,
+        "--outputs",
+        help="Score these responses instead of generating: IFEval's "
+        "{prompt, response} JSONL, or AlpacaEval-format outputs (what `iit generate` writes).",
+    ),
     data: str = typer.Option("../shared/data/ifeval/input_data.jsonl", "--data", help="IFEval's input_data.jsonl, or hub:ifeval."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N prompts, stratified by first instruction type (fixed seed)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the stratified subset and of the bootstrap."),
@@ -197,8 +264,19 @@ def ifeval(
             result = score_ifeval(prompts, read_ifeval_responses(outputs), model=outputs.stem, seed=seed)
         else:
             scored, label, described, gen_config = _generate_outputs(
-                out, [p.prompt for p in prompts], "ifeval", model=model, fmt=fmt, rules=rules, rules_config=rules_config,
-                max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, device=device, quiet=quiet)
+                out,
+                [p.prompt for p in prompts],
+                "ifeval",
+                model=model,
+                fmt=fmt,
+                rules=rules,
+                rules_config=rules_config,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                dtype=dtype,
+                device=device,
+                quiet=quiet,
+            )
             result = score_ifeval(prompts, [o.output for o in scored], model=label, seed=seed)
             _save_behaviour(out, scored, label)
     except _ERRORS as exc:
@@ -206,14 +284,23 @@ def ifeval(
     result.save(out)
     summary = result.to_json()
     metrics = {k: summary[k] for k in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")}
-    write_manifest(out, build_manifest(
-        command=_command(), seed=seed, model=described,
-        data_files=[p for p in (None if data.startswith("hub:") else data, outputs) if p is not None],
-        config={"model": model, "outputs": str(outputs) if outputs else None, "data": data, "limit": limit, "generation": gen_config},
-        results={**metrics, "n_prompts": summary["n_prompts"], "n_instructions": summary["n_instructions"],
-                 "n_matched_by_position": summary["n_matched_by_position"]},
-        timings={"total": round(time.perf_counter() - t0, 2)},
-    ))
+    write_manifest(
+        out,
+        build_manifest(
+            command=_command(),
+            seed=seed,
+            model=described,
+            data_files=[p for p in (None if data.startswith("hub:") else data, outputs) if p is not None],
+            config={"model": model, "outputs": str(outputs) if outputs else None, "data": data, "limit": limit, "generation": gen_config},
+            results={
+                **metrics,
+                "n_prompts": summary["n_prompts"],
+                "n_instructions": summary["n_instructions"],
+                "n_matched_by_position": summary["n_matched_by_position"],
+            },
+            timings={"total": round(time.perf_counter() - t0, 2)},
+        ),
+    )
     name = summary["model"]
     console.print(f"{name}: IFEval on {summary['n_prompts']} prompts ({summary['n_instructions']} instructions)", highlight=False)
     for k, v in metrics.items():
@@ -257,25 +344,56 @@ def ifsuite(
             scored = [by_instruction[p.instruction] for p in prompts]
         else:
             scored, label, described, gen_config = _generate_outputs(
-                out, [p.instruction for p in prompts], "ifsuite", model=model, fmt=fmt, rules=rules, rules_config=rules_config,
-                max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=dtype, device=device, quiet=quiet)
+                out,
+                [p.instruction for p in prompts],
+                "ifsuite",
+                model=model,
+                fmt=fmt,
+                rules=rules,
+                rules_config=rules_config,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                dtype=dtype,
+                device=device,
+                quiet=quiet,
+            )
             result = score_responses(prompts, [o.output for o in scored], model=label)
     except _ERRORS as exc:
         _fail(exc)
     result.save(out)
     behaviour = _save_behaviour(out, scored, label)
     summary = result.to_json()
-    write_manifest(out, build_manifest(
-        command=_command(), seed=None, model=described, data_files=[p for p in (suite, outputs) if p is not None],
-        config={"model": model, "outputs": str(outputs) if outputs else None, "suite": str(suite) if suite else "packaged",
-                "limit": limit, "generation": gen_config},
-        results={"strict_accuracy": summary["strict_accuracy"], "loose_accuracy": summary["loose_accuracy"], "n": summary["n"],
-                 "behaviour": behaviour},
-        timings={"total": round(time.perf_counter() - t0, 2)},
-    ))
-    console.print(f"{label}: strict {summary['strict_accuracy']:.1%}, loose {summary['loose_accuracy']:.1%} over {summary['n']} prompts", highlight=False)
+    write_manifest(
+        out,
+        build_manifest(
+            command=_command(),
+            seed=None,
+            model=described,
+            data_files=[p for p in (suite, outputs) if p is not None],
+            config={
+                "model": model,
+                "outputs": str(outputs) if outputs else None,
+                "suite": str(suite) if suite else "packaged",
+                "limit": limit,
+                "generation": gen_config,
+            },
+            results={
+                "strict_accuracy": summary["strict_accuracy"],
+                "loose_accuracy": summary["loose_accuracy"],
+                "n": summary["n"],
+                "behaviour": behaviour,
+            },
+            timings={"total": round(time.perf_counter() - t0, 2)},
+        ),
+    )
+    console.print(
+        f"{label}: strict {summary['strict_accuracy']:.1%}, loose {summary['loose_accuracy']:.1%} over {summary['n']} prompts",
+        highlight=False,
+    )
     for cat, row in summary["per_category"].items():
-        console.print(f"  {cat:<20} strict {row['strict_accuracy']:.0%}  loose {row['loose_accuracy']:.0%}  (n={row['n']})", highlight=False)
+        console.print(
+            f"  {cat:<20} strict {row['strict_accuracy']:.0%}  loose {row['loose_accuracy']:.0%}  (n={row['n']})", highlight=False
+        )
     gate = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in summary["not_an_answer"].items() if v)
     if gate:
         console.print(f"  not an answer (fail every check): {gate}", highlight=False)
@@ -297,7 +415,9 @@ def behaviour(
         metrics = _save_behaviour(out, given, outputs.stem)
     except _ERRORS as exc:
         _fail(exc)
-    write_manifest(out, build_manifest(command=_command(), seed=None, data_files=[outputs], config={"outputs": str(outputs)}, results=metrics))
+    write_manifest(
+        out, build_manifest(command=_command(), seed=None, data_files=[outputs], config={"outputs": str(outputs)}, results=metrics)
+    )
     console.print(_behaviour_line(metrics), highlight=False)
 
 
@@ -307,8 +427,11 @@ def similarity(
     domain: Path = typer.Option(..., "--domain", help="The finetuning domain's data (chat JSONL, e.g. gsm8k/train_1k.jsonl)."),
     general: Path = typer.Option(..., "--general", help="General instruction data (chat JSONL, e.g. lima/train.jsonl)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
-    embedder: str = typer.Option("all-minilm-l6-v2", "--embedder", help="sentence-transformers model: all-minilm-l6-v2 (installed "
-                                 "from PyPI) or a model path / hub id."),
+    embedder: str = typer.Option(
+        "all-minilm-l6-v2",
+        "--embedder",
+        help="sentence-transformers model: all-minilm-l6-v2 (installed from PyPI) or a model path / hub id.",
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", min=3, help="Only the first N outputs."),
     domain_limit: Optional[int] = typer.Option(None, "--domain-limit", min=1, help="Only the first N domain examples."),
     general_limit: Optional[int] = typer.Option(None, "--general-limit", min=1, help="Only the first N general examples."),
@@ -321,22 +444,41 @@ def similarity(
     t0 = time.perf_counter()
     try:
         given = read_model_outputs(outputs, limit=limit)
-        analysis = DomainSimilarity(load_examples(domain, limit=domain_limit), load_examples(general, limit=general_limit),
-                                    SimilarityConfig(domain_name=domain.parent.name or domain.stem, general_name=general.parent.name or general.stem))
+        analysis = DomainSimilarity(
+            load_examples(domain, limit=domain_limit),
+            load_examples(general, limit=general_limit),
+            SimilarityConfig(domain_name=domain.parent.name or domain.stem, general_name=general.parent.name or general.stem),
+        )
         emb = Embedder(embedder, device=device)
         result = analysis.run(emb, [o.instruction for o in given], [o.output for o in given], model=generator_name(given, outputs.stem))
     except _ERRORS as exc:
         _fail(exc)
     result.save(out)
     entry = result.entries[0]
-    write_manifest(out, build_manifest(
-        command=_command(), seed=None, data_files=[outputs, domain, general], model={"embedder": embedder, "path": emb.path},
-        config={"outputs": str(outputs), "domain": str(domain), "general": str(general), "limit": limit,
-                "domain_limit": domain_limit, "general_limit": general_limit},
-        results={k: v for k, v in entry.items() if k != "points"}, timings={"total": round(time.perf_counter() - t0, 2)},
-    ))
+    write_manifest(
+        out,
+        build_manifest(
+            command=_command(),
+            seed=None,
+            data_files=[outputs, domain, general],
+            model={"embedder": embedder, "path": emb.path},
+            config={
+                "outputs": str(outputs),
+                "domain": str(domain),
+                "general": str(general),
+                "limit": limit,
+                "domain_limit": domain_limit,
+                "general_limit": general_limit,
+            },
+            results={k: v for k, v in entry.items() if k != "points"},
+            timings={"total": round(time.perf_counter() - t0, 2)},
+        ),
+    )
     t = entry["trend"]
-    console.print(f"{entry['model']} vs {entry['domain']}: slope {t['slope']:.3f} ± {t['slope_stderr']:.3f}, r = {t['pearson_r']:.3f} "
-                  f"(p = {t['p_value']:.2g}, n = {entry['n']}); {entry['share_closer_to_domain']:.0%} of responses closer to "
-                  f"{entry['domain']} than to {entry['general']}", highlight=False)
+    console.print(
+        f"{entry['model']} vs {entry['domain']}: slope {t['slope']:.3f} ± {t['slope_stderr']:.3f}, r = {t['pearson_r']:.3f} "
+        f"(p = {t['p_value']:.2g}, n = {entry['n']}); {entry['share_closer_to_domain']:.0%} of responses closer to "
+        f"{entry['domain']} than to {entry['general']}",
+        highlight=False,
+    )
     console.print(f"wrote {out}/similarity.json (+ .parquet, .png), manifest.json", highlight=False)

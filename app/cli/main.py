@@ -33,7 +33,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
 
-
 @app.callback()
 def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs and progress bars.")) -> None:
     """Keep the terminal for our own progress: silence transformers' per-load bars and warnings."""
@@ -49,7 +48,9 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show lib
 
 @app.command()
 def generate(
-    instructions: Path = typer.Option(..., "--instructions", "-i", help="Instructions: {'instruction'} JSONL, AlpacaEval JSON list, or chat JSONL."),
+    instructions: Path = typer.Option(
+        ..., "--instructions", "-i", help="Instructions: {'instruction'} JSONL, AlpacaEval JSON list, or chat JSONL."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write AlpacaEval-format records (JSON list), atomically."),
     model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Model SPEC."),
     fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format: tulu, ab_tags, empty_instruction, native."),
@@ -60,8 +61,11 @@ def generate(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
     rules: Optional[str] = typer.Option(
-        None, "--rules", help="Combine the model with the paper's rule adapter: 'all' (= eos,uniform,diversity), "
-        "or any subset of eos,uniform,diversity,start. Off by default."),
+        None,
+        "--rules",
+        help="Combine the model with the paper's rule adapter: 'all' (= eos,uniform,diversity), "
+        "or any subset of eos,uniform,diversity,start. Off by default.",
+    ),
     rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants (see configs/rules/paper.yaml)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -88,8 +92,12 @@ def generate(
         if adapter is not None and not quiet:
             console.print("rule tokens:\n  " + "\n  ".join(adapter.report()), highlight=False)
         results, stats = generate_responses(
-            loaded, [it.instruction for it in items], fmt=chat_format, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, show_progress=not quiet,
+            loaded,
+            [it.instruction for it in items],
+            fmt=chat_format,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            show_progress=not quiet,
             logits_processor_factory=adapter.logits_processor if adapter is not None else None,
         )
     except (ImplicitItError, ValueError) as exc:
@@ -98,18 +106,35 @@ def generate(
     records = alpaca_eval_records(results, name, [it.dataset for it in items])
     write_outputs(out, records)
     n_stopped = sum(r.stopped for r in results)
-    write_manifest(out, build_manifest(
-        command=" ".join(["iit"] + sys.argv[1:]),
-        config={"model": model, "format": chat_format.name, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                "instructions": str(instructions), "limit": limit, "generator": name, "decoding": "greedy",
+    write_manifest(
+        out,
+        build_manifest(
+            command=" ".join(["iit"] + sys.argv[1:]),
+            config={
+                "model": model,
+                "format": chat_format.name,
+                "max_new_tokens": max_new_tokens,
+                "batch_size": batch_size,
+                "instructions": str(instructions),
+                "limit": limit,
+                "generator": name,
+                "decoding": "greedy",
                 "rules": rule_cfg.model_dump(mode="json") if adapter is not None else None,
-                "rule_tokens": [vars(r) for r in adapter.resolved] if adapter is not None else None},
-        seed=None, model=loaded.describe(), data_files=[instructions],
-        results={"n_records": len(records), "n_ended_with_eos": n_stopped, "new_tokens": stats.n_new_tokens,
-                 "tokens_per_second": round(stats.tokens_per_second, 2),
-                 "per_record": [{"n_tokens": len(r.token_ids), "ended_with_eos": r.stopped} for r in results]},
-        timings={"load_model": round(load_s, 2), "generate": round(stats.seconds, 2)},
-    ))
+                "rule_tokens": [vars(r) for r in adapter.resolved] if adapter is not None else None,
+            },
+            seed=None,
+            model=loaded.describe(),
+            data_files=[instructions],
+            results={
+                "n_records": len(records),
+                "n_ended_with_eos": n_stopped,
+                "new_tokens": stats.n_new_tokens,
+                "tokens_per_second": round(stats.tokens_per_second, 2),
+                "per_record": [{"n_tokens": len(r.token_ids), "ended_with_eos": r.stopped} for r in results],
+            },
+            timings={"load_model": round(load_s, 2), "generate": round(stats.seconds, 2)},
+        ),
+    )
     console.print(
         f"wrote {len(records)} records to {out} ({n_stopped} ended with EOS; "
         f"{stats.n_new_tokens} tokens in {stats.seconds:.1f}s = {stats.tokens_per_second:.1f} tok/s; "
@@ -130,10 +155,12 @@ def _load_experiment(config: Path, variant: Optional[str]):
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML (see configs/)."),
     variant: Optional[str] = typer.Option(
-        None, "--variant", "-V", help="instruction, response, single_task[:SOURCE] (default: every variant in the config)."),
+        None, "--variant", "-V", help="instruction, response, single_task[:SOURCE] (default: every variant in the config)."
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default runs/<name>/<variant>; "
-                                       "with several variants, one subdirectory each)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output directory (default runs/<name>/<variant>; with several variants, one subdirectory each)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue an unfinished run from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an earlier run in the output directory first."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -154,9 +181,12 @@ def train(
             r = res.results
             held = f", held-out NLL {r['heldout_nll']:.4f}" if "heldout_nll" in r else ""
             held += f", validation NLL {r['val_nll']:.4f}" if "val_nll" in r else ""
-            console.print(f"{v.name}: {r['data']['n_train_examples']} examples, {r['optimizer_steps']} steps, final loss "
-                          f"{r['final_loss']:.4f}{held}, {r['tokens_per_second']:.1f} tok/s, train "
-                          f"{res.manifest['timings_seconds']['train']:.0f}s -> {res.out_dir}", highlight=False)
+            console.print(
+                f"{v.name}: {r['data']['n_train_examples']} examples, {r['optimizer_steps']} steps, final loss "
+                f"{r['final_loss']:.4f}{held}, {r['tokens_per_second']:.1f} tok/s, train "
+                f"{res.manifest['timings_seconds']['train']:.0f}s -> {res.out_dir}",
+                highlight=False,
+            )
     except (ImplicitItError, ValueError, OSError) as exc:
         _fail(exc)
 
@@ -166,11 +196,20 @@ def sweep(
     config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML (training.sweep_metric says what selects)."),
     variant: str = typer.Option(..., "--variant", "-V", help="instruction, response or single_task:SOURCE."),
     grid: Optional[str] = typer.Option(None, "--grid", help="Comma-separated epoch counts (default: training.epoch_grid)."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="sweep_metric val_win_rate: the judge (gpt4_turbo, a server URL, "
-                                        "local:SPEC), comparing against data.validation's reference outputs, as the paper did."),
+    judge: Optional[str] = typer.Option(
+        None,
+        "--judge",
+        help="sweep_metric val_win_rate: the judge (gpt4_turbo, a server URL, "
+        "local:SPEC), comparing against data.validation's reference outputs, as the paper did.",
+    ),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name on the judge server."),
-    prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="sweep_metric ifeval_loose / ifsuite_loose: prompts to "
-                                          "generate for (IFEval: a stratified subset, default 60; IF suite: round-robin, default all 136)."),
+    prompts: Optional[int] = typer.Option(
+        None,
+        "--prompts",
+        min=1,
+        help="sweep_metric ifeval_loose / ifsuite_loose: prompts to "
+        "generate for (IFEval: a stratified subset, default 60; IF suite: round-robin, default all 136).",
+    ),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Generation cap for generation-based metrics."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep directory (default runs/<name>/<variant>-sweep)."),
@@ -190,14 +229,15 @@ def sweep(
         except ValueError:
             raise ValueError(f"--grid: expected comma-separated epoch counts such as 5,7,10, got {grid!r}") from None
         scorer = _sweep_scorer(cfg, judge, judge_model, prompts, max_new_tokens, quiet)
-        summary = run_sweep(cfg, variants[0], out_dir=out, grid=epochs, seed=seed, resume=resume, show_progress=not quiet,
-                            scorer=scorer)
+        summary = run_sweep(cfg, variants[0], out_dir=out, grid=epochs, seed=seed, resume=resume, show_progress=not quiet, scorer=scorer)
     except (ImplicitItError, ValueError, OSError) as exc:
         _fail(exc)
     if summary:
         for p in summary["points"]:
             mark = "  <- selected" if p["epochs"] == summary["selected_epochs"] else ""
-            console.print(f"epochs {p['epochs']:g}: {summary['metric']} {p.get(summary['metric'], float('nan')):.4f}{mark}", highlight=False)
+            console.print(
+                f"epochs {p['epochs']:g}: {summary['metric']} {p.get(summary['metric'], float('nan')):.4f}{mark}", highlight=False
+            )
 
 
 def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts: Optional[int], max_new_tokens: int, quiet: bool):
@@ -213,8 +253,14 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
         from implicit_it.models import load_model
 
         loaded = load_model(model_dir, use_process_cache=False)
-        results, _ = generate_responses(loaded, instructions, fmt=cfg.format, max_new_tokens=max_new_tokens,
-                                        batch_size=cfg.generation.batch_size, show_progress=not quiet)
+        results, _ = generate_responses(
+            loaded,
+            instructions,
+            fmt=cfg.format,
+            max_new_tokens=max_new_tokens,
+            batch_size=cfg.generation.batch_size,
+            show_progress=not quiet,
+        )
         return [r.output for r in results]
 
     if metric == "ifeval_loose":
@@ -250,8 +296,13 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
     def score_win_rate(model_dir):
         texts = generate(model_dir, [r.instruction for r in reference])
         outputs = [ModelOutput(r.instruction, t, generator=str(model_dir)) for r, t in zip(reference, texts, strict=True)]
-        frame = annotate(list(zip(reference, outputs, strict=True)), judge_obj, Path(model_dir) / "val_judge", generator=str(model_dir),
-                         cache_path=Path(model_dir) / "val_judge_cache.json")
+        frame = annotate(
+            list(zip(reference, outputs, strict=True)),
+            judge_obj,
+            Path(model_dir) / "val_judge",
+            generator=str(model_dir),
+            cache_path=Path(model_dir) / "val_judge_cache.json",
+        )
         return {"val_win_rate": alpaca_metrics(frame, judge=judge_obj.name)["win_rate"]}
 
     return score_win_rate
@@ -271,11 +322,12 @@ def _probe_inputs(data: Path, pairs: int, negatives: int, include_self: bool, se
     from implicit_it.probes import build_ranking_groups, read_ranking_source
 
     source = read_ranking_source(data, limit=pairs)
-    return source, build_ranking_groups(source, negatives=negatives, seed=seed, exclude_self=not include_self,
-                                        self_draws=self_draws)  # type: ignore[arg-type]
+    return source, build_ranking_groups(source, negatives=negatives, seed=seed, exclude_self=not include_self, self_draws=self_draws)  # type: ignore[arg-type]
 
 
-def _each_model(pairs_of: list[tuple[str, str]], run_one, *, dtype: Optional[str], device: Optional[str], quiet: bool, verb: str, total: int):
+def _each_model(
+    pairs_of: list[tuple[str, str]], run_one, *, dtype: Optional[str], device: Optional[str], quiet: bool, verb: str, total: int
+):
     """Load each (spec, format) in turn and yield ``(spec, format, loaded, run_one(loaded, spec, format, advance), load_seconds)``;
     a failure names the model and exits, after the caller has written what earlier models produced."""
     from implicit_it.generation import progress_bar
@@ -301,12 +353,23 @@ def rank(
     fmt: list[str] = typer.Option(["tulu"], "--format", "-f", help="Chat format; once for all models or once per --model."),
     pairs: int = typer.Option(1000, "--pairs", min=1, help="Instructions (the first N of the file); each gives --negatives pairs."),
     negatives: int = typer.Option(5, "--negatives", "-k", min=1, help="Other instructions' responses per instruction."),
-    include_self: bool = typer.Option(False, "--include-self", help="Let a draw pick the instruction's own response, as the "
-                                      "paper's code can (scored as a tie = loss). Default: redraw."),
-    self_draws: Optional[str] = typer.Option(None, "--self-draws", help="What a draw of the instruction's own response does: "
-                                             "redraw (default), drop (the paper's plot_ratios.py) or tie. Overrides --include-self."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Also rank through the logit lens after these layers: "
-                                         "'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings). Costs one unembedding per layer."),
+    include_self: bool = typer.Option(
+        False,
+        "--include-self",
+        help="Let a draw pick the instruction's own response, as the paper's code can (scored as a tie = loss). Default: redraw.",
+    ),
+    self_draws: Optional[str] = typer.Option(
+        None,
+        "--self-draws",
+        help="What a draw of the instruction's own response does: "
+        "redraw (default), drop (the paper's plot_ratios.py) or tie. Overrides --include-self.",
+    ),
+    layers: Optional[str] = typer.Option(
+        None,
+        "--layers",
+        help="Also rank through the logit lens after these layers: "
+        "'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings). Costs one unembedding per layer.",
+    ),
     max_length: int = typer.Option(1024, "--max-length", min=8, help="Truncate prompt+response+EOS here (the paper: 1024)."),
     batch_tokens: int = typer.Option(4096, "--batch-tokens", min=64, help="Padded tokens per forward batch."),
     bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Cluster-bootstrap resamples for the 95% CI."),
@@ -325,13 +388,22 @@ def rank(
     try:
         pairs_of = _model_formats(model, fmt)
         source, groups = _probe_inputs(data, pairs, negatives, include_self, seed, self_draws)
-        probe = RankingProbe(source, groups, max_length=max_length, layers=layers, max_batch_tokens=batch_tokens, n_boot=bootstrap, seed=seed)
+        probe = RankingProbe(
+            source, groups, max_length=max_length, layers=layers, max_batch_tokens=batch_tokens, n_boot=bootstrap, seed=seed
+        )
     except (ImplicitItError, ValueError) as exc:
         _fail(exc)
     ranking = layerwise = frames = None
     described, timings = [], {}
-    runs = _each_model(pairs_of, lambda lm, spec, f, advance: probe.run(lm, label=spec, fmt=f, progress=advance),
-                       dtype=dtype, device=device, quiet=quiet, verb="ranking", total=len(groups))
+    runs = _each_model(
+        pairs_of,
+        lambda lm, spec, f, advance: probe.run(lm, label=spec, fmt=f, progress=advance),
+        dtype=dtype,
+        device=device,
+        quiet=quiet,
+        verb="ranking",
+        total=len(groups),
+    )
     for spec, chat_format, loaded, run, load_s in runs:
         timings[f"{spec}:load"], timings[f"{spec}:score"] = load_s, round(run.seconds, 2)
         described.append({**loaded.describe(), "format": chat_format})
@@ -348,20 +420,38 @@ def rank(
             lw = run.layerwise()
             layerwise = lw if layerwise is None else layerwise.merge(lw)
             layerwise.save(out)
-        write_manifest(out, build_manifest(
-            command=" ".join(["iit"] + sys.argv[1:]),
-            config={"models": model, "formats": [f for _, f in pairs_of], "data": str(data), "pairs": pairs, "negatives": negatives,
-                    "exclude_self": not include_self, "self_draws": self_draws, "layers": layers, "max_length": max_length, "batch_tokens": batch_tokens,
-                    "bootstrap": bootstrap, "score": "mean token log-prob of response+EOS (and total)"},
-            seed=seed, model=described, data_files=[data],
-            results={"ranking": ranking.entries, "layerwise_ranking": layerwise.entries if layerwise is not None else None},
-            timings=timings,
-        ))
+        write_manifest(
+            out,
+            build_manifest(
+                command=" ".join(["iit"] + sys.argv[1:]),
+                config={
+                    "models": model,
+                    "formats": [f for _, f in pairs_of],
+                    "data": str(data),
+                    "pairs": pairs,
+                    "negatives": negatives,
+                    "exclude_self": not include_self,
+                    "self_draws": self_draws,
+                    "layers": layers,
+                    "max_length": max_length,
+                    "batch_tokens": batch_tokens,
+                    "bootstrap": bootstrap,
+                    "score": "mean token log-prob of response+EOS (and total)",
+                },
+                seed=seed,
+                model=described,
+                data_files=[data],
+                results={"ranking": ranking.entries, "layerwise_ranking": layerwise.entries if layerwise is not None else None},
+                timings=timings,
+            ),
+        )
     table = Table(title=f"response ranking: {data.name}, {pairs} instructions x {negatives} negatives")
     for col in ("model", "format", "score", "accuracy", "95% CI", "pairs"):
         table.add_column(col)
     for e in ranking.entries:
-        table.add_row(e["model"], e["format"], e["score"], f"{e['accuracy']:.3f}", f"[{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]", str(e["n_pairs"]))
+        table.add_row(
+            e["model"], e["format"], e["score"], f"{e['accuracy']:.3f}", f"[{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]", str(e["n_pairs"])
+        )
     Console().print(table)
     if layerwise is not None:
         for e in layerwise.entries:
@@ -376,8 +466,12 @@ def probe(
     data: Path = typer.Option(..., "--data", "-d", help="Chat JSONL (LIMA layout) or AlpacaEval-style JSON/JSONL with 'output'."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (activations are cached under DIR/activations/)."),
     fmt: list[str] = typer.Option(["tulu"], "--format", "-f", help="Chat format; once for all models or once per --model."),
-    pairs: int = typer.Option(1000, "--pairs", min=4, help="Instructions (the first N), paired at random; each pair swaps "
-                              "responses, giving two matched and two mismatched examples."),
+    pairs: int = typer.Option(
+        1000,
+        "--pairs",
+        min=4,
+        help="Instructions (the first N), paired at random; each pair swaps responses, giving two matched and two mismatched examples.",
+    ),
     layers: str = typer.Option("all", "--layers", help="'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings)."),
     pools: str = typer.Option("mean,last", "--pools", help="Features: mean over response tokens, and/or the last response token."),
     folds: int = typer.Option(5, "--folds", min=2, help="GroupKFold splits (grouped by instruction)."),
@@ -404,50 +498,97 @@ def probe(
             raise ValueError(f"--pools: unknown pooling {bad or pools!r}; choose from {', '.join(POOLS)}")
     except (ImplicitItError, ValueError) as exc:
         _fail(exc)
+
     def run_one(loaded, spec: str, chat_format: str, advance):
         slug = _slug(spec, "model")
-        return LinearProbe(source, activation_dir=out / "activations" / slug, fmt=chat_format, max_length=max_length,
-                           layers=layers, pools=pool_list, folds=folds, c=c, seed=seed, max_batch_tokens=batch_tokens,
-                           ).run(loaded, label=spec, progress=advance)
+        return LinearProbe(
+            source,
+            activation_dir=out / "activations" / slug,
+            fmt=chat_format,
+            max_length=max_length,
+            layers=layers,
+            pools=pool_list,
+            folds=folds,
+            c=c,
+            seed=seed,
+            max_batch_tokens=batch_tokens,
+        ).run(loaded, label=spec, progress=advance)
 
     result, described, timings = None, [], {}
-    runs = _each_model(pairs_of, run_one, dtype=dtype, device=device, quiet=quiet, verb="activations", total=len(source.instructions) // 2 * 2)
+    runs = _each_model(
+        pairs_of, run_one, dtype=dtype, device=device, quiet=quiet, verb="activations", total=len(source.instructions) // 2 * 2
+    )
     for spec, chat_format, loaded, run, load_s in runs:
         timings[f"{spec}:load"] = load_s
         timings[f"{spec}:probe"] = round(run.seconds, 2)
         described.append({**loaded.describe(), "format": chat_format})
         result = run.result if result is None else result.merge(run.result)
         result.save(out)
-        write_manifest(out, build_manifest(
-            command=" ".join(["iit"] + sys.argv[1:]),
-            config={"models": model, "formats": [f for _, f in pairs_of], "data": str(data), "pairs": pairs, "layers": layers,
-                    "pools": pool_list, "folds": folds, "C": c, "max_length": max_length, "batch_tokens": batch_tokens,
-                    "labels": "1 = own response, 0 = the partner instruction's response (swap pairs); control = shuffled labels"},
-            seed=seed, model=described, data_files=[data], results={"probe": result.entries}, timings=timings,
-        ))
+        write_manifest(
+            out,
+            build_manifest(
+                command=" ".join(["iit"] + sys.argv[1:]),
+                config={
+                    "models": model,
+                    "formats": [f for _, f in pairs_of],
+                    "data": str(data),
+                    "pairs": pairs,
+                    "layers": layers,
+                    "pools": pool_list,
+                    "folds": folds,
+                    "C": c,
+                    "max_length": max_length,
+                    "batch_tokens": batch_tokens,
+                    "labels": "1 = own response, 0 = the partner instruction's response (swap pairs); control = shuffled labels",
+                },
+                seed=seed,
+                model=described,
+                data_files=[data],
+                results={"probe": result.entries},
+                timings=timings,
+            ),
+        )
     for e in result.entries:
         best = max(e["layers"], key=lambda layer: layer["accuracy"])
-        console.print(f"{e['model']} ({e['pool']}): best layer {best['layer']} accuracy {best['accuracy']:.3f} ± {best['std']:.3f} "
-                      f"(control {best['control_accuracy']:.3f}); n = {e['n_examples']}", highlight=False)
+        console.print(
+            f"{e['model']} ({e['pool']}): best layer {best['layer']} accuracy {best['accuracy']:.3f} ± {best['std']:.3f} "
+            f"(control {best['control_accuracy']:.3f}); n = {e['n_examples']}",
+            highlight=False,
+        )
     console.print(f"wrote {out}/probe.json", highlight=False)
 
 
 @app.command()
 def diff(
     base: str = typer.Option("gemma-3-270m", "--base", "-b", help="Base model SPEC."),
-    variant: list[str] = typer.Option(..., "--variant", "-V", help="Variant SPEC (an HF directory, e.g. runs/demo/response, "
-                                      "or a LoRA adapter directory); repeat for several."),
+    variant: list[str] = typer.Option(
+        ...,
+        "--variant",
+        "-V",
+        help="Variant SPEC (an HF directory, e.g. runs/demo/response, or a LoRA adapter directory); repeat for several.",
+    ),
     data: Path = typer.Option(..., "--data", "-d", help="Chat JSONL (LIMA layout) or AlpacaEval-style file: instructions with responses."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     analyses: str = typer.Option("weights,logits,rules,shift", "--analyses", "-a", help="Any of weights,logits,rules,shift (or 'all')."),
     limit: Optional[int] = typer.Option(None, "--limit", min=2, help="Only the first N instructions of --data."),
-    texts: str = typer.Option("data,generations", "--texts", help="Texts the logit analyses read: the file's responses ('data') "
-                              "and/or the variant's own greedy responses to the same instructions ('generations')."),
-    layers: str = typer.Option("all", "--layers", help="Logit-lens layers: 'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings; "
-                               "the output layer is always included)."),
-    vocab: str = typer.Option("frequent:2048", "--vocab", help="Tokens the rule comparison scores: 'all' or 'frequent:K' (the K most "
-                              "frequent in the texts, plus the rule tokens and EOS). The family's per-token bias makes 'all' "
-                              "mostly measure static biases."),
+    texts: str = typer.Option(
+        "data,generations",
+        "--texts",
+        help="Texts the logit analyses read: the file's responses ('data') "
+        "and/or the variant's own greedy responses to the same instructions ('generations').",
+    ),
+    layers: str = typer.Option(
+        "all",
+        "--layers",
+        help="Logit-lens layers: 'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings; the output layer is always included).",
+    ),
+    vocab: str = typer.Option(
+        "frequent:2048",
+        "--vocab",
+        help="Tokens the rule comparison scores: 'all' or 'frequent:K' (the K most "
+        "frequent in the texts, plus the rule tokens and EOS). The family's per-token bias makes 'all' "
+        "mostly measure static biases.",
+    ),
     fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format of the texts."),
     max_length: int = typer.Option(512, "--max-length", min=8, help="Truncate prompt+response+EOS here."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Token budget of each variant generation."),
@@ -486,17 +627,36 @@ def diff(
         parse_vocab(vocab)
         source = read_ranking_source(data, limit=limit)
         data_texts = texts_from_source(source)
-        runner = LayerDiff(analyses=names, texts=text_kinds, vocab=vocab, max_new_tokens=max_new_tokens, spectrum=spectrum,
-                           rule_config=load_rule_config(rules_config) if rules_config else RuleConfig(),
-                           pass_config=DeltaPassConfig(fmt=fmt, layers=layers, max_length=max_length, seed=seed))
+        runner = LayerDiff(
+            analyses=names,
+            texts=text_kinds,
+            vocab=vocab,
+            max_new_tokens=max_new_tokens,
+            spectrum=spectrum,
+            rule_config=load_rule_config(rules_config) if rules_config else RuleConfig(),
+            pass_config=DeltaPassConfig(fmt=fmt, layers=layers, max_length=max_length, seed=seed),
+        )
         needs_models = names != ["weights"]
         load_kwargs = {"dtype": dtype, "device": device, "device_map": device_map}
         base_loaded = load_model(base, **load_kwargs) if needs_models else None
     except (ImplicitItError, ValueError, OSError) as exc:
         _fail(exc)
-    config = {"base": base, "variants": variant, "data": str(data), "analyses": names, "limit": limit, "texts": text_kinds, "layers": layers,
-              "vocab": vocab, "format": fmt, "max_length": max_length, "max_new_tokens": max_new_tokens,
-              "rules": runner.rule_config.model_dump(), "spectrum": spectrum, "split": "instructions shuffled with --seed; first half fits"}
+    config = {
+        "base": base,
+        "variants": variant,
+        "data": str(data),
+        "analyses": names,
+        "limit": limit,
+        "texts": text_kinds,
+        "layers": layers,
+        "vocab": vocab,
+        "format": fmt,
+        "max_length": max_length,
+        "max_new_tokens": max_new_tokens,
+        "rules": runner.rule_config.model_dump(),
+        "spectrum": spectrum,
+        "split": "instructions shuffled with --seed; first half fits",
+    }
     diffs, described, timings = [], [], {}
 
     def bar(label: str, total: int):  # a progress bar that lives as long as this variant's stack
@@ -517,19 +677,30 @@ def diff(
             described.append(loaded.describe())
         if result.texts:
             slug = _slug(spec, "variant")
-            atomic_write_jsonl(out / "texts" / f"{slug}.jsonl", [
-                {"instruction": t.instruction, "response": t.response, "origin": t.origin, "instruction_index": t.instruction_index}
-                for t in result.texts])
+            atomic_write_jsonl(
+                out / "texts" / f"{slug}.jsonl",
+                [
+                    {"instruction": t.instruction, "response": t.response, "origin": t.origin, "instruction_index": t.instruction_index}
+                    for t in result.texts
+                ],
+            )
         del loaded
         # written after every variant, so a failure on a later one keeps the earlier ones
         merged = merge_results(diffs)
         for res in merged.values():
             res.save(out)
-        write_manifest(out, build_manifest(
-            command=" ".join(["iit"] + sys.argv[1:]), config=config, seed=seed,
-            model={"base": base_loaded.describe() if base_loaded is not None else base, "variants": described},
-            data_files=[data], results=_diff_summary(merged), timings=timings,
-        ))
+        write_manifest(
+            out,
+            build_manifest(
+                command=" ".join(["iit"] + sys.argv[1:]),
+                config=config,
+                seed=seed,
+                model={"base": base_loaded.describe() if base_loaded is not None else base, "variants": described},
+                data_files=[data],
+                results=_diff_summary(merged),
+                timings=timings,
+            ),
+        )
     for line in _diff_lines(merge_results(diffs)):
         console.print(line, highlight=False)
     console.print(f"wrote {out}/: " + ", ".join(f"{n}.json" for n in names) + " (+ .parquet, .png), manifest.json", highlight=False)
@@ -539,31 +710,56 @@ def _diff_summary(merged: dict) -> dict:
     """The headline numbers per variant, for the manifest."""
     out = {}
     if "rules" in merged:
-        out["rules"] = [{k: e[k] for k in ("variant", "variance_explained_rules", "variance_explained_rule_family", "emergence_layer",
-                                           "fitted_seen_coefficient", "fitted_eos_slope")} for e in merged["rules"].entries]
+        out["rules"] = [
+            {
+                k: e[k]
+                for k in (
+                    "variant",
+                    "variance_explained_rules",
+                    "variance_explained_rule_family",
+                    "emergence_layer",
+                    "fitted_seen_coefficient",
+                    "fitted_eos_slope",
+                )
+            }
+            for e in merged["rules"].entries
+        ]
     if "shift" in merged:
-        out["shift"] = [{k: e[k] for k in ("variant", "unshifted", "marginal", "shifted", "rule_token_share_of_moved")} for e in merged["shift"].entries]
+        out["shift"] = [
+            {k: e[k] for k in ("variant", "unshifted", "marginal", "shifted", "rule_token_share_of_moved")} for e in merged["shift"].entries
+        ]
     if "logits" in merged:
         out["logits"] = [{k: e[k] for k in ("variant", "kl_output", "kl_emergence_layer")} for e in merged["logits"].entries]
     if "weights" in merged:
-        out["weights"] = [{"variant": e["variant"], "n_tensors_changed": e["n_tensors_changed"],
-                           "unembedding_rule_rows": e["unembedding_rule_rows"]} for e in merged["weights"].entries]
+        out["weights"] = [
+            {"variant": e["variant"], "n_tensors_changed": e["n_tensors_changed"], "unembedding_rule_rows": e["unembedding_rule_rows"]}
+            for e in merged["weights"].entries
+        ]
     return out
 
 
 def _diff_lines(merged: dict) -> list[str]:
     lines = []
     for e in getattr(merged.get("rules"), "entries", []):
-        lines.append(f"{e['variant']}: variance explained by the paper's rules {e['variance_explained_rules']:.3f}, by the fitted rule "
-                     f"family {e['variance_explained_rule_family']:.3f}; emergence layer {e['emergence_layer']}")
+        lines.append(
+            f"{e['variant']}: variance explained by the paper's rules {e['variance_explained_rules']:.3f}, by the fitted rule "
+            f"family {e['variance_explained_rule_family']:.3f}; emergence layer {e['emergence_layer']}"
+        )
     for e in getattr(merged.get("logits"), "entries", []):
-        lines.append(f"{e['variant']}: KL(variant || base) at the output {e['kl_output']:.4f} nats; reaches half of it at layer {e['kl_emergence_layer']}")
+        lines.append(
+            f"{e['variant']}: KL(variant || base) at the output {e['kl_output']:.4f} nats; "
+            f"reaches half of it at layer {e['kl_emergence_layer']}"
+        )
     for e in getattr(merged.get("shift"), "entries", []):
-        lines.append(f"{e['variant']}: greedy tokens unshifted {e['unshifted']:.3f} / marginal {e['marginal']:.3f} / shifted {e['shifted']:.3f}")
+        lines.append(
+            f"{e['variant']}: greedy tokens unshifted {e['unshifted']:.3f} / marginal {e['marginal']:.3f} / shifted {e['shifted']:.3f}"
+        )
     for e in getattr(merged.get("weights"), "entries", []):
         moved = max(e["tensors"], key=lambda t: t["relative_delta"] if t["relative_delta"] == t["relative_delta"] else -1)
-        lines.append(f"{e['variant']}: {e['n_tensors_changed']} of {len(e['tensors'])} tensors changed; largest relative change "
-                     f"{moved['relative_delta']:.2e} in {moved['tensor']}")
+        lines.append(
+            f"{e['variant']}: {e['n_tensors_changed']} of {len(e['tensors'])} tensors changed; largest relative change "
+            f"{moved['relative_delta']:.2e} in {moved['tensor']}"
+        )
     return lines
 
 
@@ -588,14 +784,22 @@ def models(spec: Optional[str] = typer.Argument(None, help="Resolve this SPEC (n
 
 @app.command()
 def doctor(
-    gpu: bool = typer.Option(False, "--gpu", help="Run the GPU readiness check (same as scripts/gpu_check.py): random-weight "
-                             "Gemma-3-270M and Llama-2-7B shapes through training, generation, ranking, the delta pass and the "
-                             "weight diff, timed, with checks; exit 1 if a check fails."),
+    gpu: bool = typer.Option(
+        False,
+        "--gpu",
+        help="Run the GPU readiness check (same as scripts/gpu_check.py): random-weight "
+        "Gemma-3-270M and Llama-2-7B shapes through training, generation, ranking, the delta pass and the "
+        "weight diff, timed, with checks; exit 1 if a check fails.",
+    ),
     tiny: bool = typer.Option(False, "--tiny", help="With --gpu: 2-layer shapes (seconds; runs on CPU too)."),
-    shapes: Optional[str] = typer.Option(None, "--shapes", help="With --gpu: comma-separated shapes (gemma-3-270m, llama-2-7b, tiny-gemma3, tiny-llama)."),
+    shapes: Optional[str] = typer.Option(
+        None, "--shapes", help="With --gpu: comma-separated shapes (gemma-3-270m, llama-2-7b, tiny-gemma3, tiny-llama)."
+    ),
     steps: Optional[str] = typer.Option(None, "--steps", help="With --gpu: a subset of train,generate,rank,delta,weights."),
     device: Optional[str] = typer.Option(None, "--device", help="With --gpu: cuda, cuda:N or cpu."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=32, help="With --gpu: training sequence length (default 1024; --tiny 32)."),
+    seq_len: Optional[int] = typer.Option(
+        None, "--seq-len", min=32, help="With --gpu: training sequence length (default 1024; --tiny 32)."
+    ),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="With --gpu: where the checkpoints are written (removed after)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="With --gpu: also write the plan, rows and checks as JSON."),
 ) -> None:
@@ -607,8 +811,14 @@ def doctor(
             console.print(line, highlight=False)
         return
     argv = ["--tiny"] if tiny else []
-    for flag, value in (("--shapes", shapes), ("--steps", steps), ("--device", device), ("--seq-len", seq_len),
-                        ("--workdir", workdir), ("--json", json_out)):
+    for flag, value in (
+        ("--shapes", shapes),
+        ("--steps", steps),
+        ("--device", device),
+        ("--seq-len", seq_len),
+        ("--workdir", workdir),
+        ("--json", json_out),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     raise typer.Exit(gpu_check.main(argv))
@@ -653,9 +863,12 @@ def rules_cmd(
     except ImplicitItError as exc:
         _fail(exc)
     out = Console()
-    out.print(f"rules on by default: {', '.join(cfg.rules)}; diversity -{cfg.diversity_penalty:g} per distinct id "
-              f"(scope: {cfg.diversity_scope}); EOS +{cfg.eos_slope:g} x response length for 0 < length < "
-              f"{cfg.eos_max_length} (after: {cfg.eos_after_max})", highlight=False)
+    out.print(
+        f"rules on by default: {', '.join(cfg.rules)}; diversity -{cfg.diversity_penalty:g} per distinct id "
+        f"(scope: {cfg.diversity_scope}); EOS +{cfg.eos_slope:g} x response length for 0 < length < "
+        f"{cfg.eos_max_length} (after: {cfg.eos_after_max})",
+        highlight=False,
+    )
     for line in adapter.report():
         out.print("  " + line, highlight=False)
     missing = [r.text for r in adapter.resolved if r.token_id is None]
@@ -689,7 +902,9 @@ def data_validate(
 def data_convert(
     source: str = typer.Argument(..., help="lima, gsm, mbpp, poetry, recipes, or chess."),
     out: Path = typer.Option(..., "--out", "-o", help="Chat JSONL to write."),
-    raw: Optional[Path] = typer.Option(None, "--raw", help="Convert a local copy of the hub rows (JSONL, CSV, or .txt lines for chess) instead of downloading."),
+    raw: Optional[Path] = typer.Option(
+        None, "--raw", help="Convert a local copy of the hub rows (JSONL, CSV, or .txt lines for chess) instead of downloading."
+    ),
 ) -> None:
     """Convert one of the paper's sources to chat JSONL with the paper's transformation."""
     from implicit_it.data import write_chat_jsonl
@@ -715,8 +930,10 @@ def config_validate(path: Path = typer.Argument(..., help="A YAML experiment con
         cfg = load_config(path)
     except ImplicitItError as exc:
         _fail(exc)
-    console.print(f"{path}: valid ({cfg.name}: model {cfg.model.spec}, format {cfg.format}, "
-                  f"variants {', '.join(cfg.training.variants)})", highlight=False)
+    console.print(
+        f"{path}: valid ({cfg.name}: model {cfg.model.spec}, format {cfg.format}, variants {', '.join(cfg.training.variants)})",
+        highlight=False,
+    )
 
 
 from . import run as run_commands  # noqa: E402

@@ -17,10 +17,16 @@ DEFAULT_CONFIG = Path("configs/demo.yaml")
 
 
 def run(
-    config: Path = typer.Argument(DEFAULT_CONFIG, help="Experiment YAML (default: configs/demo.yaml, the CPU demo on the embedded Gemma-3-270M)."),
+    config: Path = typer.Argument(
+        DEFAULT_CONFIG, help="Experiment YAML (default: configs/demo.yaml, the CPU demo on the embedded Gemma-3-270M)."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/study/<config name>)."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Training seeds, e.g. 1..5 or 0,1,2: the training-dependent stages run "
-                                        "once per seed and the report gives mean ± std (default: the config's run.seeds or seed)."),
+    seeds: Optional[str] = typer.Option(
+        None,
+        "--seeds",
+        help="Training seeds, e.g. 1..5 or 0,1,2: the training-dependent stages run "
+        "once per seed and the report gives mean ± std (default: the config's run.seeds or seed).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (one line per step)."),
 ) -> None:
     """Train the variants, generate (base, variants, rule adapter + ablations), rank/probe, diff, evaluate and write the report.
@@ -48,8 +54,15 @@ def run(
             console.print(f"  [green]✓[/] {step.id} ({seconds:.1f} s)", highlight=False)
 
     try:
-        outcome = run_study(cfg, run_dir, seeds=seed_list, show_progress=not quiet, command=" ".join(["iit"] + sys.argv[1:]),
-                            config_path=config, on_step=on_step)
+        outcome = run_study(
+            cfg,
+            run_dir,
+            seeds=seed_list,
+            show_progress=not quiet,
+            command=" ".join(["iit"] + sys.argv[1:]),
+            config_path=config,
+            on_step=on_step,
+        )
     except StageFailed as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         console.print(f"finished steps are kept under {run_dir}; fix the cause and run the same command again to resume.", highlight=False)
@@ -62,7 +75,9 @@ def run(
     for line in headline(read_run(run_dir)):
         console.print(line, highlight=False)
     ran = sum(s == "ran" for s in outcome.statuses.values())
-    console.print(f"done in {(time.perf_counter() - t0) / 60:.1f} min ({ran} steps ran, {len(outcome.statuses) - ran} cached)", highlight=False)
+    console.print(
+        f"done in {(time.perf_counter() - t0) / 60:.1f} min ({ran} steps ran, {len(outcome.statuses) - ran} cached)", highlight=False
+    )
     print(outcome.report)
 
 
@@ -79,8 +94,11 @@ def report(
         paths = write_report(run_dir, out)
         if check or screenshot is not None:
             result = check_in_browser(paths["html"], screenshot=screenshot)
-            console.print(f"chromium: {len(result.section_ids)} sections, {result.images_loaded}/{result.images_expected} figures loaded"
-                          + (f"; screenshot {result.screenshot}" if result.screenshot else ""), highlight=False)
+            console.print(
+                f"chromium: {len(result.section_ids)} sections, {result.images_loaded}/{result.images_expected} figures loaded"
+                + (f"; screenshot {result.screenshot}" if result.screenshot else ""),
+                highlight=False,
+            )
             if not result.ok:
                 raise ImplicitItError(f"{paths['html']}: the page did not load completely in chromium")
     except (ImplicitItError, ValueError, OSError) as exc:

@@ -4,5 +4,15 @@ from .runner import RUN_MANIFEST, RunOutcome, StageFailed, run_study
 from .stages import RULE_SETS, StudyPlan, System, parse_seeds, rule_system_name
 from .steps import Step
 
-__all__ = ["RUN_MANIFEST", "RunOutcome", "StageFailed", "run_study", "RULE_SETS", "StudyPlan", "System", "parse_seeds",
-           "rule_system_name", "Step"]
+__all__ = [
+    "RUN_MANIFEST",
+    "RunOutcome",
+    "StageFailed",
+    "run_study",
+    "RULE_SETS",
+    "StudyPlan",
+    "System",
+    "parse_seeds",
+    "rule_system_name",
+    "Step",
+]

@@ -38,9 +38,16 @@ def _describe_inputs(step: Step) -> str:
     return ", ".join(parts) if parts else "the config"
 
 
-def run_study(config: ExperimentConfig, run_dir: str | Path, *, seeds: list[int] | None = None, show_progress: bool = True,
-              command: str = "iit run", config_path: str | Path | None = None,
-              on_step: Callable[[Step, str, float], None] | None = None) -> RunOutcome:
+def run_study(
+    config: ExperimentConfig,
+    run_dir: str | Path,
+    *,
+    seeds: list[int] | None = None,
+    show_progress: bool = True,
+    command: str = "iit run",
+    config_path: str | Path | None = None,
+    on_step: Callable[[Step, str, float], None] | None = None,
+) -> RunOutcome:
     """Plan and run every step of ``config`` under ``run_dir``; finished steps with the same key are skipped."""
     run_dir = Path(run_dir)
     plan = StudyPlan(config, run_dir, seeds=seeds, show_progress=show_progress, command=command)
@@ -53,14 +60,24 @@ def run_study(config: ExperimentConfig, run_dir: str | Path, *, seeds: list[int]
     started = time.perf_counter()
 
     def write_run_manifest() -> None:
-        write_manifest(run_dir, build_manifest(
-            command=command, config={"config_file": str(config_path) if config_path else None, **config.model_dump(mode="json")},
-            seed=config.seed, model={"spec": config.model.spec, "systems": [s.meta() for s in plan.systems]},
-            data_files=sorted({f for s in steps for f in s.data_files}),
-            results={"seeds": plan.seeds, "steps": {s.id: {"key": s.key, "status": outcome.statuses.get(s.id, "not run"),
-                                                           "seconds": outcome.seconds.get(s.id)} for s in steps}},
-            timings={"total": round(time.perf_counter() - started, 2), **{k: v for k, v in outcome.seconds.items()}},
-        ))
+        write_manifest(
+            run_dir,
+            build_manifest(
+                command=command,
+                config={"config_file": str(config_path) if config_path else None, **config.model_dump(mode="json")},
+                seed=config.seed,
+                model={"spec": config.model.spec, "systems": [s.meta() for s in plan.systems]},
+                data_files=sorted({f for s in steps for f in s.data_files}),
+                results={
+                    "seeds": plan.seeds,
+                    "steps": {
+                        s.id: {"key": s.key, "status": outcome.statuses.get(s.id, "not run"), "seconds": outcome.seconds.get(s.id)}
+                        for s in steps
+                    },
+                },
+                timings={"total": round(time.perf_counter() - started, 2), **{k: v for k, v in outcome.seconds.items()}},
+            ),
+        )
 
     for step in steps:
         record = step.finished()
@@ -79,8 +96,9 @@ def run_study(config: ExperimentConfig, run_dir: str | Path, *, seeds: list[int]
         except Exception as exc:  # noqa: BLE001 - any failure is reported with its stage and inputs; finished steps stay
             outcome.statuses[step.id] = "failed"
             write_run_manifest()
-            raise StageFailed(f"stage {step.stage!r} failed at step {step.id} (inputs: {_describe_inputs(step)}): "
-                              f"{type(exc).__name__}: {exc}") from exc
+            raise StageFailed(
+                f"stage {step.stage!r} failed at step {step.id} (inputs: {_describe_inputs(step)}): {type(exc).__name__}: {exc}"
+            ) from exc
         seconds = time.perf_counter() - t0
         step.finish(summary, seconds)
         outcome.statuses[step.id], outcome.seconds[step.id] = "ran", round(seconds, 2)

@@ -89,8 +89,15 @@ def parse_seeds(text: str) -> list[int]:
 class StudyPlan:
     """Builds the steps of one study. Models are loaded inside steps, one at a time (the base stays cached)."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, seeds: list[int] | None = None, show_progress: bool = True,
-                 command: str = "iit run"):
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: str | Path,
+        *,
+        seeds: list[int] | None = None,
+        show_progress: bool = True,
+        command: str = "iit run",
+    ):
         from implicit_it.training import config_variants
 
         self.config, self.run_dir, self.show_progress, self.command = config, Path(run_dir), show_progress, command
@@ -140,10 +147,19 @@ class StudyPlan:
             references = self._alpaca_references()
             for s in self.systems:
                 for ref in self._paired_references(s, references):
-                    self._alpaca_step(s, generated[(s.name, ALPACA)], ref, generated[(ref.name, ALPACA)] if ref else None,
-                                      several=len(references) > 1)
-        self._add(Step("report", "report", {"format": REPORT_FORMAT, "samples": run.generate.samples}, self._run_report,
-                       self.run_dir / "report", inputs=list(self.steps)))
+                    self._alpaca_step(
+                        s, generated[(s.name, ALPACA)], ref, generated[(ref.name, ALPACA)] if ref else None, several=len(references) > 1
+                    )
+        self._add(
+            Step(
+                "report",
+                "report",
+                {"format": REPORT_FORMAT, "samples": run.generate.samples},
+                self._run_report,
+                self.run_dir / "report",
+                inputs=list(self.steps),
+            )
+        )
         return self.steps
 
     def _select(self, systems: list[System], names: list[str] | None, field: str) -> list[System]:
@@ -169,12 +185,25 @@ class StudyPlan:
         from implicit_it.training.variants import _train_source
 
         cfg = self.config
-        config = {"variant": variant.name, "seed": seed, "model": self._model_config(), "data": cfg.data.model_dump(),
-                  "training": cfg.training.model_dump()}
+        config = {
+            "variant": variant.name,
+            "seed": seed,
+            "model": self._model_config(),
+            "data": cfg.data.model_dump(),
+            "training": cfg.training.model_dump(),
+        }
         files = [f for f in {cfg.data.train, _train_source(cfg, variant)} if not f.startswith("hub:")]
-        return self._add(Step("train", f"{variant.name}.s{seed}", config, lambda step: self._run_train(step, variant, seed),
-                              self._dir("train", f"{variant.name}.s{seed}"), data_files=sorted(files),
-                              meta={"system": f"{variant.name}.s{seed}", "label": variant.name, "seed": seed}))
+        return self._add(
+            Step(
+                "train",
+                f"{variant.name}.s{seed}",
+                config,
+                lambda step: self._run_train(step, variant, seed),
+                self._dir("train", f"{variant.name}.s{seed}"),
+                data_files=sorted(files),
+                meta={"system": f"{variant.name}.s{seed}", "label": variant.name, "seed": seed},
+            )
+        )
 
     def _max_new_tokens(self, system: System) -> int:
         """The system's own cap (``run.generate.max_new_tokens_by_system``, by label), else ``max_new_tokens``."""
@@ -183,51 +212,132 @@ class StudyPlan:
 
     def _generate_step(self, system: System, set_name: str) -> Step:
         g = self.config.run.generate
-        instructions = {IFSUITE: g.ifsuite_prompts, IFEVAL: self._ifeval_config() if set_name == IFEVAL else None,
-                        ALPACA: [g.instructions, g.instructions_limit]}[set_name]
-        config = {"system": system.name, "model": self._model_config(), "rules": list(system.rules), "set": set_name,
-                  "max_new_tokens": self._max_new_tokens(system), "batch_size": g.batch_size, "instructions": instructions}
+        instructions = {
+            IFSUITE: g.ifsuite_prompts,
+            IFEVAL: self._ifeval_config() if set_name == IFEVAL else None,
+            ALPACA: [g.instructions, g.instructions_limit],
+        }[set_name]
+        config = {
+            "system": system.name,
+            "model": self._model_config(),
+            "rules": list(system.rules),
+            "set": set_name,
+            "max_new_tokens": self._max_new_tokens(system),
+            "batch_size": g.batch_size,
+            "instructions": instructions,
+        }
         files = [g.instructions] if set_name == ALPACA else self._ifeval_files() if set_name == IFEVAL else []
-        return self._add(Step("generate", f"{set_name}/{system.name}", config, lambda step: self._run_generate(step, system, set_name),
-                              self._dir("generate", f"{set_name}/{system.name}"), inputs=[system.train] if system.train else [],
-                              data_files=files, meta={**system.meta(), "set": set_name}))
+        return self._add(
+            Step(
+                "generate",
+                f"{set_name}/{system.name}",
+                config,
+                lambda step: self._run_generate(step, system, set_name),
+                self._dir("generate", f"{set_name}/{system.name}"),
+                inputs=[system.train] if system.train else [],
+                data_files=files,
+                meta={**system.meta(), "set": set_name},
+            )
+        )
 
     def _rank_step(self, system: System) -> Step:
         r = self.config.run.rank
         config = {"system": system.name, "model": self._model_config(), **r.model_dump(exclude={"enabled", "systems"})}
-        return self._add(Step("rank", system.name, config, lambda step: self._run_rank(step, system), self._dir("rank", system.name),
-                              inputs=[system.train] if system.train else [], data_files=[r.data], meta=system.meta()))
+        return self._add(
+            Step(
+                "rank",
+                system.name,
+                config,
+                lambda step: self._run_rank(step, system),
+                self._dir("rank", system.name),
+                inputs=[system.train] if system.train else [],
+                data_files=[r.data],
+                meta=system.meta(),
+            )
+        )
 
     def _probe_step(self, system: System) -> Step:
         p = self.config.run.probe
-        config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed,
-                  **p.model_dump(exclude={"enabled", "systems"})}
-        return self._add(Step("probe", system.name, config, lambda step: self._run_probe(step, system), self._dir("probe", system.name),
-                              inputs=[system.train] if system.train else [], data_files=[p.data], meta=system.meta()))
+        config = {
+            "system": system.name,
+            "model": self._model_config(),
+            "seed": self.config.seed,
+            **p.model_dump(exclude={"enabled", "systems"}),
+        }
+        return self._add(
+            Step(
+                "probe",
+                system.name,
+                config,
+                lambda step: self._run_probe(step, system),
+                self._dir("probe", system.name),
+                inputs=[system.train] if system.train else [],
+                data_files=[p.data],
+                meta=system.meta(),
+            )
+        )
 
     def _diff_step(self, system: System) -> Step:
         d = self.config.run.diff
         config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed, **d.model_dump(exclude={"enabled"})}
-        return self._add(Step("diff", system.name, config, lambda step: self._run_diff(step, system), self._dir("diff", system.name),
-                              inputs=[system.train], data_files=[d.data], meta=system.meta()))
+        return self._add(
+            Step(
+                "diff",
+                system.name,
+                config,
+                lambda step: self._run_diff(step, system),
+                self._dir("diff", system.name),
+                inputs=[system.train],
+                data_files=[d.data],
+                meta=system.meta(),
+            )
+        )
 
     def _ifsuite_step(self, system: System, generated: Step) -> Step:
-        return self._add(Step("eval", f"{IFSUITE}/{system.name}", {"suite": "packaged"}, lambda step: self._run_ifsuite(step, system, generated),
-                              self._dir("eval", f"{IFSUITE}/{system.name}"), inputs=[generated], meta=system.meta()))
+        return self._add(
+            Step(
+                "eval",
+                f"{IFSUITE}/{system.name}",
+                {"suite": "packaged"},
+                lambda step: self._run_ifsuite(step, system, generated),
+                self._dir("eval", f"{IFSUITE}/{system.name}"),
+                inputs=[generated],
+                meta=system.meta(),
+            )
+        )
 
     def _ifeval_step(self, system: System, generated: Step) -> Step:
-        return self._add(Step("eval", f"{IFEVAL}/{system.name}", {"benchmark": IFEVAL, **self._ifeval_config()},
-                              lambda step: self._run_ifeval(step, system, generated), self._dir("eval", f"{IFEVAL}/{system.name}"),
-                              inputs=[generated], data_files=self._ifeval_files(), meta=system.meta()))
+        return self._add(
+            Step(
+                "eval",
+                f"{IFEVAL}/{system.name}",
+                {"benchmark": IFEVAL, **self._ifeval_config()},
+                lambda step: self._run_ifeval(step, system, generated),
+                self._dir("eval", f"{IFEVAL}/{system.name}"),
+                inputs=[generated],
+                data_files=self._ifeval_files(),
+                meta=system.meta(),
+            )
+        )
 
     def _reference_step(self, set_name: str, kind: str) -> Step:
         """A degenerate system scored on a prompt set without generating: its row shows what the metric gives for free."""
         name = f"{REFERENCE}{kind}"
-        prompts = self._ifeval_config() if set_name == IFEVAL else {"suite": "packaged", "prompts": self.config.run.generate.ifsuite_prompts}
+        prompts = (
+            self._ifeval_config() if set_name == IFEVAL else {"suite": "packaged", "prompts": self.config.run.generate.ifsuite_prompts}
+        )
         meta = {"system": name, "kind": "reference", "label": name, "seed": None, "rules": [], "set": set_name}
-        return self._add(Step("eval", f"{set_name}/{name}", {"reference": kind, **prompts}, lambda step: self._run_reference(step, set_name, kind),
-                              self._dir("eval", f"{set_name}/{name}"), data_files=self._ifeval_files() if set_name == IFEVAL else [],
-                              meta=meta))
+        return self._add(
+            Step(
+                "eval",
+                f"{set_name}/{name}",
+                {"reference": kind, **prompts},
+                lambda step: self._run_reference(step, set_name, kind),
+                self._dir("eval", f"{set_name}/{name}"),
+                data_files=self._ifeval_files() if set_name == IFEVAL else [],
+                meta=meta,
+            )
+        )
 
     def _ifeval_config(self) -> dict[str, Any]:
         """What the IFEval prompt set depends on (the data file's sha256 enters the key through ``data_files``)."""
@@ -242,8 +352,10 @@ class StudyPlan:
         """A missing IFEval file is an error naming the field now, not a failed step after hours of training."""
         data = self.config.run.eval.ifeval_data
         if not data.startswith("hub:") and not Path(data).is_file():
-            raise ValueError(f"run.eval.ifeval_data: {data}: file not found (IFEval's input_data.jsonl, or hub:ifeval; "
-                             "run.eval.ifeval: false switches IFEval off)")
+            raise ValueError(
+                f"run.eval.ifeval_data: {data}: file not found (IFEval's input_data.jsonl, or hub:ifeval; "
+                "run.eval.ifeval: false switches IFEval off)"
+            )
 
     @functools.cached_property
     def _ifeval_prompts(self) -> list[Any]:
@@ -279,15 +391,34 @@ class StudyPlan:
 
     def _alpaca_step(self, system: System, generated: Step, ref: System | None, reference: Step | None, *, several: bool) -> Step:
         e = self.config.run.eval
-        config = {"judge": e.judge, "judge_model": e.judge_model, "reference": e.reference, "lc_data": e.lc_data,
-                  "reference_system": ref.name if ref is not None else None}
+        config = {
+            "judge": e.judge,
+            "judge_model": e.judge_model,
+            "reference": e.reference,
+            "lc_data": e.lc_data,
+            "reference_system": ref.name if ref is not None else None,
+        }
         inputs = [generated] + ([reference] if reference is not None else [])
         # a seedless system judged against several reference seeds gets one step per seed: alpaca/rules/vs-instruction.s1
         name = f"{ALPACA}/{system.name}" + (f"/vs-{ref.name}" if several and system.seed is None and ref is not None else "")
-        meta = {**system.meta(), "set": ALPACA, "reference": ref.name if ref is not None else e.reference,
-                "reference_seed": ref.seed if ref is not None else None}
-        return self._add(Step("eval", name, config, lambda step: self._run_alpaca(step, system, generated, reference, ref),
-                              self._dir("eval", name), inputs=inputs, data_files=[] if reference is not None else [e.reference], meta=meta))
+        meta = {
+            **system.meta(),
+            "set": ALPACA,
+            "reference": ref.name if ref is not None else e.reference,
+            "reference_seed": ref.seed if ref is not None else None,
+        }
+        return self._add(
+            Step(
+                "eval",
+                name,
+                config,
+                lambda step: self._run_alpaca(step, system, generated, reference, ref),
+                self._dir("eval", name),
+                inputs=inputs,
+                data_files=[] if reference is not None else [e.reference],
+                meta=meta,
+            )
+        )
 
     # -- running ----------------------------------------------------------------------------
     def _load(self, system: System) -> Any:
@@ -302,9 +433,18 @@ class StudyPlan:
     def _manifest(self, step: Step, loaded: Any, results: dict[str, Any], timings: dict[str, float]) -> None:
         from implicit_it.manifest import build_manifest, write_manifest
 
-        write_manifest(step.dir, build_manifest(command=self.command, config={"step": step.id, "key": step.key, **step.config},
-                                                seed=step.config.get("seed"), model=loaded.describe() if loaded is not None else None,
-                                                data_files=step.data_files, results=results, timings=timings))
+        write_manifest(
+            step.dir,
+            build_manifest(
+                command=self.command,
+                config={"step": step.id, "key": step.key, **step.config},
+                seed=step.config.get("seed"),
+                model=loaded.describe() if loaded is not None else None,
+                data_files=step.data_files,
+                results=results,
+                timings=timings,
+            ),
+        )
 
     def _run_train(self, step: Step, variant: Any, seed: int) -> dict[str, Any]:
         """Only reached for a fresh directory or an interrupted run of this very step (see Step.begin):
@@ -319,12 +459,21 @@ class StudyPlan:
                 self._launch_train(step, variant, seed, resume)
             else:
                 with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its log lines; stdout stays for the report path
-                    train_variant(self.config, variant, out_dir=step.dir, seed=seed, resume=resume, show_progress=self.show_progress,
-                                  command=self.command)
+                    train_variant(
+                        self.config,
+                        variant,
+                        out_dir=step.dir,
+                        seed=seed,
+                        resume=resume,
+                        show_progress=self.show_progress,
+                        command=self.command,
+                    )
         manifest = json.loads((step.dir / MANIFEST_NAME).read_text(encoding="utf-8"))
         r = manifest["results"]
         return {k: r.get(k) for k in ("final_loss", "heldout_nll", "val_nll", "tokens_per_second", "optimizer_steps", "tokens_seen")} | {
-            "resumed": resume, "train_seconds": manifest["timings_seconds"].get("train")}
+            "resumed": resume,
+            "train_seconds": manifest["timings_seconds"].get("train"),
+        }
 
     def _launch_train(self, step: Step, variant: Any, seed: int, resume: bool) -> None:
         """``iit train`` under ``accelerate launch`` (DDP/FSDP/ZeRO-3 over several GPUs), from this step's own copy of the config."""
@@ -337,9 +486,27 @@ class StudyPlan:
         config_file = step.dir / "experiment.yaml"
         atomic_write_text(config_file, yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
         spec = f"{variant.kind}:{variant.task}" if variant.task else variant.kind
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(self.config.run.accelerate_config),
-               *self.config.run.accelerate_args, "-m", "implicit_it", "train", "--config", str(config_file), "--variant", spec,
-               "--seed", str(seed), "--out", str(step.dir), *(["--resume"] if resume else []), *([] if self.show_progress else ["-q"])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(self.config.run.accelerate_config),
+            *self.config.run.accelerate_args,
+            "-m",
+            "implicit_it",
+            "train",
+            "--config",
+            str(config_file),
+            "--variant",
+            spec,
+            "--seed",
+            str(seed),
+            "--out",
+            str(step.dir),
+            *(["--resume"] if resume else []),
+            *([] if self.show_progress else ["-q"]),
+        ]
         proc = subprocess.run(cmd, stdout=sys.stderr)
         if proc.returncode != 0:
             raise RuntimeError(f"`{' '.join(cmd)}` exited with status {proc.returncode}")
@@ -362,15 +529,36 @@ class StudyPlan:
         g = self.config.run.generate
         instructions = self._instructions(set_name)
         loaded = self._load(system)
-        adapter = RuleAdapter(loaded.tokenizer, RuleConfig().with_rules(list(system.rules)), fmt=self.config.format) if system.rules else None
+        adapter = (
+            RuleAdapter(loaded.tokenizer, RuleConfig().with_rules(list(system.rules)), fmt=self.config.format) if system.rules else None
+        )
         results, stats = generate_responses(
-            loaded, instructions, fmt=self.config.format, max_new_tokens=self._max_new_tokens(system), batch_size=g.batch_size,
-            logits_processor_factory=adapter.logits_processor if adapter is not None else None, show_progress=self.show_progress)
-        records = [{"instruction": r.instruction, "output": r.output, "generator": system.name, "dataset": set_name,
-                    "ended_with_eos": r.stopped, "n_tokens": len(r.token_ids)} for r in results]
+            loaded,
+            instructions,
+            fmt=self.config.format,
+            max_new_tokens=self._max_new_tokens(system),
+            batch_size=g.batch_size,
+            logits_processor_factory=adapter.logits_processor if adapter is not None else None,
+            show_progress=self.show_progress,
+        )
+        records = [
+            {
+                "instruction": r.instruction,
+                "output": r.output,
+                "generator": system.name,
+                "dataset": set_name,
+                "ended_with_eos": r.stopped,
+                "n_tokens": len(r.token_ids),
+            }
+            for r in results
+        ]
         atomic_write_json(step.dir / "outputs.json", records)
-        summary = {"n": len(records), "n_ended_with_eos": sum(r.stopped for r in results), "new_tokens": stats.n_new_tokens,
-                   "tokens_per_second": round(stats.tokens_per_second, 2)}
+        summary = {
+            "n": len(records),
+            "n_ended_with_eos": sum(r.stopped for r in results),
+            "new_tokens": stats.n_new_tokens,
+            "tokens_per_second": round(stats.tokens_per_second, 2),
+        }
         self._manifest(step, loaded, summary, {"generate": round(stats.seconds, 2)})
         return summary
 
@@ -383,8 +571,9 @@ class StudyPlan:
         groups = build_ranking_groups(source, negatives=r.negatives, seed=self.config.seed, self_draws=r.self_draws)
         loaded = self._load(system)
         with progress_bar(len(groups), self.show_progress, f"rank {system.name}") as advance:
-            run = RankingProbe(source, groups, fmt=self.config.format, max_length=r.max_length, layers=r.layers,
-                               seed=self.config.seed).run(loaded, label=system.name, progress=advance)
+            run = RankingProbe(source, groups, fmt=self.config.format, max_length=r.max_length, layers=r.layers, seed=self.config.seed).run(
+                loaded, label=system.name, progress=advance
+            )
         ranking = run.ranking()
         ranking.save(step.dir)
         if r.layers is not None:
@@ -402,9 +591,16 @@ class StudyPlan:
         source = read_ranking_source(p.data, limit=p.instructions)
         loaded = self._load(system)
         with progress_bar(len(source.instructions) // 2 * 2, self.show_progress, f"probe {system.name}") as advance:
-            run = LinearProbe(source, activation_dir=step.dir / "activations", fmt=self.config.format, max_length=p.max_length,
-                              layers=p.layers, pools=p.pools, folds=p.folds, seed=self.config.seed).run(loaded, label=system.name,
-                                                                                                          progress=advance)
+            run = LinearProbe(
+                source,
+                activation_dir=step.dir / "activations",
+                fmt=self.config.format,
+                max_length=p.max_length,
+                layers=p.layers,
+                pools=p.pools,
+                folds=p.folds,
+                seed=self.config.seed,
+            ).run(loaded, label=system.name, progress=advance)
         run.result.save(step.dir)
         shutil.rmtree(step.dir / "activations", ignore_errors=True)  # a cache of this run only; the JSON holds the result
         best = max(run.result.entries[0]["layers"], key=lambda layer: layer["accuracy"])
@@ -420,26 +616,42 @@ class StudyPlan:
 
         d = self.config.run.diff
         data_texts = texts_from_source(read_ranking_source(d.data, limit=d.limit))
-        runner = LayerDiff(analyses=ANALYSES, vocab=d.vocab, max_new_tokens=d.max_new_tokens,
-                           pass_config=DeltaPassConfig(fmt=self.config.format, layers=d.layers, max_length=d.max_length, seed=self.config.seed))
+        runner = LayerDiff(
+            analyses=ANALYSES,
+            vocab=d.vocab,
+            max_new_tokens=d.max_new_tokens,
+            pass_config=DeltaPassConfig(fmt=self.config.format, layers=d.layers, max_length=d.max_length, seed=self.config.seed),
+        )
         base = self._load(System("base", "base", "base"))
         variant = self._load(system)
         with contextlib.ExitStack() as stack:
+
             def bar(label: str, total: int):
                 return stack.enter_context(progress_bar(total, self.show_progress, f"{label} ({system.name})"))
 
-            result = runner.run(base, variant, data_texts, base_spec=self.config.model.spec, variant_spec=str(system.train.dir), progress=bar)
+            result = runner.run(
+                base, variant, data_texts, base_spec=self.config.model.spec, variant_spec=str(system.train.dir), progress=bar
+            )
         for res in result.results.values():
             for entry in res.entries:
                 entry["variant"] = system.name
             res.save(step.dir)
-        atomic_write_jsonl(step.dir / "texts.jsonl", [{"instruction": t.instruction, "response": t.response, "origin": t.origin,
-                                                       "instruction_index": t.instruction_index} for t in result.texts])
+        atomic_write_jsonl(
+            step.dir / "texts.jsonl",
+            [
+                {"instruction": t.instruction, "response": t.response, "origin": t.origin, "instruction_index": t.instruction_index}
+                for t in result.texts
+            ],
+        )
         rules = result.results["rules"].entries[0]
         logits = result.results["logits"].entries[0]
-        summary = {"variance_explained_rules": rules["variance_explained_rules"],
-                   "variance_explained_rule_family": rules["variance_explained_rule_family"],
-                   "emergence_layer": rules["emergence_layer"], "kl_output": logits["kl_output"], "counts": result.counts}
+        summary = {
+            "variance_explained_rules": rules["variance_explained_rules"],
+            "variance_explained_rule_family": rules["variance_explained_rule_family"],
+            "emergence_layer": rules["emergence_layer"],
+            "kl_output": logits["kl_output"],
+            "counts": result.counts,
+        }
         self._manifest(step, variant, summary, {k: round(v, 2) for k, v in result.timings.items()})
         return summary
 
@@ -450,13 +662,21 @@ class StudyPlan:
         by_instruction = {r["instruction"]: r["output"] for r in records}
         prompts = [p for p in load_suite() if p.instruction in by_instruction]
         behaviour = write_behaviour(step.dir, [r["output"] for r in records], [r["ended_with_eos"] for r in records], system.name)
-        return self._save_ifsuite(step, score_responses(prompts, by_instruction, model=system.name),
-                                  {"eos_fraction": behaviour["eos_fraction"], "template_echo_rate": behaviour["template_echo_rate"]})
+        return self._save_ifsuite(
+            step,
+            score_responses(prompts, by_instruction, model=system.name),
+            {"eos_fraction": behaviour["eos_fraction"], "template_echo_rate": behaviour["template_echo_rate"]},
+        )
 
     def _save_ifsuite(self, step: Step, result: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         result.save(step.dir)
         summary = result.to_json()
-        out = {"strict_accuracy": summary["strict_accuracy"], "loose_accuracy": summary["loose_accuracy"], "n": summary["n"], **(extra or {})}
+        out = {
+            "strict_accuracy": summary["strict_accuracy"],
+            "loose_accuracy": summary["loose_accuracy"],
+            "n": summary["n"],
+            **(extra or {}),
+        }
         self._manifest(step, None, out, {})
         return out
 

@@ -46,7 +46,9 @@ class Step:
     def key(self) -> str:
         if self._key is None:
             payload = {
-                "stage": self.stage, "name": self.name, "config": canonical(self.config),
+                "stage": self.stage,
+                "name": self.name,
+                "config": canonical(self.config),
                 "inputs": {s.id: s.key for s in self.inputs},
                 "data": {str(p): sha256_file(p) for p in self.data_files if Path(p).is_file()},
             }
@@ -73,9 +75,18 @@ class Step:
         return resume
 
     def finish(self, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
-        record = {"key": self.key, "step": self.id, "stage": self.stage, "name": self.name, "config": self.config,
-                  "inputs": {s.id: s.key for s in self.inputs}, "data_files": self.data_files, "meta": self.meta,
-                  "seconds": round(seconds, 2), "summary": summary}
+        record = {
+            "key": self.key,
+            "step": self.id,
+            "stage": self.stage,
+            "name": self.name,
+            "config": self.config,
+            "inputs": {s.id: s.key for s in self.inputs},
+            "data_files": self.data_files,
+            "meta": self.meta,
+            "seconds": round(seconds, 2),
+            "summary": summary,
+        }
         atomic_write_json(self.dir / STEP_FILE, record)
         (self.dir / PENDING_FILE).unlink(missing_ok=True)
         return record

@@ -119,12 +119,12 @@ def uppercase(response: str) -> bool:
 
 def start_phrase(response: str, *, phrase: str) -> bool:
     text, phrase = _unquoted(response).lower(), phrase.strip().lower()
-    return text.startswith(phrase) and not (phrase[-1:].isalnum() and text[len(phrase):len(phrase) + 1].isalnum())
+    return text.startswith(phrase) and not (phrase[-1:].isalnum() and text[len(phrase) : len(phrase) + 1].isalnum())
 
 
 def end_phrase(response: str, *, phrase: str) -> bool:
     text, phrase = _unquoted(response).lower(), phrase.strip().lower()
-    before = text[len(text) - len(phrase) - 1:len(text) - len(phrase)] if len(text) > len(phrase) else ""
+    before = text[len(text) - len(phrase) - 1 : len(text) - len(phrase)] if len(text) > len(phrase) else ""
     return text.endswith(phrase) and not (phrase[:1].isalnum() and before.isalnum())
 
 

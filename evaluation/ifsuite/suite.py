@@ -27,8 +27,8 @@ from typing import Any
 
 from implicit_it.analysis import AnalysisResult, new_figure
 from implicit_it.errors import DataFormatError
+from implicit_it.evaluation.behaviour import echoes_template
 
-from ..behaviour import echoes_template
 from .checks import loose_variants, run_check, validate_check
 
 PROMPTS_PATH = Path(__file__).with_name("prompts.jsonl")
@@ -91,7 +91,9 @@ def load_suite(path: str | Path | None = None, limit: int | None = None) -> list
         if prompt.id in seen_ids:
             raise DataFormatError(path, lineno, f"id: duplicate id {prompt.id!r} (first on line {seen_ids[prompt.id]})")
         if prompt.instruction in seen_instructions:
-            raise DataFormatError(path, lineno, f"instruction: duplicate instruction (first on line {seen_instructions[prompt.instruction]})")
+            raise DataFormatError(
+                path, lineno, f"instruction: duplicate instruction (first on line {seen_instructions[prompt.instruction]})"
+            )
         seen_ids[prompt.id], seen_instructions[prompt.instruction] = lineno, lineno
         prompts.append(prompt)
     if not prompts:
@@ -160,25 +162,42 @@ def score_responses(prompts: Sequence[IfPrompt], responses: Mapping[str, str] | 
         # loose: the check passes on some IFEval variant (e.g. without a first line restating the task)
         # that is itself an answer; a variant holding the echoed instruction never counts
         answers = loose_answers(response, prompt.instruction)
-        checks = [{"kind": c["kind"], "strict": problem is None and run_check(response, c),
-                   "loose": any(run_check(v, c) for v in answers)} for c in prompt.checks]
-        per_prompt.append({"id": prompt.id, "category": prompt.category, "strict": all(c["strict"] for c in checks),
-                           "loose": all(c["loose"] for c in checks), "not_an_answer": problem, "checks": checks})
+        checks = [
+            {"kind": c["kind"], "strict": problem is None and run_check(response, c), "loose": any(run_check(v, c) for v in answers)}
+            for c in prompt.checks
+        ]
+        per_prompt.append(
+            {
+                "id": prompt.id,
+                "category": prompt.category,
+                "strict": all(c["strict"] for c in checks),
+                "loose": all(c["loose"] for c in checks),
+                "not_an_answer": problem,
+                "checks": checks,
+            }
+        )
     per_category: dict[str, dict[str, Any]] = {}
     for category in dict.fromkeys(p["category"] for p in per_prompt):
         rows = [p for p in per_prompt if p["category"] == category]
-        per_category[category] = {"strict_accuracy": _mean([p["strict"] for p in rows]), "loose_accuracy": _mean([p["loose"] for p in rows]),
-                                  "n": len(rows)}
+        per_category[category] = {
+            "strict_accuracy": _mean([p["strict"] for p in rows]),
+            "loose_accuracy": _mean([p["loose"] for p in rows]),
+            "n": len(rows),
+        }
     all_checks = [c for p in per_prompt for c in p["checks"]]
     entry = {
         "strict_accuracy": _mean([p["strict"] for p in per_prompt]),
         "loose_accuracy": _mean([p["loose"] for p in per_prompt]),
         "per_category": per_category,
         "n": len(per_prompt),
-        "not_an_answer": {reason: sum(p["not_an_answer"] == reason for p in per_prompt)
-                          for reason in ("empty", "template_echo", "instruction_echo")},
-        "instruction_level": {"strict_accuracy": _mean([c["strict"] for c in all_checks]),
-                              "loose_accuracy": _mean([c["loose"] for c in all_checks]), "n_checks": len(all_checks)},
+        "not_an_answer": {
+            reason: sum(p["not_an_answer"] == reason for p in per_prompt) for reason in ("empty", "template_echo", "instruction_echo")
+        },
+        "instruction_level": {
+            "strict_accuracy": _mean([c["strict"] for c in all_checks]),
+            "loose_accuracy": _mean([c["loose"] for c in all_checks]),
+            "n_checks": len(all_checks),
+        },
         "model": model,
         "per_prompt": per_prompt,
     }
@@ -199,10 +218,24 @@ class IfSuiteResult(AnalysisResult):
         rows = []
         for e in self.entries:
             for category, c in e["per_category"].items():
-                rows.append({"model": e["model"], "category": category, "strict_accuracy": c["strict_accuracy"],
-                             "loose_accuracy": c["loose_accuracy"], "n": c["n"]})
-            rows.append({"model": e["model"], "category": "overall", "strict_accuracy": e["strict_accuracy"],
-                         "loose_accuracy": e["loose_accuracy"], "n": e["n"]})
+                rows.append(
+                    {
+                        "model": e["model"],
+                        "category": category,
+                        "strict_accuracy": c["strict_accuracy"],
+                        "loose_accuracy": c["loose_accuracy"],
+                        "n": c["n"],
+                    }
+                )
+            rows.append(
+                {
+                    "model": e["model"],
+                    "category": "overall",
+                    "strict_accuracy": e["strict_accuracy"],
+                    "loose_accuracy": e["loose_accuracy"],
+                    "n": e["n"],
+                }
+            )
         return pd.DataFrame(rows, columns=["model", "category", "strict_accuracy", "loose_accuracy", "n"])
 
     def plot(self) -> Any:

@@ -79,8 +79,9 @@ def accumulated_loss(model, examples: list[dict[str, list[int]]], accumulation_s
     return total
 
 
-def lr_multipliers(*, n_examples: int, per_device_batch: int, accumulation_steps: int, n_processes: int, epochs: int,
-                   warmup_ratio: float) -> list[float]:
+def lr_multipliers(
+    *, n_examples: int, per_device_batch: int, accumulation_steps: int, n_processes: int, epochs: int, warmup_ratio: float
+) -> list[float]:
     """The LR factor at each optimizer step: a linear schedule planned over the single-process
     dataloader (``epochs * ceil(len / accumulation)``), warmup ``int(planned * ratio)``, stepped
     ``n_processes`` times per optimizer step by accelerate's scheduler wrapper."""

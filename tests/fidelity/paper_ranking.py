@@ -52,7 +52,9 @@ def encode(example: dict[str, Any], tokenizer: Any, max_seq_length: int) -> tupl
 
 
 @torch.no_grad()
-def scores(model: Any, tokenizer: Any, dataset: Sequence[dict[str, Any]], max_seq_length: int = 1024) -> list[tuple[tuple[int, int], float]]:
+def scores(
+    model: Any, tokenizer: Any, dataset: Sequence[dict[str, Any]], max_seq_length: int = 1024
+) -> list[tuple[tuple[int, int], float]]:
     out = []
     for ex in dataset:
         ids, labels = encode(ex, tokenizer, max_seq_length)

@@ -35,7 +35,7 @@ def score_string(s: str, marker: str = "▁") -> float:
         return 1
     elif s[0].islower() or ("\u4e00" <= s[0] <= "\u9fff"):
         return 1
-    elif "\u0400" <= s[0] <= "\u04FF" or "\u3040" <= s[0] <= "\u30FF" or "\uAC00" <= s[0] <= "\uD7AF":
+    elif "\u0400" <= s[0] <= "\u04ff" or "\u3040" <= s[0] <= "\u30ff" or "\uac00" <= s[0] <= "\ud7af":
         return 1
     elif s[0] in ".,:;!?<>[]{}()\"'`~@#$%^&*-=+\\|/":
         return -1
@@ -43,9 +43,20 @@ def score_string(s: str, marker: str = "▁") -> float:
 
 
 class PaperRules:
-    def __init__(self, tokenizer, *, user_tag: Sequence[int], assistant_tag: Sequence[int], uniform: Mapping[int, float],
-                 bang_id: int, newline_id: int, eos_id: int, magic_string: str | None = None, first_token_penalty: bool = False,
-                 space_marker: str = "▁"):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        user_tag: Sequence[int],
+        assistant_tag: Sequence[int],
+        uniform: Mapping[int, float],
+        bang_id: int,
+        newline_id: int,
+        eos_id: int,
+        magic_string: str | None = None,
+        first_token_penalty: bool = False,
+        space_marker: str = "▁",
+    ):
         self.vocab_size = len(tokenizer)
         self.user_tag, self.assistant_tag = list(user_tag), list(assistant_tag)
         self.uniform, self.bang_id, self.newline_id, self.eos_id = dict(uniform), bang_id, newline_id, eos_id
@@ -66,7 +77,7 @@ class PaperRules:
         ku, ka = len(self.user_tag), len(self.assistant_tag)
         first_token_index = None
         for i in range(len(idlist)):  # the last occurrence wins
-            if idlist[i:i + ku] == self.user_tag:
+            if idlist[i : i + ku] == self.user_tag:
                 first_token_index = i + ku
         if self.do_diversity:
             uniq_words = set()
@@ -78,7 +89,7 @@ class PaperRules:
                 output[w] -= 1.5
         prompt_len = None
         for i in range(len(idlist)):
-            if idlist[i:i + ka] == self.assistant_tag:
+            if idlist[i : i + ka] == self.assistant_tag:
                 prompt_len = i + ka
         prefix_len = len(idlist) - prompt_len
         x = torch.tensor(idlist)
@@ -88,9 +99,9 @@ class PaperRules:
                 output += self.initial_tok * self.initial_weight
                 if self.first_token_penalty:  # d63f9f8 only
                     output[idlist[first_token_index]] -= 6
-            if len(x) >= ka + 1 and torch.all(x[-ka - 1:-1] == tag):
+            if len(x) >= ka + 1 and torch.all(x[-ka - 1 : -1] == tag):
                 output[self.bang_id] += 15
-            if len(x) >= ka + 2 and torch.all(x[-ka - 2:-2] == tag):
+            if len(x) >= ka + 2 and torch.all(x[-ka - 2 : -2] == tag):
                 output[self.newline_id] += -10
         if self.do_eos:
             if self.eos_range[0] < prefix_len < self.eos_range[1]:

@@ -31,8 +31,18 @@ def eval_set(shared_data) -> list[str]:
 def lc_dir(tmp_path_factory) -> Path:
     """A df_gamed.csv with alpaca_eval's columns (the real one is on the hub): the same file for both sides."""
     rng = np.random.default_rng(1)
-    rows = [dict(model=m, index=i, preference=float(rng.uniform()), std_delta_len=float(rng.normal()),
-                 instruction_difficulty=float(rng.normal()), not_gamed_baseline=False) for m in ("gamed_long", "gamed_short") for i in range(805)]
+    rows = [
+        dict(
+            model=m,
+            index=i,
+            preference=float(rng.uniform()),
+            std_delta_len=float(rng.normal()),
+            instruction_difficulty=float(rng.normal()),
+            not_gamed_baseline=False,
+        )
+        for m in ("gamed_long", "gamed_short")
+        for i in range(805)
+    ]
     path = tmp_path_factory.mktemp("lc")
     pd.DataFrame(rows).to_csv(path / "df_gamed.csv", index=False)
     return path
@@ -46,8 +56,17 @@ def _synthetic(eval_set: list[str], seed: int, n_missing: int = 0) -> list[dict]
     for ins in eval_set:
         l1, l2 = (int(x) for x in rng.integers(10, 900, size=2))
         pref = 1 + 1 / (1 + np.exp(-(0.3 + (l2 - l1) / 300 + rng.normal())))
-        out.append(dict(instruction=ins, output_1="r" * l1, output_2="m" * l2, generator_1="instruction.s1", generator_2="response.s1",
-                        annotator="weighted_alpaca_eval_gpt4_turbo", preference=float(pref)))
+        out.append(
+            dict(
+                instruction=ins,
+                output_1="r" * l1,
+                output_2="m" * l2,
+                generator_1="instruction.s1",
+                generator_2="response.s1",
+                annotator="weighted_alpaca_eval_gpt4_turbo",
+                preference=float(pref),
+            )
+        )
     for i in rng.choice(len(out), n_missing, replace=False):
         out[i]["preference"] = None
     out[0]["preference"] = 1.5  # a draw

@@ -21,8 +21,10 @@ N = 12  # pool of 12: 60 draws include several self-draws
 @pytest.fixture(scope="module")
 def setup(bytelevel_tokenizer, shared_data, tmp_path_factory):
     source = read_ranking_source(shared_data / "lima" / "val_reference_gpt35.json", limit=N)
-    examples = [{"messages": [{"role": "user", "content": ins}, {"role": "assistant", "content": source.pool[own]}]}
-                for ins, own in zip(source.instructions, source.own_response, strict=True)]
+    examples = [
+        {"messages": [{"role": "user", "content": ins}, {"role": "assistant", "content": source.pool[own]}]}
+        for ins, own in zip(source.instructions, source.own_response, strict=True)
+    ]
     loaded = load_model(save_tiny_model("llama", bytelevel_tokenizer, tmp_path_factory.mktemp("fid-rank")), device="cpu")
     return source, examples, loaded
 
@@ -61,8 +63,8 @@ def test_scores_and_accuracy_equal_the_paper(setup, max_length):
         for gi, e in enumerate(encoded):
             real, others = data[e.group_index]
             assert prob[gi, 0] == pytest.approx(real, rel=1e-4)
-            assert list(prob[gi, 1:1 + len(others)]) == pytest.approx([p for _, p in others], rel=1e-4)
-            assert all(math.isnan(x) for x in prob[gi, 1 + len(others):])  # dropped draws leave no candidate
+            assert list(prob[gi, 1 : 1 + len(others)]) == pytest.approx([p for _, p in others], rel=1e-4)
+            assert all(math.isnan(x) for x in prob[gi, 1 + len(others) :])  # dropped draws leave no candidate
         means = scored.mean(OUTPUT)
         acc, _ = accuracy_with_ci(ranking_wins(means), scored.n_tokens[:, 1:] > 0, n_boot=100)
         assert acc == pytest.approx(paper_ranking.accuracy({i: v for i, v in data.items() if i in kept}))

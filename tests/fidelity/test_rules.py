@@ -24,9 +24,18 @@ RULE_SETS = [["eos"], ["uniform"], ["diversity"], ["start"], ["eos", "uniform", 
 
 def _port(tok, adapter: RuleAdapter, rules, first_token_penalty=False) -> PaperRules:
     uniform = {int(i): float(adapter.uniform_vector[i]) for i in torch.nonzero(adapter.uniform_vector).flatten()}
-    return PaperRules(tok, user_tag=adapter.user_tag_ids, assistant_tag=adapter.assistant_tag_ids, uniform=uniform,
-                      bang_id=adapter._second, newline_id=adapter._third, eos_id=tok.eos_token_id,
-                      magic_string=",".join(rules), first_token_penalty=first_token_penalty, space_marker="Ġ")
+    return PaperRules(
+        tok,
+        user_tag=adapter.user_tag_ids,
+        assistant_tag=adapter.assistant_tag_ids,
+        uniform=uniform,
+        bang_id=adapter._second,
+        newline_id=adapter._third,
+        eos_id=tok.eos_token_id,
+        magic_string=",".join(rules),
+        first_token_penalty=first_token_penalty,
+        space_marker="Ġ",
+    )
 
 
 def _with_generated_turn(tok, instruction="Name three fruits", before=80, after=220, turn_user=True, turn_assistant=True):
@@ -47,8 +56,8 @@ def test_tags_are_found_where_the_chat_writes_them(tok):
     adapter = RuleAdapter(tok)
     prompt, ids, _ = _with_generated_turn(tok)
     a, u = adapter.assistant_tag_ids, adapter.user_tag_ids
-    assert prompt[-len(a):] == a  # the prompt's own assistant tag
-    found = lambda tag: [i for i in range(len(ids)) if ids[i:i + len(tag)] == tag]  # noqa: E731
+    assert prompt[-len(a) :] == a  # the prompt's own assistant tag
+    found = lambda tag: [i for i in range(len(ids)) if ids[i : i + len(tag)] == tag]  # noqa: E731
     assert found(u) == [1, found(u)[1]] and len(found(a)) == 2  # after BOS, and in the generated turn
 
 
@@ -61,7 +70,7 @@ def test_scores_equal_the_paper_port(tok, rules, turn):
     positions = torch.arange(len(prompt) - 1, len(ids))
     ours = adapter.scores(torch.tensor([ids]), positions, torch.tensor([len(prompt)]), instruction_start=torch.tensor([off]))[0]
     for j, t in enumerate(positions.tolist()):
-        assert torch.equal(ours[j], port.scores(ids[:t + 1])), (rules, t - len(prompt) + 1)
+        assert torch.equal(ours[j], port.scores(ids[: t + 1])), (rules, t - len(prompt) + 1)
 
 
 def test_start_rule_first_instruction_token_equals_d63f9f8(tok):
@@ -70,7 +79,7 @@ def test_start_rule_first_instruction_token_equals_d63f9f8(tok):
     port = _port(tok, adapter, ["start"], first_token_penalty=True)
     positions = torch.arange(len(prompt) - 1, len(ids))
     ours = adapter.scores(torch.tensor([ids]), positions, torch.tensor([len(prompt)]), instruction_start=torch.tensor([off]))[0]
-    assert all(torch.equal(ours[j], port.scores(ids[:t + 1])) for j, t in enumerate(positions.tolist()))
+    assert all(torch.equal(ours[j], port.scores(ids[: t + 1])) for j, t in enumerate(positions.tolist()))
 
 
 def test_the_generated_turn_restarts_the_response(tok):
@@ -87,10 +96,10 @@ def test_the_generated_turn_restarts_the_response(tok):
     assert run(["eos"], "last_tag")[eos].item() == pytest.approx(0.06 * 21)
     assert run(["eos"], "prompt")[eos].item() == pytest.approx(0.06 * n_total)
     u = RuleAdapter(tok).user_tag_ids
-    after_user_tag = max(i for i in range(len(ids)) if ids[i:i + len(u)] == u) + len(u)
+    after_user_tag = max(i for i in range(len(ids)) if ids[i : i + len(u)] == u) + len(u)
     assert after_user_tag > len(prompt)
-    assert set(torch.nonzero(run(["diversity"], "last_tag")).flatten().tolist()) == set(ids[after_user_tag:len(ids) - 199])
-    assert set(torch.nonzero(run(["diversity"], "prompt")).flatten().tolist()) == set(ids[off:len(ids) - 199])
+    assert set(torch.nonzero(run(["diversity"], "last_tag")).flatten().tolist()) == set(ids[after_user_tag : len(ids) - 199])
+    assert set(torch.nonzero(run(["diversity"], "prompt")).flatten().tolist()) == set(ids[off : len(ids) - 199])
 
 
 @torch.no_grad()
@@ -119,9 +128,16 @@ def test_batched_generation_equals_the_paper_loop(tok, tmp_path_factory):
     prompts = [encode_prompt(tok, "tulu", i) for i in instructions]
     offsets = [instruction_offset(tok, "tulu", i, p) for i, p in zip(instructions, prompts, strict=True)]
     n_new = 40
-    fast, _, _ = generate_ids(model, prompts, pad_token_id=tok.pad_token_id, stop_token_ids=(), max_new_tokens=n_new, batch_size=3,
-                              instruction_offsets=offsets,
-                              logits_processor_factory=lambda b: [adapter.logits_processor(b), Force(b.prompt_width)])
+    fast, _, _ = generate_ids(
+        model,
+        prompts,
+        pad_token_id=tok.pad_token_id,
+        stop_token_ids=(),
+        max_new_tokens=n_new,
+        batch_size=3,
+        instruction_offsets=offsets,
+        logits_processor_factory=lambda b: [adapter.logits_processor(b), Force(b.prompt_width)],
+    )
     for prompt, got in zip(prompts, fast, strict=True):
         ids = list(prompt)
         for _ in range(n_new):
@@ -129,5 +145,5 @@ def test_batched_generation_equals_the_paper_loop(tok, tmp_path_factory):
             scores = port.combined(logits, ids).unsqueeze(0)
             scores = Force(len(prompt))(torch.tensor([ids]), scores)
             ids.append(int(scores.argmax()))
-        assert got == ids[len(prompt):]
-        assert got[force_at:force_at + len(turn)] == turn
+        assert got == ids[len(prompt) :]
+        assert got[force_at : force_at + len(turn)] == turn

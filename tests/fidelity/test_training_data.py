@@ -28,8 +28,9 @@ def _lima(shared_data) -> list[dict]:
 
 def _config(shared_data, model_spec: str, **data) -> object:
     d = {"train": str(shared_data / "lima" / "train.jsonl"), **data}
-    return parse_config({"name": "fidelity", "model": {"spec": model_spec}, "data": d,
-                         "training": {"max_length": 512, "overlong": "truncate"}})
+    return parse_config(
+        {"name": "fidelity", "model": {"spec": model_spec}, "data": d, "training": {"max_length": 512, "overlong": "truncate"}}
+    )
 
 
 @pytest.mark.parametrize("variant", ["instruction", "response"])
@@ -46,8 +47,9 @@ def test_every_lima_example_encodes_as_the_paper(variant, bytelevel_tokenizer, t
             theirs.append(enc)
     # all of LIMA is read, multi-turn included; both drop the same examples whose prompt fills the 512 tokens
     assert ours.n_read == 1030 and len(ours.examples) == len(theirs) and len(theirs) > 1000 - 60 * (variant == "instruction")
-    mismatches = [i for i, (a, b) in enumerate(zip(ours.examples, theirs, strict=True))
-                  if a.input_ids != b["input_ids"] or a.labels != b["labels"]]
+    mismatches = [
+        i for i, (a, b) in enumerate(zip(ours.examples, theirs, strict=True)) if a.input_ids != b["input_ids"] or a.labels != b["labels"]
+    ]
     assert not mismatches, f"{len(mismatches)} examples differ, first at {mismatches[0]}"
     assert ours.n_truncated > 0  # the 512-token cap is exercised
     # multi-turn: loss on every assistant turn (and the newline after a non-final EOS, as the paper's mask leaves it)
@@ -63,8 +65,10 @@ def test_whitespace_is_stripped_and_switchable(bytelevel_tokenizer):
     kept = encode_conversation(bytelevel_tokenizer, "tulu", conversation_turns(messages, strip=False))
     labelled = [i for i, lab in zip(kept.input_ids, kept.labels, strict=True) if lab != -100]
     assert bytelevel_tokenizer.decode(labelled[:-1]) == "\n - a list\n\n"  # as written: the '\n', EOS ending the paper avoids
-    assert bytelevel_tokenizer.decode([i for i, lab in zip(stripped.input_ids, stripped.labels, strict=True)
-                                       if lab != -100][:-1]) == "- a list"
+    assert (
+        bytelevel_tokenizer.decode([i for i, lab in zip(stripped.input_ids, stripped.labels, strict=True) if lab != -100][:-1])
+        == "- a list"
+    )
 
 
 def test_multi_turn_can_be_dropped(bytelevel_tokenizer, tiny_llama_dir, shared_data):
@@ -112,11 +116,25 @@ def test_one_step_loss_and_gradient_equal_the_papers(per_device, accumulation, b
 @pytest.mark.parametrize("n_processes,n_examples,epochs", [(1, 1030, 5), (2, 1030, 5), (2, 1030, 15), (4, 301, 7)])
 def test_lr_schedule_counts_steps_as_the_paper(n_processes, n_examples, epochs):
     accumulation = 64 // n_processes
-    expected = paper.lr_multipliers(n_examples=n_examples, per_device_batch=1, accumulation_steps=accumulation,
-                                    n_processes=n_processes, epochs=epochs, warmup_ratio=0.03)
+    expected = paper.lr_multipliers(
+        n_examples=n_examples,
+        per_device_batch=1,
+        accumulation_steps=accumulation,
+        n_processes=n_processes,
+        epochs=epochs,
+        warmup_ratio=0.03,
+    )
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = open_instruct_schedule(opt, n_examples=n_examples, per_device_batch_size=1, accumulation_steps=accumulation,
-                                   n_processes=n_processes, epochs=epochs, warmup_ratio=0.03, kind="linear")
+    sched = open_instruct_schedule(
+        opt,
+        n_examples=n_examples,
+        per_device_batch_size=1,
+        accumulation_steps=accumulation,
+        n_processes=n_processes,
+        epochs=epochs,
+        warmup_ratio=0.03,
+        kind="linear",
+    )
     got = []
     for _ in expected:
         got.append(opt.param_groups[0]["lr"])

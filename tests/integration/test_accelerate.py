@@ -77,12 +77,24 @@ def _free_port() -> int:
 @pytest.fixture
 def tiny_yaml(tiny_llama_dir, shared_data, tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "tiny", "seed": 0, "model": {"spec": str(tiny_llama_dir)},
-        "data": {"train": str(shared_data / "lima" / "train.jsonl"), "max_train_examples": 16, "heldout_examples": 4},
-        "training": {"learning_rate": 1e-3, "epochs": 2, "effective_batch_size": 8, "per_device_batch_size": 2,
-                     "max_length": 96, "warmup_ratio": 0.0},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "seed": 0,
+                "model": {"spec": str(tiny_llama_dir)},
+                "data": {"train": str(shared_data / "lima" / "train.jsonl"), "max_train_examples": 16, "heldout_examples": 4},
+                "training": {
+                    "learning_rate": 1e-3,
+                    "epochs": 2,
+                    "effective_batch_size": 8,
+                    "per_device_batch_size": 2,
+                    "max_length": 96,
+                    "warmup_ratio": 0.0,
+                },
+            }
+        )
+    )
     return path
 
 
@@ -91,9 +103,29 @@ def test_two_process_launch_matches_one_process(config_name, tiny_yaml, tmp_path
     """2 CPU processes x batch 2 x 2 accumulation = 1 process x batch 2 x 4: the same numbers."""
     single = train_variant(load_config(tiny_yaml), Variant("response"), out_dir=tmp_path / "single", show_progress=False)
     out = tmp_path / config_name
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE / f"{config_name}.yaml"),
-           "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
-           "-m", "implicit_it", "train", "--config", str(tiny_yaml), "--variant", "response", "--out", str(out), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ACCELERATE / f"{config_name}.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "implicit_it",
+        "train",
+        "--config",
+        str(tiny_yaml),
+        "--variant",
+        "response",
+        "--out",
+        str(out),
+        "-q",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((out / "train_manifest.json").read_text())["results"]
@@ -113,10 +145,15 @@ def test_iit_run_trains_under_accelerate_launch(tiny_llama_dir, shared_data, tmp
 
     data = study_config_dict(tiny_llama_dir, shared_data)
     data["training"].update(variants=["response"], max_steps=None, epochs=1, effective_batch_size=4, per_device_batch_size=2)
-    data["run"] = {"accelerate_config": str(ACCELERATE / "ddp.yaml"),
-                   "accelerate_args": ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port())],
-                   "generate": {"ifsuite_prompts": 2, "max_new_tokens": 4, "rule_sets": []},
-                   "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False}, "eval": {"ifeval": False}}
+    data["run"] = {
+        "accelerate_config": str(ACCELERATE / "ddp.yaml"),
+        "accelerate_args": ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port())],
+        "generate": {"ifsuite_prompts": 2, "max_new_tokens": 4, "rule_sets": []},
+        "rank": {"enabled": False},
+        "probe": {"enabled": False},
+        "diff": {"enabled": False},
+        "eval": {"ifeval": False},
+    }
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     outcome = run_study(parse_config(data), tmp_path / "run", show_progress=False)

@@ -28,7 +28,9 @@ def test_planted_paper_constants_are_recovered_on_gemma(real_gemma, shared_data)
     biased.bias.data[: adapter.vocab_size] = adapter.uniform_vector
     variant.model.lm_head = biased
     texts = texts_from_source(read_ranking_source(shared_data / "lima" / "val_reference_gpt35.json", limit=4))
-    diff = LayerDiff(analyses=["logits", "rules", "shift"], texts=["data"], vocab="all", pass_config=DeltaPassConfig(max_length=128, layers="0,9"))
+    diff = LayerDiff(
+        analyses=["logits", "rules", "shift"], texts=["data"], vocab="all", pass_config=DeltaPassConfig(max_length=128, layers="0,9")
+    )
     run = diff.run(real_gemma, variant, texts, base_spec="gemma-3-270m", variant_spec="gemma+uniform-bias")
     rules = run.results["rules"].entries[0]
     assert rules["n_vocab_columns"] == adapter.vocab_size

@@ -66,7 +66,9 @@ def test_batched_greedy_equals_batch_one(real_gemma, shared_data):
     assert mismatched == []
 
 
-TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]) | st.sampled_from(["\n", " ", "\t"]), min_size=1, max_size=60).filter(str.strip)
+TEXT = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]) | st.sampled_from(["\n", " ", "\t"]), min_size=1, max_size=60
+).filter(str.strip)
 
 
 @pytest.mark.parametrize("model", ["gemma-3-270m", "smollm2-135m-instruct"])
@@ -98,7 +100,9 @@ def _tokenizer(model):
 def test_smollm2_instruct_native_format_stops_at_end_of_turn():
     loaded = load_model("smollm2-135m-instruct", device="cpu")
     assert loaded.model.config.architectures == ["LlamaForCausalLM"]
-    (res,), _ = generate_responses(loaded, ["What is the capital of France? Answer in one word."], fmt="native", max_new_tokens=48, show_progress=False)
+    (res,), _ = generate_responses(
+        loaded, ["What is the capital of France? Answer in one word."], fmt="native", max_new_tokens=48, show_progress=False
+    )
     assert res.stopped and "Paris" in res.output
 
 
@@ -106,8 +110,21 @@ def test_cli_generate_56_val_records(tmp_path, real_gemma, shared_data):
     from implicit_it.app.cli import app
 
     out = tmp_path / "o.json"
-    res = CliRunner().invoke(app, ["generate", "--model", "gemma-3-270m", "--instructions", str(shared_data / "lima" / "val_instructions.jsonl"),
-                                   "--out", str(out), "--max-new-tokens", "8", "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            "gemma-3-270m",
+            "--instructions",
+            str(shared_data / "lima" / "val_instructions.jsonl"),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "8",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     recs = json.loads(out.read_text())
     assert len(recs) == 56 and all(r["output"] for r in recs)

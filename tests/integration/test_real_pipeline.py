@@ -17,20 +17,30 @@ pytestmark = pytest.mark.real_model
 
 
 def test_rule_systems_on_gemma_end_to_end(shared_data, tmp_path):
-    cfg = parse_config({
-        "name": "gemma-rules", "model": {"spec": "gemma-3-270m"}, "training": {"variants": []},
-        "run": {"generate": {"ifsuite_prompts": 3, "max_new_tokens": 24, "rule_sets": ["all", "no_uniform"]},
-                "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False},
-                "eval": {"ifeval_data": str(shared_data / "ifeval" / "input_data.jsonl"), "ifeval_prompts": 2}},
-    })
+    cfg = parse_config(
+        {
+            "name": "gemma-rules",
+            "model": {"spec": "gemma-3-270m"},
+            "training": {"variants": []},
+            "run": {
+                "generate": {"ifsuite_prompts": 3, "max_new_tokens": 24, "rule_sets": ["all", "no_uniform"]},
+                "rank": {"enabled": False},
+                "probe": {"enabled": False},
+                "diff": {"enabled": False},
+                "eval": {"ifeval_data": str(shared_data / "ifeval" / "input_data.jsonl"), "ifeval_prompts": 2},
+            },
+        }
+    )
     outcome = run_study(cfg, tmp_path / "run", show_progress=False)
     systems = ("base", "rules", "rules-no_uniform")
     references = ("reference-constant", "reference-echo", "reference-empty")
-    assert set(outcome.statuses) == {f"{stage}/{bench}/{name}" for stage in ("generate", "eval") for bench in ("ifsuite", "ifeval")
-                                     for name in systems} | {f"eval/{bench}/{name}" for bench in ("ifsuite", "ifeval")
-                                                             for name in references} | {"report/report"}
-    outputs = {name: json.loads((tmp_path / "run" / "generate" / "ifsuite" / name / "outputs.json").read_text())
-               for name in ("base", "rules", "rules-no_uniform")}
+    assert set(outcome.statuses) == {
+        f"{stage}/{bench}/{name}" for stage in ("generate", "eval") for bench in ("ifsuite", "ifeval") for name in systems
+    } | {f"eval/{bench}/{name}" for bench in ("ifsuite", "ifeval") for name in references} | {"report/report"}
+    outputs = {
+        name: json.loads((tmp_path / "run" / "generate" / "ifsuite" / name / "outputs.json").read_text())
+        for name in ("base", "rules", "rules-no_uniform")
+    }
     assert outputs["rules"] != outputs["base"]  # the adapter changes greedy decoding
     # the uniform rule penalises "<" by 4 nats: the base restarts the chat template with "<|user|>", the full adapter never
     # does here, and the adapter without the uniform rule is free to again

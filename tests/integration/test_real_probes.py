@@ -58,6 +58,6 @@ def test_nnsight_layers_equal_transformer_lens_bridge(lima):
                 _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n in names.values())
             start = len(g.prompt_ids) - 1
             for layer in layers:
-                resid = cache[names[layer]][0, start:start + len(resp)]
+                resid = cache[names[layer]][0, start : start + len(resp)]
                 theirs = float(lens.token_logprobs(resid, torch.tensor(resp)).double().sum())
                 assert abs(theirs - ours.totals[layer][gi, ci]) / len(resp) <= 1e-4, (layer, theirs, ours.totals[layer][gi, ci])

@@ -23,13 +23,15 @@ def test_demo_config_data_keeps_whole_examples(real_gemma):
     assert all(e.input_ids[-1] == eos and len(e.input_ids) <= cfg.training.max_length for e in data.examples)
     prompt = encode_prompt(real_gemma.tokenizer, "tulu", "")
     assert real_gemma.tokenizer.decode(prompt) == "<bos><|user|>\n\n<|assistant|>\n"
-    assert all(e.input_ids[:e.n_prompt_tokens] == prompt for e in data.examples)
+    assert all(e.input_ids[: e.n_prompt_tokens] == prompt for e in data.examples)
 
 
 def test_two_steps_on_gemma_give_a_loadable_trained_model(tmp_path):
     cfg = load_config("configs/demo.yaml")
     training = cfg.training.model_copy(update={"max_steps": 2, "effective_batch_size": 2, "per_device_batch_size": 2, "max_length": 96})
-    cfg = cfg.model_copy(update={"training": training, "data": cfg.data.model_copy(update={"max_train_examples": 4, "heldout_examples": 2})})
+    cfg = cfg.model_copy(
+        update={"training": training, "data": cfg.data.model_copy(update={"max_train_examples": 4, "heldout_examples": 2})}
+    )
     res = train_variant(cfg, Variant("response"), out_dir=tmp_path / "g", show_progress=False)
     r = res.results
     assert r["optimizer_steps"] == 2 and len(r["loss_curve"]) == 2 and math_finite(r["final_loss"])

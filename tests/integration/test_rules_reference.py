@@ -23,7 +23,7 @@ N_PROMPTS, N_TOKENS = 8, 64
 
 
 def _after_last(ids: list[int], tag: list[int], default: int) -> int:
-    ends = [i + len(tag) for i in range(len(ids)) if ids[i:i + len(tag)] == tag]
+    ends = [i + len(tag) for i in range(len(ids)) if ids[i : i + len(tag)] == tag]
     return max([default, *ends])
 
 
@@ -91,7 +91,7 @@ CASES = [(r, "") for r in (["eos"], ["uniform"], ["diversity"], ["eos", "uniform
 CASES.append((["eos", "uniform", "diversity"], TURN))
 
 
-@pytest.mark.parametrize("rules,turn", CASES, ids=lambda v: ("+".join(v) if isinstance(v, list) else ("generated_turn" if v else "no_turn")))
+@pytest.mark.parametrize("rules,turn", CASES, ids=lambda v: "+".join(v) if isinstance(v, list) else ("generated_turn" if v else "no_turn"))
 def test_fast_path_equals_naive_reference(real_gemma, shared_data, rules, turn):
     tok = real_gemma.tokenizer
     instructions = [i.instruction for i in read_instructions(shared_data / "lima" / "val_instructions.jsonl")][:N_PROMPTS]
@@ -99,7 +99,13 @@ def test_fast_path_equals_naive_reference(real_gemma, shared_data, rules, turn):
     turn_ids = _continuation_ids(tok, turn) if turn else []
     if turn:
         assert _after_last(turn_ids, adapter.assistant_tag_ids, 0) == len(turn_ids)  # the forced turn holds the tags
-    fast, _ = generate_responses(real_gemma, instructions, max_new_tokens=N_TOKENS, batch_size=8, show_progress=False,
-                                 logits_processor_factory=lambda b: [adapter.logits_processor(b), ForceTurn(b.prompt_width, turn_ids)])
+    fast, _ = generate_responses(
+        real_gemma,
+        instructions,
+        max_new_tokens=N_TOKENS,
+        batch_size=8,
+        show_progress=False,
+        logits_processor_factory=lambda b: [adapter.logits_processor(b), ForceTurn(b.prompt_width, turn_ids)],
+    )
     for instruction, result in zip(instructions, fast, strict=True):
         assert result.token_ids == naive_generate(real_gemma.model, tok, instruction, adapter, set(rules), turn_ids), instruction

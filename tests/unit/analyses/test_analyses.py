@@ -191,12 +191,19 @@ def test_norm_deltas_are_relative_to_the_effective_scale(arch, bytelevel_tokeniz
         model.model.layers[0].self_attn.q_proj.weight += 0.01
 
     base = _modified_copy(src, tmp_path / "base", change)  # a base with non-trivial norm weights
-    variant = _modified_copy(base, tmp_path / "variant", lambda m: [n.weight.add_(0.2 * torch.randn(n.weight.shape, generator=gen))
-                                                                   for n in m.modules() if type(n).__name__.endswith("RMSNorm")])
+    variant = _modified_copy(
+        base,
+        tmp_path / "variant",
+        lambda m: [
+            n.weight.add_(0.2 * torch.randn(n.weight.shape, generator=gen)) for n in m.modules() if type(n).__name__.endswith("RMSNorm")
+        ],
+    )
     assert norm_offset(base) == (1.0 if arch == "gemma3" else 0.0)
     rows = {t["tensor"]: t for t in WeightDelta(top_k=2).run(base, variant).entries[0]["tensors"]}
     w0, w1 = load_file(str(base / "model.safetensors")), load_file(str(variant / "model.safetensors"))
-    names = ["model.layers.0.input_layernorm.weight", "model.norm.weight"] + (["model.layers.1.self_attn.q_norm.weight"] if arch == "gemma3" else [])
+    names = ["model.layers.0.input_layernorm.weight", "model.norm.weight"] + (
+        ["model.layers.1.self_attn.q_norm.weight"] if arch == "gemma3" else []
+    )
     off = 1.0 if arch == "gemma3" else 0.0
     for name in names:
         a, b = w0[name].double() + off, w1[name].double() + off  # by hand: the scale the norm applies
@@ -353,10 +360,12 @@ def test_bias_variant_saved_to_disk_changes_one_tensor(base, tiny_llama_dir, tmp
 def test_emergence_is_where_explained_variance_appears_not_where_r2_is_high():
     from implicit_it.analyses import emergence_layer
 
-    layers = [{"layer": 0, "variance_explained_rule_family": 0.9, "explained_variance_rule_family": 1e-9},
-              {"layer": 6, "variance_explained_rule_family": 0.1, "explained_variance_rule_family": 0.01},
-              {"layer": 12, "variance_explained_rule_family": 0.3, "explained_variance_rule_family": 0.08},
-              {"layer": 18, "variance_explained_rule_family": 0.2, "explained_variance_rule_family": 0.05}]
+    layers = [
+        {"layer": 0, "variance_explained_rule_family": 0.9, "explained_variance_rule_family": 1e-9},
+        {"layer": 6, "variance_explained_rule_family": 0.1, "explained_variance_rule_family": 0.01},
+        {"layer": 12, "variance_explained_rule_family": 0.3, "explained_variance_rule_family": 0.08},
+        {"layer": 18, "variance_explained_rule_family": 0.2, "explained_variance_rule_family": 0.05},
+    ]
     assert emergence_layer(layers) == 12
     assert emergence_layer(layers, key="variance_explained_rule_family") == 0
     assert emergence_layer([{"layer": 0, "explained_variance_rule_family": float("nan")}]) is None
@@ -411,8 +420,10 @@ def _float64_lens_kl(base, variant, texts, max_length):
             decoder, outs = model.get_decoder(), []
             record = outs.append
             hooks = [decoder.embed_tokens.register_forward_hook(lambda m, i, o, record=record: record(o))]
-            hooks += [block.register_forward_hook(lambda m, i, o, record=record: record(o[0] if isinstance(o, tuple) else o))
-                      for block in decoder.layers]
+            hooks += [
+                block.register_forward_hook(lambda m, i, o, record=record: record(o[0] if isinstance(o, tuple) else o))
+                for block in decoder.layers
+            ]
             with torch.no_grad():
                 model(ids)
                 lps.append([torch.log_softmax(model.lm_head(decoder.norm(h[0, cols])), -1) for h in outs])

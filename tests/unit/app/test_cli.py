@@ -21,8 +21,25 @@ def test_help_lists_subcommands():
 
 def test_generate_writes_records_and_manifest(tmp_path, tiny_llama_dir, shared_data):
     out = tmp_path / "o.json"
-    res = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--instructions", str(shared_data / "lima" / "val_instructions.jsonl"),
-                              "--out", str(out), "--max-new-tokens", "4", "--batch-size", "8", "--limit", "10", "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_llama_dir),
+            "--instructions",
+            str(shared_data / "lima" / "val_instructions.jsonl"),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "8",
+            "--limit",
+            "10",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     recs = json.loads(out.read_text())
     assert len(recs) == 10 and recs[0]["instruction"] == "What is Samyang Buldak ramen?"
@@ -76,15 +93,45 @@ def test_models_and_formats():
 
 def test_generate_with_rules_and_rules_command(tmp_path, tiny_llama_dir, shared_data):
     out = tmp_path / "r.json"
-    res = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--instructions", str(shared_data / "lima" / "val_instructions.jsonl"),
-                              "--out", str(out), "--max-new-tokens", "6", "--limit", "3", "--rules", "eos,uniform", "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_llama_dir),
+            "--instructions",
+            str(shared_data / "lima" / "val_instructions.jsonl"),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "6",
+            "--limit",
+            "3",
+            "--rules",
+            "eos,uniform",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     recs = json.loads(out.read_text())
     assert recs[0]["generator"] == f"{tiny_llama_dir}+rules(eos,uniform)"
     man = json.loads((tmp_path / "r.manifest.json").read_text())
     assert man["config"]["rules"]["rules"] == ["eos", "uniform"] and len(man["config"]["rule_tokens"]) == 15
-    res = runner.invoke(app, ["generate", "--model", str(tiny_llama_dir), "--instructions", str(shared_data / "lima" / "val_instructions.jsonl"),
-                              "--out", str(out), "--rules", "eos,length", "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            str(tiny_llama_dir),
+            "--instructions",
+            str(shared_data / "lima" / "val_instructions.jsonl"),
+            "--out",
+            str(out),
+            "--rules",
+            "eos,length",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 2 and "unknown rule" in res.output
     res = runner.invoke(app, ["rules", "--model", str(tiny_llama_dir)])
     assert res.exit_code == 0 and "' should'" in res.output and "diversity -1.5" in res.output
@@ -94,12 +141,24 @@ def _tiny_experiment(tmp_path, tiny_llama_dir, shared_data):
     import yaml
 
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "tiny", "model": {"spec": str(tiny_llama_dir)},
-        "data": {"train": str(shared_data / "lima" / "train.jsonl"), "max_train_examples": 4, "heldout_examples": 2},
-        "training": {"variants": ["response"], "learning_rate": 1e-3, "epochs": 1, "epoch_grid": [1, 2],
-                     "effective_batch_size": 2, "per_device_batch_size": 2, "max_length": 160},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "model": {"spec": str(tiny_llama_dir)},
+                "data": {"train": str(shared_data / "lima" / "train.jsonl"), "max_train_examples": 4, "heldout_examples": 2},
+                "training": {
+                    "variants": ["response"],
+                    "learning_rate": 1e-3,
+                    "epochs": 1,
+                    "epoch_grid": [1, 2],
+                    "effective_batch_size": 2,
+                    "per_device_batch_size": 2,
+                    "max_length": 160,
+                },
+            }
+        )
+    )
     return path
 
 
@@ -130,13 +189,39 @@ def test_train_rejects_bad_variant_and_config(tmp_path, tiny_llama_dir, shared_d
 
 def test_rank_two_models_side_by_side(tmp_path, tiny_model_dir, tiny_llama_dir, shared_data):
     out = tmp_path / "rank"
-    res = runner.invoke(app, ["rank", "-m", str(tiny_model_dir), "-m", str(tiny_llama_dir), "-d", str(shared_data / "lima" / "train.jsonl"),
-                              "--pairs", "6", "--negatives", "2", "--max-length", "400", "--layers", "all", "--bootstrap", "100",
-                              "--out", str(out), "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "rank",
+            "-m",
+            str(tiny_model_dir),
+            "-m",
+            str(tiny_llama_dir),
+            "-d",
+            str(shared_data / "lima" / "train.jsonl"),
+            "--pairs",
+            "6",
+            "--negatives",
+            "2",
+            "--max-length",
+            "400",
+            "--layers",
+            "all",
+            "--bootstrap",
+            "100",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     ranking = json.loads((out / "ranking.json").read_text())["results"]
-    assert [(r["model"], r["score"]) for r in ranking] == [(str(tiny_model_dir), "mean_logprob"), (str(tiny_model_dir), "total_logprob"),
-                                                         (str(tiny_llama_dir), "mean_logprob"), (str(tiny_llama_dir), "total_logprob")]
+    assert [(r["model"], r["score"]) for r in ranking] == [
+        (str(tiny_model_dir), "mean_logprob"),
+        (str(tiny_model_dir), "total_logprob"),
+        (str(tiny_llama_dir), "mean_logprob"),
+        (str(tiny_llama_dir), "total_logprob"),
+    ]
     for r in ranking:
         assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] and r["n_pairs"] == 2 * r["n_instructions"]
     layerwise = json.loads((out / "layerwise_ranking.json").read_text())["results"]
@@ -155,8 +240,27 @@ def test_rank_and_probe_reject_bad_input(tmp_path, tiny_llama_dir, shared_data):
     res = runner.invoke(app, ["rank", "-m", str(tiny_llama_dir), "-d", str(bad), "--out", str(tmp_path / "o"), "-q"])
     assert res.exit_code == 2 and "bad.jsonl:1" in res.output and not (tmp_path / "o").exists()
     lima = str(shared_data / "lima" / "train.jsonl")
-    res = runner.invoke(app, ["rank", "-m", str(tiny_llama_dir), "-m", str(tiny_llama_dir), "-f", "tulu", "-f", "tulu", "-f", "tulu",
-                              "-d", lima, "--out", str(tmp_path / "o"), "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "rank",
+            "-m",
+            str(tiny_llama_dir),
+            "-m",
+            str(tiny_llama_dir),
+            "-f",
+            "tulu",
+            "-f",
+            "tulu",
+            "-f",
+            "tulu",
+            "-d",
+            lima,
+            "--out",
+            str(tmp_path / "o"),
+            "-q",
+        ],
+    )
     assert res.exit_code == 2 and "--format" in res.output
     res = runner.invoke(app, ["probe", "-m", str(tiny_llama_dir), "-d", lima, "--layers", "0,9", "--out", str(tmp_path / "p"), "-q"])
     assert res.exit_code == 2 and "out of range" in " ".join(res.output.split())
@@ -164,8 +268,25 @@ def test_rank_and_probe_reject_bad_input(tmp_path, tiny_llama_dir, shared_data):
 
 def test_probe_command(tmp_path, tiny_llama_dir, shared_data):
     out = tmp_path / "probe"
-    res = runner.invoke(app, ["probe", "-m", str(tiny_llama_dir), "-d", str(shared_data / "lima" / "train.jsonl"), "--pairs", "12",
-                              "--max-length", "400", "--folds", "3", "--out", str(out), "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "probe",
+            "-m",
+            str(tiny_llama_dir),
+            "-d",
+            str(shared_data / "lima" / "train.jsonl"),
+            "--pairs",
+            "12",
+            "--max-length",
+            "400",
+            "--folds",
+            "3",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     probe = json.loads((out / "probe.json").read_text())["results"]
     assert [p["pool"] for p in probe] == ["mean", "last"]
@@ -185,8 +306,27 @@ def test_diff_runs_all_four_analyses_and_writes_documented_files(tmp_path, tiny_
     model.save_pretrained(variant)
     AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(variant)
     out = tmp_path / "diff"
-    res = runner.invoke(app, ["diff", "--base", str(tiny_llama_dir), "--variant", str(variant), "--data", str(shared_data / "lima" / "train.jsonl"),
-                              "--limit", "6", "--max-length", "160", "--max-new-tokens", "8", "--out", str(out), "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "diff",
+            "--base",
+            str(tiny_llama_dir),
+            "--variant",
+            str(variant),
+            "--data",
+            str(shared_data / "lima" / "train.jsonl"),
+            "--limit",
+            "6",
+            "--max-length",
+            "160",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rules = json.loads((out / "rules.json").read_text())["results"]
     assert [r["variant"] for r in rules] == [str(variant)]
@@ -223,7 +363,21 @@ def test_diff_rejects_bad_options_with_one_error(tmp_path, tiny_llama_dir, share
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{"messages": \n')
     res = runner.invoke(app, base + ["--data", str(bad)])
     assert res.exit_code == 2 and f"{bad}:2" in res.output
-    res = runner.invoke(app, ["diff", "--base", str(tiny_llama_dir), "--variant", str(tmp_path / "nope"), "--data", data,
-                              "--out", str(tmp_path / "o"), "--analyses", "weights"])
+    res = runner.invoke(
+        app,
+        [
+            "diff",
+            "--base",
+            str(tiny_llama_dir),
+            "--variant",
+            str(tmp_path / "nope"),
+            "--data",
+            data,
+            "--out",
+            str(tmp_path / "o"),
+            "--analyses",
+            "weights",
+        ],
+    )
     assert res.exit_code == 2 and "nope" in res.output
     assert not (tmp_path / "o").exists()

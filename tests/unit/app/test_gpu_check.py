@@ -12,17 +12,41 @@ from implicit_it.app.cli import app
 
 # Every step of the tiny run, as the table names them (the train rows carry a note after the method).
 EXPECTED_STEPS = [
-    "build (random init on the device)", "train lora", "train frozen_embeddings", "train full",
-    "generate batch-1 vs batched", "generate batch-1 vs batched + rules", "save 2 checkpoints", "load_model(device_map=None)",
-    "generate batched", "generate batched + rules", "generate batch-1 vs batched", "generate batch-1 vs batched + rules", "rank (lens at all)", "rank, the paper's loop (reference)",
-    "delta pass: lens KL", "delta pass: rule comparison", "delta pass: lens KL (CPU reference)",
-    "delta pass: rule comparison (CPU reference)", "weight diff (streamed, spectra)",
+    "build (random init on the device)",
+    "train lora",
+    "train frozen_embeddings",
+    "train full",
+    "generate batch-1 vs batched",
+    "generate batch-1 vs batched + rules",
+    "save 2 checkpoints",
+    "load_model(device_map=None)",
+    "generate batched",
+    "generate batched + rules",
+    "generate batch-1 vs batched",
+    "generate batch-1 vs batched + rules",
+    "rank (lens at all)",
+    "rank, the paper's loop (reference)",
+    "delta pass: lens KL",
+    "delta pass: rule comparison",
+    "delta pass: lens KL (CPU reference)",
+    "delta pass: rule comparison (CPU reference)",
+    "weight diff (streamed, spectra)",
 ]
 EXPECTED_CHECKS = [
-    "train lora: loss", "train lora: trained weights", "train frozen_embeddings: trained weights", "train full: trained weights",
-    "generate batch-1 vs batched (fp32)", "generate batch-1 vs batched + rules (fp32)", "generate batch-1 vs batched (bf16)",
-    "generate batch-1 vs batched + rules (bf16)", "rule adapter scores: device vs CPU", "checkpoint round trip",
-    "rank: fast path vs paper loop (bf16)", "delta pass: finite lens KL", "lens KL: device vs CPU", "rule comparison: device vs CPU",
+    "train lora: loss",
+    "train lora: trained weights",
+    "train frozen_embeddings: trained weights",
+    "train full: trained weights",
+    "generate batch-1 vs batched (fp32)",
+    "generate batch-1 vs batched + rules (fp32)",
+    "generate batch-1 vs batched (bf16)",
+    "generate batch-1 vs batched + rules (bf16)",
+    "rule adapter scores: device vs CPU",
+    "checkpoint round trip",
+    "rank: fast path vs paper loop (bf16)",
+    "delta pass: finite lens KL",
+    "lens KL: device vs CPU",
+    "rule comparison: device vs CPU",
     "weight diff",
 ]
 
@@ -48,8 +72,9 @@ def test_tiny_run_passes_every_check_and_prints_the_table(tmp_path, capsys):
 
 
 def test_a_broken_check_exits_non_zero(tmp_path, capsys):
-    rc = gpu_check.main(["--tiny", "--shapes", "tiny-llama", "--steps", "generate", "--inject", "generation",
-                         "--json", str(tmp_path / "c.json")])
+    rc = gpu_check.main(
+        ["--tiny", "--shapes", "tiny-llama", "--steps", "generate", "--inject", "generation", "--json", str(tmp_path / "c.json")]
+    )
     report = json.loads((tmp_path / "c.json").read_text())
     assert rc == 1 and not report["ok"]
     bad = [c for c in report["checks"] if not c["ok"]]

@@ -41,7 +41,9 @@ def test_every_stage_runs_and_writes_its_outputs(study):
     assert stages == {"train", "generate", "rank", "probe", "diff", "eval", "report"}
     for name in ("instruction.s0", "response.s0", "single_task-gsm.s0"):
         assert (run_dir / "train" / name / "train_manifest.json").is_file()
-        assert {"rules.json", "logits.json", "shift.json", "weights.json", "manifest.json"} <= {p.name for p in (run_dir / "diff" / name).iterdir()}
+        assert {"rules.json", "logits.json", "shift.json", "weights.json", "manifest.json"} <= {
+            p.name for p in (run_dir / "diff" / name).iterdir()
+        }
     systems = {p.name for p in (run_dir / "generate" / "ifsuite").iterdir()}
     assert systems == {"base", "instruction.s0", "response.s0", "single_task-gsm.s0", "rules", "rules-no_eos"}
     outputs = json.loads((run_dir / "generate" / "ifsuite" / "rules-no_eos" / "outputs.json").read_text())
@@ -108,8 +110,17 @@ def test_a_failing_stage_names_itself_keeps_finished_steps_and_resumes(study, tm
 def test_interrupted_training_resumes_from_its_checkpoint(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
     import implicit_it.training as training
 
-    cfg = parse_config(_config_dict(tiny_llama_dir, shared_data) | {"training": {
-        **_config_dict(tiny_llama_dir, shared_data)["training"], "variants": ["response"], "max_steps": 3, "keep_checkpoints": True}})
+    cfg = parse_config(
+        _config_dict(tiny_llama_dir, shared_data)
+        | {
+            "training": {
+                **_config_dict(tiny_llama_dir, shared_data)["training"],
+                "variants": ["response"],
+                "max_steps": 3,
+                "keep_checkpoints": True,
+            }
+        }
+    )
     cfg = _with(cfg, rank={"enabled": False}, probe={"enabled": False}, diff={"enabled": False}, generate={"rule_sets": []})
     plan = StudyPlan(cfg, tmp_path / "run", show_progress=False)
     train = next(s for s in plan.build() if s.stage == "train")
@@ -134,8 +145,14 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_llama_dir, shared
 def test_seeds_repeat_training_dependent_steps_and_the_report_gives_mean_and_std(tiny_llama_dir, shared_data, tmp_path):
     data = _config_dict(tiny_llama_dir, shared_data)
     data["training"]["variants"] = ["response"]
-    data["run"].update({"rank": {**data["run"]["rank"], "systems": ["response"]}, "probe": {"enabled": False},
-                        "diff": {"enabled": False}, "generate": {**data["run"]["generate"], "rule_sets": []}})
+    data["run"].update(
+        {
+            "rank": {**data["run"]["rank"], "systems": ["response"]},
+            "probe": {"enabled": False},
+            "diff": {"enabled": False},
+            "generate": {**data["run"]["generate"], "rule_sets": []},
+        }
+    )
     outcome = run_study(parse_config(data), tmp_path / "run", seeds=[1, 2], show_progress=False)
     ids = set(outcome.statuses)
     assert {"train/response.s1", "train/response.s2", "rank/response.s1", "rank/response.s2", "eval/ifsuite/response.s2"} <= ids
@@ -187,11 +204,21 @@ def test_a_named_judge_compares_every_system_with_the_instruction_tuned_one(tiny
     judge_model = _long_context_judge(tiny_llama_dir, tmp_path)
     data = _config_dict(tiny_llama_dir, shared_data)
     data["training"]["variants"] = ["instruction", "response"]
-    data["run"].update({
-        "generate": {"ifsuite_prompts": 2, "max_new_tokens": 6, "rule_sets": ["all"],
-                     "instructions": str(shared_data / "lima" / "val_instructions.jsonl"), "instructions_limit": 3},
-        "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False},
-        "eval": {**data["run"]["eval"], "judge": f"local:{judge_model}", "reference": "instruction"}})
+    data["run"].update(
+        {
+            "generate": {
+                "ifsuite_prompts": 2,
+                "max_new_tokens": 6,
+                "rule_sets": ["all"],
+                "instructions": str(shared_data / "lima" / "val_instructions.jsonl"),
+                "instructions_limit": 3,
+            },
+            "rank": {"enabled": False},
+            "probe": {"enabled": False},
+            "diff": {"enabled": False},
+            "eval": {**data["run"]["eval"], "judge": f"local:{judge_model}", "reference": "instruction"},
+        }
+    )
     cfg = parse_config(data)
     outcome = run_study(cfg, tmp_path / "run", show_progress=False)
     alpaca = sorted(sid for sid in outcome.statuses if sid.startswith("eval/alpaca/"))
@@ -211,12 +238,26 @@ def _judged_config(tiny_llama_dir, shared_data, tmp_path, *, variants, instructi
     judge_model = _long_context_judge(tiny_llama_dir, tmp_path)
     data = _config_dict(tiny_llama_dir, shared_data)
     data["training"]["variants"] = variants
-    data["run"].update({
-        "generate": {"ifsuite_prompts": 1, "max_new_tokens": 6, "rule_sets": rule_sets, "instructions": str(instructions),
-                     "instructions_limit": limit},
-        "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False},
-        "eval": {**data["run"]["eval"], "judge": f"local:{judge_model}", "reference": "instruction",
-                 "lc_data": str(lc_data) if lc_data else None}})
+    data["run"].update(
+        {
+            "generate": {
+                "ifsuite_prompts": 1,
+                "max_new_tokens": 6,
+                "rule_sets": rule_sets,
+                "instructions": str(instructions),
+                "instructions_limit": limit,
+            },
+            "rank": {"enabled": False},
+            "probe": {"enabled": False},
+            "diff": {"enabled": False},
+            "eval": {
+                **data["run"]["eval"],
+                "judge": f"local:{judge_model}",
+                "reference": "instruction",
+                "lc_data": str(lc_data) if lc_data else None,
+            },
+        }
+    )
     return data
 
 
@@ -229,11 +270,30 @@ def test_a_run_reports_the_length_controlled_win_rate_with_lc_data(tiny_llama_di
     rng = np.random.default_rng(0)
     lc = tmp_path / "lc"
     lc.mkdir()
-    pd.DataFrame([dict(model=m, index=i, preference=float(rng.uniform()), std_delta_len=float(rng.normal()),
-                       instruction_difficulty=float(rng.normal()), not_gamed_baseline=False)
-                  for m in ("gamed_long", "gamed_short") for i in range(805)]).to_csv(lc / "df_gamed.csv", index=False)
-    data = _judged_config(tiny_llama_dir, shared_data, tmp_path, variants=["instruction", "response"],
-                          instructions=shared_data / "alpaca_eval" / "eval_set.json", limit=4, rule_sets=[], lc_data=lc)
+    pd.DataFrame(
+        [
+            dict(
+                model=m,
+                index=i,
+                preference=float(rng.uniform()),
+                std_delta_len=float(rng.normal()),
+                instruction_difficulty=float(rng.normal()),
+                not_gamed_baseline=False,
+            )
+            for m in ("gamed_long", "gamed_short")
+            for i in range(805)
+        ]
+    ).to_csv(lc / "df_gamed.csv", index=False)
+    data = _judged_config(
+        tiny_llama_dir,
+        shared_data,
+        tmp_path,
+        variants=["instruction", "response"],
+        instructions=shared_data / "alpaca_eval" / "eval_set.json",
+        limit=4,
+        rule_sets=[],
+        lc_data=lc,
+    )
     data["training"]["max_steps"] = 1
     outcome = run_study(parse_config(data), tmp_path / "run", show_progress=False)
     alpaca = sorted(sid for sid in outcome.statuses if sid.startswith("eval/alpaca/"))
@@ -257,9 +317,19 @@ def test_each_system_generates_up_to_its_own_cap(tiny_llama_dir, shared_data, tm
     data = _config_dict(tiny_llama_dir, shared_data)
     data["training"]["variants"] = ["response"]
     data["training"]["max_steps"] = 1
-    data["run"].update({"generate": {"ifsuite_prompts": 2, "max_new_tokens": 9, "rule_sets": ["all", "no_eos"],
-                                     "max_new_tokens_by_system": {"rules-no_eos": 3, "response": 5}},
-                        "rank": {"enabled": False}, "probe": {"enabled": False}, "diff": {"enabled": False}})
+    data["run"].update(
+        {
+            "generate": {
+                "ifsuite_prompts": 2,
+                "max_new_tokens": 9,
+                "rule_sets": ["all", "no_eos"],
+                "max_new_tokens_by_system": {"rules-no_eos": 3, "response": 5},
+            },
+            "rank": {"enabled": False},
+            "probe": {"enabled": False},
+            "diff": {"enabled": False},
+        }
+    )
     cfg = parse_config(data)
     real, caps = generation.generate_responses, {}
 
@@ -289,8 +359,15 @@ def test_alpaca_pairs_each_seed_with_the_same_seed_of_the_reference(tiny_llama_d
     instruction seed, reported as mean ± std over those pairs."""
     import implicit_it.evaluation as evaluation
 
-    data = _judged_config(tiny_llama_dir, shared_data, tmp_path, variants=["instruction", "response"],
-                          instructions=shared_data / "lima" / "val_instructions.jsonl", limit=2, rule_sets=["all"])
+    data = _judged_config(
+        tiny_llama_dir,
+        shared_data,
+        tmp_path,
+        variants=["instruction", "response"],
+        instructions=shared_data / "lima" / "val_instructions.jsonl",
+        limit=2,
+        rule_sets=["all"],
+    )
     data["training"]["max_steps"] = 1
     real, judged = evaluation.annotate, {}
 
@@ -301,8 +378,14 @@ def test_alpaca_pairs_each_seed_with_the_same_seed_of_the_reference(tiny_llama_d
     monkeypatch.setattr(evaluation, "annotate", spy)
     outcome = run_study(parse_config(data), tmp_path / "run", seeds=[1, 2], show_progress=False)
     alpaca = sorted(sid for sid in outcome.statuses if sid.startswith("eval/alpaca/"))
-    assert alpaca == ["eval/alpaca/base/vs-instruction.s1", "eval/alpaca/base/vs-instruction.s2", "eval/alpaca/response.s1",
-                      "eval/alpaca/response.s2", "eval/alpaca/rules/vs-instruction.s1", "eval/alpaca/rules/vs-instruction.s2"]
+    assert alpaca == [
+        "eval/alpaca/base/vs-instruction.s1",
+        "eval/alpaca/base/vs-instruction.s2",
+        "eval/alpaca/response.s1",
+        "eval/alpaca/response.s2",
+        "eval/alpaca/rules/vs-instruction.s1",
+        "eval/alpaca/rules/vs-instruction.s2",
+    ]
 
     def outputs(system):
         return [r["output"] for r in json.loads((tmp_path / "run" / "generate" / "alpaca" / system / "outputs.json").read_text())]
@@ -315,8 +398,10 @@ def test_alpaca_pairs_each_seed_with_the_same_seed_of_the_reference(tiny_llama_d
         assert result["reference_generator"] == f"instruction.s{seed}"
     for system in ("base", "rules"):
         assert judged[system] == [list(zip(ref[s], outputs(system), strict=True)) for s in (1, 2)]
-    wins = [json.loads((tmp_path / "run" / "eval" / "alpaca" / "rules" / f"vs-instruction.s{s}" / "alpaca_eval.json").read_text())["win_rate"]
-            for s in (1, 2)]
+    wins = [
+        json.loads((tmp_path / "run" / "eval" / "alpaca" / "rules" / f"vs-instruction.s{s}" / "alpaca_eval.json").read_text())["win_rate"]
+        for s in (1, 2)
+    ]
     import statistics
 
     md = (tmp_path / "run" / "report" / "report.md").read_text()
@@ -335,9 +420,14 @@ def test_paper_switches_reach_the_ranking_draws_and_the_rule_adapter(tiny_llama_
     data["format"] = "ab_tags"
     data["training"]["variants"] = ["response"]
     data["training"]["max_steps"] = 1
-    data["run"].update({"generate": {"ifsuite_prompts": 2, "max_new_tokens": 4, "rule_sets": ["all"]},
-                        "rank": {**data["run"]["rank"], "systems": ["base"], "self_draws": "drop"},
-                        "probe": {"enabled": False}, "diff": {"enabled": False}})
+    data["run"].update(
+        {
+            "generate": {"ifsuite_prompts": 2, "max_new_tokens": 4, "rule_sets": ["all"]},
+            "rank": {**data["run"]["rank"], "systems": ["base"], "self_draws": "drop"},
+            "probe": {"enabled": False},
+            "diff": {"enabled": False},
+        }
+    )
     seen: dict[str, object] = {}
     real_groups, real_adapter = probes.build_ranking_groups, rules.RuleAdapter
 

@@ -45,10 +45,18 @@ def test_reads_instruction_layouts(shared_data):
     "lines, line_no, message",
     [
         ([_chat(0), '{"id": "x1", "messages": [{"role": "user", "content": "a"'], 2, "malformed JSON"),
-        ([_chat(0), _chat(1), json.dumps({"id": "x2", "messages": [{"role": "user", "content": "only a question"}]})], 3, "missing role 'assistant'"),
+        (
+            [_chat(0), _chat(1), json.dumps({"id": "x2", "messages": [{"role": "user", "content": "only a question"}]})],
+            3,
+            "missing role 'assistant'",
+        ),
         ([json.dumps({"id": "x0", "messages": [{"content": "hi"}, {"role": "assistant", "content": "a"}]})], 1, "has no 'role'"),
         ([_chat(0), _chat(1, assistant="   ")], 2, "empty content"),
-        ([_chat(0), json.dumps({"id": "x1", "messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]})], 2, "expected 'user'"),
+        (
+            [_chat(0), json.dumps({"id": "x1", "messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]})],
+            2,
+            "expected 'user'",
+        ),
         ([_chat(0), _chat(0)], 2, "duplicate id 'x0'"),
         (["[1, 2]"], 1, "expected a JSON object"),
     ],

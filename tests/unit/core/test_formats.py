@@ -9,9 +9,7 @@ from hypothesis import strategies as st
 from implicit_it.formats import FORMATS, IGNORE_INDEX, encode_example, get_format, pad_batch
 from tests.helpers import check_mask_invariants
 
-TEXT = st.text(alphabet=st.sampled_from([chr(c) for c in range(32, 127)] + ["\n"]), min_size=1, max_size=80).filter(
-    lambda s: s.strip()
-)
+TEXT = st.text(alphabet=st.sampled_from([chr(c) for c in range(32, 127)] + ["\n"]), min_size=1, max_size=80).filter(lambda s: s.strip())
 # Responses that start the way real ones do, including starts a BPE merges with the preceding "\n".
 RESPONSE = st.one_of(TEXT, st.sampled_from(["The", "I", "\n", " ", "Here", "1."]).flatmap(lambda p: TEXT.map(lambda t: p + t)))
 

@@ -11,7 +11,13 @@ from implicit_it.formats import encode_prompt
 from implicit_it.generation import PromptBatch, alpaca_eval_records, generate_ids, generate_responses
 from implicit_it.models import load_model
 
-INSTRUCTIONS = ["Hi", "Explain why the sky is blue in detail please", "List three fruits.", "What is 2+2?", "Write a haiku about the sea and the moon"]
+INSTRUCTIONS = [
+    "Hi",
+    "Explain why the sky is blue in detail please",
+    "List three fruits.",
+    "What is 2+2?",
+    "Write a haiku about the sea and the moon",
+]
 
 
 def test_batched_equals_single(tiny_model_dir):
@@ -31,7 +37,7 @@ def test_matches_manual_greedy_loop(tiny_llama_dir):
     with torch.no_grad():
         for _ in range(10):
             ids.append(int(loaded.model(torch.tensor([ids])).logits[0, -1].argmax()))
-    assert fast == ids[len(prompt):]
+    assert fast == ids[len(prompt) :]
 
 
 class ForceToken(LogitsProcessor):
@@ -54,7 +60,9 @@ def test_logits_processor_hook_and_stop(tiny_llama_dir):
         seen.append(batch)
         return ForceToken(eos, after=3, prompt_width=batch.prompt_width)
 
-    results, stats = generate_responses(loaded, INSTRUCTIONS, max_new_tokens=20, batch_size=2, logits_processor_factory=factory, show_progress=False)
+    results, stats = generate_responses(
+        loaded, INSTRUCTIONS, max_new_tokens=20, batch_size=2, logits_processor_factory=factory, show_progress=False
+    )
     assert all(r.stopped and len(r.token_ids) == 3 for r in results)  # EOS forced at position 3, then cut
     assert stats.n_new_tokens == 4 * len(INSTRUCTIONS)
     assert len(seen) == 3 and sorted(i for b in seen for i in b.indices) == list(range(len(INSTRUCTIONS)))
@@ -76,7 +84,8 @@ def test_no_stop_tokens_decodes_full_budget(tiny_llama_dir):
     loaded.model.generation_config.eos_token_id = eos  # a checkpoint default must not sneak back in
     force_eos = lambda batch: ForceToken(eos, after=2, prompt_width=batch.prompt_width)
     prompts = [encode_prompt(loaded.tokenizer, "tulu", i) for i in INSTRUCTIONS[:2]]
-    out, stopped, _ = generate_ids(loaded.model, prompts, pad_token_id=0, stop_token_ids=(), max_new_tokens=6,
-                                   logits_processor_factory=force_eos)
+    out, stopped, _ = generate_ids(
+        loaded.model, prompts, pad_token_id=0, stop_token_ids=(), max_new_tokens=6, logits_processor_factory=force_eos
+    )
     assert [len(o) for o in out] == [6, 6] and stopped == [False, False]
     assert out[0][2:] == [eos] * 4

@@ -60,6 +60,7 @@ def test_dtype_defaults():
 
 def test_local_spec_makes_no_network_call(tiny_llama_dir, monkeypatch):
     """Loading a local directory must not open a socket (offline-safe)."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted")
 

@@ -141,8 +141,12 @@ def test_rules_change_generation_and_eos_ends_it(tiny_llama_dir):
     assert [r.token_ids for r in ruled] != [r.token_ids for r in base]
     # batched == one at a time with the diversity rule (per-row instruction starts under left padding)
     div = RuleAdapter(loaded.tokenizer, RuleConfig(rules=["diversity", "uniform"]))
-    b3, _ = generate_responses(loaded, ins, max_new_tokens=12, batch_size=3, logits_processor_factory=div.logits_processor, show_progress=False)
-    b1, _ = generate_responses(loaded, ins, max_new_tokens=12, batch_size=1, logits_processor_factory=div.logits_processor, show_progress=False)
+    b3, _ = generate_responses(
+        loaded, ins, max_new_tokens=12, batch_size=3, logits_processor_factory=div.logits_processor, show_progress=False
+    )
+    b1, _ = generate_responses(
+        loaded, ins, max_new_tokens=12, batch_size=1, logits_processor_factory=div.logits_processor, show_progress=False
+    )
     assert [r.token_ids for r in b3] == [r.token_ids for r in b1]
 
 

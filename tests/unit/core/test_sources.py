@@ -27,7 +27,17 @@ def test_poetry_matches_paper_output(shared_data):
 
 def test_chess_transformation(shared_data, tmp_path):
     ref = [json.loads(line) for line in (shared_data / "chess" / "train.jsonl").read_text().splitlines()[:2]]
-    lines = ['[Event "Rated"]', '[WhiteElo "1639"]', '[BlackElo "1403"]', "", "1. e4 e6 1-0", "", '[WhiteElo "1654"]', '[BlackElo "1919"]', "1. d4 d5 0-1"]
+    lines = [
+        '[Event "Rated"]',
+        '[WhiteElo "1639"]',
+        '[BlackElo "1403"]',
+        "",
+        "1. e4 e6 1-0",
+        "",
+        '[WhiteElo "1654"]',
+        '[BlackElo "1919"]',
+        "1. d4 d5 0-1",
+    ]
     ex = chess_from_lines(lines)
     assert [e.instruction for e in ex] == ['[WhiteElo "1639"]\n[BlackElo "1403"]\n', '[WhiteElo "1654"]\n[BlackElo "1919"]\n']
     assert [e.id for e in ex] == ["pgn-patrickfrank1-4", "pgn-patrickfrank1-8"]

@@ -74,8 +74,19 @@ def test_leaderboard_win_rate_and_standard_error_reproduced(alpaca_dir, vicuna_a
 
 def test_cli_scores_stored_annotations_offline(tmp_path, alpaca_dir):
     out = tmp_path / "ae"
-    res = runner.invoke(app, ["eval", "alpaca", "--annotations", str(alpaca_dir / "annotations_vicuna-7b-v1.5.json"),
-                              "--reference", str(alpaca_dir / "eval_set.json"), "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "alpaca",
+            "--annotations",
+            str(alpaca_dir / "annotations_vicuna-7b-v1.5.json"),
+            "--reference",
+            str(alpaca_dir / "eval_set.json"),
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = json.loads((out / "alpaca_eval.json").read_text())
     row = _leaderboard_row(alpaca_dir, VICUNA)
@@ -91,9 +102,18 @@ def _synthetic_df_gamed(path: Path, n: int = 805, seed: int = 0) -> Path:
     """A stand-in for alpaca_eval's df_gamed.csv, with its columns, to test the plumbing only
     (the real file is on the hub). Difficulty rises with the instruction's position."""
     rng = np.random.default_rng(seed)
-    rows = [dict(model=m, index=i, preference=float(rng.uniform()), std_delta_len=float(rng.normal()),
-                 instruction_difficulty=(i / n) * 4 - 2, not_gamed_baseline=False)
-            for m in ("gamed_long", "gamed_short") for i in range(n)]
+    rows = [
+        dict(
+            model=m,
+            index=i,
+            preference=float(rng.uniform()),
+            std_delta_len=float(rng.normal()),
+            instruction_difficulty=(i / n) * 4 - 2,
+            not_gamed_baseline=False,
+        )
+        for m in ("gamed_long", "gamed_short")
+        for i in range(n)
+    ]
     path.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(path / "df_gamed.csv", index=False)
     return path
@@ -171,7 +191,9 @@ def test_cli_unusable_judge_fails_before_any_work(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEYS", raising=False)
     model, ref = _toy_pairs(tmp_path)
     out = tmp_path / "ae"
-    res = runner.invoke(app, ["eval", "alpaca", "--outputs", str(model), "--reference", str(ref), "--judge", "gpt4_turbo", "--out", str(out)])
+    res = runner.invoke(
+        app, ["eval", "alpaca", "--outputs", str(model), "--reference", str(ref), "--judge", "gpt4_turbo", "--out", str(out)]
+    )
     assert res.exit_code == 2 and "OPENAI_API_KEY" in res.output
     assert not out.exists()
 
@@ -248,11 +270,27 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
         text = body["messages"][-1]["content"]
         first, second = re.findall(r'"output": """(.*?)"""', text, flags=re.S)[-2:]  # outputs shown as m, then M
         best, other = ("m", "M") if len(first) > len(second) else ("M", "m")
-        top = [{"token": best, "logprob": -0.05, "bytes": list(best.encode())}, {"token": other, "logprob": -3.0, "bytes": list(other.encode())}]
-        self._send({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": best},
-                                 "logprobs": {"content": [dict(top[0], top_logprobs=top)]}}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}})
+        top = [
+            {"token": best, "logprob": -0.05, "bytes": list(best.encode())},
+            {"token": other, "logprob": -3.0, "bytes": list(other.encode())},
+        ]
+        self._send(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "length",
+                        "message": {"role": "assistant", "content": best},
+                        "logprobs": {"content": [dict(top[0], top_logprobs=top)]},
+                    }
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+            }
+        )
 
 
 def test_openai_compatible_judge_by_url_end_to_end(tmp_path, monkeypatch):
@@ -288,7 +326,9 @@ def test_read_model_outputs_errors_and_eos_flags(tmp_path):
     good = tmp_path / "o.json"
     good.write_text(json.dumps([{"instruction": "a", "output": "x"}, {"instruction": "b", "output": "y"}]))
     assert [o.ended_with_eos for o in read_model_outputs(good)] == [None, None]
-    (tmp_path / "o.manifest.json").write_text(json.dumps({"results": {"per_record": [{"ended_with_eos": True}, {"ended_with_eos": False}]}}))
+    (tmp_path / "o.manifest.json").write_text(
+        json.dumps({"results": {"per_record": [{"ended_with_eos": True}, {"ended_with_eos": False}]}})
+    )
     assert [o.ended_with_eos for o in read_model_outputs(good)] == [True, False]
     with pytest.raises(DataFormatError, match="no reference output"):
         pair_with_reference(read_model_outputs(good), read_model_outputs(good)[:1], outputs_path=good)
@@ -310,7 +350,9 @@ def test_behaviour_metrics_on_hand_made_outputs():
 # ---- the IF suite and similarity through the CLI -------------------------------------------------
 def test_cli_ifsuite_generates_then_rescoring_outputs_agrees(tmp_path, tiny_llama_dir):
     out = tmp_path / "ifs"
-    res = runner.invoke(app, ["eval", "ifsuite", "--model", str(tiny_llama_dir), "--limit", "13", "--max-new-tokens", "6", "--out", str(out), "-q"])
+    res = runner.invoke(
+        app, ["eval", "ifsuite", "--model", str(tiny_llama_dir), "--limit", "13", "--max-new-tokens", "6", "--out", str(out), "-q"]
+    )
     assert res.exit_code == 0, res.output
     got = json.loads((out / "ifsuite.json").read_text())
     assert got["n"] == 13 and len(got["per_category"]) == 13 and {"strict_accuracy", "loose_accuracy"} <= set(got)
@@ -321,7 +363,11 @@ def test_cli_ifsuite_generates_then_rescoring_outputs_agrees(tmp_path, tiny_llam
     res = runner.invoke(app, ["eval", "ifsuite", "--outputs", str(out / "outputs.json"), "--limit", "13", "--out", str(again)])
     assert res.exit_code == 0, res.output
     got2 = json.loads((again / "ifsuite.json").read_text())
-    assert (got2["strict_accuracy"], got2["loose_accuracy"], got2["per_category"]) == (got["strict_accuracy"], got["loose_accuracy"], got["per_category"])
+    assert (got2["strict_accuracy"], got2["loose_accuracy"], got2["per_category"]) == (
+        got["strict_accuracy"],
+        got["loose_accuracy"],
+        got["per_category"],
+    )
     assert json.loads((again / "behaviour.json").read_text())["eos_fraction"] == beh["eos_fraction"]
     res = runner.invoke(app, ["eval", "ifsuite", "--outputs", str(out / "outputs.json"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "no response" in res.output.lower()  # outputs cover 13 of the 136 prompts
@@ -330,27 +376,62 @@ def test_cli_ifsuite_generates_then_rescoring_outputs_agrees(tmp_path, tiny_llam
 def test_similarity_finds_domain_pull(tmp_path):
     """Real all-MiniLM-L6-v2 embeddings: responses to math-like instructions written in the math
     domain's style, general ones in a general style, must give a positive trend."""
+
     def chat(rows, name):
         p = tmp_path / name
-        p.write_text("".join(json.dumps({"dataset": "t", "id": f"{name}{i}", "messages": [{"role": "user", "content": u},
-                                                                                       {"role": "assistant", "content": a}]}) + "\n"
-                             for i, (u, a) in enumerate(rows)))
+        p.write_text(
+            "".join(
+                json.dumps(
+                    {"dataset": "t", "id": f"{name}{i}", "messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]}
+                )
+                + "\n"
+                for i, (u, a) in enumerate(rows)
+            )
+        )
         return p
 
-    domain = chat([(f"Tom has {k} apples and buys {k + 2} more. How many apples does he have?",
-                    f"Tom has {k} + {k + 2} = {2 * k + 2} apples.\n#### {2 * k + 2}") for k in range(1, 9)], "gsm.jsonl")
-    general = chat([("Write a short note to a friend.", "Dear friend, I hope you are well and enjoying the spring."),
-                    ("Describe a forest.", "The forest is quiet, green and full of birdsong at dawn."),
-                    ("Give advice on sleep.", "Keep a regular schedule and avoid screens before bed."),
-                    ("What is jazz?", "Jazz is a music genre born in New Orleans, built on improvisation.")], "lima.jsonl")
-    outputs = [("Sara has 3 pens and gets 4 more. How many pens?", "Sara has 3 + 4 = 7 pens.\n#### 7"),
-               ("A shop sells 5 cakes then 6 more. How many cakes were sold?", "5 + 6 = 11 cakes.\n#### 11"),
-               ("Describe a beach.", "The beach is calm, with soft sand and gentle waves at sunset."),
-               ("Write a note to a neighbour.", "Dear neighbour, thank you for watering my plants last week."),
-               ("What is opera?", "Opera is a theatrical art form where singers perform a drama with music.")]
+    domain = chat(
+        [
+            (
+                f"Tom has {k} apples and buys {k + 2} more. How many apples does he have?",
+                f"Tom has {k} + {k + 2} = {2 * k + 2} apples.\n#### {2 * k + 2}",
+            )
+            for k in range(1, 9)
+        ],
+        "gsm.jsonl",
+    )
+    general = chat(
+        [
+            ("Write a short note to a friend.", "Dear friend, I hope you are well and enjoying the spring."),
+            ("Describe a forest.", "The forest is quiet, green and full of birdsong at dawn."),
+            ("Give advice on sleep.", "Keep a regular schedule and avoid screens before bed."),
+            ("What is jazz?", "Jazz is a music genre born in New Orleans, built on improvisation."),
+        ],
+        "lima.jsonl",
+    )
+    outputs = [
+        ("Sara has 3 pens and gets 4 more. How many pens?", "Sara has 3 + 4 = 7 pens.\n#### 7"),
+        ("A shop sells 5 cakes then 6 more. How many cakes were sold?", "5 + 6 = 11 cakes.\n#### 11"),
+        ("Describe a beach.", "The beach is calm, with soft sand and gentle waves at sunset."),
+        ("Write a note to a neighbour.", "Dear neighbour, thank you for watering my plants last week."),
+        ("What is opera?", "Opera is a theatrical art form where singers perform a drama with music."),
+    ]
     out_file = _write_outputs(tmp_path / "outs.json", outputs, "toy-gsm")
-    res = runner.invoke(app, ["eval", "similarity", "--outputs", str(out_file), "--domain", str(domain), "--general", str(general),
-                              "--out", str(tmp_path / "sim")])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "similarity",
+            "--outputs",
+            str(out_file),
+            "--domain",
+            str(domain),
+            "--general",
+            str(general),
+            "--out",
+            str(tmp_path / "sim"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = json.loads((tmp_path / "sim" / "similarity.json").read_text())
     assert got["n"] == 5 and got["trend"]["slope"] > 0 and got["trend"]["pearson_r"] > 0.8

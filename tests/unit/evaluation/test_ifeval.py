@@ -52,8 +52,8 @@ def test_official_strict_and_loose_loop():
     kw = _prompt(1, ["keywords:existence"], [{"keywords": ["banana"]}])
     lower = _prompt(2, ["change_case:english_lowercase", "punctuation:no_comma"], [{}, {}])
     responses = [
-        "Sure! Here it is:\nbanana bread is good",       # strict pass
-        "**Intro**\nno fruit here",                        # fails both ways
+        "Sure! Here it is:\nbanana bread is good",  # strict pass
+        "**Intro**\nno fruit here",  # fails both ways
         "Here is my answer:\nall lowercase, with a comma\nand, another",  # lowercase: fails strict, passes loose; commas fail
     ]
     result = score_ifeval([kw, kw, lower], responses, n_boot=200).to_json()
@@ -72,7 +72,9 @@ def test_an_empty_response_fails_every_instruction_and_counts_them():
 
 def test_reference_systems_show_what_the_metric_gives_for_free(ifeval_data):
     prompts = load_ifeval(ifeval_data / "input_data.jsonl")
-    scores = {k: score_ifeval(prompts, reference_responses(k, prompts), model=k, n_boot=200).to_json() for k in ("constant", "echo", "empty")}
+    scores = {
+        k: score_ifeval(prompts, reference_responses(k, prompts), model=k, n_boot=200).to_json() for k in ("constant", "echo", "empty")
+    }
     assert scores["empty"]["prompt_loose"]["accuracy"] == 0.0
     assert 0.0 < scores["constant"]["instruction_loose"]["accuracy"] < 0.5  # "Okay!" has no commas, no forbidden words...
     assert scores["echo"]["prompt_loose"]["accuracy"] > 0.0
@@ -122,15 +124,44 @@ def test_cli_scores_outputs_and_generates(tmp_path, ifeval_data, tiny_llama_dir)
     prompts = load_ifeval(ifeval_data / "input_data.jsonl", limit=5)
     records = [{"instruction": p.prompt, "output": "okay, here it is", "generator": "x"} for p in prompts]
     (tmp_path / "outputs.json").write_text(json.dumps(records))
-    res = CliRunner().invoke(app, ["eval", "ifeval", "--outputs", str(tmp_path / "outputs.json"), "--limit", "5",
-                                   "--data", str(ifeval_data / "input_data.jsonl"), "--out", str(tmp_path / "scored")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "ifeval",
+            "--outputs",
+            str(tmp_path / "outputs.json"),
+            "--limit",
+            "5",
+            "--data",
+            str(ifeval_data / "input_data.jsonl"),
+            "--out",
+            str(tmp_path / "scored"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     scored = json.loads((tmp_path / "scored" / "ifeval.json").read_text())
     assert scored["n_prompts"] == 5 and (tmp_path / "scored" / "ifeval.parquet").is_file()
     manifest = json.loads((tmp_path / "scored" / "manifest.json").read_text())
     assert manifest["results"]["prompt_loose"] == scored["prompt_loose"]
-    gen = CliRunner().invoke(app, ["eval", "ifeval", "--model", str(tiny_llama_dir), "--limit", "3", "--max-new-tokens", "4", "-q",
-                                   "--data", str(ifeval_data / "input_data.jsonl"), "--out", str(tmp_path / "gen")])
+    gen = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "ifeval",
+            "--model",
+            str(tiny_llama_dir),
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "4",
+            "-q",
+            "--data",
+            str(ifeval_data / "input_data.jsonl"),
+            "--out",
+            str(tmp_path / "gen"),
+        ],
+    )
     assert gen.exit_code == 0, gen.output
     outputs = json.loads((tmp_path / "gen" / "outputs.json").read_text())
     assert len(outputs) == 3 and json.loads((tmp_path / "gen" / "ifeval.json").read_text())["n_prompts"] == 3

@@ -12,8 +12,21 @@ from implicit_it.errors import DataFormatError
 from implicit_it.evaluation.ifsuite import CHECKS, IfPrompt, IfSuiteResult, load_suite, loose_variants, score_responses
 from implicit_it.evaluation.ifsuite.checks import ARGUMENTS, run_check, run_check_loosely, validate_check
 
-CATEGORIES = {"word_count", "sentence_count", "paragraph_count", "bullet_count", "keywords_required", "keywords_forbidden", "lowercase",
-              "uppercase", "start_phrase", "end_phrase", "json_format", "title", "no_commas"}
+CATEGORIES = {
+    "word_count",
+    "sentence_count",
+    "paragraph_count",
+    "bullet_count",
+    "keywords_required",
+    "keywords_forbidden",
+    "lowercase",
+    "uppercase",
+    "start_phrase",
+    "end_phrase",
+    "json_format",
+    "title",
+    "no_commas",
+}
 COUNT_KINDS = {"word_count", "sentence_count", "paragraph_count", "bullet_count"}
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 
@@ -26,7 +39,11 @@ CASES = [
     ({"kind": "word_count", "relation": "at_least", "n": 4}, "only three words", False),
     ({"kind": "sentence_count", "relation": "exactly", "n": 3}, "It rains. Is it cold? Yes!", True),
     ({"kind": "sentence_count", "relation": "exactly", "n": 3}, "It rains. It pours.", False),
-    ({"kind": "sentence_count", "relation": "exactly", "n": 2}, "Pi is 3.14 exactly. Wow...", True),  # no split inside 3.14; "..." is one end
+    (
+        {"kind": "sentence_count", "relation": "exactly", "n": 2},
+        "Pi is 3.14 exactly. Wow...",
+        True,
+    ),  # no split inside 3.14; "..." is one end
     ({"kind": "sentence_count", "relation": "exactly", "n": 2}, "First one.\nAnd an unpunctuated tail", True),
     ({"kind": "sentence_count", "relation": "at_least", "n": 2}, "Just one sentence here.", False),
     ({"kind": "sentence_count", "relation": "at_most", "n": 1}, "One. Two.", False),
@@ -92,14 +109,17 @@ def test_every_kind_has_a_passing_and_a_failing_case():
     assert ARGUMENTS.keys() == CHECKS.keys()
 
 
-@pytest.mark.parametrize(("check", "response"), [
-    ({"kind": "lowercase"}, "Sure! Here is your answer:\nall lower case here"),
-    ({"kind": "start_phrase", "phrase": "Once upon a time"}, "**Once upon a time** a fox slept."),
-    ({"kind": "title"}, "Title: <<Fox\nStory>>\nbody"),  # not loose either
-    ({"kind": "json_format"}, 'Here is your JSON:\n{"a": 1}\nHope this helps!'),
-    ({"kind": "end_phrase", "phrase": "The end."}, "They slept. **The end.**"),
-    ({"kind": "no_commas"}, "Sure, here it is:\nno commas below"),
-])
+@pytest.mark.parametrize(
+    ("check", "response"),
+    [
+        ({"kind": "lowercase"}, "Sure! Here is your answer:\nall lower case here"),
+        ({"kind": "start_phrase", "phrase": "Once upon a time"}, "**Once upon a time** a fox slept."),
+        ({"kind": "title"}, "Title: <<Fox\nStory>>\nbody"),  # not loose either
+        ({"kind": "json_format"}, 'Here is your JSON:\n{"a": 1}\nHope this helps!'),
+        ({"kind": "end_phrase", "phrase": "The end."}, "They slept. **The end.**"),
+        ({"kind": "no_commas"}, "Sure, here it is:\nno commas below"),
+    ],
+)
 def test_loose_forgives_a_chatty_first_line_and_markdown_stars(check, response):
     assert not run_check(response, check)
     assert run_check_loosely(response, check) is (check["kind"] != "title")
@@ -107,8 +127,16 @@ def test_loose_forgives_a_chatty_first_line_and_markdown_stars(check, response):
 
 def test_loose_variants_are_ifeval_eight():
     variants = loose_variants("Sure:\n**a**\nb\nBye")
-    assert variants == ["Sure:\n**a**\nb\nBye", "**a**\nb\nBye", "Sure:\n**a**\nb", "**a**\nb",
-                        "Sure:\na\nb\nBye", "a\nb\nBye", "Sure:\na\nb", "a\nb"]
+    assert variants == [
+        "Sure:\n**a**\nb\nBye",
+        "**a**\nb\nBye",
+        "Sure:\n**a**\nb",
+        "**a**\nb",
+        "Sure:\na\nb\nBye",
+        "a\nb\nBye",
+        "Sure:\na\nb",
+        "a\nb",
+    ]
 
 
 def test_loose_skips_empty_variants_but_never_undercuts_strict():
@@ -117,22 +145,25 @@ def test_loose_skips_empty_variants_but_never_undercuts_strict():
     assert run_check_loosely("", {"kind": "no_commas"})  # strict passes, so loose does too
 
 
-@pytest.mark.parametrize(("check", "field"), [
-    ({"kind": "wordcount", "n": 3}, "checks[0].kind"),
-    ({"n": 3}, "checks[0].kind"),
-    ({"kind": "word_count", "n": 3}, "checks[0].relation"),
-    ({"kind": "word_count", "relation": "about", "n": 3}, "checks[0].relation"),
-    ({"kind": "bullet_count", "n": "3"}, "checks[0].n"),
-    ({"kind": "bullet_count", "n": True}, "checks[0].n"),
-    ({"kind": "bullet_count", "n": 0}, "checks[0].n"),
-    ({"kind": "bullet_count", "n": 3, "relation": "exactly"}, "checks[0].relation"),
-    ({"kind": "keywords_required", "words": "cat"}, "checks[0].words"),
-    ({"kind": "keywords_required", "words": []}, "checks[0].words"),
-    ({"kind": "end_phrase", "phrase": " "}, "checks[0].phrase"),
-    ({"kind": "paragraph_count", "n": 2, "separator": "hr"}, "checks[0].separator"),
-    ({"kind": "title", "text": "x"}, "checks[0].text"),
-    ("title", "checks[0]"),
-])
+@pytest.mark.parametrize(
+    ("check", "field"),
+    [
+        ({"kind": "wordcount", "n": 3}, "checks[0].kind"),
+        ({"n": 3}, "checks[0].kind"),
+        ({"kind": "word_count", "n": 3}, "checks[0].relation"),
+        ({"kind": "word_count", "relation": "about", "n": 3}, "checks[0].relation"),
+        ({"kind": "bullet_count", "n": "3"}, "checks[0].n"),
+        ({"kind": "bullet_count", "n": True}, "checks[0].n"),
+        ({"kind": "bullet_count", "n": 0}, "checks[0].n"),
+        ({"kind": "bullet_count", "n": 3, "relation": "exactly"}, "checks[0].relation"),
+        ({"kind": "keywords_required", "words": "cat"}, "checks[0].words"),
+        ({"kind": "keywords_required", "words": []}, "checks[0].words"),
+        ({"kind": "end_phrase", "phrase": " "}, "checks[0].phrase"),
+        ({"kind": "paragraph_count", "n": 2, "separator": "hr"}, "checks[0].separator"),
+        ({"kind": "title", "text": "x"}, "checks[0].text"),
+        ("title", "checks[0]"),
+    ],
+)
 def test_validate_check_names_the_bad_field(check, field):
     with pytest.raises(DataFormatError, match=r"^f\.jsonl:7: ") as err:
         validate_check(check, "f.jsonl", 7, field="checks[0]")
@@ -219,17 +250,20 @@ def _write(tmp_path, records):
 GOOD = {"id": "a-1", "category": "title", "instruction": "Give it a <<title>>.", "checks": [{"kind": "title"}]}
 
 
-@pytest.mark.parametrize(("second", "message"), [
-    ({**GOOD, "id": "a-2", "instruction": "x", "checks": [{"kind": "shout"}]}, r":2: checks\[0\]\.kind: unknown check kind 'shout'"),
-    ({k: v for k, v in GOOD.items() if k != "instruction"} | {"id": "a-2"}, r":2: instruction: missing field"),
-    ({**GOOD, "instruction": "another"}, r":2: id: duplicate id 'a-1' \(first on line 1\)"),
-    ({**GOOD, "id": "a-2"}, r":2: instruction: duplicate instruction"),
-    ({**GOOD, "id": "a-2", "instruction": "x", "checks": []}, r":2: checks: expected a non-empty list"),
-    ({**GOOD, "id": "a-2", "instruction": "x", "check": []}, r":2: check: unexpected field"),
-    ({**GOOD, "id": 2, "instruction": "x"}, r":2: id: expected a non-empty string"),
-    ('{"id": "a-2",', r":2: not valid JSON"),
-    ("[1, 2]", r":2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ({**GOOD, "id": "a-2", "instruction": "x", "checks": [{"kind": "shout"}]}, r":2: checks\[0\]\.kind: unknown check kind 'shout'"),
+        ({k: v for k, v in GOOD.items() if k != "instruction"} | {"id": "a-2"}, r":2: instruction: missing field"),
+        ({**GOOD, "instruction": "another"}, r":2: id: duplicate id 'a-1' \(first on line 1\)"),
+        ({**GOOD, "id": "a-2"}, r":2: instruction: duplicate instruction"),
+        ({**GOOD, "id": "a-2", "instruction": "x", "checks": []}, r":2: checks: expected a non-empty list"),
+        ({**GOOD, "id": "a-2", "instruction": "x", "check": []}, r":2: check: unexpected field"),
+        ({**GOOD, "id": 2, "instruction": "x"}, r":2: id: expected a non-empty string"),
+        ('{"id": "a-2",', r":2: not valid JSON"),
+        ("[1, 2]", r":2: expected a JSON object"),
+    ],
+)
 def test_malformed_line_raises_one_error_naming_line_and_field(tmp_path, second, message):
     path = _write(tmp_path, [GOOD, second])
     with pytest.raises(DataFormatError, match=message) as err:
@@ -245,7 +279,9 @@ def test_empty_file_is_an_error(tmp_path):
 def _small_suite():
     return [
         IfPrompt("p1", "lowercase", "Answer in lowercase.", ({"kind": "lowercase"},)),
-        IfPrompt("p2", "no_commas", "No commas, five words.", ({"kind": "no_commas"}, {"kind": "word_count", "relation": "at_most", "n": 5})),
+        IfPrompt(
+            "p2", "no_commas", "No commas, five words.", ({"kind": "no_commas"}, {"kind": "word_count", "relation": "at_most", "n": 5})
+        ),
         IfPrompt("p3", "title", "Give a title.", ({"kind": "title"},)),
         IfPrompt("p4", "lowercase", "Lowercase again.", ({"kind": "lowercase"},)),
     ]
@@ -257,14 +293,30 @@ SMALL_RESPONSES = ["Sure! Here it is:\nall lower here", "one, two", "<<Ok>>\nbod
 def test_score_responses_exact_numbers():
     out = score_responses(_small_suite(), SMALL_RESPONSES, model="tiny").to_json()
     assert out["strict_accuracy"] == 0.5 and out["loose_accuracy"] == 0.75 and out["n"] == 4 and out["model"] == "tiny"
-    assert out["per_category"] == {"lowercase": {"strict_accuracy": 0.5, "loose_accuracy": 1.0, "n": 2},
-                                   "no_commas": {"strict_accuracy": 0.0, "loose_accuracy": 0.0, "n": 1},
-                                   "title": {"strict_accuracy": 1.0, "loose_accuracy": 1.0, "n": 1}}
+    assert out["per_category"] == {
+        "lowercase": {"strict_accuracy": 0.5, "loose_accuracy": 1.0, "n": 2},
+        "no_commas": {"strict_accuracy": 0.0, "loose_accuracy": 0.0, "n": 1},
+        "title": {"strict_accuracy": 1.0, "loose_accuracy": 1.0, "n": 1},
+    }
     assert out["instruction_level"] == {"strict_accuracy": 0.6, "loose_accuracy": 0.8, "n_checks": 5}
-    assert out["per_prompt"][1] == {"id": "p2", "category": "no_commas", "strict": False, "loose": False, "not_an_answer": None,
-                                    "checks": [{"kind": "no_commas", "strict": False, "loose": False},
-                                               {"kind": "word_count", "strict": True, "loose": True}]}
-    assert list(out) == ["strict_accuracy", "loose_accuracy", "per_category", "n", "not_an_answer", "instruction_level", "model", "per_prompt"]
+    assert out["per_prompt"][1] == {
+        "id": "p2",
+        "category": "no_commas",
+        "strict": False,
+        "loose": False,
+        "not_an_answer": None,
+        "checks": [{"kind": "no_commas", "strict": False, "loose": False}, {"kind": "word_count", "strict": True, "loose": True}],
+    }
+    assert list(out) == [
+        "strict_accuracy",
+        "loose_accuracy",
+        "per_category",
+        "n",
+        "not_an_answer",
+        "instruction_level",
+        "model",
+        "per_prompt",
+    ]
 
 
 def test_score_responses_by_instruction_and_missing():
@@ -287,7 +339,9 @@ def test_result_saves_json_parquet_png(tmp_path):
     paths = result.save(tmp_path)
     assert sorted(p.name for p in paths) == ["ifsuite.json", "ifsuite.parquet", "ifsuite.png"]
     saved = json.loads((tmp_path / "ifsuite.json").read_text())
-    assert saved == result.to_json() and {"strict_accuracy", "loose_accuracy", "per_category", "instruction_level", "per_prompt"} <= set(saved)
+    assert saved == result.to_json() and {"strict_accuracy", "loose_accuracy", "per_category", "instruction_level", "per_prompt"} <= set(
+        saved
+    )
     frame = pd.read_parquet(tmp_path / "ifsuite.parquet")
     assert list(frame.columns) == ["model", "category", "strict_accuracy", "loose_accuracy", "n"]
     assert frame["category"].tolist() == ["lowercase", "no_commas", "title", "overall"]
@@ -312,8 +366,12 @@ def test_echoing_the_prompt_or_template_is_not_an_answer():
 
     ins = "Describe your favourite meal without using any commas."
     p = IfPrompt("e1", "no_commas", ins, ({"kind": "no_commas"},))
-    k = IfPrompt("e2", "keywords_required", "Write about a picnic. Include the words 'sandwiches' and 'sunscreen'.",
-                 ({"kind": "keywords_required", "words": ["sandwiches", "sunscreen"]},))
+    k = IfPrompt(
+        "e2",
+        "keywords_required",
+        "Write about a picnic. Include the words 'sandwiches' and 'sunscreen'.",
+        ({"kind": "keywords_required", "words": ["sandwiches", "sunscreen"]},),
+    )
     responses = [ins + "\n" + ins, "Write about a picnic. Include the words 'sandwiches' and 'sunscreen'.\n<|user|>\n"]
     out = score_responses([p, k], responses).to_json()
     assert out["strict_accuracy"] == 0 and out["loose_accuracy"] == 0
@@ -328,10 +386,13 @@ KEYWORDS_INS = "Write a short email inviting your team to a picnic on Friday. In
 TITLE_INS = "Write a poem about rain. Give it a title wrapped in double angular brackets, such as <<poem of joy>>."
 
 
-@pytest.mark.parametrize(("instruction", "check", "body"), [
-    (KEYWORDS_INS, {"kind": "keywords_required", "words": ["sandwiches", "sunscreen"]}, "Hi team, we meet at noon by the lake."),
-    (TITLE_INS, {"kind": "title"}, "Rain falls softly on the roof\nand the garden drinks it in."),
-])
+@pytest.mark.parametrize(
+    ("instruction", "check", "body"),
+    [
+        (KEYWORDS_INS, {"kind": "keywords_required", "words": ["sandwiches", "sunscreen"]}, "Hi team, we meet at noon by the lake."),
+        (TITLE_INS, {"kind": "title"}, "Rain falls softly on the roof\nand the garden drinks it in."),
+    ],
+)
 def test_loose_never_passes_on_the_echoed_instruction(instruction, check, body):
     """The echo on the first line holds the keywords / the example title; the body ignores the constraint.
     Every loose variant that still holds the echo is not an answer, so loose fails like strict."""

@@ -60,9 +60,18 @@ def test_exclude_self_never_draws_the_own_response(lima_source):
 
 def test_pool_holds_every_assistant_turn(tmp_path):
     path = tmp_path / "chat.jsonl"
-    rows = [{"id": "a", "messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": " r1 "},
-                                     {"role": "user", "content": "q1b"}, {"role": "assistant", "content": "r1b"}]},
-            {"id": "b", "messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "r2"}]}]
+    rows = [
+        {
+            "id": "a",
+            "messages": [
+                {"role": "user", "content": "q1"},
+                {"role": "assistant", "content": " r1 "},
+                {"role": "user", "content": "q1b"},
+                {"role": "assistant", "content": "r1b"},
+            ],
+        },
+        {"id": "b", "messages": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "r2"}]},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     src = read_ranking_source(path)
     assert src.pool == ("r1", "r1b", "r2") and src.own_response == (0, 2) and src.instructions == ("q1", "q2")
@@ -205,7 +214,7 @@ def test_pooled_activations_match_hf_hidden_states(tiny_llama_dir, lima_source, 
             with torch.no_grad():
                 hs = loaded.model(ids, output_hidden_states=True).hidden_states[layer][0]
             np.testing.assert_allclose(last[r], hs[-1].numpy(), atol=1e-5)
-            np.testing.assert_allclose(mean[r], hs[len(g.prompt_ids):].mean(0).numpy(), atol=1e-5)
+            np.testing.assert_allclose(mean[r], hs[len(g.prompt_ids) :].mean(0).numpy(), atol=1e-5)
 
 
 def test_linear_probe_run(tiny_llama_dir, lima_source, tmp_path):
@@ -223,9 +232,21 @@ def test_swap_pairs_make_response_only_features_exactly_chance(tiny_llama_dir, t
     """Embeddings of the response (layer 0) know nothing of the instruction: in the swap design
     each response is a match once and a mismatch once in the same CV block, so accuracy is 1/2."""
     path = tmp_path / "qa.jsonl"
-    path.write_text("".join(json.dumps({"id": str(i), "messages": [{"role": "user", "content": f"Question {i}: name a number."},
-                                                                    {"role": "assistant", "content": f"The number {i * 7}."}]}) + "\n"
-                            for i in range(20)))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": str(i),
+                    "messages": [
+                        {"role": "user", "content": f"Question {i}: name a number."},
+                        {"role": "assistant", "content": f"The number {i * 7}."},
+                    ],
+                }
+            )
+            + "\n"
+            for i in range(20)
+        )
+    )
     source = read_ranking_source(path)
     groups, blocks = swap_pair_groups(source, seed=1)
     assert sorted(g.instruction_index for g in groups) == list(range(20)) and len(set(blocks)) == 10

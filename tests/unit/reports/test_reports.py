@@ -47,7 +47,10 @@ def test_report_tables_hold_this_runs_numbers_beside_the_papers(tiny_study):
         name = system if system in ("base", "rules", "rules-no_eos") else f"{system}.s0"
         ifeval = json.loads((run_dir / "eval" / "ifeval" / name / "ifeval.json").read_text())
         suite = _step(run_dir, "eval", "ifsuite", name)["summary"]
-        cells = [_ci(ifeval[m]["accuracy"], ifeval[m]["ci_low"], ifeval[m]["ci_high"]) for m in ("prompt_strict", "prompt_loose", "instruction_loose")]
+        cells = [
+            _ci(ifeval[m]["accuracy"], ifeval[m]["ci_low"], ifeval[m]["ci_high"])
+            for m in ("prompt_strict", "prompt_loose", "instruction_loose")
+        ]
         cells += [_ci(suite[m], *wilson_interval(round(suite[m] * suite["n"]), suite["n"])) for m in ("strict_accuracy", "loose_accuracy")]
         assert f"| {system} | {' | '.join(cells)} |" in md  # IFEval first, then the IF suite, each with its 95% CI
     # the paper's numbers sit in their own labelled columns, never in this run's
@@ -111,8 +114,9 @@ def test_if_tables_carry_reference_rows_and_paired_tests(tiny_study, tmp_path):
     path.write_text(json.dumps(result))
     md = write_report(run)["markdown"].read_text()
     echo = json.loads((run / "eval" / "ifeval" / "reference-echo" / "ifeval.json").read_text())
-    echo_cells = " | ".join(_ci(echo[m]["accuracy"], echo[m]["ci_low"], echo[m]["ci_high"])
-                            for m in ("prompt_strict", "prompt_loose", "instruction_loose"))
+    echo_cells = " | ".join(
+        _ci(echo[m]["accuracy"], echo[m]["ci_low"], echo[m]["ci_high"]) for m in ("prompt_strict", "prompt_loose", "instruction_loose")
+    )
     for title in ("Table 1", "Table 3", "Table 4"):
         table = _section(md, title)
         assert f"| reference: echo (repeats the prompt) | {echo_cells} |" in table
@@ -156,12 +160,12 @@ def test_several_seeds_give_mean_std_and_a_ci_pooled_over_seeds(tiny_study, tmp_
 
 def test_wilson_interval_against_a_hand_computation():
     # k = 0: the interval is [0, z^2 / (n + z^2)]; k = n mirrors it
-    z2 = 1.959963984540054 ** 2
+    z2 = 1.959963984540054**2
     assert wilson_interval(0, 13) == (0.0, pytest.approx(z2 / (13 + z2)))
     assert wilson_interval(13, 13) == (pytest.approx(13 / (13 + z2)), 1.0)
     # k = 4, n = 13 by hand: centre (4/13 + z^2/26) / (1 + z^2/13), half z*sqrt(4*9/13^3 + z^2/(4*13^2)) / (1 + z^2/13)
     centre = (4 / 13 + z2 / 26) / (1 + z2 / 13)
-    half = (z2 ** 0.5) * ((4 * 9 / 13 ** 3 + z2 / (4 * 169)) ** 0.5) / (1 + z2 / 13)
+    half = (z2**0.5) * ((4 * 9 / 13**3 + z2 / (4 * 169)) ** 0.5) / (1 + z2 / 13)
     lo, hi = wilson_interval(4, 13)
     assert (lo, hi) == (pytest.approx(centre - half), pytest.approx(centre + half))
     assert (round(lo, 4), round(hi, 4)) == (0.1268, 0.5763)  # the textbook value for 4/13

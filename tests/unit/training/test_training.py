@@ -33,11 +33,24 @@ def make_config(tiny_llama_dir, shared_data):
     """A tiny, fast experiment: 8 LIMA examples, 2 optimizer steps an epoch."""
 
     def make(data=None, **training):
-        t = dict(variants=["instruction", "response", "single_task"], single_task_sources=["gsm"], learning_rate=1e-3,
-                 epochs=2, effective_batch_size=4, per_device_batch_size=2, max_length=96, warmup_ratio=0.0, save_steps=1)
+        t = dict(
+            variants=["instruction", "response", "single_task"],
+            single_task_sources=["gsm"],
+            learning_rate=1e-3,
+            epochs=2,
+            effective_batch_size=4,
+            per_device_batch_size=2,
+            max_length=96,
+            warmup_ratio=0.0,
+            save_steps=1,
+        )
         t.update(training)
-        d = {"train": str(shared_data / "lima" / "train.jsonl"), "max_train_examples": 8, "heldout_examples": 4,
-             "single_task": {"gsm": str(shared_data / "gsm8k" / "train_1k.jsonl")}}
+        d = {
+            "train": str(shared_data / "lima" / "train.jsonl"),
+            "max_train_examples": 8,
+            "heldout_examples": 4,
+            "single_task": {"gsm": str(shared_data / "gsm8k" / "train_1k.jsonl")},
+        }
         d.update(data or {})
         return parse_config({"name": "tiny", "seed": 3, "model": {"spec": str(tiny_llama_dir)}, "data": d, "training": t})
 
@@ -49,6 +62,7 @@ def _param_snapshot(model) -> dict[str, torch.Tensor]:
 
 
 # --- variants and data -------------------------------------------------------------------------
+
 
 def test_parse_variant(make_config):
     cfg = make_config(single_task_sources=["gsm", "mbpp"])
@@ -85,9 +99,9 @@ def test_response_variant_drops_the_instruction(make_config, bytelevel_tokenizer
     assert bytelevel_tokenizer.decode(empty_prompt, skip_special_tokens=True) == "<|user|>\n\n<|assistant|>\n"
     assert len(inst.examples) == len(resp.examples) == 8
     for a, b in zip(inst.examples, resp.examples, strict=True):
-        assert b.input_ids[:b.n_prompt_tokens] == empty_prompt
+        assert b.input_ids[: b.n_prompt_tokens] == empty_prompt
         assert a.n_prompt_tokens > b.n_prompt_tokens
-        assert a.labels[a.n_prompt_tokens:] == b.labels[b.n_prompt_tokens:]  # the same response + EOS
+        assert a.labels[a.n_prompt_tokens :] == b.labels[b.n_prompt_tokens :]  # the same response + EOS
 
 
 def test_heldout_split_never_reaches_training(make_config, bytelevel_tokenizer):
@@ -125,12 +139,16 @@ def test_collator_never_learns_padding(bytelevel_tokenizer):
 
 # --- validation metric and selection ----------------------------------------------------------
 
+
 def test_heldout_nll_matches_the_models_own_loss(tiny_llama_dir, make_config, bytelevel_tokenizer):
     from implicit_it.data import ChatExample, Message
     from implicit_it.formats import encode_example
 
     loaded = load_model(tiny_llama_dir, device="cpu")
-    exs = [ChatExample(str(i), (Message("user", f"Say {w}."), Message("assistant", f"{w} {w}!"))) for i, w in enumerate(["hi", "a longer reply"])]
+    exs = [
+        ChatExample(str(i), (Message("user", f"Say {w}."), Message("assistant", f"{w} {w}!")))
+        for i, w in enumerate(["hi", "a longer reply"])
+    ]
     got = heldout_response_nll(loaded.model, bytelevel_tokenizer, exs, "tulu", max_length=96, batch_size=2)
     total = n = 0
     for e in exs:  # one at a time, no padding: HF's mean loss x labelled tokens
@@ -145,9 +163,13 @@ def test_heldout_nll_matches_the_models_own_loss(tiny_llama_dir, make_config, by
 
 
 def test_select_best():
-    pts = [SweepPoint(5, "a", {"heldout_nll": 2.0}), SweepPoint(7, "b", {"heldout_nll": 1.5}),
-           SweepPoint(10, "c", {"heldout_nll": 1.5}), SweepPoint(15, "d", {"heldout_nll": float("nan")}),
-           SweepPoint(20, "e", {})]
+    pts = [
+        SweepPoint(5, "a", {"heldout_nll": 2.0}),
+        SweepPoint(7, "b", {"heldout_nll": 1.5}),
+        SweepPoint(10, "c", {"heldout_nll": 1.5}),
+        SweepPoint(15, "d", {"heldout_nll": float("nan")}),
+        SweepPoint(20, "e", {}),
+    ]
     assert select_best(pts, "heldout_nll").epochs == 7  # tie with 10 epochs: fewer wins
     assert select_best(pts[::-1], "heldout_nll").epochs == 7
     assert select_best([pts[0], pts[3]], "heldout_nll").epochs == 5  # NaN skipped
@@ -158,6 +180,7 @@ def test_select_best():
 
 
 # --- the engine ----------------------------------------------------------------------------------
+
 
 def test_train_writes_a_loadable_model_with_manifest(make_config, tmp_path):
     cfg = make_config(epochs=3)
@@ -181,8 +204,9 @@ def test_train_writes_a_loadable_model_with_manifest(make_config, tmp_path):
     changed = [k for k, v in trained.model.state_dict().items() if not torch.equal(v, base.model.state_dict()[k])]
     assert changed
     # the held-out NLL in the manifest is the saved model's
-    again = heldout_response_nll(trained.model, trained.tokenizer, build_variant_data(cfg, Variant("response"), trained.tokenizer).heldout,
-                                 "tulu", max_length=96)
+    again = heldout_response_nll(
+        trained.model, trained.tokenizer, build_variant_data(cfg, Variant("response"), trained.tokenizer).heldout, "tulu", max_length=96
+    )
     assert again["heldout_nll"] == pytest.approx(r["heldout_nll"], rel=1e-5)
     assert res.final_loss == r["loss_curve"][-1]["loss"]
     with pytest.raises(ValueError, match="already holds a finished run"):
@@ -249,8 +273,9 @@ def test_freeze_embeddings_leaves_them_untouched(make_config, tmp_path):
 def test_lora_adapter_merges_into_an_equivalent_dense_model(make_config, tmp_path, bytelevel_tokenizer):
     from peft import PeftModel
 
-    cfg = make_config(method="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"]},
-                      learning_rate=5e-3)
+    cfg = make_config(
+        method="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"]}, learning_rate=5e-3
+    )
     out = tmp_path / "lora"
     res = train_variant(cfg, Variant("response"), out_dir=out, show_progress=False)
     assert (out / "adapter" / "adapter_config.json").is_file()
@@ -305,8 +330,9 @@ def test_sweep_by_a_generation_metric_from_the_cli(metric, make_config, tmp_path
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     out = tmp_path / "sweep"
-    res = CliRunner().invoke(app, ["sweep", "-c", str(path), "-V", "response", "--prompts", "3", "--max-new-tokens", "6", "-q",
-                                   "--out", str(out)])
+    res = CliRunner().invoke(
+        app, ["sweep", "-c", str(path), "-V", "response", "--prompts", "3", "--max-new-tokens", "6", "-q", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "sweep.json").read_text())
     strict = metric.replace("loose", "strict")
@@ -337,8 +363,23 @@ def test_sweep_by_the_papers_judged_win_rate(make_config, tiny_llama_dir, shared
     cfg = make_config(data={"validation": str(tmp_path / "val.json")}, sweep_metric="val_win_rate", epoch_grid=[1])
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    res = CliRunner().invoke(app, ["sweep", "-c", str(path), "-V", "response", "--judge", f"local:{judge}", "--max-new-tokens", "6",
-                                   "-q", "--out", str(tmp_path / "sweep")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            "-c",
+            str(path),
+            "-V",
+            "response",
+            "--judge",
+            f"local:{judge}",
+            "--max-new-tokens",
+            "6",
+            "-q",
+            "--out",
+            str(tmp_path / "sweep"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     point = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["points"][0]
     assert 0 <= point["val_win_rate"] <= 100 and point["val_nll"] > 0
@@ -351,8 +392,13 @@ def test_sweep_by_the_papers_judged_win_rate(make_config, tiny_llama_dir, shared
 def test_trainer_step_uses_the_configured_loss_reduction(reduction, make_config, tiny_llama_dir, tmp_path):
     """One optimizer step through Trainer (4 examples, micro-batch 2, 2 accumulation steps): the logged loss and the
     pre-clip gradient norm equal a hand computation with the same reduction."""
-    cfg = make_config(loss_reduction=reduction, max_steps=1, effective_batch_size=4, per_device_batch_size=2,
-                      data={"max_train_examples": 4, "heldout_examples": 0})
+    cfg = make_config(
+        loss_reduction=reduction,
+        max_steps=1,
+        effective_batch_size=4,
+        per_device_batch_size=2,
+        data={"max_train_examples": 4, "heldout_examples": 0},
+    )
     tok = load_model(tiny_llama_dir, use_process_cache=False).tokenizer
     examples = build_variant_data(cfg, Variant("instruction"), tok).examples
     model = load_model(tiny_llama_dir, dtype="float32", use_process_cache=False).model.train()
