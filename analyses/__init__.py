@@ -7,7 +7,8 @@
 * :mod:`.rule_family`, :mod:`.rule_comparison`: variance of Δ log p explained by the paper's
   rules and by the fitted rule family, per layer;
 * :mod:`.token_shift`: ranks of the variant's greedy tokens under the base (URIAL's shift);
-* :mod:`.layer_diff`: all four from one call (``iit diff``).
+* :mod:`.layer_diff`: every registered diff analysis from one call (``iit diff``); a new one registers
+  with :func:`register_diff_analysis` (and its result with :func:`implicit_it.analysis.register_result`).
 """
 
 from .delta_pass import (
@@ -23,14 +24,30 @@ from .delta_pass import (
     split_halves,
     texts_from_source,
 )
-from .layer_diff import ANALYSES, LayerDiff, VariantDiff, load_variant, merge_results, parse_analyses, parse_texts
+from .layer_diff import (
+    ANALYSES,
+    LayerDiff,
+    VariantDiff,
+    diff_analyses,
+    load_variant,
+    merge_results,
+    parse_analyses,
+    parse_texts,
+    register_diff_analysis,
+    unregister_diff_analysis,
+)
 from .logit_delta import LogitDelta, LogitDeltaResult
 from .rule_comparison import RuleComparison, RuleComparisonResult, emergence_layer, parse_vocab, vocabulary_columns
 from .rule_family import RuleFamilyFit
+from .stage import DiffStage, diff, diff_runner, needs_models
 from .token_shift import TokenShift, TokenShiftResult
 from .weights import LoraAdapter, SafetensorsCheckpoint, WeightDelta, WeightDeltaResult, checkpoint_dir, describe_tensor, spectrum_stats
 
 __all__ = [
+    "DiffStage",
+    "diff",
+    "diff_runner",
+    "needs_models",
     "FIT",
     "HELDOUT",
     "ChunkContext",
@@ -45,6 +62,9 @@ __all__ = [
     "ANALYSES",
     "LayerDiff",
     "VariantDiff",
+    "diff_analyses",
+    "register_diff_analysis",
+    "unregister_diff_analysis",
     "load_variant",
     "merge_results",
     "parse_analyses",

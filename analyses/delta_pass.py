@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from implicit_it.analysis import Analysis
+from implicit_it.analysis import Analysis, AnalysisResult
 from implicit_it.formats import ChatFormat, encode_example, encode_prompt, get_format, instruction_offset, pad_batch
 from implicit_it.lens import LogitLens, parse_layers
 from implicit_it.rules import RuleAdapter
@@ -327,7 +327,13 @@ class PassAnalysis(Analysis):
     CLI shares one pass between several (``observer`` per analysis, ``result`` at the end)."""
 
     def observer(self, delta_pass: DeltaPass) -> Any:
+        """A :class:`DeltaObserver` whose ``result(label, counts)`` gives this analysis's :class:`AnalysisResult`."""
         raise NotImplementedError(f"{type(self).__name__} must say how it observes a delta pass")
+
+    @classmethod
+    def for_diff(cls, diff: Any) -> "PassAnalysis":
+        """This analysis as :class:`~.layer_diff.LayerDiff` runs it (its options: ``top_n``, ``vocab``, ...); default: no options."""
+        return cls()
 
     def run(
         self,
@@ -338,7 +344,7 @@ class PassAnalysis(Analysis):
         adapter: RuleAdapter | None = None,
         config: DeltaPassConfig | None = None,
         label: str | None = None,
-    ) -> Any:
+    ) -> AnalysisResult:
         delta_pass = DeltaPass(base, variant, texts, adapter or RuleAdapter(base.tokenizer), config or DeltaPassConfig())
         observer = self.observer(delta_pass)
         counts = delta_pass.run([observer])

@@ -1,9 +1,15 @@
-"""Base against each variant, all four analyses from one call: what ``iit diff`` runs.
+"""Base against each variant, every registered diff analysis from one call: what ``iit diff`` runs.
 
-Weight deltas stream from the checkpoints (no model is loaded for them). The three logit
-analyses share one :class:`~.delta_pass.DeltaPass` per variant over the same texts: the data
-file's responses and, unless turned off, the variant's own greedy generations for the same
+Weight deltas stream from the checkpoints (no model is loaded for them). The logit analyses
+share one :class:`~.delta_pass.DeltaPass` per variant over the same texts: the data file's
+responses and, unless turned off, the variant's own greedy generations for the same
 instructions (which the token-shift analysis needs).
+
+The analyses come from a registry (:func:`register_diff_analysis`): a
+:class:`~.delta_pass.PassAnalysis` observes the shared pass; any other class is a checkpoint
+analysis, ``for_diff(diff, rule_token_ids).run(base_dir, variant_dir, label=)``. ``ANALYSES`` is
+a live view of the registered names, so a newly registered analysis runs in ``iit diff`` and in
+the pipeline's diff step (both pass ``ANALYSES``) with no edit here.
 """
 
 from __future__ import annotations
@@ -11,9 +17,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from implicit_it.analysis import AnalysisResult
+from implicit_it.analysis import AnalysisResult, same_definition
 from implicit_it.models import load_tokenizer
 from implicit_it.rules import RuleAdapter, RuleConfig
 
@@ -23,11 +29,60 @@ from .rule_comparison import RuleComparison
 from .token_shift import TokenShift
 from .weights import WeightDelta, checkpoint_dir
 
-ANALYSES = ("weights", "logits", "rules", "shift")
 TEXT_KINDS = ("data", "generations")
+
+A = TypeVar("A", bound=type)
+_DIFF_ANALYSES: dict[str, type] = {}
+
+
+def register_diff_analysis(cls: A) -> A:
+    """Class decorator: ``LayerDiff`` runs ``cls`` (by ``cls.name``) by default. ``cls`` is a
+    :class:`~.delta_pass.PassAnalysis`, or a checkpoint analysis (see the module docstring)."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or name == "all" or "," in name:
+        raise TypeError(f"{cls.__name__}: a diff analysis needs a class attribute `name` (not 'all', no commas)")
+    old = _DIFF_ANALYSES.get(name)
+    if old is not None and not same_definition(old, cls):
+        raise ValueError(f"diff analysis {name!r} is taken by {old.__module__}.{old.__qualname__}")
+    _DIFF_ANALYSES[name] = cls
+    return cls
+
+
+def unregister_diff_analysis(name: str) -> None:
+    _DIFF_ANALYSES.pop(name, None)
+
+
+def diff_analyses() -> dict[str, type]:
+    """Name -> class of every registered diff analysis, in registration order."""
+    return dict(_DIFF_ANALYSES)
+
+
+class _RegisteredNames(Sequence[str]):
+    """The registered diff analyses' names, read at each use (``LayerDiff(analyses=ANALYSES)`` stays current)."""
+
+    def __getitem__(self, i: Any) -> Any:
+        return list(_DIFF_ANALYSES)[i]
+
+    def __len__(self) -> int:
+        return len(_DIFF_ANALYSES)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(_DIFF_ANALYSES))
+
+    def __contains__(self, name: object) -> bool:
+        return name in _DIFF_ANALYSES
+
+    def __repr__(self) -> str:
+        return repr(tuple(_DIFF_ANALYSES))
+
+
+for _builtin in (WeightDelta, LogitDelta, RuleComparison, TokenShift):
+    register_diff_analysis(_builtin)
+ANALYSES: Sequence[str] = _RegisteredNames()
 
 
 def parse_analyses(spec: str) -> list[str]:
+    """Comma-separated names of registered diff analyses, or ``all``."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if spec.strip() == "all":
         return list(ANALYSES)
@@ -85,13 +140,24 @@ class LayerDiff:
     spectrum: bool = True
     top_n: int = 20
 
+    def names(self) -> list[str]:
+        """The analyses this diff runs: ``analyses`` with ``all`` read as every registered one (at call time)."""
+        names = [n for name in self.analyses for n in (list(_DIFF_ANALYSES) if name == "all" else [name])]
+        unknown = [name for name in names if name not in _DIFF_ANALYSES]
+        if unknown:
+            raise ValueError(f"analyses: unknown {unknown}; registered: {list(_DIFF_ANALYSES)}")
+        return list(dict.fromkeys(names))
+
+    def _classes(self) -> list[type]:
+        return [_DIFF_ANALYSES[name] for name in self.names()]
+
+    @property
+    def needs_models(self) -> bool:
+        """Whether any analysis reads the models (a :class:`PassAnalysis`); checkpoint analyses alone stream the weights."""
+        return any(issubclass(cls, PassAnalysis) for cls in self._classes())
+
     def pass_analyses(self) -> list[PassAnalysis]:
-        make = {
-            "logits": lambda: LogitDelta(top_n=self.top_n),
-            "rules": lambda: RuleComparison(vocab=self.vocab, top_n=self.top_n),
-            "shift": lambda: TokenShift(top_n=self.top_n),
-        }
-        return [make[name]() for name in self.analyses if name in make]
+        return [cls.for_diff(self) for cls in self._classes() if issubclass(cls, PassAnalysis)]
 
     def run(
         self,
@@ -107,11 +173,13 @@ class LayerDiff:
         ``progress(label, total)`` may return an ``advance`` callback for each stage."""
         out = VariantDiff(variant_spec)
         adapter = RuleAdapter(base.tokenizer if base is not None else load_tokenizer(base_spec), self.rule_config)
-        if "weights" in self.analyses:
+        checkpoint = [cls for cls in self._classes() if not issubclass(cls, PassAnalysis)]
+        rule_ids = list(rule_token_ids(adapter)) if checkpoint else []
+        for cls in checkpoint:
             t0 = time.perf_counter()
-            weights = WeightDelta(rule_token_ids=list(rule_token_ids(adapter)), spectrum=self.spectrum)
-            out.results["weights"] = weights.run(checkpoint_dir(base_spec), checkpoint_dir(variant_spec), label=variant_spec)
-            out.timings["weights"] = time.perf_counter() - t0
+            analysis = cls.for_diff(self, rule_ids)
+            out.results[analysis.name] = analysis.run(checkpoint_dir(base_spec), checkpoint_dir(variant_spec), label=variant_spec)
+            out.timings[analysis.name] = time.perf_counter() - t0
         analyses = self.pass_analyses()
         if not analyses:
             return out

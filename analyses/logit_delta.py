@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from implicit_it.analysis import AnalysisResult, layer_axis, new_figure
+from implicit_it.analysis import AnalysisResult, layer_axis, new_figure, register_result
 
 from .delta_pass import ChunkContext, DeltaObserver, DeltaPass, LensChunk, PassAnalysis, rule_token_ids, token_label
 
@@ -28,7 +28,10 @@ def first_layer_reaching(layers: list[dict[str, Any]], key: str, fraction: float
     return next((layer["layer"] for layer in layers if np.isfinite(layer[key]) and layer[key] >= fraction * final), None)
 
 
+@register_result
 class LogitDeltaResult(AnalysisResult):
+    """``logits.json``: KL(variant ‖ base) through the logit lens per layer, and the most moved tokens."""
+
     name = "logits"
 
     def to_frame(self) -> Any:
@@ -44,6 +47,7 @@ class LogitDeltaResult(AnalysisResult):
         ax.set_yscale("symlog", linthresh=1e-3)  # log above 1e-3 nats, linear (through 0) below
         ax.set_xlabel(xlabel)
         ax.set_ylabel("mean KL(variant ‖ base), nats (logit lens)")
+        ax.set_title("KL(variant ‖ base) through the logit lens", fontsize=10)
         ax.legend(fontsize=7)
         return fig
 
@@ -122,6 +126,10 @@ class LogitDelta(PassAnalysis):
 
     def __init__(self, *, top_n: int = 20):
         self.top_n = top_n
+
+    @classmethod
+    def for_diff(cls, diff: Any) -> "LogitDelta":
+        return cls(top_n=diff.top_n)
 
     def observer(self, delta_pass: DeltaPass) -> LogitDeltaObserver:
         return LogitDeltaObserver(delta_pass, self.top_n)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from implicit_it.analysis import AnalysisResult, layer_axis, new_figure
+from implicit_it.analysis import AnalysisResult, layer_axis, new_figure, register_result
 
 from .delta_pass import FIT, ChunkContext, DeltaObserver, DeltaPass, LensChunk, PassAnalysis, rule_token_ids, token_label
 from .rule_family import RuleFamilyFit
@@ -76,6 +76,7 @@ def vocabulary_columns(spec: str, delta_pass: DeltaPass) -> torch.Tensor | None:
     return torch.tensor(sorted(i for i in ids if i < delta_pass.vocab_size))
 
 
+@register_result
 class RuleComparisonResult(AnalysisResult):
     """``rules.json``: per variant the output layer's numbers, ``emergence_layer`` and ``per_layer``."""
 
@@ -126,6 +127,7 @@ class RuleComparisonResult(AnalysisResult):
         ax.set_ylim(min(-0.05, ax.get_ylim()[0]), 1)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out share of Δ log p variance explained (R²)")
+        ax.set_title("held-out variance of Δ log p explained, per layer", fontsize=10)
         ax.legend(fontsize=6)
         if any(layer["delta_variance"] > 0 for e in self.entries for layer in e["per_layer"]):
             ax_var.set_yscale("log")
@@ -237,6 +239,10 @@ class RuleComparison(PassAnalysis):
 
     def __init__(self, *, vocab: str = "frequent:2048", top_n: int = 20):
         self.vocab, self.top_n = vocab, top_n
+
+    @classmethod
+    def for_diff(cls, diff: Any) -> "RuleComparison":
+        return cls(vocab=diff.vocab, top_n=diff.top_n)
 
     def observer(self, delta_pass: DeltaPass) -> RuleComparisonObserver:
         return RuleComparisonObserver(delta_pass, self.vocab, self.top_n)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from implicit_it.analysis import AnalysisResult, new_figure
+from implicit_it.analysis import AnalysisResult, new_figure, register_result
 
 from .delta_pass import ChunkContext, DeltaObserver, DeltaPass, LensChunk, PassAnalysis, rule_token_ids, token_label
 
@@ -22,6 +22,7 @@ BUCKETS = ("unshifted", "marginal", "shifted")
 BUCKET_RANKS = {"unshifted": "1", "marginal": "2-3", "shifted": ">3"}  # the variant's top-1 token's rank under the base
 
 
+@register_result
 class TokenShiftResult(AnalysisResult):
     """``shift.json``: per variant the fractions of positions in each rank bucket and the most moved tokens."""
 
@@ -126,6 +127,10 @@ class TokenShift(PassAnalysis):
 
     def __init__(self, *, top_n: int = 20):
         self.top_n = top_n
+
+    @classmethod
+    def for_diff(cls, diff: Any) -> "TokenShift":
+        return cls(top_n=diff.top_n)
 
     def observer(self, delta_pass: DeltaPass) -> TokenShiftObserver:
         return TokenShiftObserver(delta_pass, self.top_n)

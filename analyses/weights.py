@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from implicit_it.analysis import Analysis, AnalysisResult, new_figure
+from implicit_it.analysis import Analysis, AnalysisResult, new_figure, register_result
 from implicit_it.errors import ModelSpecError
 
 # Above this many elements a tensor is read in row blocks of about this size.
@@ -72,18 +72,18 @@ def describe_tensor(name: str) -> tuple[int | None, str, str]:
 def checkpoint_dir(spec: str) -> Path:
     """The directory of safetensors behind a model spec (GGUF specs: the dequantized cache,
     created on first use; hub ids: the local snapshot, downloaded unless offline)."""
-    from implicit_it.models import _dequantize_gguf_to_cache, _offline, resolve_model_spec
+    from implicit_it.models import dequantize_gguf_to_cache, hub_offline, resolve_model_spec
 
     p = Path(spec).expanduser()
     if p.is_dir() and (p / "adapter_config.json").is_file():
         return p
     source = resolve_model_spec(spec)
     if source.gguf_file:
-        return _dequantize_gguf_to_cache(source)[0]
+        return dequantize_gguf_to_cache(source)[0]
     if source.kind == "hub":
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(source.path, allow_patterns=["*.safetensors", "*.json"], local_files_only=_offline()))
+        return Path(snapshot_download(source.path, allow_patterns=["*.safetensors", "*.json"], local_files_only=hub_offline()))
     return Path(source.path)
 
 
@@ -250,6 +250,10 @@ def tensor_row(
 # ------------------------------------------------------------------ the analysis
 
 
+PLOT_KINDS = ("q", "k", "v", "o", "gate", "up", "down", "norm")
+
+
+@register_result
 class WeightDeltaResult(AnalysisResult):
     """``weights.json``: per variant, the rows of ``weights.parquet`` and the unembedding's rule-row share."""
 
@@ -268,29 +272,41 @@ class WeightDeltaResult(AnalysisResult):
             frame["layer"] = frame["layer"].astype("Int64")
         return frame
 
-    def summary(self) -> Any:
+    def layer_means(self) -> Any:
         """Mean relative delta per (variant, layer, kind): the layer × module picture."""
         frame = self.to_frame()
         return frame.groupby(["variant", "layer", "kind"], dropna=False)["relative_delta"].mean().reset_index()
 
     def plot(self) -> Any:
+        """‖ΔW‖/‖W‖ per block (rows, numbered from 1 as in ``weights.parquet``) and projection (columns),
+        one panel per variant on one colour scale; tensors of the same kind in a block are averaged."""
         frame = self.to_frame()
-        kinds = [k for k in ("q", "k", "v", "o", "gate", "up", "down", "norm") if k in set(frame["kind"])]
-        fig, axes = new_figure(1, len(self.entries), figsize=(4.8 * len(self.entries), 3.8), squeeze=False, layout="constrained")
-        for ax, entry in zip(axes[0], self.entries, strict=True):
-            sub = frame[(frame["variant"] == entry["variant"]) & frame["layer"].notna()]
+        kinds = [k for k in PLOT_KINDS if len(frame) and k in set(frame["kind"])]
+        grids = []
+        for entry in self.entries:
+            sub = frame[(frame["variant"] == entry["variant"]) & frame["layer"].notna()] if len(frame) else frame
             n_layers = int(sub["layer"].max()) if len(sub) else 0
-            grid = np.full((len(kinds), n_layers), np.nan)
-            for (layer, kind), value in sub.groupby(["layer", "kind"])["relative_delta"].mean().items():
+            grid = np.full((n_layers, len(kinds)), np.nan)
+            for (layer, kind), value in sub.groupby(["layer", "kind"])["relative_delta"].mean().items() if len(sub) else []:
                 if kind in kinds:
-                    grid[kinds.index(kind), int(layer) - 1] = value
-            im = ax.imshow(
-                grid, aspect="auto", cmap="viridis", interpolation="nearest", extent=(0.5, n_layers + 0.5, len(kinds) - 0.5, -0.5)
-            )
-            ax.set_yticks(range(len(kinds)), kinds)
-            ax.set_xlabel("layer (block)")
-            ax.set_title(entry["variant"], fontsize=8)
-            fig.colorbar(im, ax=ax, label="‖ΔW‖/‖W‖")
+                    grid[int(layer) - 1, kinds.index(kind)] = value
+            grids.append(grid)
+        finite = [v for g in grids for v in g[np.isfinite(g)].tolist()]
+        vmax = max(finite, default=1.0) or 1.0
+        n = len(self.entries)
+        fig, axes = new_figure(1, n, figsize=(2.4 + 2.6 * n, 4.2), squeeze=False, layout="constrained")
+        image = None
+        for i, (ax, entry, grid) in enumerate(zip(axes[0], self.entries, grids, strict=True)):
+            image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_title(entry["variant"], fontsize=9)
+            ax.set_xticks(range(len(kinds)), kinds, fontsize=7)
+            ticks = list(range(0, grid.shape[0], max(1, grid.shape[0] // 9)))
+            ax.set_yticks(ticks, [str(t + 1) for t in ticks], fontsize=7)
+            if i == 0:
+                ax.set_ylabel("block")
+        if image is not None:
+            fig.colorbar(image, ax=list(axes[0]), label="‖ΔW‖ / ‖W‖", shrink=0.85)
+        fig.suptitle("weight deltas against the base, per block and projection", fontsize=10)
         return fig
 
 
@@ -305,6 +321,11 @@ class WeightDelta(Analysis):
     def __init__(self, *, rule_token_ids: Sequence[int] = (), top_k: int = 8, spectrum: bool = True, block_elements: int = BLOCK_ELEMENTS):
         self.rule_token_ids = sorted(set(rule_token_ids))
         self.top_k, self.spectrum, self.block_elements = top_k, spectrum, block_elements
+
+    @classmethod
+    def for_diff(cls, diff: Any, rule_token_ids: Sequence[int] = ()) -> "WeightDelta":
+        """As :class:`~.layer_diff.LayerDiff` configures it (a checkpoint analysis: ``run(base_dir, variant_dir, label=)``)."""
+        return cls(rule_token_ids=rule_token_ids, spectrum=diff.spectrum)
 
     def run(self, base: str | Path, variant: str | Path, *, label: str | None = None) -> WeightDeltaResult:
         import time

@@ -599,12 +599,12 @@ def _one_step(
 ) -> Any:
     from transformers.trainer_callback import PrinterCallback
 
-    from implicit_it.training.engine import _training_arguments, make_trainer
+    from implicit_it.training.engine import make_trainer, training_arguments
     from implicit_it.training.variants import EncodedDataset, MaskedLMCollator
 
     dev, name = report.device.device, shape.name
     timer = _StepTimer(dev)
-    args = _training_arguments(
+    args = training_arguments(
         config, workdir / f"train-{method}", 0, False, "instruction", save_strategy="no", **({"use_cpu": True} if dev.type == "cpu" else {})
     )
     trainer = make_trainer(

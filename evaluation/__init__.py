@@ -27,8 +27,12 @@ from .ifsuite import CHECKS, IfPrompt, IfSuiteResult, load_suite, loose_variants
 from .judges import Judge, JudgeUnavailable, local_logprob_completions, parse_judge
 from .outputs import ModelOutput, generator_name, read_model_outputs
 from .similarity import DomainSimilarity, Embedder, SimilarityConfig, SimilarityResult, load_examples
+from .stage import ScoreStage, ifeval_stage, ifsuite_stage
 
 __all__ = [
+    "ScoreStage",
+    "ifeval_stage",
+    "ifsuite_stage",
     "AlpacaEvalResult",
     "LCData",
     "alpaca_metrics",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 from unittest import mock
 
-from implicit_it.analysis import AnalysisResult, new_figure
+from implicit_it.analysis import AnalysisResult, new_figure, register_result
 from implicit_it.errors import DataFormatError, ImplicitItError
 
 from .judges import Judge
@@ -60,9 +60,9 @@ def find_lc_data(lc_data_dir: str | Path | None = None, *, offline: bool | None 
         return LCData(files, reason)
     from huggingface_hub import hf_hub_download
 
-    from implicit_it.models import _offline
+    from implicit_it.models import hub_offline
 
-    offline = _offline() if offline is None else offline
+    offline = hub_offline() if offline is None else offline
     files: dict[str, Path] = {}
     for name in LC_FILES:
         for cache_only in (True,) if offline else (True, False):  # the cache first; download only when online
@@ -264,13 +264,11 @@ def annotate(
     return pd.DataFrame(annotator.annotate_head2head(outputs_1=ref, outputs_2=model))
 
 
+@register_result
 class AlpacaEvalResult(AnalysisResult):
     """``alpaca_eval.json``: one model against the reference, judged."""
 
     name: ClassVar[str] = "alpaca_eval"
-
-    def to_json(self) -> dict[str, Any]:
-        return self.entries[0] if len(self.entries) == 1 else {"results": self.entries}
 
     def to_frame(self) -> Any:
         import pandas as pd

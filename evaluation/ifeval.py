@@ -40,7 +40,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from implicit_it.analysis import AnalysisResult, new_figure
+from implicit_it.analysis import AnalysisResult, new_figure, register_result
 from implicit_it.errors import DataFormatError
 from implicit_it.stats import accuracy_with_ci, wilson_interval
 
@@ -356,13 +356,11 @@ def reference_responses(kind: str, prompts: Sequence[IfEvalPrompt | str]) -> lis
     raise ValueError(f"unknown reference system {kind!r}; choose one of {list(REFERENCE_SYSTEMS)}")
 
 
+@register_result
 class IfEvalResult(AnalysisResult):
     """IFEval of one model (or several, after ``merge``)."""
 
     name = "ifeval"
-
-    def to_json(self) -> dict[str, Any]:
-        return self.entries[0] if len(self.entries) == 1 else {"results": self.entries}
 
     def to_frame(self) -> Any:
         """One row per model and prompt (the per-prompt outcomes, what paired tests need)."""

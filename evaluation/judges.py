@@ -123,9 +123,9 @@ class Judge:
             except (ImplicitItError, ValueError, OSError) as exc:
                 raise JudgeUnavailable(f"local judge {self.target!r}: {exc}") from None
             if not source.is_local:
-                from implicit_it.models import _offline
+                from implicit_it.models import hub_offline
 
-                if _offline():
+                if hub_offline():
                     raise JudgeUnavailable(f"local judge {self.target!r} is a hub id and the hub is offline (HF_HUB_OFFLINE)")
 
     # ---- the annotator config alpaca_eval reads ---------------------------------------------

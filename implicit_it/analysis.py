@@ -4,16 +4,64 @@ An :class:`Analysis` is configured once (data, options) and ``run`` on loaded mo
 an :class:`AnalysisResult`, which knows its JSON layout (the documented ``DIR/<name>.json``), a
 tidy table (``to_frame``), a figure (``plot``), and how to write all three atomically.
 Results of the same analysis on several models ``merge`` into one side-by-side result.
+
+Every result file has the same envelope::
+
+    {"analysis": "<name>", "format": 1, "class": "<module>:<class>", "results": [<entry>, ...]}
+
+one entry per model (variant, system). :meth:`AnalysisResult.from_json` reads it back, and also
+the layouts written before the envelope (``{"results": [...]}``, or one bare entry).
+
+Result classes register by name (:func:`register_result`), so whatever reads a run (the report)
+finds the class of a file from its ``analysis`` field (:func:`result_class`, :func:`read_result`)
+and draws it with the class's own ``plot``: a new analysis needs no edits outside its room.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
+import json
+import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .io import atomic_write, atomic_write_json
+
+RESULT_FORMAT = 1  # the envelope's version (``format``)
+
+
+class ResultJSON(dict[str, Any]):
+    """The envelope of :meth:`AnalysisResult.to_json`. For callers written when a single-model
+    result's JSON was its bare entry, a key the envelope lacks is read from that one entry
+    (``result.to_json()["strict_accuracy"]``); new code reads :meth:`AnalysisResult.summary`."""
+
+    def __missing__(self, key: str) -> Any:
+        results = dict.get(self, "results")
+        if isinstance(results, list) and len(results) == 1 and isinstance(results[0], dict) and key in results[0]:
+            return results[0][key]
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
+def entries_of(data: Any) -> list[dict[str, Any]]:
+    """The entries of a result's JSON: the envelope, the older ``{"results": [...]}``, or one bare entry."""
+    if isinstance(data, dict) and isinstance(data.get("results"), list) and ("analysis" in data or set(data) <= {"results"}):
+        return list(data["results"])
+    if isinstance(data, list):
+        return list(data)
+    if isinstance(data, dict):
+        return [dict(data)]
+    raise ValueError(f"not an analysis result: {type(data).__name__}")
+
+
+R = TypeVar("R", bound="AnalysisResult")
 
 
 class AnalysisResult(ABC):
@@ -25,7 +73,28 @@ class AnalysisResult(ABC):
         self.entries = list(entries)
 
     def to_json(self) -> dict[str, Any]:
-        return {"results": self.entries}
+        """The envelope (see the module docstring)."""
+        cls = _registered_or(self.name, type(self))
+        return ResultJSON(
+            {"analysis": self.name, "format": RESULT_FORMAT, "class": f"{cls.__module__}:{cls.__qualname__}", "results": self.entries}
+        )
+
+    @classmethod
+    def from_json(cls: type[R], data: Any) -> R:
+        """Read back what :meth:`to_json` wrote (or an older layout, see :func:`entries_of`)."""
+        if isinstance(data, dict) and data.get("analysis") not in (None, cls.name):
+            raise ValueError(f"{cls.__name__} reads {cls.name!r} results, not {data['analysis']!r}")
+        return cls(entries_of(data))
+
+    @classmethod
+    def read(cls: type[R], path: str | Path) -> R:
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def summary(self) -> dict[str, Any]:
+        """The one entry of a single-model result (what a step's summary is made from)."""
+        if len(self.entries) != 1:
+            raise ValueError(f"{self.name}: {len(self.entries)} entries; summary() needs exactly one")
+        return self.entries[0]
 
     @abstractmethod
     def to_frame(self) -> Any:
@@ -36,17 +105,90 @@ class AnalysisResult(ABC):
         """A matplotlib Figure."""
 
     def merge(self, other: "AnalysisResult") -> "AnalysisResult":
-        if type(other) is not type(self):
+        """Both results' entries in one result of the registered class (a run object merges as its result)."""
+        if not isinstance(other, AnalysisResult) or other.name != self.name:
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
-        return type(self)(self.entries + other.entries)
+        return _registered_or(self.name, type(self))(self.entries + other.entries)
 
     def save(self, out_dir: str | Path) -> list[Path]:
         """``<name>.json``, ``<name>.parquet`` and ``<name>.png`` in ``out_dir``, each written atomically."""
         out_dir = Path(out_dir)
-        paths = [atomic_write_json(out_dir / f"{self.name}.json", self.to_json())]
+        paths = [atomic_write_json(out_dir / f"{self.name}.json", dict(self.to_json()))]
         paths.append(write_parquet(out_dir / f"{self.name}.parquet", self.to_frame()))
         paths.append(save_figure(out_dir / f"{self.name}.png", self.plot()))
         return paths
+
+
+# ------------------------------------------------------------------ the registry of result classes
+
+_RESULTS: dict[str, type[AnalysisResult]] = {}
+
+
+def register_result(cls: type[R]) -> type[R]:
+    """Class decorator: ``cls`` reads and draws the results named ``cls.name``. Registering another
+    class under a taken name is an error (the same class again, e.g. a module reload, replaces it)."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__name__}: a registered result needs a class attribute `name`")
+    old = _RESULTS.get(name)
+    if old is not None and not same_definition(old, cls):
+        raise ValueError(f"result name {name!r} is taken by {old.__module__}.{old.__qualname__}")
+    _RESULTS[name] = cls
+    return cls
+
+
+def same_definition(a: type, b: type) -> bool:
+    """The same class statement: one module reloaded, or imported under two names (a room folder
+    on ``sys.path`` is also a top-level package), gives another class object of the same definition."""
+    if a is b:
+        return True
+
+    def where(cls: type) -> tuple[str, str]:
+        module = sys.modules.get(cls.__module__)
+        path = getattr(module, "__file__", None)
+        return cls.__qualname__, str(Path(path).resolve()) if path else cls.__module__
+
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__) or where(a) == where(b)
+
+
+def unregister_result(name: str) -> None:
+    _RESULTS.pop(name, None)
+
+
+def registered_results() -> dict[str, type[AnalysisResult]]:
+    """Name -> result class, in registration order."""
+    return dict(_RESULTS)
+
+
+def _registered_or(name: str, default: type[AnalysisResult]) -> type[AnalysisResult]:
+    return _RESULTS.get(name, default)
+
+
+def result_class(name: str, where: str | None = None) -> type[AnalysisResult]:
+    """The class registered for ``name``. ``where`` (``"module:Class"``, a file's ``class`` field)
+    is imported when nothing is registered yet, for modules of this package only."""
+    if name not in _RESULTS and where and where.split(":")[0].split(".")[0] == "implicit_it":
+        try:
+            importlib.import_module(where.split(":")[0])
+        except ImportError:
+            pass
+    try:
+        return _RESULTS[name]
+    except KeyError:
+        raise KeyError(f"no result class registered for {name!r}; registered: {sorted(_RESULTS)}") from None
+
+
+def read_result(source: str | Path | dict[str, Any]) -> AnalysisResult | None:
+    """A result file (or its parsed JSON) as an instance of its registered class; None when the
+    file does not say which analysis wrote it (older layouts) or no class is registered for it."""
+    data = json.loads(Path(source).read_text(encoding="utf-8")) if isinstance(source, (str, Path)) else source
+    if not isinstance(data, dict) or not isinstance(data.get("analysis"), str):
+        return None
+    try:
+        cls = result_class(data["analysis"], data.get("class"))
+    except KeyError:
+        return None
+    return cls.from_json(data)
 
 
 class Analysis(ABC):
@@ -61,17 +203,35 @@ class Analysis(ABC):
 def write_parquet(path: str | Path, frame: Any) -> Path:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
-    return atomic_write(path, lambda fh: fh.write(buf.getvalue()), binary=True)
+    return write_bytes(path, buf.getvalue())
 
 
-def save_figure(path: str | Path, fig: Any) -> Path:
-    """Render to memory, then write atomically (png or svg by suffix) and close the figure."""
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    def write(fh: Any) -> None:
+        fh.write(data)
+
+    return atomic_write(path, write, binary=True)
+
+
+def figure_bytes(fig: Any, *, fmt: str = "png", dpi: int = 120) -> bytes:
+    """Render a figure to memory (png or svg) and close it: the one place figures are rendered."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write(path, lambda fh: fh.write(buf.getvalue()), binary=True)
+    try:
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def figure_png_bytes(fig: Any, *, dpi: int = 120) -> bytes:
+    return figure_bytes(fig, fmt="png", dpi=dpi)
+
+
+def save_figure(path: str | Path, fig: Any, *, dpi: int = 120) -> Path:
+    """Render to memory, then write atomically (png or svg by suffix) and close the figure."""
+    return write_bytes(path, figure_bytes(fig, fmt=Path(path).suffix.lstrip(".") or "png", dpi=dpi))
 
 
 def new_figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:

@@ -9,7 +9,7 @@ the current working directory (run ``iit`` from the repository root for the ship
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -24,7 +24,7 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     spec: str = "gemma-3-270m"
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: fp32 on CPU, bf16 on GPU
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(default=None, description="None: fp32 on CPU, bf16 on GPU")
     device: str | None = None
     device_map: str | None = None
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = "eager"
@@ -34,48 +34,58 @@ class DataConfig(_Strict):
     """Data sources: a chat-JSONL path, or ``hub:<source>`` (lima, gsm, mbpp, poetry, recipes, chess)."""
 
     train: str = "../shared/data/lima/train.jsonl"
-    instructions: str = "../shared/data/lima/val_instructions.jsonl"
-    single_task: dict[str, str] = Field(default_factory=dict)  # e.g. {gsm: ../shared/data/gsm8k/train_1k.jsonl}
+    single_task: dict[str, str] = Field(default_factory=dict, description="e.g. {gsm: ../shared/data/gsm8k/train_1k.jsonl}")
     max_train_examples: int | None = Field(default=None, gt=0)
-    max_eval_instructions: int | None = Field(default=None, gt=0)
-    # The last N examples of ``train`` are held out of every variant's training data and scored by
-    # held-out response NLL. The paper holds nothing out: it selects on ``validation``.
-    heldout_examples: int = Field(default=0, ge=0)
-    # Instructions with reference responses (AlpacaEval layout) never trained on: what ``iit sweep``
-    # selects epochs on. The paper's: its 56 LIMA validation instructions with GPT-3.5 references.
-    validation: str | None = None
-    # The paper's encoder strips every turn and trains on all of LIMA, multi-turn examples included
-    # (loss on every assistant turn). ``false`` keeps text as written / drops multi-turn examples.
-    strip_whitespace: bool = True
+    heldout_examples: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "The last N examples of `train` are held out of every variant's training data and scored by held-out response "
+            "NLL. The paper holds nothing out: it selects on `validation`."
+        ),
+    )
+    validation: str | None = Field(
+        default=None,
+        description=(
+            "Instructions with reference responses (AlpacaEval layout) never trained on: what `iit sweep` selects epochs on. "
+            "The paper's: its 56 LIMA validation instructions with GPT-3.5 references."
+        ),
+    )
+    strip_whitespace: bool = Field(
+        default=True,
+        description=(
+            "The paper's encoder strips every turn and trains on all of LIMA, multi-turn examples included (loss on every "
+            "assistant turn). `false` keeps text as written / drops multi-turn examples."
+        ),
+    )
     multi_turn: bool = True
-
-
-class GenerationConfig(_Strict):
-    max_new_tokens: int = Field(default=256, gt=0)
-    batch_size: int = Field(default=8, gt=0)
 
 
 class LoraConfig(_Strict):
     r: int = Field(default=16, gt=0)
     alpha: int = Field(default=32, gt=0)
     dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    target_modules: list[str] = Field(default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
 class TrainingConfig(_Strict):
     """Hyperparameters for the training variants (the paper's values are in the 7B configs)."""
 
-    variants: list[Literal["instruction", "response", "single_task"]] = Field(default_factory=lambda: ["instruction", "response"])
+    variants: list[Literal["instruction", "response", "single_task"]] = Field(default=["instruction", "response"])
     single_task_sources: list[Literal["gsm", "mbpp", "poetry", "recipes", "chess"]] = Field(default_factory=list)
     method: Literal["full", "lora"] = "full"
-    lora: LoraConfig = Field(default_factory=LoraConfig)  # used when method == "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig, description='used when method == "lora"')
     learning_rate: float = Field(default=1e-5, gt=0)
     epochs: float = Field(default=7, gt=0)
-    # Per-variant epoch counts (variant name -> epochs), e.g. the paper's chosen values
-    # {instruction: 15, response: 5, single_task-gsm: 7}; variants not named use ``epochs``.
-    epochs_by_variant: dict[str, float] = Field(default_factory=dict)
-    max_steps: int | None = Field(default=None, gt=0)  # stop after N optimizer steps (smoke runs, benchmarks); overrides epochs
-    epoch_grid: list[float] = Field(default_factory=lambda: [5, 7, 10, 15, 20])
+    epochs_by_variant: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Per-variant epoch counts (variant name -> epochs), e.g. the paper's chosen values {instruction: 15, response: 5,"
+            " single_task-gsm: 7}; variants not named use `epochs`."
+        ),
+    )
+    max_steps: int | None = Field(default=None, gt=0, description="stop after N optimizer steps (smoke runs, benchmarks); overrides epochs")
+    epoch_grid: list[float] = Field(default=[5, 7, 10, 15, 20])
     effective_batch_size: int = Field(default=64, gt=0)
     per_device_batch_size: int = Field(default=1, gt=0)
     max_length: int = Field(default=2048, gt=8)
@@ -84,29 +94,45 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     bf16: bool = False
     gradient_checkpointing: bool = False
-    freeze_embeddings: bool = False  # tied models (Gemma): this also freezes the LM head
-    # Examples longer than max_length: "truncate" cuts the response (the paper, at 2048 tokens);
-    # "drop" skips them, so that every kept example teaches where the response ends (EOS).
-    overlong: Literal["truncate", "drop"] = "truncate"
-    group_by_length: bool = False  # batch similar lengths together: less padding, same examples
-    save_steps: int = Field(default=50, gt=0)  # checkpoint every N optimizer steps (for --resume)
-    keep_checkpoints: bool = False  # checkpoints hold optimizer state (3x the model); removed after success
-    merge_lora: bool = True  # method lora: also save the merged model, so analyses load one directory
-    eval_batch_size: int = Field(default=8, gt=0)  # held-out NLL scoring
-    # What ``iit sweep`` selects the epoch count by. val_nll: NLL of the validation references
-    # (judge-free, one forward pass); val_win_rate: the paper's (a judge's win rate against the
-    # validation references; needs --judge); ifsuite_loose: judge-free IF-suite loose accuracy of
-    # greedy generations; heldout_nll: NLL of data.heldout_examples. None: val_nll with data.validation, else heldout_nll.
-    # ifeval_loose: IFEval prompt-level loose accuracy of greedy generations on a stratified subset (iit sweep --prompts N).
-    sweep_metric: Literal["val_nll", "val_win_rate", "ifeval_loose", "ifsuite_loose", "heldout_nll"] | None = None
-    # example: mean of each example's token losses, then mean over the optimizer step's examples
-    # (the paper: micro-batch 1, reduce_loss=mean). token: mean over all the step's tokens
-    # (HF Trainer's default; long responses weigh more).
-    loss_reduction: Literal["example", "token"] = "example"
-    # How the LR schedule counts steps. open_instruct: as the paper's finetune.py under accelerate
-    # (planned over ceil(N / accumulation) steps, warmup int(ratio * steps), stepped once per process
-    # per optimizer step). trainer: HF Trainer's (warmup ceil(ratio * steps), decays over the real steps).
-    schedule_counting: Literal["open_instruct", "trainer"] = "open_instruct"
+    freeze_embeddings: bool = Field(default=False, description="tied models (Gemma): this also freezes the LM head")
+    overlong: Literal["truncate", "drop"] = Field(
+        default="truncate",
+        description=(
+            'Examples longer than max_length: "truncate" cuts the response (the paper, at 2048 tokens); "drop" skips them, so'
+            " that every kept example teaches where the response ends (EOS)."
+        ),
+    )
+    group_by_length: bool = Field(default=False, description="batch similar lengths together: less padding, same examples")
+    save_steps: int = Field(default=50, gt=0, description="checkpoint every N optimizer steps (for --resume)")
+    keep_checkpoints: bool = Field(default=False, description="checkpoints hold optimizer state (3x the model); removed after success")
+    merge_lora: bool = Field(default=True, description="method lora: also save the merged model, so analyses load one directory")
+    eval_batch_size: int = Field(default=8, gt=0, description="held-out NLL scoring")
+    sweep_metric: Literal["val_nll", "val_win_rate", "ifeval_loose", "ifsuite_loose", "heldout_nll"] | None = Field(
+        default=None,
+        description=(
+            "What `iit sweep` selects the epoch count by. val_nll: NLL of the validation references (judge-free, one forward "
+            "pass); val_win_rate: the paper's (a judge's win rate against the validation references; needs --judge); "
+            "ifsuite_loose: judge-free IF-suite loose accuracy of greedy generations; heldout_nll: NLL of "
+            "data.heldout_examples. None: val_nll with data.validation, else heldout_nll. ifeval_loose: IFEval prompt-level "
+            "loose accuracy of greedy generations on a stratified subset (iit sweep --prompts N)."
+        ),
+    )
+    loss_reduction: Literal["example", "token"] = Field(
+        default="example",
+        description=(
+            "example: mean of each example's token losses, then mean over the optimizer step's examples (the paper: micro-"
+            "batch 1, reduce_loss=mean). token: mean over all the step's tokens (HF Trainer's default; long responses weigh "
+            "more)."
+        ),
+    )
+    schedule_counting: Literal["open_instruct", "trainer"] = Field(
+        default="open_instruct",
+        description=(
+            "How the LR schedule counts steps. open_instruct: as the paper's finetune.py under accelerate (planned over "
+            "ceil(N / accumulation) steps, warmup int(ratio * steps), stepped once per process per optimizer step). trainer: "
+            "HF Trainer's (warmup ceil(ratio * steps), decays over the real steps)."
+        ),
+    )
 
     def epochs_for(self, variant_name: str) -> float:
         """The epoch count of one variant (``epochs_by_variant`` overrides ``epochs``)."""
@@ -135,80 +161,179 @@ class TrainingConfig(_Strict):
         return self
 
 
-RULE_SET_NAMES = ("all", "no_eos", "no_uniform", "no_diversity")
+RuleSetName = Literal["all", "no_eos", "no_uniform", "no_diversity"]
+# Each rule-adapter system of a study: all three rules, or one removed (the paper's Table 4 ablations).
+RULE_SETS: dict[RuleSetName, tuple[str, ...]] = {
+    "all": ("eos", "uniform", "diversity"),
+    "no_eos": ("uniform", "diversity"),
+    "no_uniform": ("eos", "diversity"),
+    "no_diversity": ("eos", "uniform"),
+}
+RULE_SET_NAMES: tuple[RuleSetName, ...] = get_args(RuleSetName)
 
 
 class RunGenerateConfig(_Strict):
     """Greedy generations of every system (base, variants, rule adapter and its ablations)."""
 
-    ifsuite_prompts: int | None = Field(default=None, gt=0)  # judge-free suite prompts, round-robin over categories; None = all 136
-    instructions: str | None = None  # a second instruction set (e.g. AlpacaEval's 805) for the judge
+    ifsuite_prompts: int | None = Field(
+        default=None, gt=0, description="judge-free suite prompts, round-robin over categories; None = all 136"
+    )
+    instructions: str | None = Field(default=None, description="a second instruction set (e.g. AlpacaEval's 805) for the judge")
     instructions_limit: int | None = Field(default=None, gt=0)
-    max_new_tokens: int = Field(default=512, gt=0)  # the cap of every system without its own entry below
-    # per-system caps keyed by system label (base, instruction, response, single_task-gsm, rules, rules-no_eos, ...;
-    # checked against the run's systems when the study is planned). The paper generates up to 8192 new tokens and
-    # caps only its no-EOS ablation, at 512 (configs/llama2-7b.yaml: {rules-no_eos: 512}).
-    max_new_tokens_by_system: dict[str, PositiveInt] = Field(default_factory=dict)
+    max_new_tokens: int = Field(default=512, gt=0, description="the cap of every system without its own entry below")
+    max_new_tokens_by_system: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description=(
+            "per-system caps keyed by system label (base, instruction, response, single_task-gsm, rules, rules-no_eos, ...; "
+            "checked against the run's systems when the study is planned). The paper generates up to 8192 new tokens and caps"
+            " only its no-EOS ablation, at 512 (configs/llama2-7b.yaml: {rules-no_eos: 512})."
+        ),
+    )
     batch_size: int = Field(default=8, gt=0)
-    # rule-adapter systems: "all" (eos,uniform,diversity) and the paper's ablations (one rule removed)
-    rule_sets: list[Literal["all", "no_eos", "no_uniform", "no_diversity"]] = Field(default_factory=lambda: list(RULE_SET_NAMES))
-    samples: int = Field(default=4, ge=0)  # generations shown side by side in the report
+    rule_sets: list[RuleSetName] = Field(
+        default=list(RULE_SET_NAMES),
+        description='rule-adapter systems: "all" (eos,uniform,diversity) and the paper\'s ablations (one rule removed)',
+    )
+    samples: int = Field(default=4, ge=0, description="generations shown side by side in the report")
 
 
-class RunRankConfig(_Strict):
-    """The paper's response ranking (Table 2), at the output and through the logit lens."""
+RANKING_DATA = "../shared/data/lima/val_reference_gpt35.json"
+
+
+class RankConfig(_Strict):
+    """What the response ranking reads (``iit rank`` and the pipeline's rank steps): the paper's Table 2, at the output
+    and through the logit lens."""
+
+    data: str = Field(default=RANKING_DATA, description="Instructions with responses, never trained on (chat JSONL or AlpacaEval JSON).")
+    instructions: int = Field(default=56, gt=1, description="Instructions (the first N of the file); each gives `negatives` pairs.")
+    negatives: int = Field(default=5, gt=0, description="Other instructions' responses ranked against each instruction's own.")
+    self_draws: Literal["redraw", "drop", "tie"] = Field(
+        default="redraw",
+        description="A draw of the instruction's own response: redraw it, drop it (the paper's plot_ratios.py), or score it as a tie.",
+    )
+    max_length: int = Field(default=1024, gt=8, description="Truncate prompt+response+EOS here (the paper: --max_seq_length 1024).")
+    layers: str | None = Field(
+        default="every:2",
+        description="Also rank through the logit lens after these layers: 'all', 'every:N' or e.g. 0,6,12-18 (0 = embeddings); "
+        "none: the output only.",
+    )
+    batch_tokens: int = Field(default=4096, ge=64, description="Padded tokens per forward batch.")
+    bootstrap: int = Field(default=2000, ge=100, description="Cluster-bootstrap resamples for the 95% CI.")
+
+
+class RunRankConfig(RankConfig):
+    """``run.rank``: the rank stage's config and which systems it ranks."""
 
     enabled: bool = True
-    data: str = "../shared/data/lima/val_reference_gpt35.json"  # instructions with responses, never trained on
-    systems: list[str] | None = None  # base and variant names (e.g. [base, instruction, response]); None = all
-    instructions: int = Field(default=56, gt=1)
-    negatives: int = Field(default=5, gt=0)
-    # a draw of the instruction's own response: redraw it, drop it (the paper's plot_ratios.py), or score it as a tie
-    self_draws: Literal["redraw", "drop", "tie"] = "redraw"
-    max_length: int = Field(default=1024, gt=8)  # the paper: --max_seq_length 1024
-    layers: str | None = "every:2"  # None: output only
+    systems: list[str] | None = Field(default=None, description="Base and variant names (e.g. [base, instruction, response]); None: all.")
 
 
-class RunProbeConfig(_Strict):
-    """Linear probes (matched vs mismatched instruction/response) per layer."""
+class ProbeConfig(_Strict):
+    """What the linear probes read (``iit probe`` and the pipeline's probe steps): matched vs mismatched instruction/response,
+    per layer, with a shuffled-label control."""
+
+    data: str = Field(default=RANKING_DATA, description="Instructions with responses (chat JSONL or AlpacaEval JSON).")
+    instructions: int = Field(
+        default=56,
+        ge=4,
+        description="Instructions (the first N), paired at random; each pair swaps responses (two matched, two mismatched examples).",
+    )
+    layers: str = Field(default="every:2", description="'all', 'every:N' or e.g. 0,6,12-18 (0 = embeddings).")
+    pools: list[Literal["mean", "last"]] = Field(
+        default=["mean"], description="Features: the mean over response tokens and/or the last response token."
+    )
+    folds: int = Field(default=5, ge=2, description="GroupKFold splits (grouped by instruction).")
+    c: float = Field(default=1.0, gt=0, description="Inverse L2 strength of the logistic regression.")
+    max_length: int = Field(default=512, gt=8, description="Truncate prompt+response+EOS here.")
+    batch_tokens: int = Field(default=4096, ge=64, description="Padded tokens per forward batch.")
+
+    @field_validator("pools")
+    @classmethod
+    def _some_pools(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one")
+        return list(dict.fromkeys(v))
+
+
+class RunProbeConfig(ProbeConfig):
+    """``run.probe``: the probe stage's config and which systems it probes."""
 
     enabled: bool = True
-    data: str = "../shared/data/lima/val_reference_gpt35.json"
-    systems: list[str] | None = None
-    instructions: int = Field(default=56, ge=4)
-    layers: str = "every:2"
-    pools: list[Literal["mean", "last"]] = Field(default_factory=lambda: ["mean"])
-    folds: int = Field(default=5, ge=2)
-    max_length: int = Field(default=512, gt=8)
+    systems: list[str] | None = Field(default=None, description="Base and variant names; None: all.")
 
 
-class RunDiffConfig(_Strict):
-    """Layer diffs of each variant against the base (weights, logit lens, rule family, token shift)."""
+class DiffConfig(_Strict):
+    """What the layer diffs read (``iit diff`` and the pipeline's diff steps): where a variant differs from the base
+    (weights, logit lens, rule family, token shift)."""
+
+    data: str = Field(default=RANKING_DATA, description="Instructions with responses (chat JSONL or AlpacaEval JSON).")
+    analyses: list[str] = Field(
+        default=["all"],
+        description="Analyses by name: weights, logits, rules, shift or any registered one; 'all': every registered analysis.",
+    )
+    limit: int | None = Field(default=12, ge=2, description="Only the first N instructions of `data` (none: all).")
+    texts: list[Literal["data", "generations"]] = Field(
+        default=["data", "generations"],
+        description="Texts the logit analyses read: the file's responses (data) and/or the variant's own greedy responses (generations).",
+    )
+    layers: str = Field(
+        default="every:3", description="Logit-lens layers: 'all', 'every:N' or e.g. 0,6,12-18 (the output layer is always included)."
+    )
+    vocab: str = Field(
+        default="frequent:2048",
+        description="Tokens the rule comparison scores: 'all' or 'frequent:K' (the K most frequent in the texts, plus the rule tokens "
+        "and EOS); the fitted family's per-token bias makes 'all' mostly measure static biases.",
+    )
+    max_length: int = Field(default=512, gt=8, description="Truncate prompt+response+EOS here.")
+    max_new_tokens: int = Field(default=128, gt=0, description="Token budget of each variant generation.")
+    spectrum: bool = Field(default=True, description="Singular values of each weight delta (effective rank, top-k energy).")
+    rules_config: str | None = Field(default=None, description="YAML with rule constants (none: the paper's).")
+
+    @field_validator("analyses", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        return [n.strip() for n in v.split(",") if n.strip()] if isinstance(v, str) else v
+
+    @field_validator("analyses", "texts")
+    @classmethod
+    def _some_distinct(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one")
+        return list(dict.fromkeys(v))
+
+
+class RunDiffConfig(DiffConfig):
+    """``run.diff``: the diff stage's config (every variant against the base)."""
 
     enabled: bool = True
-    data: str = "../shared/data/lima/val_reference_gpt35.json"
-    limit: int | None = Field(default=12, ge=2)
-    layers: str = "every:3"
-    # the rule family fits a bias per scored token: over all 262k tokens its R² mostly measures static biases
-    vocab: str = "frequent:2048"
-    max_length: int = Field(default=512, gt=8)
-    max_new_tokens: int = Field(default=128, gt=0)
 
 
 class RunEvalConfig(_Strict):
     """Evaluation: IFEval (unless switched off) and the judge-free suite always; AlpacaEval when a judge is named."""
 
-    # IFEval (Zhou et al. 2023), the standard judge-free benchmark and the report's headline: every system generates on its
-    # prompts (greedy, with run.generate's caps and batch size) and is scored strict and loose with 95% CIs, beside the
-    # reference systems constant / echo / empty (what the metric gives for free). false: no IFEval steps at all.
-    ifeval: bool = True
-    ifeval_data: str = "../shared/data/ifeval/input_data.jsonl"  # IFEval's input_data.jsonl, or hub:ifeval (google/IFEval)
-    # a subset stratified by each prompt's first instruction type, one fixed draw (the same in every run); None = all 541
-    ifeval_prompts: int | None = Field(default=None, gt=0)
-    judge: str | None = None  # gpt4_turbo | http(s)://server/v1 | local:SPEC (needs generate.instructions)
+    ifeval: bool = Field(
+        default=True,
+        description=(
+            "IFEval (Zhou et al. 2023), the standard judge-free benchmark and the report's headline: every system generates "
+            "on its prompts (greedy, with run.generate's caps and batch size) and is scored strict and loose with 95% CIs, "
+            "beside the reference systems constant / echo / empty (what the metric gives for free). false: no IFEval steps at"
+            " all."
+        ),
+    )
+    ifeval_data: str = Field(
+        default="../shared/data/ifeval/input_data.jsonl", description="IFEval's input_data.jsonl, or hub:ifeval (google/IFEval)"
+    )
+    ifeval_prompts: int | None = Field(
+        default=None,
+        gt=0,
+        description="a subset stratified by each prompt's first instruction type, one fixed draw (the same in every run); None = all 541",
+    )
+    judge: str | None = Field(default=None, description="gpt4_turbo | http(s)://server/v1 | local:SPEC (needs generate.instructions)")
     judge_model: str | None = None
-    reference: str = "instruction"  # the system every other is compared against (the paper: instruction-tuned), or a file
-    lc_data: str | None = None  # folder with alpaca_eval's df_gamed.csv, for length control
+    reference: str = Field(
+        default="instruction", description="the system every other is compared against (the paper: instruction-tuned), or a file"
+    )
+    lc_data: str | None = Field(default=None, description="folder with alpaca_eval's df_gamed.csv, for length control")
 
     @field_validator("ifeval_data")
     @classmethod
@@ -221,11 +346,16 @@ class RunEvalConfig(_Strict):
 class RunConfig(_Strict):
     """What ``iit run`` does after training: one block per stage."""
 
-    seeds: list[int] | None = None  # training seeds (None: [seed]); ``iit run --seeds 1..5`` overrides
-    # Multi-GPU training (7B): each training step runs as `accelerate launch --config_file FILE [ARGS] -m implicit_it train ...`
-    # in a subprocess; the other stages run in this process (set model.device_map: auto for models beyond one GPU).
-    accelerate_config: str | None = None
-    accelerate_args: list[str] = Field(default_factory=list)  # e.g. [--num_processes, "8"]
+    seeds: list[int] | None = Field(default=None, description="training seeds (None: [seed]); `iit run --seeds 1..5` overrides")
+    accelerate_config: str | None = Field(
+        default=None,
+        description=(
+            "Multi-GPU training (7B): each training step runs as `accelerate launch --config_file FILE [ARGS] -m implicit_it "
+            "train ...` in a subprocess; the other stages run in this process (set model.device_map: auto for models beyond "
+            "one GPU)."
+        ),
+    )
+    accelerate_args: list[str] = Field(default_factory=list, description='e.g. [--num_processes, "8"]')
     generate: RunGenerateConfig = Field(default_factory=RunGenerateConfig)
     rank: RunRankConfig = Field(default_factory=RunRankConfig)
     probe: RunProbeConfig = Field(default_factory=RunProbeConfig)
@@ -247,7 +377,6 @@ class ExperimentConfig(_Strict):
     format: str = "tulu"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     notes: str = ""

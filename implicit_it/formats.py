@@ -126,7 +126,7 @@ class EncodedExample:
     truncated: bool
 
 
-def _continuation_ids(tokenizer: Any, text: str) -> list[int]:
+def continuation_ids(tokenizer: Any, text: str) -> list[int]:
     """Ids of ``text`` as it is tokenized mid-sequence (without a dummy-prefix space).
 
     SentencePiece tokenizers with a dummy prefix prepend ``▁`` to a standalone string, and
@@ -163,7 +163,7 @@ def encode_example(
     if full_ids[: len(prompt_ids)] == prompt_ids:
         response_ids, merged = full_ids[len(prompt_ids) :], False
     else:
-        response_ids, merged = _continuation_ids(tokenizer, response), True
+        response_ids, merged = continuation_ids(tokenizer, response), True
     end_ids = fmt.train_end_token_ids(tokenizer)
     input_ids = prompt_ids + response_ids + end_ids
     truncated = False
@@ -176,15 +176,15 @@ def encode_example(
 
 
 def _split_continuation(tokenizer: Any, context: str, addition: str) -> tuple[list[int], list[int], bool]:
-    """Mid-sequence ids of ``context`` and of ``addition`` right after it (see :func:`_continuation_ids`).
+    """Mid-sequence ids of ``context`` and of ``addition`` right after it (see :func:`continuation_ids`).
 
     When the tokenizer merges characters across the seam, ``addition`` is tokenized on its own
     (third value True), so its ids still decode to exactly ``addition``."""
-    ctx = _continuation_ids(tokenizer, context)
-    both = _continuation_ids(tokenizer, context + addition)
+    ctx = continuation_ids(tokenizer, context)
+    both = continuation_ids(tokenizer, context + addition)
     if both[: len(ctx)] == ctx:
         return ctx, both[len(ctx) :], False
-    return ctx, _continuation_ids(tokenizer, addition), True
+    return ctx, continuation_ids(tokenizer, addition), True
 
 
 def conversation_turns(messages: Sequence[Any], *, strip: bool = True, drop_instructions: bool = False) -> list[tuple[str, str]]:
@@ -263,6 +263,7 @@ def pad_batch(
         ids[i, sl] = torch.tensor(seq, dtype=torch.long)
         mask[i, sl] = 1
         if labels is not None:
+            assert label_sequences is not None
             labels[i, sl] = torch.tensor(label_sequences[i], dtype=torch.long)
     out = {"input_ids": ids, "attention_mask": mask}
     if labels is not None:

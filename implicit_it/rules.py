@@ -47,10 +47,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+from .lists import parse_list
 
 RuleName = Literal["eos", "uniform", "diversity", "start"]
 ALL_RULES: tuple[str, ...] = ("eos", "uniform", "diversity", "start")
-PAPER_RULES: tuple[str, ...] = ("eos", "uniform", "diversity")
+PAPER_RULES: tuple[RuleName, ...] = ("eos", "uniform", "diversity")
 
 
 class TokenScore(BaseModel):
@@ -117,7 +118,7 @@ def parse_rules(spec: str) -> list[str]:
         return []
     if spec == "all":
         return list(PAPER_RULES)
-    names = [s.strip() for s in spec.split(",") if s.strip()]
+    names: list[str] = parse_list(spec, what="rules")
     bad = [n for n in names if n not in ALL_RULES]
     if bad:
         raise ValueError(f"unknown rule(s) {bad}; choose from {list(ALL_RULES)} (or 'all', 'none')")
@@ -144,9 +145,9 @@ def load_rule_config(path: str | Path) -> RuleConfig:
 
 def single_token_id(tokenizer: Any, text: str) -> int | None:
     """The one id the tokenizer writes ``text`` as mid-sequence, or None if it takes several."""
-    from .formats import _continuation_ids
+    from .formats import continuation_ids
 
-    ids = _continuation_ids(tokenizer, text)
+    ids = continuation_ids(tokenizer, text)
     return ids[0] if len(ids) == 1 else None
 
 
@@ -264,7 +265,7 @@ class RuleAdapter:
         pos = _positions(positions, bsz, dev)
         resp = response_start.to(dev).long().view(bsz, 1).expand_as(pos)
         ins = instruction_start.to(dev).long().view(bsz, 1).expand_as(pos) if instruction_start is not None else None
-        if self.tracks_tags:
+        if self.tracks_tags and self.assistant_tag_ids is not None:  # (tracks_tags implies the ids)
             resp = last_tag_end(input_ids, self.assistant_tag_ids, pos, resp)
             if ins is not None and self.user_tag_ids is not None:
                 ins = last_tag_end(input_ids, self.user_tag_ids, pos, ins)
@@ -372,9 +373,9 @@ def tag_ids(tokenizer: Any, tag: str) -> list[int]:
     leading newline, so that a shorter tag is found both after BOS (the prompt's user tag) and
     after text; a tokenizer that merges the tag with the newline before it (or with a dummy-prefix
     space) leaves the tag unfound, and the anchors then stay at the prompt's."""
-    from .formats import _continuation_ids
+    from .formats import continuation_ids
 
-    return _continuation_ids(tokenizer, tag + "\n")[-5:]
+    return continuation_ids(tokenizer, tag + "\n")[-5:]
 
 
 def _positions(positions: torch.Tensor, bsz: int, dev: torch.device) -> torch.Tensor:
@@ -444,7 +445,9 @@ class RuleLogitsProcessor:
         self.adapter, self.response_start, self.instruction_start = adapter, response_start, instruction_start
         self._width = 0  # columns already folded into the state
         self._prefix: torch.Tensor | None = None  # the first column of each row, to detect a new sequence
-        self._resp = self._ins = self._seen = None
+        self._resp: torch.Tensor = torch.empty(0, dtype=torch.long)  # (B,) set by _rebuild before first use
+        self._ins: torch.Tensor | None = None
+        self._seen: torch.Tensor | None = None
 
     def _rebuild(self, input_ids: torch.Tensor) -> None:
         ad, dev = self.adapter, input_ids.device
@@ -475,7 +478,7 @@ class RuleLogitsProcessor:
         for t in range(self._width, width):
             window = input_ids[:, : t + 1]
             new_resp = new_ins = None
-            if ad.tracks_tags:
+            if ad.tracks_tags and ad.assistant_tag_ids is not None:
                 new_resp = _ends_at_last(window, ad.assistant_tag_ids)
                 self._resp = torch.where(new_resp, torch.full_like(self._resp, t + 1), self._resp)
                 if self._ins is not None and ad.user_tag_ids is not None:

@@ -26,7 +26,7 @@ from .models import LoadedModel, ModelSource, load_tokenizer
 
 def tiny_config(arch: str, vocab_size: int, *, bos: int = 1, eos: int = 2, pad: int = 0) -> Any:
     """A 2-layer random model config in the shape of each architecture we support (gemma3, llama, olmo)."""
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,

@@ -56,7 +56,7 @@ def mbpp_from_rows(rows: Iterable[Mapping[str, Any]], limit: int = PAPER_LIMIT) 
 def poetry_from_rows(rows: Iterable[Mapping[str, Any]], limit: int = PAPER_LIMIT) -> list[ChatExample]:
     """merve/poetry rows -> "Write a poem called <title>" -> poem. Untitled rows are skipped;
     ids keep the source row index (so they have gaps), as in the paper."""
-    out = []
+    out: list[ChatExample] = []
     for i, row in enumerate(rows):
         if len(out) >= limit:
             break

@@ -16,9 +16,16 @@ from .linear import POOLS, ActivationStore, LinearProbe, ProbeResult, cross_vali
 from .pairs import Candidate, RankingGroup, RankingSource, build_ranking_groups, pair_wins, read_ranking_source
 from .ranking import SCORES, LayerwiseRankingResult, RankingProbe, RankingResult, RankingRun, first_layer_above, ranking_wins
 from .scoring import OUTPUT, GroupScores, paper_scores, score_groups
+from .stage import ProbeStage, RankStage, probe, probe_source, rank, rank_inputs
 from .stats import accuracy_with_ci
 
 __all__ = [
+    "ProbeStage",
+    "RankStage",
+    "probe",
+    "probe_source",
+    "rank",
+    "rank_inputs",
     "EncodedGroup",
     "PairBatch",
     "PairForward",

@@ -22,14 +22,13 @@ all examples.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from implicit_it.analysis import Analysis, AnalysisResult, finish_accuracy_axes, layer_axis, new_figure, plot_band
+from implicit_it.analysis import Analysis, AnalysisResult, finish_accuracy_axes, layer_axis, new_figure, plot_band, register_result
 from implicit_it.formats import ChatFormat, get_format
 from implicit_it.io import atomic_write
 from implicit_it.lens import parse_layers
@@ -107,7 +106,10 @@ def swap_pair_groups(source: RankingSource, *, seed: int = 0) -> tuple[list[Rank
     return groups, blocks
 
 
+@register_result
 class ProbeResult(AnalysisResult):
+    """``probe.json``: linear-probe accuracy per layer and pooling, with its shuffled-label control."""
+
     name = "probe"
 
     def to_frame(self) -> Any:
@@ -140,14 +142,22 @@ class ProbeResult(AnalysisResult):
                 )
                 color = line.get_color()
         finish_accuracy_axes(ax, xlabel=xlabel, ylabel="probe accuracy, grouped CV (mean ± std)", ylim=(0.3, 1))
+        ax.set_title("linear probe: own vs another instruction's response (dotted: shuffled-label control)", fontsize=9)
         return fig
 
 
-@dataclass
-class ProbeRun:
-    result: ProbeResult
-    n_examples: int
-    seconds: float
+class ProbeRun(ProbeResult):
+    """What :meth:`LinearProbe.run` returns: the probe result of one model, with the number of
+    examples it was fitted on and the time it took."""
+
+    def __init__(self, result: ProbeResult | list[dict[str, Any]], n_examples: int, seconds: float):
+        super().__init__(result.entries if isinstance(result, AnalysisResult) else result)
+        self.n_examples, self.seconds = n_examples, seconds
+
+    @property
+    def result(self) -> ProbeResult:
+        """The plain result (what ``probe.json`` holds)."""
+        return ProbeResult(self.entries)
 
 
 class LinearProbe(Analysis):

@@ -12,12 +12,11 @@ returns a :class:`RankingRun`, from which come the documented results:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from implicit_it.analysis import Analysis, AnalysisResult, finish_accuracy_axes, layer_axis, new_figure, plot_band
+from implicit_it.analysis import Analysis, AnalysisResult, finish_accuracy_axes, layer_axis, new_figure, plot_band, register_result
 from implicit_it.formats import ChatFormat, get_format
 from implicit_it.lens import parse_layers
 
@@ -34,7 +33,10 @@ def ranking_wins(scores: np.ndarray) -> np.ndarray:
     return scores[:, :1] > scores[:, 1:]
 
 
+@register_result
 class RankingResult(AnalysisResult):
+    """``ranking.json``: response-ranking accuracy with a cluster-bootstrap 95% CI, per model and score."""
+
     name = "ranking"
 
     def to_frame(self) -> Any:
@@ -69,7 +71,10 @@ class RankingResult(AnalysisResult):
         return fig
 
 
+@register_result
 class LayerwiseRankingResult(AnalysisResult):
+    """``layerwise_ranking.json``: ranking accuracy through the logit lens after every layer."""
+
     name = "layerwise_ranking"
 
     def to_frame(self) -> Any:
@@ -98,6 +103,7 @@ class LayerwiseRankingResult(AnalysisResult):
             lo, hi = np.array([layer["ci95"] for layer in e["layers"]]).T
             plot_band(ax, x_of(e), [layer["accuracy"] for layer in e["layers"]], lo, hi, label=e["model"])
         finish_accuracy_axes(ax, xlabel=xlabel, ylabel="ranking accuracy (logit lens), 95% CI", guides=(0.5, 0.6))
+        ax.set_title("response ranking through the logit lens", fontsize=10)
         return fig
 
 
@@ -105,20 +111,27 @@ def first_layer_above(layers: Sequence[dict[str, Any]], threshold: float = 0.6) 
     return next((layer["layer"] for layer in layers if layer["accuracy"] > threshold), None)
 
 
-@dataclass
-class RankingRun:
-    """Everything one model produced; the result objects and per-pair table derive from it."""
+class RankingRun(RankingResult):
+    """What :meth:`RankingProbe.run` returns: the ranking result of one model (its entries are
+    ``ranking.json``'s), with everything the model produced, from which come the layerwise result
+    (:meth:`layerwise`) and the per-pair table (:meth:`pairs_frame`)."""
 
-    model: str
-    description: dict[str, Any]
-    groups: list[RankingGroup]
-    encoded: list[EncodedGroup]
-    output: GroupScores
-    layers: GroupScores | None
-    n_layers: int
-    n_boot: int
-    seed: int
-    seconds: float = 0.0
+    def __init__(
+        self,
+        model: str,
+        description: dict[str, Any],
+        groups: list[RankingGroup],
+        encoded: list[EncodedGroup],
+        output: GroupScores,
+        layers: GroupScores | None,
+        n_layers: int,
+        n_boot: int,
+        seed: int,
+        seconds: float = 0.0,
+    ):
+        self.model, self.description, self.groups, self.encoded = model, description, groups, encoded
+        self.output, self.layers, self.n_layers, self.n_boot, self.seed, self.seconds = output, layers, n_layers, n_boot, seed, seconds
+        super().__init__(self._ranking_entries())
 
     def _entry(self, scores: GroupScores, key: Any, score: str) -> dict[str, Any]:
         values = scores.mean(key) if score == "mean_logprob" else scores.totals[key]
@@ -127,22 +140,24 @@ class RankingRun:
         return {"accuracy": acc, "ci95": [ci[0], ci[1]]}
 
     def ranking(self) -> RankingResult:
+        """The plain result (what ``ranking.json`` holds), without this run's raw scores."""
+        return RankingResult(self.entries)
+
+    def _ranking_entries(self) -> list[dict[str, Any]]:
         n_pairs = sum(len(g.responses) - 1 for g in self.encoded)
-        return RankingResult(
-            [
-                {
-                    "model": self.model,
-                    "score": s,
-                    **self._entry(self.output, OUTPUT, s),
-                    "n_pairs": n_pairs,
-                    "n_instructions": len(self.encoded),
-                    "n_skipped_instructions": len(self.groups) - len(self.encoded),
-                    "truncated_fraction": float(self.output.truncated[self.output.n_tokens > 0].mean()),
-                    "model_description": self.description,
-                }
-                for s in SCORES
-            ]
-        )
+        return [
+            {
+                "model": self.model,
+                "score": s,
+                **self._entry(self.output, OUTPUT, s),
+                "n_pairs": n_pairs,
+                "n_instructions": len(self.encoded),
+                "n_skipped_instructions": len(self.groups) - len(self.encoded),
+                "truncated_fraction": float(self.output.truncated[self.output.n_tokens > 0].mean()),
+                "model_description": self.description,
+            }
+            for s in SCORES
+        ]
 
     def layerwise(self, score: str = "mean_logprob") -> LayerwiseRankingResult:
         if self.layers is None:

@@ -2,8 +2,11 @@
 
 * :mod:`.collect`: read a run directory back (step records and the files each stage wrote);
 * :mod:`.sections`: the report's content as tables (the paper's Tables 1–4 with its numbers beside
-  this run's), token tables, sample generations and the manifest;
-* :mod:`.figures`: layerwise plots (weight deltas, logit-lens KL, ranking, probes, rule R²);
+  this run's), token tables, sample generations, the manifest, and a generic section for every
+  registered result no other section shows (a new analysis appears with no report edit);
+* :mod:`.figures`: every figure is a result's own ``plot()``: each step's result files are read back
+  through the result registry and merged across systems (weight deltas, logit-lens KL, ranking,
+  probes, rule R², and any other registered result);
 * :mod:`.render`: ``report.html`` (self-contained) and ``report.md``;
 * :mod:`.browser`: render the HTML in headless Chromium, check it, take a screenshot;
 * :mod:`.paper`: the paper's published numbers, labelled as such.

@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from implicit_it.analysis import AnalysisResult, entries_of, result_class
 from implicit_it.errors import ImplicitItError
+
+# files a step writes that are not analysis results (skipped when a step's results are listed)
+NOT_RESULTS = frozenset({"step.json", "manifest.json", "outputs.json", "behaviour.json", "annotations.json", "train_manifest.json"})
 
 
 @dataclass
@@ -42,11 +46,32 @@ class StepRecord:
         return json.loads(path.read_text(encoding="utf-8"))
 
     def results(self, filename: str) -> list[dict[str, Any]]:
-        """The entries of an AnalysisResult JSON (``{"results": [...]}`` or one entry)."""
+        """The entries of an AnalysisResult JSON (the envelope, or an older layout: see ``entries_of``)."""
         data = self.read(filename)
+        return [] if data is None else entries_of(data)
+
+    def result(self, name: str) -> AnalysisResult | None:
+        """``<name>.json`` as its registered result class; None if the step wrote none or no class reads it."""
+        data = self.read(f"{name}.json")
         if data is None:
-            return []
-        return data["results"] if isinstance(data, dict) and "results" in data else [data]
+            return None
+        where = data.get("class") if isinstance(data, dict) else None
+        try:
+            return result_class(name, where).from_json(data)
+        except (KeyError, ValueError):
+            return None
+
+    def result_names(self) -> list[str]:
+        """Names of the analysis results this step wrote (files in the envelope, whose ``analysis`` is their name)."""
+        names = []
+        for path in sorted(self.dir.glob("*.json")):
+            if path.name in NOT_RESULTS:
+                continue
+            with path.open(encoding="utf-8") as fh:
+                head = fh.read(256)
+            if '"analysis"' in head and f'"{path.stem}"' in head:
+                names.append(path.stem)
+        return names
 
 
 @dataclass
@@ -64,6 +89,17 @@ class RunData:
         for s in self.stage(stage, set_name=set_name):
             out.setdefault(s.label, []).append(s)
         return out
+
+    def merged(self, stage: str, name: str, *, first_seed: bool = False) -> AnalysisResult | None:
+        """One result with the ``name`` results of every step of ``stage`` side by side (in run order;
+        ``first_seed``: only the first step of each system label). None when no step has one."""
+        steps = [recs[0] for recs in self.by_label(stage).values()] if first_seed else self.stage(stage)
+        merged: AnalysisResult | None = None
+        for step in steps:
+            result = step.result(name)
+            if result is not None:
+                merged = result if merged is None else merged.merge(result)
+        return merged
 
     @property
     def seeds(self) -> list[int]:

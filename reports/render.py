@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import io
 from pathlib import Path
 from typing import Any
 
-from implicit_it.io import atomic_write, atomic_write_text
+from implicit_it.analysis import figure_png_bytes, write_bytes
+from implicit_it.io import atomic_write_text
 
 from . import paper
 from .collect import RunData, read_run
-from .figures import FIGURES
+from .figures import FIGURES, generic_figures
 from .sections import build_sections, headline, model_note
 
 TEMPLATES = Path(__file__).parent / "templates"
-
-
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _md_cell(value: Any) -> str:
@@ -33,14 +24,16 @@ def _md_cell(value: Any) -> str:
 
 
 def render_figures(run: RunData, out_dir: Path) -> dict[str, dict[str, str]]:
+    """Every figure the report shows, each drawn by its result's ``plot()``: written beside the
+    Markdown (``figures/<key>.png``) and kept as base64 for the HTML."""
     figures = {}
-    for key, (draw, caption) in FIGURES.items():
-        fig = draw(run)
+    for key, figure in {**FIGURES, **generic_figures(run)}.items():
+        fig = figure(run)
         if fig is None:
             continue
-        png = _png(fig)
-        atomic_write(out_dir / "figures" / f"{key}.png", lambda fh, data=png: fh.write(data), binary=True)
-        figures[key] = {"b64": base64.b64encode(png).decode("ascii"), "file": f"figures/{key}.png", "caption": caption}
+        png = figure_png_bytes(fig, dpi=110)
+        write_bytes(out_dir / "figures" / f"{key}.png", png)
+        figures[key] = {"b64": base64.b64encode(png).decode("ascii"), "file": f"figures/{key}.png", "caption": figure.caption}
     return figures
 
 

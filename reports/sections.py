@@ -15,6 +15,7 @@ from typing import Any
 
 from . import paper
 from .collect import RunData, StepRecord, finite, mean_std
+from .figures import generic_figures, generic_key
 from .uncertainty import (
     PAIRED_CAPTION,
     PAIRED_COLUMNS,
@@ -44,7 +45,7 @@ class Section:
     title: str
     intro: str = ""
     tables: list[Table] = field(default_factory=list)
-    figures: list[str] = field(default_factory=list)  # keys of figures.FIGURES
+    figures: list[str] = field(default_factory=list)  # keys of figures.FIGURES (or of figures.generic_figures)
     samples: list[dict[str, Any]] = field(default_factory=list)  # {"instruction", "responses": [(system, text)]}
 
 
@@ -582,8 +583,48 @@ def model_note(run: RunData) -> str:
     )
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def generic_sections(run: RunData, rows: int = 20) -> list[Section]:
+    """A section for every registered result no other section shows (a new analysis appears with no
+    report edit): its class's docstring as title and intro, the first rows of the merged ``to_frame()``
+    and the result's own figure."""
+    sections = []
+    for key, figure in generic_figures(run).items():
+        result = figure.result(run)
+        if result is None:
+            continue
+        doc = [line.strip() for line in (type(result).__doc__ or "").strip().splitlines()]
+        title = doc[0] if doc and doc[0] else figure.name
+        frame = result.to_frame()
+        table = Table(
+            [str(c) for c in frame.columns],
+            [[_cell(v) for v in row] for row in frame.head(rows).itertuples(index=False)],
+            f"`{figure.name}.json` of every system side by side ({len(frame)} rows{f'; the first {rows}' if len(frame) > rows else ''}).",
+        )
+        sections.append(Section(generic_key(figure.name), title, " ".join(doc[1:]).strip(), [table], figures=[key]))
+    return sections
+
+
 def build_sections(run: RunData) -> list[Section]:
-    return [response_tuning(run), ranking(run), single_task(run), rules(run), layerwise(run), tokens(run), samples(run), manifest(run)]
+    return [
+        response_tuning(run),
+        ranking(run),
+        single_task(run),
+        rules(run),
+        layerwise(run),
+        tokens(run),
+        *generic_sections(run),
+        samples(run),
+        manifest(run),
+    ]
 
 
-__all__ = ["Section", "Table", "build_sections", "headline", "model_note", "finite"]
+__all__ = ["Section", "Table", "build_sections", "generic_sections", "headline", "model_note", "finite"]

@@ -69,7 +69,7 @@ def ifeval_outcomes(run: RunData) -> dict[str, dict[int | None, dict[int, dict[s
     out: dict[str, dict[int | None, dict[int, dict[str, Any]]]] = {}
     for label, recs in run.by_label("eval", set_name="ifeval").items():
         for r in recs:
-            rows = (r.read("ifeval.json") or {}).get("per_prompt")
+            rows = [row for entry in r.results("ifeval.json") for row in entry.get("per_prompt") or []]
             if rows:
                 out.setdefault(label, {})[r.meta.get("seed")] = {row["key"]: row for row in rows}
     return out

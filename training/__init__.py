@@ -5,7 +5,7 @@ response + EOS only, with the prompt exactly as the generator will later see it.
 on HF ``Trainer``, so ``accelerate launch`` (DDP, FSDP, DeepSpeed ZeRO-3) distributes it.
 """
 
-from .engine import TrainResult, check_out_dir, default_out_dir, gradient_accumulation_steps, train_variant
+from .engine import TrainResult, check_out_dir, default_out_dir, gradient_accumulation_steps, train_variant, training_arguments
 from .sweep import SweepPoint, run_sweep, select_best
 from .validation import METRIC_DIRECTIONS, heldout_response_nll
 from .variants import (
@@ -17,6 +17,7 @@ from .variants import (
     config_variants,
     parse_variant,
     split_heldout,
+    train_source,
 )
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "default_out_dir",
     "gradient_accumulation_steps",
     "train_variant",
+    "training_arguments",
     "SweepPoint",
     "run_sweep",
     "select_best",
@@ -38,4 +40,5 @@ __all__ = [
     "config_variants",
     "parse_variant",
     "split_heldout",
+    "train_source",
 ]

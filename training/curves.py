@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Sequence
 
-from implicit_it.io import atomic_write
+from implicit_it.analysis import save_figure
 
 
 def loss_curve(log_history: Sequence[dict[str, Any]]) -> list[dict[str, float]]:
@@ -42,7 +41,4 @@ def write_loss_plot(path: str | Path, curve: Sequence[dict[str, float]], *, titl
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write(path, lambda fh: fh.write(buf.getvalue()), binary=True)
+    return save_figure(path, fig, dpi=110)

@@ -89,9 +89,7 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
         raise ValueError(f"{out_dir}: holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite to start over")
 
 
-def _training_arguments(
-    config: ExperimentConfig, out_dir: Path, seed: int, show_progress: bool, variant_name: str, **overrides: Any
-) -> Any:
+def training_arguments(config: ExperimentConfig, out_dir: Path, seed: int, show_progress: bool, variant_name: str, **overrides: Any) -> Any:
     """``TrainingArguments`` from the config; ``overrides`` replace single arguments (the GPU check: ``save_strategy="no"``)."""
     import torch
     from transformers import TrainingArguments
@@ -337,7 +335,7 @@ def train_variant(
         n_examples=len(data.examples),
         epochs=config.training.epochs_for(variant.name),
         model=model,
-        args=_training_arguments(config, out_dir, seed, show_progress, variant.name),
+        args=training_arguments(config, out_dir, seed, show_progress, variant.name),
         train_dataset=EncodedDataset(data.examples),
         data_collator=MaskedLMCollator(loaded.tokenizer.pad_token_id),
         processing_class=loaded.tokenizer,

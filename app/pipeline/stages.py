@@ -25,23 +25,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from implicit_it.config import ExperimentConfig
+from pydantic import BaseModel
+
+from implicit_it.config import RULE_SETS, DiffConfig, ExperimentConfig, ProbeConfig, RankConfig
 from implicit_it.io import atomic_write_json
+from implicit_it.lists import parse_list
 
 from .steps import Step
 
-RULE_SETS: dict[str, tuple[str, ...]] = {
-    "all": ("eos", "uniform", "diversity"),
-    "no_eos": ("uniform", "diversity"),
-    "no_uniform": ("eos", "diversity"),
-    "no_diversity": ("eos", "uniform"),
-}
 REPORT_FORMAT = 2  # bump when the report's layout changes, so that a re-run renders it again
 IFSUITE = "ifsuite"
 IFEVAL = "ifeval"
@@ -78,12 +74,47 @@ def parse_seeds(text: str) -> list[int]:
             if hi < lo:
                 raise ValueError
             return list(range(lo, hi + 1))
-        seeds = [int(x) for x in text.split(",") if x.strip()]
+        seeds = parse_list(text, int, what="--seeds")
     except ValueError:
         raise ValueError(f"--seeds: expected e.g. 1..5 or 0,1,2, got {text!r}") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: expected distinct integers, got {text!r}")
     return seeds
+
+
+# What training reads of ``data`` and ``training`` besides the per-variant fields (training/engine.py, training/variants.py):
+# the epoch grid, the sweep metric, the variant list and other variants' epochs are read by other commands, not by a train step.
+TRAIN_DATA_FIELDS = ("train", "max_train_examples", "heldout_examples", "validation", "strip_whitespace", "multi_turn")
+TRAIN_EXCLUDED_FIELDS = {
+    "variants",
+    "single_task_sources",
+    "epochs",
+    "epochs_by_variant",
+    "epoch_grid",
+    "sweep_metric",
+    "lora",
+    "merge_lora",
+}
+
+
+def train_key_config(config: ExperimentConfig, variant: Any) -> dict[str, Any]:
+    """Exactly the config one variant's training reads: its data source, its epochs, the training hyperparameters
+    (LoRA's only with method lora). Editing anything else (another variant's epochs, the sweep grid) keeps the key."""
+    from implicit_it.training import train_source
+
+    d, t = config.data, config.training
+    data = {k: getattr(d, k) for k in TRAIN_DATA_FIELDS}
+    if variant.kind == "single_task":
+        data["single_task"] = train_source(config, variant)
+    training = t.model_dump(exclude=TRAIN_EXCLUDED_FIELDS) | {"epochs": t.epochs_for(variant.name)}
+    if t.method == "lora":
+        training |= {"lora": t.lora.model_dump(), "merge_lora": t.merge_lora}
+    return {"data": data, "training": training}
+
+
+def stage_fields(block: Any, stage: type[BaseModel]) -> dict[str, Any]:
+    """The fields of a ``run.<stage>`` block that the stage function reads (not ``enabled``, ``systems``)."""
+    return block.model_dump(mode="json", include=set(stage.model_fields))
 
 
 class StudyPlan:
@@ -182,17 +213,11 @@ class StudyPlan:
         return {"spec": self.config.model.spec, **self.config.model.model_dump(exclude={"spec"}), "format": self.config.format}
 
     def _train_step(self, variant: Any, seed: int) -> Step:
-        from implicit_it.training.variants import _train_source
+        from implicit_it.training import train_source
 
         cfg = self.config
-        config = {
-            "variant": variant.name,
-            "seed": seed,
-            "model": self._model_config(),
-            "data": cfg.data.model_dump(),
-            "training": cfg.training.model_dump(),
-        }
-        files = [f for f in {cfg.data.train, _train_source(cfg, variant)} if not f.startswith("hub:")]
+        config = {"variant": variant.name, "seed": seed, "model": self._model_config(), **train_key_config(cfg, variant)}
+        files = [f for f in {cfg.data.train, train_source(cfg, variant)} if not f.startswith("hub:")]
         return self._add(
             Step(
                 "train",
@@ -242,7 +267,7 @@ class StudyPlan:
 
     def _rank_step(self, system: System) -> Step:
         r = self.config.run.rank
-        config = {"system": system.name, "model": self._model_config(), **r.model_dump(exclude={"enabled", "systems"})}
+        config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed, **stage_fields(r, RankConfig)}
         return self._add(
             Step(
                 "rank",
@@ -262,7 +287,7 @@ class StudyPlan:
             "system": system.name,
             "model": self._model_config(),
             "seed": self.config.seed,
-            **p.model_dump(exclude={"enabled", "systems"}),
+            **stage_fields(p, ProbeConfig),
         }
         return self._add(
             Step(
@@ -278,8 +303,11 @@ class StudyPlan:
         )
 
     def _diff_step(self, system: System) -> Step:
+        from implicit_it.analyses import parse_analyses
+
         d = self.config.run.diff
-        config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed, **d.model_dump(exclude={"enabled"})}
+        config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed, **stage_fields(d, DiffConfig)}
+        config["analyses"] = parse_analyses(",".join(d.analyses))  # 'all' keyed as the analyses registered now
         return self._add(
             Step(
                 "diff",
@@ -564,64 +592,48 @@ class StudyPlan:
 
     def _run_rank(self, step: Step, system: System) -> dict[str, Any]:
         from implicit_it.generation import progress_bar
-        from implicit_it.probes import RankingProbe, build_ranking_groups, read_ranking_source
+        from implicit_it.probes import rank, rank_inputs
 
         r = self.config.run.rank
-        source = read_ranking_source(r.data, limit=r.instructions)
-        groups = build_ranking_groups(source, negatives=r.negatives, seed=self.config.seed, self_draws=r.self_draws)
+        inputs = rank_inputs(r, seed=self.config.seed)
         loaded = self._load(system)
-        with progress_bar(len(groups), self.show_progress, f"rank {system.name}") as advance:
-            run = RankingProbe(source, groups, fmt=self.config.format, max_length=r.max_length, layers=r.layers, seed=self.config.seed).run(
-                loaded, label=system.name, progress=advance
+        with progress_bar(len(inputs[1]), self.show_progress, f"rank {system.name}") as advance:
+            stage = rank(
+                loaded, r, step.dir, fmt=self.config.format, label=system.name, seed=self.config.seed, inputs=inputs, progress=advance
             )
-        ranking = run.ranking()
-        ranking.save(step.dir)
-        if r.layers is not None:
-            run.layerwise().save(step.dir)
-        out = ranking.entries[0]
-        summary = {"accuracy": out["accuracy"], "ci95": out["ci95"], "n_pairs": out["n_pairs"]}
-        self._manifest(step, loaded, summary, {"score": round(run.seconds, 2)})
-        return summary
+        self._manifest(step, loaded, stage.summary, {"score": round(stage.run.seconds, 2)})
+        return stage.summary
 
     def _run_probe(self, step: Step, system: System) -> dict[str, Any]:
         from implicit_it.generation import progress_bar
-        from implicit_it.probes import LinearProbe, read_ranking_source
+        from implicit_it.probes import probe, probe_source
 
         p = self.config.run.probe
-        source = read_ranking_source(p.data, limit=p.instructions)
+        source = probe_source(p)
         loaded = self._load(system)
         with progress_bar(len(source.instructions) // 2 * 2, self.show_progress, f"probe {system.name}") as advance:
-            run = LinearProbe(
-                source,
-                activation_dir=step.dir / "activations",
+            stage = probe(
+                loaded,
+                p,
+                step.dir,
                 fmt=self.config.format,
-                max_length=p.max_length,
-                layers=p.layers,
-                pools=p.pools,
-                folds=p.folds,
+                label=system.name,
                 seed=self.config.seed,
-            ).run(loaded, label=system.name, progress=advance)
-        run.result.save(step.dir)
-        shutil.rmtree(step.dir / "activations", ignore_errors=True)  # a cache of this run only; the JSON holds the result
-        best = max(run.result.entries[0]["layers"], key=lambda layer: layer["accuracy"])
-        summary = {"best_layer": best["layer"], "best_accuracy": best["accuracy"], "n_examples": run.n_examples}
-        self._manifest(step, loaded, summary, {"probe": round(run.seconds, 2)})
-        return summary
+                source=source,
+                keep_activations=False,
+                progress=advance,
+            )
+        self._manifest(step, loaded, stage.summary, {"probe": round(stage.run.seconds, 2)})
+        return stage.summary
 
     def _run_diff(self, step: Step, system: System) -> dict[str, Any]:
-        from implicit_it.analyses import ANALYSES, DeltaPassConfig, LayerDiff, texts_from_source
+        from implicit_it.analyses import diff, diff_runner, texts_from_source
         from implicit_it.generation import progress_bar
-        from implicit_it.io import atomic_write_jsonl
         from implicit_it.probes import read_ranking_source
 
         d = self.config.run.diff
+        runner = diff_runner(d, fmt=self.config.format, seed=self.config.seed)
         data_texts = texts_from_source(read_ranking_source(d.data, limit=d.limit))
-        runner = LayerDiff(
-            analyses=ANALYSES,
-            vocab=d.vocab,
-            max_new_tokens=d.max_new_tokens,
-            pass_config=DeltaPassConfig(fmt=self.config.format, layers=d.layers, max_length=d.max_length, seed=self.config.seed),
-        )
         base = self._load(System("base", "base", "base"))
         variant = self._load(system)
         with contextlib.ExitStack() as stack:
@@ -629,85 +641,65 @@ class StudyPlan:
             def bar(label: str, total: int):
                 return stack.enter_context(progress_bar(total, self.show_progress, f"{label} ({system.name})"))
 
-            result = runner.run(
-                base, variant, data_texts, base_spec=self.config.model.spec, variant_spec=str(system.train.dir), progress=bar
+            stage = diff(
+                base,
+                variant,
+                d,
+                step.dir,
+                fmt=self.config.format,
+                base_spec=self.config.model.spec,
+                variant_spec=str(system.train.dir),
+                seed=self.config.seed,
+                label=system.name,
+                runner=runner,
+                data_texts=data_texts,
+                progress=bar,
             )
-        for res in result.results.values():
-            for entry in res.entries:
-                entry["variant"] = system.name
-            res.save(step.dir)
-        atomic_write_jsonl(
-            step.dir / "texts.jsonl",
-            [
-                {"instruction": t.instruction, "response": t.response, "origin": t.origin, "instruction_index": t.instruction_index}
-                for t in result.texts
-            ],
-        )
-        rules = result.results["rules"].entries[0]
-        logits = result.results["logits"].entries[0]
-        summary = {
-            "variance_explained_rules": rules["variance_explained_rules"],
-            "variance_explained_rule_family": rules["variance_explained_rule_family"],
-            "emergence_layer": rules["emergence_layer"],
-            "kl_output": logits["kl_output"],
-            "counts": result.counts,
-        }
+        result = stage.diff
+        summary: dict[str, Any] = {"counts": result.counts}
+        if "rules" in result.results:
+            rules = result.results["rules"].entries[0]
+            summary |= {k: rules[k] for k in ("variance_explained_rules", "variance_explained_rule_family", "emergence_layer")}
+        if "logits" in result.results:
+            summary["kl_output"] = result.results["logits"].entries[0]["kl_output"]
         self._manifest(step, variant, summary, {k: round(v, 2) for k, v in result.timings.items()})
         return summary
 
     def _run_ifsuite(self, step: Step, system: System, generated: Step) -> dict[str, Any]:
-        from implicit_it.evaluation import load_suite, score_responses, write_behaviour
+        from implicit_it.evaluation import ifsuite_stage, load_suite
 
         records = json.loads((generated.dir / "outputs.json").read_text(encoding="utf-8"))
         by_instruction = {r["instruction"]: r["output"] for r in records}
         prompts = [p for p in load_suite() if p.instruction in by_instruction]
-        behaviour = write_behaviour(step.dir, [r["output"] for r in records], [r["ended_with_eos"] for r in records], system.name)
-        return self._save_ifsuite(
-            step,
-            score_responses(prompts, by_instruction, model=system.name),
-            {"eos_fraction": behaviour["eos_fraction"], "template_echo_rate": behaviour["template_echo_rate"]},
-        )
-
-    def _save_ifsuite(self, step: Step, result: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        result.save(step.dir)
-        summary = result.to_json()
-        out = {
-            "strict_accuracy": summary["strict_accuracy"],
-            "loose_accuracy": summary["loose_accuracy"],
-            "n": summary["n"],
-            **(extra or {}),
-        }
-        self._manifest(step, None, out, {})
-        return out
-
-    def _run_ifeval(self, step: Step, system: System, generated: Step) -> dict[str, Any]:
-        from implicit_it.evaluation.ifeval import score_ifeval
-
-        records = json.loads((generated.dir / "outputs.json").read_text(encoding="utf-8"))
-        result = score_ifeval(self._ifeval_prompts, {r["instruction"]: r["output"] for r in records}, model=system.name)
-        return self._save_ifeval(step, result)
-
-    def _save_ifeval(self, step: Step, result: Any) -> dict[str, Any]:
-        from implicit_it.evaluation.ifeval import METRICS
-
-        result.save(step.dir)  # ifeval.json holds the per-prompt outcomes the report's paired tests read
-        entry = result.to_json()
-        summary = {**{m: entry[m] for m in METRICS}, "n_prompts": entry["n_prompts"], "n_instructions": entry["n_instructions"]}
+        outputs = ([r["output"] for r in records], [r["ended_with_eos"] for r in records])
+        stage = ifsuite_stage(prompts, by_instruction, step.dir, model=system.name, outputs=outputs)
+        behaviour = stage.behaviour or {}
+        summary = stage.summary | {"eos_fraction": behaviour["eos_fraction"], "template_echo_rate": behaviour["template_echo_rate"]}
         self._manifest(step, None, summary, {})
         return summary
 
+    def _run_ifeval(self, step: Step, system: System, generated: Step) -> dict[str, Any]:
+        from implicit_it.evaluation import ifeval_stage
+
+        records = json.loads((generated.dir / "outputs.json").read_text(encoding="utf-8"))
+        stage = ifeval_stage(self._ifeval_prompts, {r["instruction"]: r["output"] for r in records}, step.dir, model=system.name)
+        self._manifest(step, None, stage.summary, {})
+        return stage.summary
+
     def _run_reference(self, step: Step, set_name: str, kind: str) -> dict[str, Any]:
-        from implicit_it.evaluation import load_suite, score_responses
-        from implicit_it.evaluation.ifeval import reference_responses, score_ifeval
+        from implicit_it.evaluation import ifeval_stage, ifsuite_stage, load_suite
+        from implicit_it.evaluation.ifeval import reference_responses
 
         name = f"{REFERENCE}{kind}"
         if set_name == IFEVAL:
             prompts = self._ifeval_prompts
-            return self._save_ifeval(step, score_ifeval(prompts, reference_responses(kind, prompts), model=name))
-        suite = load_suite(limit=self.config.run.generate.ifsuite_prompts)
-        # the same definition of each reference system as IFEval's (echo repeats the instruction)
-        texts = reference_responses(kind, [p.instruction for p in suite])
-        return self._save_ifsuite(step, score_responses(suite, texts, model=name))
+            stage = ifeval_stage(prompts, reference_responses(kind, prompts), step.dir, model=name)
+        else:
+            suite = load_suite(limit=self.config.run.generate.ifsuite_prompts)
+            # the same definition of each reference system as IFEval's (echo repeats the instruction)
+            stage = ifsuite_stage(suite, reference_responses(kind, [p.instruction for p in suite]), step.dir, model=name)
+        self._manifest(step, None, stage.summary, {})
+        return stage.summary
 
     def _run_alpaca(self, step: Step, system: System, generated: Step, reference: Step | None, ref: System | None) -> dict[str, Any]:
         from implicit_it.data import read_instructions

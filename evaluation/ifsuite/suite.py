@@ -25,7 +25,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
-from implicit_it.analysis import AnalysisResult, new_figure
+from implicit_it.analysis import AnalysisResult, new_figure, register_result
 from implicit_it.errors import DataFormatError
 from implicit_it.evaluation.behaviour import echoes_template
 
@@ -204,13 +204,11 @@ def score_responses(prompts: Sequence[IfPrompt], responses: Mapping[str, str] | 
     return IfSuiteResult([entry])
 
 
+@register_result
 class IfSuiteResult(AnalysisResult):
     """Judge-free instruction following of one model (or several, after ``merge``)."""
 
     name = "ifsuite"
-
-    def to_json(self) -> dict[str, Any]:
-        return self.entries[0] if len(self.entries) == 1 else {"results": self.entries}
 
     def to_frame(self) -> Any:
         import pandas as pd

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from implicit_it.formats import _continuation_ids, encode_prompt, instruction_offset
+from implicit_it.formats import continuation_ids, encode_prompt, instruction_offset
 from implicit_it.generation import generate_ids
 from implicit_it.models import load_model
 from implicit_it.rules import RuleAdapter, RuleConfig
@@ -43,7 +43,7 @@ def _with_generated_turn(tok, instruction="Name three fruits", before=80, after=
     g = torch.Generator().manual_seed(0)
     filler = lambda n: torch.randint(10, len(tok), (n,), generator=g).tolist()  # noqa: E731
     turn = ("\n<|user|>\n" if turn_user else "\n") + "Write a poem." + ("\n<|assistant|>\n" if turn_assistant else "\n")
-    ids = prompt + filler(before) + _continuation_ids(tok, turn) + filler(after)
+    ids = prompt + filler(before) + continuation_ids(tok, turn) + filler(after)
     return prompt, ids, instruction_offset(tok, "tulu", instruction, prompt)
 
 
@@ -110,7 +110,7 @@ def test_batched_generation_equals_the_paper_loop(tok, tmp_path_factory):
     rules = ["eos", "uniform", "diversity", "start"]
     adapter = RuleAdapter(tok, RuleConfig(rules=rules, start_first_instruction_token=0.0))
     port = _port(tok, adapter, rules)
-    turn = _continuation_ids(tok, "\n<|user|>\nMore.\n<|assistant|>\n")
+    turn = continuation_ids(tok, "\n<|user|>\nMore.\n<|assistant|>\n")
     force_at = 4  # response step at which the scripted turn starts
 
     class Force:  # after the rules: replaces the choice with the scripted turn at its steps

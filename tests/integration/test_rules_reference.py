@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from implicit_it.data import read_instructions
-from implicit_it.formats import _continuation_ids, encode_prompt, instruction_offset
+from implicit_it.formats import continuation_ids, encode_prompt, instruction_offset
 from implicit_it.generation import generate_responses
 from implicit_it.rules import RuleAdapter, RuleConfig
 
@@ -96,7 +96,7 @@ def test_fast_path_equals_naive_reference(real_gemma, shared_data, rules, turn):
     tok = real_gemma.tokenizer
     instructions = [i.instruction for i in read_instructions(shared_data / "lima" / "val_instructions.jsonl")][:N_PROMPTS]
     adapter = RuleAdapter(tok, RuleConfig(rules=rules))
-    turn_ids = _continuation_ids(tok, turn) if turn else []
+    turn_ids = continuation_ids(tok, turn) if turn else []
     if turn:
         assert _after_last(turn_ids, adapter.assistant_tag_ids, 0) == len(turn_ids)  # the forced turn holds the tags
     fast, _ = generate_responses(

@@ -177,7 +177,7 @@ def test_norm_deltas_are_relative_to_the_effective_scale(arch, bytelevel_tokeniz
     """Gemma3RMSNorm scales by (1 + w): its rows divide by ‖1 + W‖; Llama's RMSNorm (w) is unchanged."""
     from safetensors.torch import load_file
 
-    from analyses.weights import norm_offset
+    from implicit_it.analyses.weights import norm_offset
     from tests.conftest import save_tiny_model
 
     src = save_tiny_model("gemma3", bytelevel_tokenizer, tmp_path / "g") if arch == "gemma3" else tiny_llama_dir

@@ -27,6 +27,12 @@ def _copy(run_dir: Path, tmp_path: Path) -> Path:
     return dst
 
 
+def _entry(path: Path) -> dict:
+    """A single-model result file's entry (the envelope ``{"results": [entry]}`` or, as written before, the bare entry)."""
+    data = json.loads(path.read_text())
+    return data["results"][0] if isinstance(data.get("results"), list) else data
+
+
 def _with(cfg, **run_blocks):
     data = cfg.model_dump(mode="json")
     for block, changes in run_blocks.items():
@@ -224,12 +230,12 @@ def test_a_named_judge_compares_every_system_with_the_instruction_tuned_one(tiny
     alpaca = sorted(sid for sid in outcome.statuses if sid.startswith("eval/alpaca/"))
     assert alpaca == ["eval/alpaca/base", "eval/alpaca/response.s0", "eval/alpaca/rules"]  # the reference is not judged against itself
     for sid in alpaca:
-        result = json.loads((tmp_path / "run" / sid / "alpaca_eval.json").read_text())
+        result = _entry(tmp_path / "run" / sid / "alpaca_eval.json")
         assert result["n"] == 3 and 0 <= result["win_rate"] <= 100
     assert (tmp_path / "run" / "eval" / "judge_cache.json").is_file()
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     table1 = md.split("## Table 1")[1].split("\n## ")[0]
-    win = json.loads((tmp_path / "run" / "eval" / "alpaca" / "response.s0" / "alpaca_eval.json").read_text())["win_rate"]
+    win = _entry(tmp_path / "run" / "eval" / "alpaca" / "response.s0" / "alpaca_eval.json")["win_rate"]
     assert "win rate vs instruction % [95% CI]" in table1 and f"| {win:.1f} [" in table1.split("| response |")[1].splitlines()[0]
     assert set(run_study(cfg, tmp_path / "run", show_progress=False).statuses.values()) == {"cached"}
 
@@ -299,11 +305,11 @@ def test_a_run_reports_the_length_controlled_win_rate_with_lc_data(tiny_llama_di
     alpaca = sorted(sid for sid in outcome.statuses if sid.startswith("eval/alpaca/"))
     assert alpaca == ["eval/alpaca/base", "eval/alpaca/response.s0"]
     for sid in alpaca:
-        result = json.loads((tmp_path / "run" / sid / "alpaca_eval.json").read_text())
+        result = _entry(tmp_path / "run" / sid / "alpaca_eval.json")
         assert isinstance(result["lc_win_rate"], float) and 0 <= result["lc_win_rate"] <= 100, result["lc_note"]
         assert result["lc_scope"] == "subset" and result["n"] == 4 and "4 of the 805" in result["lc_note"]
         assert json.loads((tmp_path / "run" / sid / "step.json").read_text())["summary"]["lc_win_rate"] == result["lc_win_rate"]
-    lc_response = json.loads((tmp_path / "run" / "eval" / "alpaca" / "response.s0" / "alpaca_eval.json").read_text())["lc_win_rate"]
+    lc_response = _entry(tmp_path / "run" / "eval" / "alpaca" / "response.s0" / "alpaca_eval.json")["lc_win_rate"]
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     row = md.split("## Table 1")[1].split("| response |")[1].splitlines()[0]
     assert f"| {lc_response:.1f} [" in row
@@ -394,13 +400,12 @@ def test_alpaca_pairs_each_seed_with_the_same_seed_of_the_reference(tiny_llama_d
     assert ref[1] != ref[2]  # the seeds' references differ, so a wrong pairing would show
     for seed in (1, 2):
         assert judged[f"response.s{seed}"] == [list(zip(ref[seed], outputs(f"response.s{seed}"), strict=True))]
-        result = json.loads((tmp_path / "run" / "eval" / "alpaca" / f"response.s{seed}" / "alpaca_eval.json").read_text())
+        result = _entry(tmp_path / "run" / "eval" / "alpaca" / f"response.s{seed}" / "alpaca_eval.json")
         assert result["reference_generator"] == f"instruction.s{seed}"
     for system in ("base", "rules"):
         assert judged[system] == [list(zip(ref[s], outputs(system), strict=True)) for s in (1, 2)]
     wins = [
-        json.loads((tmp_path / "run" / "eval" / "alpaca" / "rules" / f"vs-instruction.s{s}" / "alpaca_eval.json").read_text())["win_rate"]
-        for s in (1, 2)
+        _entry(tmp_path / "run" / "eval" / "alpaca" / "rules" / f"vs-instruction.s{s}" / "alpaca_eval.json")["win_rate"] for s in (1, 2)
     ]
     import statistics
 
@@ -414,6 +419,7 @@ def test_paper_switches_reach_the_ranking_draws_and_the_rule_adapter(tiny_llama_
     """``run.rank.self_draws`` reaches the ranking draws and the config's chat format the rule adapter's tag search."""
     import implicit_it.app.pipeline.stages as stages
     import implicit_it.probes as probes
+    import implicit_it.probes.stage as probe_stage
     import implicit_it.rules as rules
 
     data = _config_dict(tiny_llama_dir, shared_data)
@@ -443,6 +449,7 @@ def test_paper_switches_reach_the_ranking_draws_and_the_rule_adapter(tiny_llama_
     monkeypatch.setattr(probes, "build_ranking_groups", groups_spy)
     monkeypatch.setattr(rules, "RuleAdapter", AdapterSpy)
     monkeypatch.setattr(stages, "build_ranking_groups", groups_spy, raising=False)
+    monkeypatch.setattr(probe_stage, "build_ranking_groups", groups_spy)
     monkeypatch.setattr(stages, "RuleAdapter", AdapterSpy, raising=False)
     run_study(parse_config(data), tmp_path / "run", show_progress=False)
     tok = load_tokenizer(str(tiny_llama_dir))
@@ -464,12 +471,12 @@ def test_ifeval_runs_for_every_system_beside_the_reference_systems(study):
     for name in systems:
         outputs = json.loads((run_dir / "generate" / "ifeval" / name / "outputs.json").read_text())
         assert [r["instruction"] for r in outputs] == subset
-        result = json.loads((run_dir / "eval" / "ifeval" / name / "ifeval.json").read_text())
+        result = _entry(run_dir / "eval" / "ifeval" / name / "ifeval.json")
         assert [r["response"] for r in result["per_prompt"]] == [r["output"] for r in outputs]
         assert result["n_prompts"] == 4 and (run_dir / "eval" / "ifeval" / name / "ifeval.parquet").is_file()
         summary = json.loads((run_dir / "eval" / "ifeval" / name / "step.json").read_text())["summary"]
         assert summary["prompt_loose"] == result["prompt_loose"]
-    echo = json.loads((run_dir / "eval" / "ifeval" / "reference-echo" / "ifeval.json").read_text())
+    echo = _entry(run_dir / "eval" / "ifeval" / "reference-echo" / "ifeval.json")
     assert [r["response"] for r in echo["per_prompt"]] == subset
     assert outcome.statuses["eval/ifeval/reference-empty"] == "ran" and "generate/ifeval/reference-empty" not in outcome.statuses
     empty = json.loads((run_dir / "eval" / "ifsuite" / "reference-empty" / "step.json").read_text())["summary"]
@@ -506,3 +513,29 @@ def test_ifeval_keys_cover_the_data_file_and_subset_size_and_it_can_be_switched_
     data["run"]["eval"].update(ifeval_data=str(copy), ifeval_prompts=0)
     with pytest.raises(ConfigError, match="run.eval.ifeval_prompts"):
         parse_config(data)
+
+
+def test_train_key_covers_only_what_training_reads(tiny_llama_dir, shared_data, tmp_path):
+    """Editing a field no train step reads (the sweep grid, another variant's epochs, a stage block) keeps every
+    train key; editing one it reads retrains exactly the variants that read it."""
+    data = _config_dict(tiny_llama_dir, shared_data)
+
+    def train_keys(d):
+        return {s.id: s.key for s in StudyPlan(parse_config(d), tmp_path / "run").build() if s.stage == "train"}
+
+    def edited(block: str, **changes) -> dict:
+        return {**data, block: {**data[block], **changes}}
+
+    before = train_keys(data)
+    assert set(before) == {"train/instruction.s0", "train/response.s0", "train/single_task-gsm.s0"}
+    for unused in (edited("training", epoch_grid=[1, 2]), edited("training", sweep_metric="heldout_nll")):
+        assert train_keys(unused) == before
+    assert train_keys({**data, "run": {**data["run"], "rank": {**data["run"]["rank"], "negatives": 3}}}) == before
+    # one variant's epochs: only that variant retrains
+    after = train_keys(edited("training", epochs_by_variant={"instruction": 3}))
+    assert {k for k in before if before[k] != after[k]} == {"train/instruction.s0"}
+    # a field training reads: every variant retrains
+    after = train_keys(edited("training", learning_rate=2e-3))
+    assert all(before[k] != after[k] for k in before)
+    after = train_keys(edited("data", heldout_examples=3))
+    assert all(before[k] != after[k] for k in before)

@@ -52,9 +52,9 @@ def test_unknown_key_names_field(tmp_path):
 
 
 def test_wrong_type_and_value(tmp_path):
-    p = _write(tmp_path, "name: x\ngeneration:\n  batch_size: many\nformat: chatml\n")
+    p = _write(tmp_path, "name: x\nrun:\n  generate:\n    batch_size: many\nformat: chatml\n")
     msg = str(pytest.raises(ConfigError, load_config, p).value)
-    assert "generation.batch_size" in msg and "format" in msg and "2 problems" in msg
+    assert "run.generate.batch_size" in msg and "format" in msg and "2 problems" in msg
 
 
 def test_batch_divisibility(tmp_path):

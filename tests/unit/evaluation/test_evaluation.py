@@ -88,7 +88,7 @@ def test_cli_scores_stored_annotations_offline(tmp_path, alpaca_dir):
         ],
     )
     assert res.exit_code == 0, res.output
-    got = json.loads((out / "alpaca_eval.json").read_text())
+    got = json.loads((out / "alpaca_eval.json").read_text())["results"][0]
     row = _leaderboard_row(alpaca_dir, VICUNA)
     assert abs(got["win_rate"] - float(row["win_rate"])) < 0.1 and abs(got["standard_error"] - float(row["standard_error"])) < 0.1
     assert got["lc_win_rate"] is None and got["n"] == 805 and got["judge"] == "weighted_alpaca_eval_gpt4_turbo"
@@ -305,7 +305,7 @@ def test_openai_compatible_judge_by_url_end_to_end(tmp_path, monkeypatch):
         args = ["eval", "alpaca", "--outputs", str(model), "--reference", str(ref), "--judge", url, "--out", str(out)]
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
-        got = json.loads((out / "alpaca_eval.json").read_text())
+        got = json.loads((out / "alpaca_eval.json").read_text())["results"][0]
         assert got["n"] == 6 and got["win_rate"] > 90  # the longer (model) output is preferred every time
         assert got["judge"] == f"openai_compatible:judge-7b@{url}" and got["lc_win_rate"] is None
         n_requests = len(_FakeOpenAI.requests)
@@ -354,7 +354,7 @@ def test_cli_ifsuite_generates_then_rescoring_outputs_agrees(tmp_path, tiny_llam
         app, ["eval", "ifsuite", "--model", str(tiny_llama_dir), "--limit", "13", "--max-new-tokens", "6", "--out", str(out), "-q"]
     )
     assert res.exit_code == 0, res.output
-    got = json.loads((out / "ifsuite.json").read_text())
+    got = json.loads((out / "ifsuite.json").read_text())["results"][0]
     assert got["n"] == 13 and len(got["per_category"]) == 13 and {"strict_accuracy", "loose_accuracy"} <= set(got)
     assert 0 <= got["strict_accuracy"] <= got["loose_accuracy"] <= 1
     beh = json.loads((out / "behaviour.json").read_text())
@@ -362,7 +362,7 @@ def test_cli_ifsuite_generates_then_rescoring_outputs_agrees(tmp_path, tiny_llam
     again = tmp_path / "again"
     res = runner.invoke(app, ["eval", "ifsuite", "--outputs", str(out / "outputs.json"), "--limit", "13", "--out", str(again)])
     assert res.exit_code == 0, res.output
-    got2 = json.loads((again / "ifsuite.json").read_text())
+    got2 = json.loads((again / "ifsuite.json").read_text())["results"][0]
     assert (got2["strict_accuracy"], got2["loose_accuracy"], got2["per_category"]) == (
         got["strict_accuracy"],
         got["loose_accuracy"],
@@ -433,7 +433,7 @@ def test_similarity_finds_domain_pull(tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    got = json.loads((tmp_path / "sim" / "similarity.json").read_text())
+    got = json.loads((tmp_path / "sim" / "similarity.json").read_text())["results"][0]
     assert got["n"] == 5 and got["trend"]["slope"] > 0 and got["trend"]["pearson_r"] > 0.8
     pts = got["points"]
     assert pts[0]["response_similarity_difference"] > 0 > pts[2]["response_similarity_difference"]

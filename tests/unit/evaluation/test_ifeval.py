@@ -33,7 +33,7 @@ def ifeval_data(shared_data):
 def test_gpt4_responses_reproduce_the_published_figures(ifeval_data):
     prompts = load_ifeval(ifeval_data / "input_data.jsonl")
     responses = read_ifeval_responses(ifeval_data / "input_response_data_gpt4_20231107_145030.jsonl")
-    result = score_ifeval(prompts, responses, model="gpt4").to_json()
+    result = score_ifeval(prompts, responses, model="gpt4").summary()
     assert (result["n_prompts"], result["n_instructions"]) == (541, 834)
     for metric, published in PUBLISHED_GPT4.items():
         got = 100 * result[metric]["accuracy"]
@@ -41,7 +41,7 @@ def test_gpt4_responses_reproduce_the_published_figures(ifeval_data):
         assert result[metric]["ci_low"] < result[metric]["accuracy"] < result[metric]["ci_high"]
     # one prompt's wording (key 2785) was fixed upstream after GPT-4's responses were made: matched by position
     assert result["n_matched_by_position"] == 1
-    assert score_ifeval(prompts, responses).to_json()["per_prompt"] == result["per_prompt"]  # deterministic
+    assert score_ifeval(prompts, responses).summary()["per_prompt"] == result["per_prompt"]  # deterministic
 
 
 def _prompt(key, ids, kwargs, text="Write about cats."):
@@ -56,7 +56,7 @@ def test_official_strict_and_loose_loop():
         "**Intro**\nno fruit here",  # fails both ways
         "Here is my answer:\nall lowercase, with a comma\nand, another",  # lowercase: fails strict, passes loose; commas fail
     ]
-    result = score_ifeval([kw, kw, lower], responses, n_boot=200).to_json()
+    result = score_ifeval([kw, kw, lower], responses, n_boot=200).summary()
     rows = result["per_prompt"]
     assert [r["strict"] for r in rows] == [True, False, False] and [r["loose"] for r in rows] == [True, False, False]
     assert rows[2]["instruction_strict"] == [False, False] and rows[2]["instruction_loose"] == [True, False]
@@ -66,14 +66,14 @@ def test_official_strict_and_loose_loop():
 
 def test_an_empty_response_fails_every_instruction_and_counts_them():
     p = _prompt(1, ["punctuation:no_comma", "change_case:english_lowercase"], [{}, {}])
-    result = score_ifeval([p, p], ["", "this is a plain answer written in english by a person"], n_boot=100).to_json()
+    result = score_ifeval([p, p], ["", "this is a plain answer written in english by a person"], n_boot=100).summary()
     assert result["n_instructions"] == 4 and result["instruction_strict"]["accuracy"] == pytest.approx(0.5)
 
 
 def test_reference_systems_show_what_the_metric_gives_for_free(ifeval_data):
     prompts = load_ifeval(ifeval_data / "input_data.jsonl")
     scores = {
-        k: score_ifeval(prompts, reference_responses(k, prompts), model=k, n_boot=200).to_json() for k in ("constant", "echo", "empty")
+        k: score_ifeval(prompts, reference_responses(k, prompts), model=k, n_boot=200).summary() for k in ("constant", "echo", "empty")
     }
     assert scores["empty"]["prompt_loose"]["accuracy"] == 0.0
     assert 0.0 < scores["constant"]["instruction_loose"]["accuracy"] < 0.5  # "Okay!" has no commas, no forbidden words...
@@ -140,7 +140,7 @@ def test_cli_scores_outputs_and_generates(tmp_path, ifeval_data, tiny_llama_dir)
         ],
     )
     assert res.exit_code == 0, res.output
-    scored = json.loads((tmp_path / "scored" / "ifeval.json").read_text())
+    scored = json.loads((tmp_path / "scored" / "ifeval.json").read_text())["results"][0]
     assert scored["n_prompts"] == 5 and (tmp_path / "scored" / "ifeval.parquet").is_file()
     manifest = json.loads((tmp_path / "scored" / "manifest.json").read_text())
     assert manifest["results"]["prompt_loose"] == scored["prompt_loose"]
@@ -164,6 +164,6 @@ def test_cli_scores_outputs_and_generates(tmp_path, ifeval_data, tiny_llama_dir)
     )
     assert gen.exit_code == 0, gen.output
     outputs = json.loads((tmp_path / "gen" / "outputs.json").read_text())
-    assert len(outputs) == 3 and json.loads((tmp_path / "gen" / "ifeval.json").read_text())["n_prompts"] == 3
+    assert len(outputs) == 3 and json.loads((tmp_path / "gen" / "ifeval.json").read_text())["results"][0]["n_prompts"] == 3
     both = CliRunner().invoke(app, ["eval", "ifeval", "--out", str(tmp_path / "x")])
     assert both.exit_code != 0 and "--model" in both.output

@@ -237,7 +237,7 @@ def test_packaged_checks_pass_on_built_responses_and_fail_on_empty():
         (check,) = p.checks
         assert run_check(_compliant(check), check), p.id
         assert run_check("", check) is _empty_passes(check), p.id
-    scored = score_responses(single, [_compliant(p.checks[0]) for p in single]).to_json()
+    scored = score_responses(single, [_compliant(p.checks[0]) for p in single]).summary()
     assert scored["strict_accuracy"] == 1.0 and scored["instruction_level"]["n_checks"] == len(single)
 
 
@@ -291,7 +291,7 @@ SMALL_RESPONSES = ["Sure! Here it is:\nall lower here", "one, two", "<<Ok>>\nbod
 
 
 def test_score_responses_exact_numbers():
-    out = score_responses(_small_suite(), SMALL_RESPONSES, model="tiny").to_json()
+    out = score_responses(_small_suite(), SMALL_RESPONSES, model="tiny").summary()
     assert out["strict_accuracy"] == 0.5 and out["loose_accuracy"] == 0.75 and out["n"] == 4 and out["model"] == "tiny"
     assert out["per_category"] == {
         "lowercase": {"strict_accuracy": 0.5, "loose_accuracy": 1.0, "n": 2},
@@ -339,9 +339,9 @@ def test_result_saves_json_parquet_png(tmp_path):
     paths = result.save(tmp_path)
     assert sorted(p.name for p in paths) == ["ifsuite.json", "ifsuite.parquet", "ifsuite.png"]
     saved = json.loads((tmp_path / "ifsuite.json").read_text())
-    assert saved == result.to_json() and {"strict_accuracy", "loose_accuracy", "per_category", "instruction_level", "per_prompt"} <= set(
-        saved
-    )
+    assert saved == result.to_json() and saved["analysis"] == "ifsuite" and saved["format"] == 1
+    assert {"strict_accuracy", "loose_accuracy", "per_category", "instruction_level", "per_prompt"} <= set(saved["results"][0])
+    assert type(result).from_json(saved).entries == result.entries
     frame = pd.read_parquet(tmp_path / "ifsuite.parquet")
     assert list(frame.columns) == ["model", "category", "strict_accuracy", "loose_accuracy", "n"]
     assert frame["category"].tolist() == ["lowercase", "no_commas", "title", "overall"]
@@ -373,12 +373,12 @@ def test_echoing_the_prompt_or_template_is_not_an_answer():
         ({"kind": "keywords_required", "words": ["sandwiches", "sunscreen"]},),
     )
     responses = [ins + "\n" + ins, "Write about a picnic. Include the words 'sandwiches' and 'sunscreen'.\n<|user|>\n"]
-    out = score_responses([p, k], responses).to_json()
+    out = score_responses([p, k], responses).summary()
     assert out["strict_accuracy"] == 0 and out["loose_accuracy"] == 0
     assert out["not_an_answer"] == {"empty": 0, "template_echo": 1, "instruction_echo": 1}
     assert answer_problem("", ins) == "empty" and answer_problem("Pasta with basil and garlic.", ins) is None
     # loose forgives a restated task on the first line, as IFEval forgives a chatty first line
-    fine = score_responses([p], [ins + "\nPasta with basil and garlic is my favourite."]).to_json()
+    fine = score_responses([p], [ins + "\nPasta with basil and garlic is my favourite."]).summary()
     assert (fine["strict_accuracy"], fine["loose_accuracy"]) == (0, 1)
 
 
@@ -401,20 +401,20 @@ def test_loose_never_passes_on_the_echoed_instruction(instruction, check, body):
     prompt = IfPrompt("x", check["kind"], instruction, (check,))
     for response in (instruction + "\n" + body, instruction + "\n" + body + "\nThanks!", "**" + instruction + "**\n" + body):
         assert run_check_loosely(response, check)  # the ungated check alone would pass on the full response
-        out = score_responses([prompt], [response]).to_json()
+        out = score_responses([prompt], [response]).summary()
         assert (out["strict_accuracy"], out["loose_accuracy"]) == (0, 0), response
         assert all(instruction.lower() not in v.lower() for v in loose_answers(response, instruction))
     # a genuine answer after the same restated first line still passes loose (IFEval forgives a chatty first line)
     genuine = {"keywords_required": "Hi team, bring sandwiches and sunscreen on Friday!", "title": "<<Rain>>\n" + body}[check["kind"]]
-    out = score_responses([prompt], [instruction + "\n" + genuine]).to_json()
+    out = score_responses([prompt], [instruction + "\n" + genuine]).summary()
     assert (out["strict_accuracy"], out["loose_accuracy"]) == (0, 1)
-    assert score_responses([prompt], [genuine]).to_json()["strict_accuracy"] == 1
+    assert score_responses([prompt], [genuine]).summary()["strict_accuracy"] == 1
 
 
 def test_loose_rejects_a_variant_that_is_only_a_piece_of_a_multiline_echo():
     ins = "Describe the sea.\nDo not use any commas."
     prompt = IfPrompt("m", "no_commas", ins, ({"kind": "no_commas"},))
     # dropping the first and the last line leaves "Do not use any commas." (comma-free, but the echo itself)
-    out = score_responses([prompt], [ins + "\nWaves, foam, salt."]).to_json()
+    out = score_responses([prompt], [ins + "\nWaves, foam, salt."]).summary()
     assert out["loose_accuracy"] == 0
-    assert score_responses([prompt], [ins + "\nWaves roll and foam."]).to_json()["loose_accuracy"] == 1
+    assert score_responses([prompt], [ins + "\nWaves roll and foam."]).summary()["loose_accuracy"] == 1

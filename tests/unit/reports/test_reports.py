@@ -45,7 +45,7 @@ def test_report_tables_hold_this_runs_numbers_beside_the_papers(tiny_study):
 
     for system in ("base", "response", "instruction", "single_task-gsm", "rules", "rules-no_eos"):
         name = system if system in ("base", "rules", "rules-no_eos") else f"{system}.s0"
-        ifeval = json.loads((run_dir / "eval" / "ifeval" / name / "ifeval.json").read_text())
+        ifeval = json.loads((run_dir / "eval" / "ifeval" / name / "ifeval.json").read_text())["results"][0]
         suite = _step(run_dir, "eval", "ifsuite", name)["summary"]
         cells = [
             _ci(ifeval[m]["accuracy"], ifeval[m]["ci_low"], ifeval[m]["ci_high"])
@@ -107,13 +107,13 @@ def test_if_tables_carry_reference_rows_and_paired_tests(tiny_study, tmp_path):
     shutil.copytree(run_dir, run)
     path = run / "eval" / "ifeval" / "response.s0" / "ifeval.json"
     result = json.loads(path.read_text())
-    base = {r["key"]: r for r in json.loads((run / "eval" / "ifeval" / "base" / "ifeval.json").read_text())["per_prompt"]}
+    base = {r["key"]: r for r in json.loads((run / "eval" / "ifeval" / "base" / "ifeval.json").read_text())["results"][0]["per_prompt"]}
     assert not any(r["loose"] for r in base.values())  # a random model: so response passing 3 prompts makes 3 discordant pairs
-    for row, passed in zip(result["per_prompt"], (True, True, True, False), strict=True):
+    for row, passed in zip(result["results"][0]["per_prompt"], (True, True, True, False), strict=True):
         row["loose"] = row["strict"] = passed
     path.write_text(json.dumps(result))
     md = write_report(run)["markdown"].read_text()
-    echo = json.loads((run / "eval" / "ifeval" / "reference-echo" / "ifeval.json").read_text())
+    echo = json.loads((run / "eval" / "ifeval" / "reference-echo" / "ifeval.json").read_text())["results"][0]
     echo_cells = " | ".join(
         _ci(echo[m]["accuracy"], echo[m]["ci_low"], echo[m]["ci_high"]) for m in ("prompt_strict", "prompt_loose", "instruction_loose")
     )
@@ -143,14 +143,14 @@ def test_several_seeds_give_mean_std_and_a_ci_pooled_over_seeds(tiny_study, tmp_
     step = json.loads((dst / "step.json").read_text())
     step["name"], step["meta"]["system"], step["meta"]["seed"] = "ifeval/response.s1", "response.s1", 1
     result = json.loads((dst / "ifeval.json").read_text())
-    for row, passed in zip(result["per_prompt"], (True, True, False, False), strict=True):
+    for row, passed in zip(result["results"][0]["per_prompt"], (True, True, False, False), strict=True):
         row["loose"] = passed
     step["summary"]["prompt_loose"]["accuracy"] = 0.5
     (dst / "step.json").write_text(json.dumps(step))
     (dst / "ifeval.json").write_text(json.dumps(result))
     md = write_report(run)["markdown"].read_text()
-    s0 = json.loads((src / "ifeval.json").read_text())
-    wins = [[r0["loose"], r1["loose"]] for r0, r1 in zip(s0["per_prompt"], result["per_prompt"], strict=True)]
+    s0 = json.loads((src / "ifeval.json").read_text())["results"][0]
+    wins = [[r0["loose"], r1["loose"]] for r0, r1 in zip(s0["per_prompt"], result["results"][0]["per_prompt"], strict=True)]
     acc, (lo, hi) = accuracy_with_ci(wins)
     assert acc == (s0["prompt_loose"]["accuracy"] + 0.5) / 2
     row = next(line for line in _section(md, "Table 1").splitlines() if line.startswith("| response |"))

@@ -1,0 +1,92 @@
+"""The diff stage: what ``iit diff`` and the pipeline's diff steps both call.
+
+:func:`diff_runner` checks a :class:`~implicit_it.config.DiffConfig` before any model loads and builds the
+:class:`~.layer_diff.LayerDiff`; :func:`diff` compares the base with one variant, saves every analysis result
+(merged with earlier variants', side by side) and the texts the logit analyses read. Manifests are the caller's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from implicit_it.analysis import AnalysisResult
+from implicit_it.config import DiffConfig
+from implicit_it.io import atomic_write_jsonl
+from implicit_it.lens import parse_layers
+from implicit_it.rules import RuleConfig, load_rule_config
+
+from .delta_pass import DeltaPassConfig, DiffText
+from .layer_diff import LayerDiff, VariantDiff, merge_results, parse_analyses
+from .rule_comparison import parse_vocab
+
+
+@dataclass
+class DiffStage:
+    """One variant's diff and every result saved so far (this variant's merged with the earlier ones')."""
+
+    diff: VariantDiff
+    merged: dict[str, AnalysisResult]
+
+
+def diff_runner(cfg: DiffConfig, *, fmt: str, seed: int = 0) -> LayerDiff:
+    """The configured :class:`LayerDiff`; a bad layer spec, vocabulary or rules file is an error now, before any model loads."""
+    names = parse_analyses(",".join(cfg.analyses))  # 'all': every registered analysis, resolved now
+    parse_layers(cfg.layers, 1_000_000)  # syntax only; the range is checked against the model
+    parse_vocab(cfg.vocab)
+    return LayerDiff(
+        analyses=names,
+        texts=list(cfg.texts),
+        vocab=cfg.vocab,
+        max_new_tokens=cfg.max_new_tokens,
+        spectrum=cfg.spectrum,
+        rule_config=load_rule_config(cfg.rules_config) if cfg.rules_config else RuleConfig(),
+        pass_config=DeltaPassConfig(fmt=fmt, layers=cfg.layers, max_length=cfg.max_length, seed=seed),
+    )
+
+
+def needs_models(runner: LayerDiff) -> bool:
+    """Weight deltas stream from the checkpoints; every other analysis needs both models loaded."""
+    return list(runner.analyses) != ["weights"]
+
+
+def diff(
+    base: Any,
+    variant: Any,
+    cfg: DiffConfig,
+    out_dir: str | Path,
+    *,
+    fmt: str,
+    base_spec: str,
+    variant_spec: str,
+    seed: int = 0,
+    label: str | None = None,
+    runner: LayerDiff | None = None,
+    data_texts: Sequence[DiffText],
+    texts_file: str = "texts.jsonl",
+    earlier: Sequence[VariantDiff] = (),
+    progress: Callable[[str, int], Any] | None = None,
+) -> DiffStage:
+    """Compare ``base`` with ``variant`` (loaded models; None when only weights are diffed) and save into ``out_dir``:
+    ``<analysis>.json`` (+ .parquet, .png) for every result, and ``texts_file`` with the texts the logit analyses read.
+    ``data_texts``: the data file's texts (:func:`~.delta_pass.texts_from_source`); ``label`` names the variant in the
+    entries (default: ``variant_spec``)."""
+    out_dir = Path(out_dir)
+    runner = runner if runner is not None else diff_runner(cfg, fmt=fmt, seed=seed)
+    result = runner.run(base, variant, data_texts, base_spec=base_spec, variant_spec=variant_spec, progress=progress)
+    if label is not None:
+        for res in result.results.values():
+            for entry in res.entries:
+                entry["variant"] = label
+    if result.texts:
+        atomic_write_jsonl(
+            out_dir / texts_file,
+            [
+                {"instruction": t.instruction, "response": t.response, "origin": t.origin, "instruction_index": t.instruction_index}
+                for t in result.texts
+            ],
+        )
+    merged = merge_results([*earlier, result])
+    for res in merged.values():
+        res.save(out_dir)
+    return DiffStage(result, merged)
