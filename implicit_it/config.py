@@ -172,15 +172,22 @@ RULE_SETS: dict[RuleSetName, tuple[str, ...]] = {
 RULE_SET_NAMES: tuple[RuleSetName, ...] = get_args(RuleSetName)
 
 
-class RunGenerateConfig(_Strict):
-    """Greedy generations of every system (base, variants, rule adapter and its ablations)."""
+class GenerateConfig(_Strict):
+    """Greedy decoding (``iit generate``, ``iit eval ifeval/ifsuite --model`` and the pipeline's generate steps)."""
+
+    max_new_tokens: int = Field(default=512, gt=0, description="token budget per response")
+    batch_size: int = Field(default=8, gt=0, description="prompts decoded together (left-padded, KV-cached)")
+
+
+class RunGenerateConfig(GenerateConfig):
+    """Greedy generations of every system (base, variants, rule adapter and its ablations); ``max_new_tokens`` is the
+    cap of every system without its own entry in ``max_new_tokens_by_system``."""
 
     ifsuite_prompts: int | None = Field(
         default=None, gt=0, description="judge-free suite prompts, round-robin over categories; None = all 136"
     )
     instructions: str | None = Field(default=None, description="a second instruction set (e.g. AlpacaEval's 805) for the judge")
     instructions_limit: int | None = Field(default=None, gt=0)
-    max_new_tokens: int = Field(default=512, gt=0, description="the cap of every system without its own entry below")
     max_new_tokens_by_system: dict[str, PositiveInt] = Field(
         default_factory=dict,
         description=(
@@ -189,7 +196,6 @@ class RunGenerateConfig(_Strict):
             " only its no-EOS ablation, at 512 (configs/llama2-7b.yaml: {rules-no_eos: 512})."
         ),
     )
-    batch_size: int = Field(default=8, gt=0)
     rule_sets: list[RuleSetName] = Field(
         default=list(RULE_SET_NAMES),
         description='rule-adapter systems: "all" (eos,uniform,diversity) and the paper\'s ablations (one rule removed)',

@@ -125,6 +125,15 @@ def parse_rules(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def rule_config_from(rules: str | None, rules_config: str | Path | None) -> RuleConfig | None:
+    """The adapter a command asks for: ``--rules-config`` constants (else the paper's) with ``--rules`` switched on;
+    None when neither is given (no adapter)."""
+    if rules is None and rules_config is None:
+        return None
+    cfg = load_rule_config(rules_config) if rules_config is not None else RuleConfig()
+    return cfg.with_rules(parse_rules(rules)) if rules is not None else cfg
+
+
 def load_rule_config(path: str | Path) -> RuleConfig:
     path = Path(path)
     try:

@@ -20,6 +20,13 @@ from implicit_it.errors import ImplicitItError
 
 console = Console(stderr=True)
 
+
+class VERBOSE:
+    """``iit --verbose``: set by the app's callback; user errors then keep their traceback as well."""
+
+    on = False
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ImplicitItError,
     ValueError,  # pydantic's ValidationError is one
@@ -30,6 +37,19 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Options that many commands share: declared once.
+FORMAT_OPTION = typer.Option("tulu", "--format", "-f", help="Chat format: tulu (the paper's), native (instruct models' own template), ...")
+RULES_OPTION = typer.Option(
+    None,
+    "--rules",
+    help="Combine the model with the paper's rule adapter: 'all' (= eos,uniform,diversity), "
+    "or any subset of eos,uniform,diversity,start. Off by default.",
+)
+RULES_CONFIG_OPTION = typer.Option(None, "--rules-config", help="YAML with rule constants (see configs/rules/paper.yaml).")
+DTYPE_OPTION = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")
+DEVICE_OPTION = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available).")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
 def error_message(exc: BaseException) -> str:
@@ -56,6 +76,8 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as exc:
+            if VERBOSE.on:  # `iit -v`: the traceback too (a ValueError may also be a bug)
+                raise
             fail(exc)
 
     return wrapper  # type: ignore[return-value]

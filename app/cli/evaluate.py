@@ -10,22 +10,25 @@ from typing import Optional
 
 import typer
 
-from .common import command_line, console, user_errors
+from implicit_it.config import GenerateConfig
+
+from .common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    FORMAT_OPTION,
+    QUIET_OPTION,
+    RULES_CONFIG_OPTION,
+    RULES_OPTION,
+    command_line,
+    console,
+    user_errors,
+)
+from .generating import ModelRequest
+from .options import stage_options
 
 eval_app = typer.Typer(
     help="Evaluate instruction following: AlpacaEval (judged), IF suite and behaviour (judge-free), similarity.", no_args_is_help=True
 )
-
-# Options shared by the generating commands (ifeval, ifsuite): one declaration each.
-FORMAT_OPTION = typer.Option("tulu", "--format", "-f", help="Chat format: tulu (the paper's), native (instruct models' own template), ...")
-RULES_OPTION = typer.Option(
-    None, "--rules", help="Generate with the paper's rule adapter: 'all' or a subset of eos,uniform,diversity,start."
-)
-RULES_CONFIG_OPTION = typer.Option(None, "--rules-config", help="YAML with rule constants (see configs/rules/paper.yaml).")
-BATCH_SIZE_OPTION = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together.")
-DTYPE_OPTION = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")
-DEVICE_OPTION = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available).")
-QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
 def _save_behaviour(out: Path, outputs, label: str) -> dict:
@@ -159,65 +162,29 @@ def alpaca(
     console.print(f"wrote {out}/alpaca_eval.json (+ .parquet, .png), annotations.json, manifest.json", highlight=False)
 
 
-def _generate_outputs(
-    out: Path,
-    instructions: list[str],
-    dataset: str,
-    *,
-    model: str,
-    fmt: str,
-    rules: Optional[str],
-    rules_config: Optional[Path],
-    max_new_tokens: int,
-    batch_size: int,
-    dtype: Optional[str],
-    device: Optional[str],
-    quiet: bool,
-):
-    """Greedy responses of ``model`` (optionally with the rule adapter), written to ``out/outputs.json`` first.
+def _model_or_outputs(model: str | None, outputs: Path | None) -> None:
+    if (model is None) == (outputs is None):
+        raise ValueError("give --model (generate, then score) or --outputs (score given responses)")
+
+
+def _generate_outputs(out: Path, instructions: list[str], dataset: str, request: ModelRequest, cfg: GenerateConfig):
+    """Greedy responses of the requested model (optionally with the rule adapter), written to ``out/outputs.json`` first.
 
     Returns (outputs, label, model description, generation config) for the caller's scoring and manifest."""
     from implicit_it.evaluation import ModelOutput
-    from implicit_it.formats import get_format
-    from implicit_it.generation import generate_responses
     from implicit_it.io import atomic_write_json
-    from implicit_it.models import load_model
-    from implicit_it.rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
 
-    chat_format = get_format(fmt)
-    rule_cfg = None
-    if rules is not None or rules_config is not None:
-        rule_cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
-        if rules is not None:
-            rule_cfg = rule_cfg.with_rules(parse_rules(rules))
-    loaded = load_model(model, dtype=dtype, device=device)
-    adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
-    results, stats = generate_responses(
-        loaded,
-        instructions,
-        fmt=chat_format,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        show_progress=not quiet,
-        logits_processor_factory=adapter.logits_processor if adapter is not None else None,
-    )
-    label = f"{model}+rules({','.join(adapter.rules)})" if adapter is not None else model
-    outputs = [ModelOutput(r.instruction, r.output, label, dataset, r.stopped) for r in results]
+    gen = request.generate(instructions, cfg)
+    outputs = [ModelOutput(r.instruction, r.output, gen.label, dataset, r.stopped) for r in gen.results]
     atomic_write_json(Path(out) / "outputs.json", [o.to_json() | {"ended_with_eos": o.ended_with_eos} for o in outputs])
-    gen_config = {
-        "format": chat_format.name,
-        "max_new_tokens": max_new_tokens,
-        "batch_size": batch_size,
-        "decoding": "greedy",
-        "rules": rule_cfg.model_dump(mode="json") if adapter is not None else None,
-        "tokens_per_second": round(stats.tokens_per_second, 2),
-    }
-    return outputs, label, loaded.describe(), gen_config
+    return outputs, gen.label, gen.loaded.describe(), gen.config(cfg)
 
 
 @eval_app.command("ifeval")
 @user_errors
+@stage_options(GenerateConfig)
 def ifeval(
+    cfg: GenerateConfig,
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
     outputs: Optional[Path] = typer.Option(
@@ -232,8 +199,6 @@ def ifeval(
     fmt: str = FORMAT_OPTION,
     rules: Optional[str] = RULES_OPTION,
     rules_config: Optional[Path] = RULES_CONFIG_OPTION,
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Token budget per response."),
-    batch_size: int = BATCH_SIZE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
     device: Optional[str] = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -245,27 +210,14 @@ def ifeval(
 
     t0 = time.perf_counter()
     described, gen_config = None, None
-    if (model is None) == (outputs is None):
-        raise ValueError("give --model (generate, then score) or --outputs (score given responses)")
+    _model_or_outputs(model, outputs)
     prompts = load_ifeval(data, limit=limit, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     if outputs is not None:
         stage = ifeval_stage(prompts, read_ifeval_responses(outputs), out, model=outputs.stem, seed=seed)
     else:
-        scored, label, described, gen_config = _generate_outputs(
-            out,
-            [p.prompt for p in prompts],
-            "ifeval",
-            model=model,
-            fmt=fmt,
-            rules=rules,
-            rules_config=rules_config,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            dtype=dtype,
-            device=device,
-            quiet=quiet,
-        )
+        request = ModelRequest(model, fmt, rules, rules_config, dtype, device, quiet)
+        scored, label, described, gen_config = _generate_outputs(out, [p.prompt for p in prompts], "ifeval", request, cfg)
         texts = [o.output for o in scored]
         stage = ifeval_stage(prompts, texts, out, model=label, seed=seed, outputs=(texts, [o.ended_with_eos for o in scored]))
     summary = stage.result.entries[0]
@@ -293,7 +245,9 @@ def ifeval(
 
 @eval_app.command("ifsuite")
 @user_errors
+@stage_options(GenerateConfig)
 def ifsuite(
+    cfg: GenerateConfig,
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
     outputs: Optional[Path] = typer.Option(None, "--outputs", help="Score these AlpacaEval-format outputs instead of generating."),
@@ -302,8 +256,6 @@ def ifsuite(
     rules_config: Optional[Path] = RULES_CONFIG_OPTION,
     suite: Optional[Path] = typer.Option(None, "--suite", help="Prompts JSONL (default: the packaged suite)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N prompts, taken round-robin over categories."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Token budget per response."),
-    batch_size: int = BATCH_SIZE_OPTION,
     dtype: Optional[str] = DTYPE_OPTION,
     device: Optional[str] = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -314,8 +266,7 @@ def ifsuite(
 
     t0 = time.perf_counter()
     described, gen_config = None, None
-    if (model is None) == (outputs is None):
-        raise ValueError("give --model (generate, then score) or --outputs (score given outputs)")
+    _model_or_outputs(model, outputs)
     prompts = load_suite(suite, limit=limit)
     if outputs is not None:
         given = read_model_outputs(outputs)
@@ -324,20 +275,8 @@ def ifsuite(
         responses = {k: v.output for k, v in by_instruction.items()}
         scored = [by_instruction[p.instruction] for p in prompts if p.instruction in by_instruction]
     else:
-        scored, label, described, gen_config = _generate_outputs(
-            out,
-            [p.instruction for p in prompts],
-            "ifsuite",
-            model=model,
-            fmt=fmt,
-            rules=rules,
-            rules_config=rules_config,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            dtype=dtype,
-            device=device,
-            quiet=quiet,
-        )
+        request = ModelRequest(model, fmt, rules, rules_config, dtype, device, quiet)
+        scored, label, described, gen_config = _generate_outputs(out, [p.instruction for p in prompts], "ifsuite", request, cfg)
         responses = [o.output for o in scored]
     stage = ifsuite_stage(prompts, responses, out, model=label, outputs=([o.output for o in scored], [o.ended_with_eos for o in scored]))
     behaviour = stage.behaviour

@@ -5,16 +5,31 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from implicit_it.config import DiffConfig, ProbeConfig, RankConfig
+from implicit_it.config import DiffConfig, GenerateConfig, ProbeConfig, RankConfig
 from implicit_it.lists import parse_list
 
-from .common import USER_ERRORS, command_line, console, naming, slug, user_errors
+from .common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    FORMAT_OPTION,
+    QUIET_OPTION,
+    RULES_CONFIG_OPTION,
+    RULES_OPTION,
+    USER_ERRORS,
+    VERBOSE,
+    command_line,
+    console,
+    naming,
+    slug,
+    user_errors,
+)
+from .generating import generate_with
 from .options import stage_options
 
 app = typer.Typer(
@@ -35,8 +50,9 @@ app.add_typer(config_app, name="config")
 
 
 @app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs and progress bars.")) -> None:
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs, progress bars and the traceback of user errors too.")) -> None:
     """Keep the terminal for our own progress: silence transformers' per-load bars and warnings."""
+    VERBOSE.on = verbose
     if not verbose:
         import logging
 
@@ -49,59 +65,48 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show lib
 
 @app.command()
 @user_errors
+@stage_options(GenerateConfig)
 def generate(
+    cfg: GenerateConfig,
     instructions: Path = typer.Option(
         ..., "--instructions", "-i", help="Instructions: {'instruction'} JSONL, AlpacaEval JSON list, or chat JSONL."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write AlpacaEval-format records (JSON list), atomically."),
     model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Model SPEC."),
-    fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format: tulu, ab_tags, empty_instruction, native."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Token budget per response."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts decoded together (left-padded, KV-cached)."),
+    fmt: str = FORMAT_OPTION,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N instructions."),
     generator: Optional[str] = typer.Option(None, "--generator", help="Name written in each record (default: the model spec)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available)."),
-    rules: Optional[str] = typer.Option(
-        None,
-        "--rules",
-        help="Combine the model with the paper's rule adapter: 'all' (= eos,uniform,diversity), "
-        "or any subset of eos,uniform,diversity,start. Off by default.",
-    ),
-    rules_config: Optional[Path] = typer.Option(None, "--rules-config", help="YAML with rule constants (see configs/rules/paper.yaml)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    dtype: Optional[str] = DTYPE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    rules: Optional[str] = RULES_OPTION,
+    rules_config: Optional[Path] = RULES_CONFIG_OPTION,
+    quiet: bool = QUIET_OPTION,
 ) -> None:
     """Greedy-decode responses for a file of instructions (batched, KV-cached), optionally with the rule adapter."""
     from implicit_it.data import read_instructions
-    from implicit_it.formats import get_format
-    from implicit_it.generation import alpaca_eval_records, generate_responses, write_outputs
+    from implicit_it.generation import alpaca_eval_records, write_outputs
     from implicit_it.manifest import build_manifest, write_manifest
-    from implicit_it.models import load_model
-    from implicit_it.rules import RuleAdapter, RuleConfig, load_rule_config, parse_rules
 
-    chat_format = get_format(fmt)
     items = read_instructions(instructions, limit=limit)
-    rule_cfg = None
-    if rules is not None or rules_config is not None:
-        rule_cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
-        if rules is not None:
-            rule_cfg = rule_cfg.with_rules(parse_rules(rules))
-    t0 = time.perf_counter()
-    loaded = load_model(model, dtype=dtype, device=device)
-    load_s = time.perf_counter() - t0
-    adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
-    if adapter is not None and not quiet:
-        console.print("rule tokens:\n  " + "\n  ".join(adapter.report()), highlight=False)
-    results, stats = generate_responses(
-        loaded,
+
+    def show_rule_tokens(adapter: Any) -> None:
+        if not quiet:
+            console.print("rule tokens:\n  " + "\n  ".join(adapter.report()), highlight=False)
+
+    gen = generate_with(
+        model,
         [it.instruction for it in items],
-        fmt=chat_format,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        show_progress=not quiet,
-        logits_processor_factory=adapter.logits_processor if adapter is not None else None,
+        cfg,
+        fmt=fmt,
+        rules=rules,
+        rules_config=rules_config,
+        dtype=dtype,
+        device=device,
+        quiet=quiet,
+        on_adapter=show_rule_tokens,
     )
-    name = generator or (f"{model}+rules({','.join(adapter.rules)})" if adapter is not None else model)
+    results, stats, loaded = gen.results, gen.stats, gen.loaded
+    name = generator or gen.label
     records = alpaca_eval_records(results, name, [it.dataset for it in items])
     write_outputs(out, records)
     n_stopped = sum(r.stopped for r in results)
@@ -109,18 +114,7 @@ def generate(
         out,
         build_manifest(
             command=command_line(),
-            config={
-                "model": model,
-                "format": chat_format.name,
-                "max_new_tokens": max_new_tokens,
-                "batch_size": batch_size,
-                "instructions": str(instructions),
-                "limit": limit,
-                "generator": name,
-                "decoding": "greedy",
-                "rules": rule_cfg.model_dump(mode="json") if adapter is not None else None,
-                "rule_tokens": [vars(r) for r in adapter.resolved] if adapter is not None else None,
-            },
+            config={"model": model, **gen.config(cfg), "instructions": str(instructions), "limit": limit, "generator": name},
             seed=None,
             model=loaded.describe(),
             data_files=[instructions],
@@ -131,13 +125,13 @@ def generate(
                 "tokens_per_second": round(stats.tokens_per_second, 2),
                 "per_record": [{"n_tokens": len(r.token_ids), "ended_with_eos": r.stopped} for r in results],
             },
-            timings={"load_model": round(load_s, 2), "generate": round(stats.seconds, 2)},
+            timings={"load_model": round(gen.load_seconds, 2), "generate": round(stats.seconds, 2)},
         ),
     )
     console.print(
         f"wrote {len(records)} records to {out} ({n_stopped} ended with EOS; "
         f"{stats.n_new_tokens} tokens in {stats.seconds:.1f}s = {stats.tokens_per_second:.1f} tok/s; "
-        f"model {loaded.source.display_name}, loaded in {load_s:.1f}s from {loaded.loaded_from})",
+        f"model {loaded.source.display_name}, loaded in {gen.load_seconds:.1f}s from {loaded.loaded_from})",
         highlight=False,
     )
 
@@ -332,9 +326,6 @@ def _each_model(
 
 MODELS_OPTION = typer.Option(..., "--model", "-m", help="Model SPEC; repeat to compare models side by side.")
 FORMATS_OPTION = typer.Option(["tulu"], "--format", "-f", help="Chat format; once for all models or once per --model.")
-DTYPE_OPTION = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")
-DEVICE_OPTION = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available).")
-QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 
 
 @app.command()

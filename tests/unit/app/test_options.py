@@ -9,17 +9,40 @@ from typer.testing import CliRunner
 from implicit_it.app.cli.common import user_errors
 from implicit_it.app.cli.main import app
 from implicit_it.app.cli.options import PREFIX, build_config, field_options, kebab, stage_options
-from implicit_it.config import DiffConfig, ProbeConfig, RankConfig, RunDiffConfig, RunProbeConfig, RunRankConfig
+from implicit_it.config import (
+    DiffConfig,
+    GenerateConfig,
+    ProbeConfig,
+    RankConfig,
+    RunDiffConfig,
+    RunGenerateConfig,
+    RunProbeConfig,
+    RunRankConfig,
+)
 from implicit_it.errors import ConfigError
 
 runner = CliRunner()
-STAGES = {"rank": RankConfig, "probe": ProbeConfig, "diff": DiffConfig}
+STAGES = {
+    "rank": RankConfig,
+    "probe": ProbeConfig,
+    "diff": DiffConfig,
+    "generate": GenerateConfig,
+    "eval ifeval": GenerateConfig,
+    "eval ifsuite": GenerateConfig,
+}
+
+
+def _command(path: str):
+    command = typer.main.get_command(app)
+    for part in path.split():
+        command = command.commands[part]
+    return command
 
 
 @pytest.mark.parametrize("command", sorted(STAGES))
 def test_every_stage_field_is_an_option_with_the_configs_default(command):
     model = STAGES[command]
-    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    params = {p.name: p for p in _command(command).params}
     options = field_options(model)
     assert set(options) == set(model.model_fields)  # no stage field is left to --set only
     for name, opt in options.items():
@@ -35,6 +58,8 @@ def test_run_blocks_are_the_stage_configs_plus_pipeline_fields():
     for run_block, stage in ((RunRankConfig, RankConfig), (RunProbeConfig, ProbeConfig), (RunDiffConfig, DiffConfig)):
         assert issubclass(run_block, stage)
         assert set(run_block.model_fields) - set(stage.model_fields) <= {"enabled", "systems"}
+    assert issubclass(RunGenerateConfig, GenerateConfig)  # plus the study's prompt sets, per-system caps and rule sets
+    for stage in set(STAGES.values()):
         assert all(stage.model_fields[n].description for n in stage.model_fields), stage.__name__
 
 
@@ -120,3 +145,11 @@ def test_config_error_path_with_markup_prints_literally(tmp_path):
     res = runner.invoke(app, ["config", "validate", str(bad)])
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
     assert str(bad) in res.output and "training.overlong" in res.output and "training.save_steps" in res.output
+
+
+def test_verbose_keeps_the_traceback_of_a_user_error(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    res = runner.invoke(app, ["config", "validate", str(missing)])
+    assert res.exit_code == 2 and res.exception is not None and isinstance(res.exception, SystemExit)
+    res = runner.invoke(app, ["-v", "config", "validate", str(missing)])
+    assert res.exit_code == 1 and isinstance(res.exception, ConfigError)
