@@ -32,24 +32,6 @@ from .io import atomic_write, atomic_write_json
 RESULT_FORMAT = 1  # the envelope's version (``format``)
 
 
-class ResultJSON(dict[str, Any]):
-    """The envelope of :meth:`AnalysisResult.to_json`. For callers written when a single-model
-    result's JSON was its bare entry, a key the envelope lacks is read from that one entry
-    (``result.to_json()["strict_accuracy"]``); new code reads :meth:`AnalysisResult.summary`."""
-
-    def __missing__(self, key: str) -> Any:
-        results = dict.get(self, "results")
-        if isinstance(results, list) and len(results) == 1 and isinstance(results[0], dict) and key in results[0]:
-            return results[0][key]
-        raise KeyError(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-
 def entries_of(data: Any) -> list[dict[str, Any]]:
     """The entries of a result's JSON: the envelope, the older ``{"results": [...]}``, or one bare entry."""
     if isinstance(data, dict) and isinstance(data.get("results"), list) and ("analysis" in data or set(data) <= {"results"}):
@@ -75,9 +57,7 @@ class AnalysisResult(ABC):
     def to_json(self) -> dict[str, Any]:
         """The envelope (see the module docstring)."""
         cls = _registered_or(self.name, type(self))
-        return ResultJSON(
-            {"analysis": self.name, "format": RESULT_FORMAT, "class": f"{cls.__module__}:{cls.__qualname__}", "results": self.entries}
-        )
+        return {"analysis": self.name, "format": RESULT_FORMAT, "class": f"{cls.__module__}:{cls.__qualname__}", "results": self.entries}
 
     @classmethod
     def from_json(cls: type[R], data: Any) -> R:
@@ -113,7 +93,7 @@ class AnalysisResult(ABC):
     def save(self, out_dir: str | Path) -> list[Path]:
         """``<name>.json``, ``<name>.parquet`` and ``<name>.png`` in ``out_dir``, each written atomically."""
         out_dir = Path(out_dir)
-        paths = [atomic_write_json(out_dir / f"{self.name}.json", dict(self.to_json()))]
+        paths = [atomic_write_json(out_dir / f"{self.name}.json", self.to_json())]
         paths.append(write_parquet(out_dir / f"{self.name}.parquet", self.to_frame()))
         paths.append(save_figure(out_dir / f"{self.name}.png", self.plot()))
         return paths
