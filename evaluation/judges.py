@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +39,32 @@ ANSWER_TOKENS = ("m", "M")
 
 class JudgeUnavailable(ImplicitItError):
     """The judge cannot be used (no key, server down, model missing); raised before any work."""
+
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_WARNED_PLAIN_HTTP: set[str] = set()
+
+
+def api_key_set() -> bool:
+    return bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEYS"))
+
+
+def warn_if_key_in_clear(url: str) -> bool:
+    """An API key about to travel in clear text (plain ``http://`` to a host other than this machine): warn once per
+    URL, loudly, on stderr. Returns whether it warned now."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or (parts.hostname or "").lower() in LOCAL_HOSTS or not api_key_set() or url in _WARNED_PLAIN_HTTP:
+        return False
+    _WARNED_PLAIN_HTTP.add(url)
+    print(
+        f"WARNING: the judge URL {url} is plain http on another host: OPENAI_API_KEY is sent to it unencrypted. "
+        "Use https, an SSH tunnel to localhost, or unset OPENAI_API_KEY for a server that needs no key.",
+        file=sys.stderr,
+        flush=True,
+    )
+    return True
 
 
 def _clf_prompt_path() -> Path:
@@ -147,8 +174,10 @@ class Judge:
                 # a config path that cannot exist, so alpaca_eval builds the client from openai_api_base
                 "client_config_path": str(judge_dir / "no_client_config.yaml"),
             }
-            if not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEYS")):
+            if not api_key_set():
                 completions["openai_api_keys"] = ["EMPTY"]  # local servers accept any key; a real key is never written
+            else:
+                warn_if_key_in_clear(self.target)  # alpaca_eval's client sends the key with every request
             config = _logprob_annotator(self.annotator_name, completions, _clf_prompt_path())
         else:
             prompt, special = render_local_prompt(self.target)
@@ -168,6 +197,8 @@ def parse_judge(spec: str, model_name: str | None = None) -> Judge:
     if spec in ("gpt4_turbo", GPT4_TURBO):
         return Judge("gpt4_turbo", GPT4_TURBO)
     if spec.startswith(("http://", "https://")):
+        if not spec.split("://", 1)[1].strip("/"):
+            raise ValueError(f"--judge {spec!r}: the URL names no server (e.g. http://localhost:8000/v1)")
         return Judge("openai_compatible", spec.rstrip("/"), model_name)
     if spec.startswith("local:") and spec[len("local:") :].strip():
         return Judge("local", spec[len("local:") :].strip(), fn_completions=local_logprob_completions)
@@ -179,6 +210,7 @@ def parse_judge(spec: str, model_name: str | None = None) -> Judge:
 
 def list_served_models(base_url: str, timeout: float = 5.0) -> list[str]:
     """``GET {base_url}/models`` of an OpenAI-compatible server; an unreachable server is JudgeUnavailable."""
+    warn_if_key_in_clear(base_url)
     req = urllib.request.Request(
         base_url.rstrip("/") + "/models", headers={"Authorization": "Bearer " + os.environ.get("OPENAI_API_KEY", "EMPTY")}
     )

@@ -4,10 +4,19 @@ Unknown keys and wrong types are errors (``extra="forbid"``): a misspelt hyperpa
 silently falls back to a default would produce a different experiment than the one written
 down. Errors name the file and the dotted field path. Relative data paths are resolved against
 the current working directory (run ``iit`` from the repository root for the shipped configs).
+
+Validation happens in two layers. The schema (:func:`parse_config`) checks every value on its own, with no file
+system: types, finite positive numbers (``inf``/``nan`` are refused everywhere), layer and vocabulary specs, device
+strings, distinct seeds and epoch counts, and a ``name`` that is one safe path component. :func:`check_config` then
+checks what needs the machine: every data file the run reads exists (and is a file), the model spec resolves (a hub
+id is only checked for syntax) and a rule-constants file parses. ``iit config validate`` and ``iit run`` run both,
+and the study plan, before any work.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -19,15 +28,89 @@ from .formats import FORMATS
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding (and others) take 32-bit seeds
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_device(v: str | None) -> str | None:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps``; ``auto`` or None: CUDA when available, else CPU (returned as None)."""
+    if v is None or v.strip().lower() == "auto":
+        return None
+    if not _DEVICE.fullmatch(v.strip()):
+        raise ValueError(f"unknown device {v!r}: use cpu, cuda, cuda:N, mps or auto")
+    return v.strip()
+
+
+def check_vocab(v: str) -> str:
+    """``all`` or ``frequent:K`` (K > 0): the syntax the analyses' ``parse_vocab`` reads."""
+    kind, _, k = v.partition(":")
+    if v != "all" and (kind != "frequent" or not k.isdigit() or int(k) < 1):
+        raise ValueError(f"expected 'all' or 'frequent:K' (K > 0), got {v!r}")
+    return v
+
+
+def check_layers(v: str | None) -> str | None:
+    """The syntax of a layer spec ('all', 'every:N', '0,4,8-12'); the range is checked against the model later."""
+    from .lens import check_layer_spec
+
+    try:
+        return check_layer_spec(v)
+    except ValueError as exc:
+        raise ValueError(str(exc).removeprefix("layers: ")) from None
+
+
+def check_epoch_grid(v: list[float]) -> list[float]:
+    """At least one epoch count; each finite and > 0; no repeats (each grid point is one training run)."""
+    if not v:
+        raise ValueError("give at least one epoch count")
+    bad = [x for x in v if not (math.isfinite(x) and x > 0)]
+    if bad:
+        raise ValueError(f"epoch counts must be finite numbers > 0, got {bad}")
+    if len(set(v)) != len(v):
+        raise ValueError(f"epoch counts must be distinct, got {v}")
+    return v
+
+
+def check_path_text(v: str | None) -> str | None:
+    """A path or ``hub:`` source as text: not empty, no control characters (existence: :func:`check_config`)."""
+    if v is not None and (not v.strip() or _CONTROL.search(v)):
+        raise ValueError(f"expected a path, got {v!r}")
+    return v
+
+
+def check_hub_source(v: str) -> str:
+    """A chat data source: a path, or ``hub:<source>`` with a source :mod:`implicit_it.sources` converts."""
+    check_path_text(v)
+    if v.startswith("hub:"):
+        from .sources import SOURCES
+
+        if v.removeprefix("hub:") not in SOURCES:
+            raise ValueError(f"unknown hub source {v!r}; choose one of {sorted('hub:' + s for s in SOURCES)}")
+    return v
 
 
 class ModelConfig(_Strict):
     spec: str = "gemma-3-270m"
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(default=None, description="None: fp32 on CPU, bf16 on GPU")
-    device: str | None = None
+    device: str | None = Field(default=None, description="cpu, cuda, cuda:N, mps; auto or None: CUDA when available")
     device_map: str | None = None
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = "eager"
+
+    @field_validator("spec")
+    @classmethod
+    def _spec_text(cls, v: str) -> str:
+        if not v.strip() or _CONTROL.search(v):
+            raise ValueError(f"expected a model spec (embedded name, .gguf file, HF directory or hub id), got {v!r}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        return check_device(v)
 
 
 class DataConfig(_Strict):
@@ -59,6 +142,31 @@ class DataConfig(_Strict):
         ),
     )
     multi_turn: bool = True
+
+    @field_validator("train")
+    @classmethod
+    def _train_source(cls, v: str) -> str:
+        return check_hub_source(v)
+
+    @field_validator("validation")
+    @classmethod
+    def _validation_path(cls, v: str | None) -> str | None:
+        return check_path_text(v)
+
+    @field_validator("single_task")
+    @classmethod
+    def _single_task_sources(cls, v: dict[str, str]) -> dict[str, str]:
+        from .sources import SOURCES
+
+        tasks = sorted(set(SOURCES) - {"lima"})
+        for task, source in v.items():
+            if task not in tasks:
+                raise ValueError(f"unknown single task {task!r}; choose from {tasks}")
+            try:
+                check_hub_source(source)
+            except ValueError as exc:
+                raise ValueError(f"{task}: {exc}") from None
+        return v
 
 
 class LoraConfig(_Strict):
@@ -138,11 +246,14 @@ class TrainingConfig(_Strict):
         """The epoch count of one variant (``epochs_by_variant`` overrides ``epochs``)."""
         return self.epochs_by_variant.get(variant_name, self.epochs)
 
+    @field_validator("epoch_grid")
+    @classmethod
+    def _epoch_grid(cls, v: list[float]) -> list[float]:
+        return check_epoch_grid(v)
+
     @field_validator("epochs_by_variant")
     @classmethod
     def _known_variant_names(cls, v: dict[str, float]) -> dict[str, float]:
-        import math
-
         for name, epochs in v.items():
             kind, _, task = name.partition("-")
             if kind not in ("instruction", "response", "single_task") or (kind == "single_task") != bool(task):
@@ -202,6 +313,11 @@ class RunGenerateConfig(GenerateConfig):
     )
     samples: int = Field(default=4, ge=0, description="generations shown side by side in the report")
 
+    @field_validator("instructions")
+    @classmethod
+    def _instructions_path(cls, v: str | None) -> str | None:
+        return check_path_text(v)
+
 
 RANKING_DATA = "../shared/data/lima/val_reference_gpt35.json"
 
@@ -225,6 +341,16 @@ class RankConfig(_Strict):
     )
     batch_tokens: int = Field(default=4096, ge=64, description="Padded tokens per forward batch.")
     bootstrap: int = Field(default=2000, ge=100, description="Cluster-bootstrap resamples for the 95% CI.")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: str | None) -> str | None:
+        return check_layers(v)
+
+    @field_validator("data")
+    @classmethod
+    def _data_path(cls, v: str) -> str:
+        return check_path_text(v) or v
 
 
 class RunRankConfig(RankConfig):
@@ -259,6 +385,16 @@ class ProbeConfig(_Strict):
         if not v:
             raise ValueError("give at least one")
         return list(dict.fromkeys(v))
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: str) -> str:
+        return check_layers(v) or v
+
+    @field_validator("data")
+    @classmethod
+    def _data_path(cls, v: str) -> str:
+        return check_path_text(v) or v
 
 
 class RunProbeConfig(ProbeConfig):
@@ -307,6 +443,21 @@ class DiffConfig(_Strict):
             raise ValueError("give at least one")
         return list(dict.fromkeys(v))
 
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: str) -> str:
+        return check_layers(v) or v
+
+    @field_validator("vocab")
+    @classmethod
+    def _vocab(cls, v: str) -> str:
+        return check_vocab(v)
+
+    @field_validator("data", "rules_config")
+    @classmethod
+    def _paths(cls, v: str | None) -> str | None:
+        return check_path_text(v)
+
 
 class RunDiffConfig(DiffConfig):
     """``run.diff``: the diff stage's config (every variant against the base)."""
@@ -341,9 +492,15 @@ class RunEvalConfig(_Strict):
     )
     lc_data: str | None = Field(default=None, description="folder with alpaca_eval's df_gamed.csv, for length control")
 
+    @field_validator("judge", "judge_model", "reference", "lc_data")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        return check_path_text(v)
+
     @field_validator("ifeval_data")
     @classmethod
     def _ifeval_source(cls, v: str) -> str:
+        check_path_text(v)
         if v.startswith("hub:") and v != "hub:ifeval":
             raise ValueError(f"unknown hub source {v!r}: IFEval comes from a local input_data.jsonl or hub:ifeval")
         return v
@@ -352,7 +509,7 @@ class RunEvalConfig(_Strict):
 class RunConfig(_Strict):
     """What ``iit run`` does after training: one block per stage."""
 
-    seeds: list[int] | None = Field(default=None, description="training seeds (None: [seed]); `iit run --seeds 1..5` overrides")
+    seeds: list[int] | None = Field(default=None, description="distinct training seeds (None: [seed]); `iit run --seeds 1..5` overrides")
     accelerate_config: str | None = Field(
         default=None,
         description=(
@@ -368,6 +525,25 @@ class RunConfig(_Strict):
     diff: RunDiffConfig = Field(default_factory=RunDiffConfig)
     eval: RunEvalConfig = Field(default_factory=RunEvalConfig)
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("give at least one seed (or leave it out: the config's seed)")
+        bad = [s for s in v if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise ValueError(f"seeds must be integers from 0 to {MAX_SEED}, got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct, got {v} (each seed is one training run)")
+        return v
+
+    @field_validator("accelerate_config")
+    @classmethod
+    def _accelerate_path(cls, v: str | None) -> str | None:
+        return check_path_text(v)
+
     @model_validator(mode="after")
     def _judge_needs_instructions(self) -> "RunConfig":
         if self.eval.judge is not None and self.generate.instructions is None:
@@ -378,14 +554,24 @@ class RunConfig(_Strict):
 class ExperimentConfig(_Strict):
     """One experiment: a base model, its data, and how each stage runs."""
 
-    name: str
-    seed: int = 0
+    name: str = Field(description="the study's name: one path component (runs/study/<name>)")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     format: str = "tulu"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     notes: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or v in (".", "..") or "/" in v or "\\" in v or _CONTROL.search(v) or len(v.encode("utf-8")) > 200:
+            raise ValueError(
+                f"{v!r} is not a safe name: it names the run directory (runs/study/<name>), so it must be one path component "
+                "(no '/', '\\', control characters, not '.' or '..', at most 200 bytes)"
+            )
+        return v
 
     @field_validator("format")
     @classmethod
@@ -420,6 +606,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
     try:
@@ -429,3 +617,76 @@ def load_config(path: str | Path) -> ExperimentConfig:
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise ConfigError(f"{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
     return parse_config(data, str(path))
+
+
+def _file_problem(field: str, path: str, hint: str = "") -> str | None:
+    """``field: path: ...`` when ``path`` is not a readable file, else None."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return None
+    what = "is a directory, not a file" if p.is_dir() else "file not found"
+    return f"{field}: {path}: {what}{hint}"
+
+
+def config_paths(cfg: ExperimentConfig) -> dict[str, str]:
+    """Every local file the study reads, by field (``hub:`` sources and unused stages left out)."""
+    run, d = cfg.run, cfg.data
+    paths: dict[str, str] = {}
+    if cfg.training.variants:
+        paths["data.train"] = d.train
+        if "single_task" in cfg.training.variants:
+            for task in cfg.training.single_task_sources:
+                if task in d.single_task:
+                    paths[f"data.single_task.{task}"] = d.single_task[task]
+    if d.validation is not None:
+        paths["data.validation"] = d.validation
+    if run.generate.instructions is not None:
+        paths["run.generate.instructions"] = run.generate.instructions
+    if run.rank.enabled:
+        paths["run.rank.data"] = run.rank.data
+    if run.probe.enabled:
+        paths["run.probe.data"] = run.probe.data
+    if run.diff.enabled and cfg.training.variants:
+        paths["run.diff.data"] = run.diff.data
+        if run.diff.rules_config is not None:
+            paths["run.diff.rules_config"] = run.diff.rules_config
+    if run.eval.ifeval:
+        paths["run.eval.ifeval_data"] = run.eval.ifeval_data
+    if run.accelerate_config is not None:
+        paths["run.accelerate_config"] = run.accelerate_config
+    return {field: path for field, path in paths.items() if not path.startswith("hub:")}
+
+
+PATH_HINTS = {"run.eval.ifeval_data": " (IFEval's input_data.jsonl, or hub:ifeval; run.eval.ifeval: false switches IFEval off)"}
+
+
+def check_config(cfg: ExperimentConfig, source: str = "<config>") -> list[str]:
+    """What the schema cannot check without the machine: every data file the study reads exists and is a file, the
+    model spec resolves (nothing is loaded; a hub id is checked for syntax only) and a rule-constants file parses.
+    Raises one :class:`ConfigError` listing every problem (each naming its field); returns notes about what was
+    not checked."""
+    from .errors import ModelSpecError
+    from .models import hub_offline, resolve_model_spec
+
+    problems = [p for field, path in config_paths(cfg).items() if (p := _file_problem(field, path, PATH_HINTS.get(field, "")))]
+    if cfg.run.eval.lc_data is not None and not Path(cfg.run.eval.lc_data).expanduser().is_dir():
+        problems.append(f"run.eval.lc_data: {cfg.run.eval.lc_data}: directory not found")
+    if "run.diff.rules_config" in config_paths(cfg) and not any(p.startswith("run.diff.rules_config:") for p in problems):
+        from .rules import load_rule_config
+
+        try:
+            load_rule_config(cfg.run.diff.rules_config or "")
+        except ConfigError as exc:
+            problems.append(f"run.diff.rules_config: {exc}")
+    notes = []
+    try:
+        model = resolve_model_spec(cfg.model.spec)
+        if model.kind == "hub":
+            offline = " (HF_HUB_OFFLINE is set: it must be in the local HF cache)" if hub_offline() else ""
+            notes.append(f"model.spec {cfg.model.spec!r} is a hub id: its syntax was checked, not the hub{offline}")
+    except (ModelSpecError, OSError) as exc:
+        problems.append(f"model.spec: {exc}")
+    if problems:
+        s = "s" if len(problems) > 1 else ""
+        raise ConfigError("\n".join([f"{source}: invalid config ({len(problems)} problem{s})", *(f"  {p}" for p in problems)]))
+    return notes

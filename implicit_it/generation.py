@@ -72,6 +72,31 @@ def _batches(order: list[int], batch_size: int) -> Iterable[list[int]]:
         yield order[start : start + batch_size]
 
 
+class PromptTooLong(ValueError):
+    """A prompt leaves no room in the model's context: refused before anything is allocated."""
+
+
+def context_length(model: Any) -> int | None:
+    """The model's context in tokens (``config.max_position_embeddings``), or None when it does not say."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def check_context(model: Any, prompts: Sequence[Sequence[int]]) -> None:
+    """Refuse prompts that leave no room for a new token in the model's context (the paper's code does not truncate
+    instructions): the error names each such instruction (0-based, in the caller's order) and its length."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    long = [(i, len(p)) for i, p in enumerate(prompts) if len(p) >= limit]
+    if long:
+        shown = ", ".join(f"#{i} ({n} tokens)" for i, n in long[:5]) + (f" and {len(long) - 5} more" if len(long) > 5 else "")
+        raise PromptTooLong(
+            f"{len(long)} prompt(s) do not fit the model's context of {limit} tokens (config.max_position_embeddings), "
+            f"with room for at least one new token: instruction {shown}; shorten or leave out those instructions"
+        )
+
+
 @torch.no_grad()
 def generate_ids(
     model: Any,
@@ -93,6 +118,7 @@ def generate_ids(
     in the caller's order."""
     from transformers import GenerationConfig, LogitsProcessorList
 
+    check_context(model, prompts)
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     outputs: list[list[int]] = [[] for _ in prompts]

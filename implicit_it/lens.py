@@ -26,38 +26,71 @@ def n_layers(model: Any) -> int:
     return len(decoder_of(model).layers)
 
 
+LAYERS_SYNTAX = "'all', 'every:N' or comma-separated layers/ranges such as 0,4,8-12"
+
+
+def _layer_ranges(spec: str) -> list[tuple[int, int]]:
+    """The ``(first, last)`` ranges of a comma-separated layer list (``"0,4,8-12"``); a reversed range is an error."""
+    out: list[tuple[int, int]] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+            else:
+                lo = hi = int(part)
+        except ValueError:
+            raise ValueError(f"layers: expected {LAYERS_SYNTAX}, got {spec!r}") from None
+        if lo < 0:
+            raise ValueError(f"layers: {part!r} is negative: layers start at 0 (the embeddings)")
+        if hi < lo:
+            raise ValueError(f"layers: {part!r} is a reversed range (write {hi}-{lo})")
+        out.append((lo, hi))
+    return out
+
+
+def _every(spec: str) -> int:
+    try:
+        step = int(spec.split(":", 1)[1])
+    except ValueError:
+        step = 0
+    if step < 1:
+        raise ValueError(f"layers: 'every:N' needs a positive integer N, got {spec!r}")
+    return step
+
+
+def check_layer_spec(spec: str | None) -> str | None:
+    """The syntax of a layer spec (:func:`parse_layers`), without a model: the layers' range is checked once the
+    model's depth is known. Returns ``spec``; raises ValueError naming what is wrong."""
+    if spec is None or spec == "all":
+        return spec
+    if not isinstance(spec, str):
+        raise ValueError(f"layers: expected {LAYERS_SYNTAX}, got {spec!r}")
+    if spec.startswith("every:"):
+        _every(spec)
+    else:
+        _layer_ranges(spec)
+    return spec
+
+
 def parse_layers(spec: str | Sequence[int] | None, total: int) -> list[int]:
     """``"all"`` -> 0..L; ``"every:N"`` -> 0, N, 2N, ... and L; ``"0,4,8"`` or ``"2-6"`` -> those
-    layers; checked against 0..L (0 = embeddings, L = last block)."""
+    layers; checked against 0..L (0 = embeddings, L = last block). A reversed range (``"6-2"``) is an error."""
     if spec is None or spec == "all":
         return list(range(total + 1))
     if isinstance(spec, str) and spec.startswith("every:"):
-        try:
-            step = int(spec.split(":", 1)[1])
-        except ValueError:
-            step = 0
-        if step < 1:
-            raise ValueError(f"layers: 'every:N' needs a positive integer N, got {spec!r}")
-        return sorted(set(range(0, total + 1, step)) | {total})
+        return sorted(set(range(0, total + 1, _every(spec))) | {total})
     if isinstance(spec, str):
-        out: list[int] = []
-        for part in spec.split(","):
-            part = part.strip()
-            try:
-                if "-" in part:
-                    lo, hi = (int(x) for x in part.split("-", 1))
-                    out.extend(range(lo, hi + 1))
-                else:
-                    out.append(int(part))
-            except ValueError:
-                raise ValueError(
-                    f"layers: expected 'all', 'every:N' or comma-separated layers/ranges such as 0,4,8-12, got {spec!r}"
-                ) from None
+        ranges = _layer_ranges(spec)
+        bad = [f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in ranges if hi > total]
+        if bad:
+            raise ValueError(f"layers {bad} are out of range: this model has layers 0 (embeddings) to {total}")
+        out = [x for lo, hi in ranges for x in range(lo, hi + 1)]
     else:
         out = list(spec)
-    bad = [x for x in out if not 0 <= x <= total]
-    if bad:
-        raise ValueError(f"layers {bad} are out of range: this model has layers 0 (embeddings) to {total}")
+    bad_layers = [x for x in out if not 0 <= x <= total]
+    if bad_layers:
+        raise ValueError(f"layers {bad_layers} are out of range: this model has layers 0 (embeddings) to {total}")
     return sorted(set(out))
 
 

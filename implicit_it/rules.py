@@ -55,7 +55,7 @@ PAPER_RULES: tuple[RuleName, ...] = ("eos", "uniform", "diversity")
 
 
 class TokenScore(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     text: str  # surface text as it appears mid-sequence (" I" = the word I after a space)
     score: float
@@ -88,9 +88,10 @@ PAPER_UNIFORM: tuple[TokenScore, ...] = tuple(
 
 
 class RuleConfig(BaseModel):
-    """Rule constants (YAML-loadable). Defaults are the paper's."""
+    """Rule constants (YAML-loadable). Defaults are the paper's. Every constant is a finite number: a NaN or infinite
+    score would turn the combined distribution into NaN (and greedy decoding into token 0)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     rules: list[RuleName] = Field(default_factory=lambda: list(PAPER_RULES))
     eos_slope: float = 15 / 250
@@ -138,9 +139,15 @@ def load_rule_config(path: str | Path) -> RuleConfig:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a rule config must be a YAML mapping, got {type(data).__name__}")
         return RuleConfig.model_validate(data)
     except FileNotFoundError:
         raise ConfigError(f"{path}: rule config not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a rule config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError(f"{path}:{mark.line + 1 if mark else '?'}: YAML syntax error") from None

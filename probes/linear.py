@@ -56,6 +56,17 @@ class ActivationStore:
         np.save(buf, np.ascontiguousarray(features, dtype=np.float32))
         return atomic_write(self.root / pool / f"shard_{k:05d}.npy", lambda fh: fh.write(buf.getvalue()), binary=True)
 
+    @staticmethod
+    def remove(root: str | Path) -> None:
+        """Delete the shards under ``root`` (and the folders they leave empty); any other file there is the user's
+        and stays."""
+        root = Path(root)
+        for shard in root.glob("*/shard_*.npy"):
+            shard.unlink()
+        for folder in [*root.glob("*/"), root]:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
     def layer(self, pool: str, layer: int) -> np.ndarray:
         """(rows, d) for one layer, read through memory maps (one layer in memory at a time)."""
         li = self.layers.index(layer)
@@ -192,7 +203,6 @@ class LinearProbe(Analysis):
     def run(
         self, loaded: Any, *, label: str | None = None, fmt: str | ChatFormat | None = None, progress: Callable[[int], None] | None = None
     ) -> ProbeRun:
-        import shutil
         import time
 
         t0 = time.perf_counter()
@@ -207,8 +217,7 @@ class LinearProbe(Analysis):
             raise ValueError(f"{len(whole)} instruction pairs fit in max_length={self.max_length}; need at least folds={self.folds}")
         if progress is not None:
             progress(len(self.groups) - len(encoded))  # skipped instructions count as done
-        if self.activation_dir.exists():
-            shutil.rmtree(self.activation_dir)  # shards from an earlier run must not mix with these
+        ActivationStore.remove(self.activation_dir)  # shards from an earlier run must not mix with these
         store = ActivationStore(self.activation_dir, layers)
         labels: list[int] = []
         group_ids: list[int] = []

@@ -6,7 +6,6 @@ caller's (they say which command ran)."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +13,7 @@ from typing import Any, Callable
 from implicit_it.config import ProbeConfig, RankConfig
 from implicit_it.lens import parse_layers
 
-from .linear import LinearProbe, ProbeResult
+from .linear import ActivationStore, LinearProbe, ProbeResult
 from .pairs import RankingGroup, RankingSource, build_ranking_groups, read_ranking_source
 from .ranking import LayerwiseRankingResult, RankingProbe, RankingResult
 
@@ -138,7 +137,7 @@ def probe(
     result = run.result if earlier is None else earlier.result.merge(run.result)
     result.save(out_dir)
     if not keep_activations:
-        shutil.rmtree(activations, ignore_errors=True)  # a cache of this run only; the JSON holds the result
+        ActivationStore.remove(activations)  # a cache of this run only; the JSON holds the result
     best = max(run.result.entries[0]["layers"], key=lambda layer: layer["accuracy"])
     summary = {"best_layer": best["layer"], "best_accuracy": best["accuracy"], "n_examples": run.n_examples}
     return ProbeStage(result, run, summary)

@@ -19,8 +19,15 @@ from .sections import build_sections, headline, model_note
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def _md_cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+def md_text(value: Any) -> str:
+    """Text for Markdown outside code: HTML escaped, since a Markdown renderer passes raw HTML through (model text
+    holding ``<script>`` would run); an escaped entity still displays as the character it stands for."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def md_cell(value: Any) -> str:
+    """One Markdown table cell: HTML escaped (:func:`md_text`), pipes escaped, line breaks as ``<br>``."""
+    return md_text(value).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
 
 
 def render_figures(run: RunData, out_dir: Path) -> dict[str, dict[str, str]]:
@@ -68,7 +75,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
         jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined).get_template("report.html.j2").render(context)
     )
     md_env = jinja2.Environment(loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    md_env.filters["md"] = _md_cell
+    md_env.filters["md"] = md_cell
+    md_env.filters["mdtext"] = md_text
     markdown = md_env.get_template("report.md.j2").render(context)
     paths = {"html": atomic_write_text(out_dir / "report.html", html), "markdown": atomic_write_text(out_dir / "report.md", markdown)}
     return paths

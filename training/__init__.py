@@ -5,6 +5,7 @@ response + EOS only, with the prompt exactly as the generator will later see it.
 on HF ``Trainer``, so ``accelerate launch`` (DDP, FSDP, DeepSpeed ZeRO-3) distributes it.
 """
 
+from .checkpoints import complete_checkpoints, latest_complete_checkpoint
 from .engine import TrainResult, check_out_dir, default_out_dir, gradient_accumulation_steps, train_variant, training_arguments
 from .sweep import SweepPoint, run_sweep, select_best
 from .validation import METRIC_DIRECTIONS, heldout_response_nll
@@ -21,6 +22,8 @@ from .variants import (
 )
 
 __all__ = [
+    "complete_checkpoints",
+    "latest_complete_checkpoint",
     "TrainResult",
     "check_out_dir",
     "default_out_dir",

@@ -8,12 +8,15 @@ the config's on any number of processes. What we add around ``Trainer``:
 * an output directory that is an HF model directory (``load_model(out)`` works), with
   ``train_manifest.json`` and ``loss.png``; for LoRA also ``adapter/``, merged by default;
 * checkpoints every ``training.save_steps`` optimizer steps, ``resume=True`` to continue a killed
-  run (Trainer restores weights, optimizer, scheduler, RNG and the data position), and refusal to
-  silently overwrite a finished or unfinished run.
+  run from its newest *complete* checkpoint (:mod:`.checkpoints`; Trainer restores weights,
+  optimizer, scheduler, RNG and the data position), and refusal to silently overwrite a finished
+  or unfinished run; ``overwrite`` deletes only a directory that is recognisably a run of ours;
+* one process per output directory (``OUT/.iit.lock``, :mod:`implicit_it.locks`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -24,14 +27,25 @@ from typing import Any, Sequence
 
 from implicit_it.config import ExperimentConfig
 from implicit_it.io import atomic_write_json
+from implicit_it.locks import LOCK_NAME, directory_lock
 from implicit_it.manifest import build_manifest
 
+from .checkpoints import (
+    CHECKPOINT_DIR,
+    COMPLETE_MARKER,
+    TRAINER_STATE,
+    checkpoints,
+    completion_callback,
+    discard_incomplete,
+    latest_complete_checkpoint,
+    remove_checkpoints,
+)
 from .curves import loss_curve, write_loss_plot
 from .validation import heldout_response_nll, response_nll
 from .variants import EncodedDataset, MaskedLMCollator, Variant, VariantData, build_variant_data
 
 MANIFEST_NAME = "train_manifest.json"
-CHECKPOINT_DIR = "checkpoints"
+FINAL_TMP = ".final-tmp"
 
 
 @dataclass
@@ -74,19 +88,75 @@ def gradient_accumulation_steps(effective_batch_size: int, per_device_batch_size
 
 
 def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: a finished run needs ``overwrite``; an unfinished one ``resume`` or ``overwrite``."""
+    """Refuse to mix runs: a finished run needs ``overwrite``; an unfinished one ``resume`` or ``overwrite``.
+
+    Only complete checkpoints count; ``resume`` with nothing but half-written ones starts over (see :func:`train_variant`)."""
     finished = (out_dir / MANIFEST_NAME).is_file()
-    has_checkpoints = any((out_dir / CHECKPOINT_DIR).glob("checkpoint-*"))
+    has_checkpoints = latest_complete_checkpoint(out_dir) is not None
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
-    if resume and not has_checkpoints:
+    if resume and not has_checkpoints and not checkpoints(out_dir):
         raise ValueError(f"{out_dir}: nothing to resume (no {CHECKPOINT_DIR}/checkpoint-*)")
     if overwrite:
+        check_overwritable(out_dir)
         return
     if finished and not resume:
         raise ValueError(f"{out_dir}: already holds a finished run ({MANIFEST_NAME}); pass --overwrite to train it again")
     if has_checkpoints and not resume:
         raise ValueError(f"{out_dir}: holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite to start over")
+
+
+# A pipeline step's own records: a training step's directory is ours when it holds one.
+_RUN_FILES = ("step.json", "pending.json")
+
+
+def run_evidence(out_dir: Path) -> list[str]:
+    """What makes ``out_dir`` recognisably a training run of implicit-it (empty: nothing does)."""
+    found = []
+    manifest = out_dir / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict) and "results" in data and "command" in data:
+            found.append(MANIFEST_NAME)
+    if any((p / TRAINER_STATE).is_file() or (p / COMPLETE_MARKER).is_file() for _, p in checkpoints(out_dir)):
+        found.append(f"{CHECKPOINT_DIR}/checkpoint-*")
+    if (out_dir / FINAL_TMP).is_dir():
+        found.append(FINAL_TMP)
+    found += [name for name in _RUN_FILES if (out_dir / name).is_file()]
+    return found
+
+
+def check_overwritable(out_dir: Path) -> None:
+    """``--overwrite`` deletes ``out_dir``: only when it is empty or recognisably a run of ours, never a folder of the user's."""
+    try:
+        entries = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_NAME)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise ValueError(f"{out_dir}: not a directory; --overwrite deletes only an earlier training run") from None
+    if not entries or run_evidence(out_dir):
+        return
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise ValueError(
+        f"{out_dir}: not an implicit-it training run (no {MANIFEST_NAME}, no {CHECKPOINT_DIR}/checkpoint-*), so --overwrite "
+        f"will not delete it; it holds {shown}. Choose another --out, or empty it yourself"
+    )
+
+
+def _clear_run_dir(out_dir: Path) -> None:
+    """Delete an earlier run (checked by :func:`check_overwritable`), keeping our own lock file."""
+    if not out_dir.is_dir():
+        return
+    for entry in out_dir.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def training_arguments(config: ExperimentConfig, out_dir: Path, seed: int, show_progress: bool, variant_name: str, **overrides: Any) -> Any:
@@ -316,12 +386,37 @@ def train_variant(
     show_progress: bool = True,
     command: str | None = None,
 ) -> TrainResult:
-    """Train ``variant`` of ``config`` into ``out_dir`` (default ``runs/<name>/<variant>``)."""
+    """Train ``variant`` of ``config`` into ``out_dir`` (default ``runs/<name>/<variant>``).
+
+    The main process holds ``out_dir/.iit.lock`` throughout: a second run on the same directory
+    stops at once with a message naming this one."""
     seed = config.seed if seed is None else seed
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(config, variant)
+    if not is_main_process():  # the other processes of a distributed run follow the main one
+        return _train_variant(config, variant, out_dir, seed, resume, overwrite, callbacks, show_progress, command)
+    with directory_lock(out_dir, what="training run"):
+        return _train_variant(config, variant, out_dir, seed, resume, overwrite, callbacks, show_progress, command)
+
+
+def _train_variant(
+    config: ExperimentConfig,
+    variant: Variant,
+    out_dir: Path,
+    seed: int,
+    resume: bool,
+    overwrite: bool,
+    callbacks: Sequence[Any],
+    show_progress: bool,
+    command: str | None,
+) -> TrainResult:
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
-    if overwrite and is_main_process() and out_dir.exists():
-        shutil.rmtree(out_dir)
+    if overwrite and is_main_process():
+        _clear_run_dir(out_dir)
+    if is_main_process():
+        discard_incomplete(out_dir)  # half-written by a kill or a full disk: Trainer would pick it and fail on every retry
+    start_from = latest_complete_checkpoint(out_dir) if resume else None
+    if resume and start_from is None:  # only half-written checkpoints: nothing finished to lose, start over
+        print(f"{out_dir}: no complete checkpoint to resume from; training from the start", file=sys.stderr)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -339,19 +434,19 @@ def train_variant(
         train_dataset=EncodedDataset(data.examples),
         data_collator=MaskedLMCollator(loaded.tokenizer.pad_token_id),
         processing_class=loaded.tokenizer,
-        callbacks=list(callbacks),
+        callbacks=[completion_callback(), *callbacks],
     )
     if not show_progress:  # Trainer prints each log line when its progress bar is off
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=True if resume else None)
+    output = trainer.train(resume_from_checkpoint=str(start_from) if start_from is not None else None)
     timings["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     trainer.model.config.use_cache = True  # off while training; the saved model generates with a KV cache
-    tmp = out_dir / ".final-tmp"
+    tmp = out_dir / FINAL_TMP
     trainer.save_model(str(tmp))  # every process takes part (FSDP/ZeRO-3 gather); the main one writes
     trainer.accelerator.wait_for_everyone()
     if not trainer.is_world_process_zero():
@@ -374,10 +469,10 @@ def train_variant(
 
     curve = loss_curve(trainer.state.log_history)
     write_loss_plot(out_dir / "loss.png", curve, title=f"{config.name} / {variant.name} ({loaded.source.display_name})")
-    manifest = _manifest(config, variant, seed, base_model, data, trainer, output, curve, heldout, timings, resume, command)
+    manifest = _manifest(config, variant, seed, base_model, data, trainer, output, curve, heldout, timings, start_from is not None, command)
     atomic_write_json(out_dir / MANIFEST_NAME, manifest)  # written last: its presence marks a finished run
     if not config.training.keep_checkpoints:
-        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+        remove_checkpoints(out_dir)  # only our checkpoint-N folders, never other files under checkpoints/
     return TrainResult(out_dir, variant, manifest)
 
 

@@ -23,6 +23,7 @@ from implicit_it.config import ExperimentConfig
 from implicit_it.io import atomic_write_json
 from implicit_it.manifest import build_manifest
 
+from .checkpoints import latest_complete_checkpoint
 from .engine import default_out_dir, train_variant
 from .validation import METRIC_DIRECTIONS
 from .variants import Variant
@@ -87,7 +88,7 @@ def run_sweep(
         if resume and finished.is_file():
             results = json.loads(finished.read_text(encoding="utf-8"))["results"]
         else:
-            has_ckpt = any((point_dir / "checkpoints").glob("checkpoint-*"))
+            has_ckpt = latest_complete_checkpoint(point_dir) is not None
             results = train_variant(
                 cfg, variant, out_dir=point_dir, seed=seed, resume=resume and has_ckpt, show_progress=show_progress
             ).results

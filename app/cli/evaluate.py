@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from implicit_it.config import GenerateConfig
+from implicit_it.paths import check_writable
 
 from .common import (
     DEVICE_OPTION,
@@ -96,6 +97,7 @@ def alpaca(
     from implicit_it.manifest import build_manifest, write_manifest
 
     t0 = time.perf_counter()
+    check_writable(out, directory=True)  # before the judge is called
     data_files: list[Path] = []
     lc = find_lc_data(lc_data)
     if annotations is not None:
@@ -211,6 +213,7 @@ def ifeval(
     t0 = time.perf_counter()
     described, gen_config = None, None
     _model_or_outputs(model, outputs)
+    check_writable(out, directory=True)  # before the model generates
     prompts = load_ifeval(data, limit=limit, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     if outputs is not None:
@@ -267,6 +270,7 @@ def ifsuite(
     t0 = time.perf_counter()
     described, gen_config = None, None
     _model_or_outputs(model, outputs)
+    check_writable(out, directory=True)  # before the model generates
     prompts = load_suite(suite, limit=limit)
     if outputs is not None:
         given = read_model_outputs(outputs)
@@ -324,6 +328,7 @@ def behaviour(
     from implicit_it.evaluation import read_model_outputs
     from implicit_it.manifest import build_manifest, write_manifest
 
+    check_writable(out, directory=True)
     given = read_model_outputs(outputs)
     metrics = _save_behaviour(out, given, outputs.stem)
     write_manifest(
@@ -354,6 +359,7 @@ def similarity(
     from implicit_it.manifest import build_manifest, write_manifest
 
     t0 = time.perf_counter()
+    check_writable(out, directory=True)  # before the embedder runs
     given = read_model_outputs(outputs, limit=limit)
     analysis = DomainSimilarity(
         load_examples(domain, limit=domain_limit),

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from implicit_it.config import DiffConfig, GenerateConfig, ProbeConfig, RankConfig
+from implicit_it.config import DiffConfig, GenerateConfig, ProbeConfig, RankConfig, check_epoch_grid
 from implicit_it.lists import parse_list
 
 from .common import (
@@ -50,7 +50,9 @@ app.add_typer(config_app, name="config")
 
 
 @app.callback()
-def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs, progress bars and the traceback of user errors too.")) -> None:
+def _setup(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs, progress bars and the traceback of user errors too."),
+) -> None:
     """Keep the terminal for our own progress: silence transformers' per-load bars and warnings."""
     VERBOSE.on = verbose
     if not verbose:
@@ -86,7 +88,9 @@ def generate(
     from implicit_it.data import read_instructions
     from implicit_it.generation import alpaca_eval_records, write_outputs
     from implicit_it.manifest import build_manifest, write_manifest
+    from implicit_it.paths import check_writable
 
+    check_writable(out)  # before the model loads and generates, not after
     items = read_instructions(instructions, limit=limit)
 
     def show_rule_tokens(adapter: Any) -> None:
@@ -216,6 +220,11 @@ def sweep(
     if len(variants) != 1:
         raise ValueError("sweep one variant at a time (e.g. single_task:gsm)")
     epochs = parse_list(grid, float, what="--grid (comma-separated epoch counts such as 5,7,10)") if grid else None
+    if epochs is not None:
+        try:
+            check_epoch_grid(epochs)
+        except ValueError as exc:
+            raise ValueError(f"--grid: {exc}") from None
     scorer = _sweep_scorer(cfg, judge, judge_model, prompts, max_new_tokens, quiet)
     summary = run_sweep(cfg, variants[0], out_dir=out, grid=epochs, seed=seed, resume=resume, show_progress=not quiet, scorer=scorer)
     if summary:
@@ -344,12 +353,14 @@ def rank(
 ) -> None:
     """Response-ranking accuracy (the paper's protocol) with 95% CIs; with --layers, per layer via the logit lens."""
     from implicit_it.manifest import build_manifest, write_manifest
+    from implicit_it.paths import check_writable
     from implicit_it.probes import rank as rank_stage
     from implicit_it.probes import rank_inputs
 
     if include_self and cfg.self_draws == "redraw":
         cfg = cfg.model_copy(update={"self_draws": "tie"})
     pairs_of = _model_formats(model, fmt)
+    check_writable(out, directory=True)
     inputs = rank_inputs(cfg, seed=seed)
     stage, described, timings = None, [], {}
     runs = _each_model(
@@ -412,10 +423,12 @@ def probe(
 ) -> None:
     """Linear probes (matched vs mismatched instruction/response) on residual activations, per layer, with a shuffled-label control."""
     from implicit_it.manifest import build_manifest, write_manifest
+    from implicit_it.paths import check_writable
     from implicit_it.probes import probe as probe_stage
     from implicit_it.probes import probe_source
 
     pairs_of = _model_formats(model, fmt)
+    check_writable(out, directory=True)
     source = probe_source(cfg)
 
     def run_one(loaded, spec: str, chat_format: str, advance):
@@ -492,9 +505,11 @@ def diff(
     from implicit_it.generation import progress_bar
     from implicit_it.manifest import build_manifest, write_manifest
     from implicit_it.models import load_model
+    from implicit_it.paths import check_writable
     from implicit_it.probes import read_ranking_source
 
     runner = diff_runner(cfg, fmt=fmt, seed=seed)
+    check_writable(out, directory=True)
     data_texts = texts_from_source(read_ranking_source(cfg.data, limit=cfg.limit))
     load_kwargs = {"dtype": dtype, "device": device, "device_map": device_map}
     base_loaded = load_model(base, **load_kwargs) if needs_models(runner) else None
@@ -774,12 +789,19 @@ def data_convert(
 @config_app.command("validate")
 @user_errors
 def config_validate(path: Path = typer.Argument(..., help="A YAML experiment config.")) -> None:
-    """Validate a config; unknown keys and wrong types are errors naming the field."""
+    """Validate a config as `iit run` does before any work: every field (unknown keys, wrong types, non-finite or
+    non-positive numbers, layer/vocabulary/device specs, distinct seeds, a safe name), the data files it reads, the
+    model spec (resolved, not loaded), and the study plan (systems, references). Errors name the field."""
+    from implicit_it.app.pipeline import validate_study
     from implicit_it.config import load_config
 
     cfg = load_config(path)
+    notes = validate_study(cfg, source=str(path))
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
     console.print(
-        f"{path}: valid ({cfg.name}: model {cfg.model.spec}, format {cfg.format}, variants {', '.join(cfg.training.variants)})",
+        f"{path}: valid ({cfg.name}: model {cfg.model.spec}, format {cfg.format}, variants {', '.join(cfg.training.variants)}; "
+        "data files, model spec and study plan checked)",
         highlight=False,
     )
 

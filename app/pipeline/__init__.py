@@ -1,7 +1,7 @@
 """``iit run``: the whole study from one config, each stage cached by a hash of its config and inputs."""
 
 from .runner import RUN_MANIFEST, RunOutcome, StageFailed, run_study
-from .stages import RULE_SETS, StudyPlan, System, parse_seeds, rule_system_name
+from .stages import RULE_SETS, StudyPlan, System, parse_seeds, rule_system_name, validate_study
 from .steps import Step
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "System",
     "parse_seeds",
     "rule_system_name",
+    "validate_study",
     "Step",
 ]

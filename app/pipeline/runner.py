@@ -1,11 +1,16 @@
 """Run a study's steps in order, skipping finished ones, and keep a run manifest.
 
 A failing step stops the run with one message naming the stage, the step and its inputs;
-everything finished before it stays on disk (and is skipped by the next run).
+everything finished before it stays on disk (and is skipped by the next run). A full disk is
+such a failure too: result files are written atomically, so the failed step leaves no partial
+result and no ``step.json``, and the run manifest is written on a best-effort basis so that it never
+hides the step's own error. One run at a time per directory: ``RUN_DIR/.iit.lock``
+(:mod:`implicit_it.locks`) makes a second ``iit run`` stop at once, naming the first.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +18,15 @@ from typing import Callable
 
 from implicit_it.config import ExperimentConfig
 from implicit_it.errors import ImplicitItError
+from implicit_it.locks import directory_lock
 from implicit_it.manifest import build_manifest, write_manifest
 
 from .stages import StudyPlan
 from .steps import Step
 
 RUN_MANIFEST = "manifest.json"
+
+log = logging.getLogger(__name__)
 
 
 class StageFailed(ImplicitItError):
@@ -56,6 +64,19 @@ def run_study(
         from implicit_it.evaluation import parse_judge
 
         parse_judge(config.run.eval.judge, config.run.eval.judge_model).preflight()
+    with directory_lock(run_dir, what="iit run"):  # a second run on this directory stops here, naming this one
+        return _run_steps(config, run_dir, plan, steps, command, config_path, on_step)
+
+
+def _run_steps(
+    config: ExperimentConfig,
+    run_dir: Path,
+    plan: StudyPlan,
+    steps: list[Step],
+    command: str,
+    config_path: str | Path | None,
+    on_step: Callable[[Step, str, float], None] | None,
+) -> RunOutcome:
     outcome = RunOutcome(run_dir, None)
     started = time.perf_counter()
 
@@ -79,6 +100,13 @@ def run_study(
             ),
         )
 
+    def try_run_manifest() -> None:
+        """The manifest between steps: a failure (a full disk) must not mask a step's own error; the last write reports it."""
+        try:
+            write_run_manifest()
+        except OSError as exc:
+            log.warning("%s: could not write %s: %s", run_dir, RUN_MANIFEST, exc)
+
     for step in steps:
         record = step.finished()
         if record is not None:
@@ -90,21 +118,24 @@ def run_study(
         t0 = time.perf_counter()
         if on_step:
             on_step(step, "start", 0.0)
-        step.begin()
         try:
+            step.begin()
             summary = step.run(step)
+            seconds = time.perf_counter() - t0
+            step.finish(summary, seconds)  # step.json, atomically: the step counts as finished only once it is whole
         except Exception as exc:  # noqa: BLE001 - any failure is reported with its stage and inputs; finished steps stay
             outcome.statuses[step.id] = "failed"
-            write_run_manifest()
+            try_run_manifest()
             raise StageFailed(
                 f"stage {step.stage!r} failed at step {step.id} (inputs: {_describe_inputs(step)}): {type(exc).__name__}: {exc}"
             ) from exc
-        seconds = time.perf_counter() - t0
-        step.finish(summary, seconds)
         outcome.statuses[step.id], outcome.seconds[step.id] = "ran", round(seconds, 2)
         if on_step:
             on_step(step, "ran", seconds)
+        try_run_manifest()
+    try:
         write_run_manifest()
-    write_run_manifest()
+    except OSError as exc:
+        raise StageFailed(f"every step finished, but {run_dir / RUN_MANIFEST} could not be written: {type(exc).__name__}: {exc}") from exc
     outcome.report = run_dir / "report" / "report.html"
     return outcome

@@ -32,7 +32,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from implicit_it.config import RULE_SETS, DiffConfig, ExperimentConfig, ProbeConfig, RankConfig
+from implicit_it.config import MAX_SEED, RULE_SETS, DiffConfig, ExperimentConfig, ProbeConfig, RankConfig, check_config
+from implicit_it.errors import ConfigError
 from implicit_it.io import atomic_write_json
 from implicit_it.lists import parse_list
 
@@ -61,6 +62,18 @@ class System:
         return {"system": self.name, "kind": self.kind, "label": self.label, "seed": self.seed, "rules": list(self.rules)}
 
 
+def validate_study(config: ExperimentConfig, *, seeds: list[int] | None = None, source: str = "<config>") -> list[str]:
+    """The whole check ``iit config validate`` makes and ``iit run`` makes before step 1 (:meth:`StudyPlan.build`):
+    data files, model spec, rule constants, judge syntax and the plan itself (systems, references), without running
+    anything. Raises one :class:`ConfigError` naming the field; returns notes about what could not be checked."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="iit-validate-") as tmp:
+        plan = StudyPlan(config, Path(tmp) / "run", seeds=seeds, show_progress=False)
+        plan.build(source)
+        return plan.notes
+
+
 def rule_system_name(rule_set: str) -> str:
     return "rules" if rule_set == "all" else f"rules-{rule_set}"
 
@@ -77,8 +90,8 @@ def parse_seeds(text: str) -> list[int]:
         seeds = parse_list(text, int, what="--seeds")
     except ValueError:
         raise ValueError(f"--seeds: expected e.g. 1..5 or 0,1,2, got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds: expected distinct integers, got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= s <= MAX_SEED for s in seeds):
+        raise ValueError(f"--seeds: expected distinct integers from 0 to {MAX_SEED}, got {text!r}")
     return seeds
 
 
@@ -133,12 +146,52 @@ class StudyPlan:
 
         self.config, self.run_dir, self.show_progress, self.command = config, Path(run_dir), show_progress, command
         self.seeds = seeds or config.run.seeds or [config.seed]
-        self.variants = config_variants(config)
+        try:
+            self.variants = config_variants(config)
+        except ValueError as exc:
+            raise ConfigError(f"training.variants: {exc}") from None
         self.steps: list[Step] = []
         self.systems: list[System] = []
+        self.notes: list[str] = []  # what validation could not check (a hub id offline), for the caller to show
 
     # -- building ---------------------------------------------------------------------------
-    def build(self) -> list[Step]:
+    def validate(self, source: str = "<config>") -> list[str]:
+        """Everything checkable before step 1 beyond the schema: data files, the model spec, the rule constants
+        (:func:`check_config`), the judge's syntax, the diff analyses' names and that the run directory can be
+        written. One :class:`ConfigError` naming the field; returns notes about what was not checked."""
+        from implicit_it.paths import check_writable
+
+        notes = check_config(self.config, source)
+        run = self.config.run
+        if run.eval.judge is not None:
+            from implicit_it.evaluation import parse_judge
+
+            try:
+                parse_judge(run.eval.judge, run.eval.judge_model)
+            except ValueError as exc:
+                raise ConfigError(f"run.eval.judge: {exc}") from None
+        if run.diff.enabled:
+            from implicit_it.analyses import parse_analyses
+
+            try:
+                parse_analyses(",".join(run.diff.analyses))
+            except ValueError as exc:
+                raise ConfigError(f"run.diff.{exc}") from None
+        check_writable(self.run_dir, directory=True)
+        return notes
+
+    def build(self, source: str = "<config>") -> list[Step]:
+        """Validate the whole study (:meth:`validate`), then make its steps: a bad value anywhere is one
+        :class:`ConfigError` naming the field, before any step runs."""
+        self.notes = self.validate(source)
+        try:
+            return self._build()
+        except ConfigError:
+            raise
+        except ValueError as exc:  # the plan's own checks (unknown systems, references) name their field
+            raise ConfigError(str(exc)) from None
+
+    def _build(self) -> list[Step]:
         run = self.config.run
         self.steps = []
         self.systems = [System("base", "base", "base")]
@@ -149,8 +202,6 @@ class StudyPlan:
         for rule_set in run.generate.rule_sets:
             self.systems.append(System(rule_system_name(rule_set), "rules", rule_system_name(rule_set), rules=RULE_SETS[rule_set]))
         self._select(self.systems, list(run.generate.max_new_tokens_by_system), "run.generate.max_new_tokens_by_system")
-        if run.eval.ifeval:
-            self._check_ifeval_data()
         sets = [IFSUITE] + ([IFEVAL] if run.eval.ifeval else []) + ([ALPACA] if run.generate.instructions else [])
         generated = {(s.name, name): self._generate_step(s, name) for s in self.systems for name in sets}
         model_systems = [s for s in self.systems if s.kind != "rules"]
@@ -376,15 +427,6 @@ class StudyPlan:
         data = self.config.run.eval.ifeval_data
         return [] if data.startswith("hub:") else [data]
 
-    def _check_ifeval_data(self) -> None:
-        """A missing IFEval file is an error naming the field now, not a failed step after hours of training."""
-        data = self.config.run.eval.ifeval_data
-        if not data.startswith("hub:") and not Path(data).is_file():
-            raise ValueError(
-                f"run.eval.ifeval_data: {data}: file not found (IFEval's input_data.jsonl, or hub:ifeval; "
-                "run.eval.ifeval: false switches IFEval off)"
-            )
-
     @functools.cached_property
     def _ifeval_prompts(self) -> list[Any]:
         """The fixed IFEval subset, read once per plan (every generate, eval and reference step scores it)."""
@@ -477,12 +519,12 @@ class StudyPlan:
     def _run_train(self, step: Step, variant: Any, seed: int) -> dict[str, Any]:
         """Only reached for a fresh directory or an interrupted run of this very step (see Step.begin):
         a run killed after saving its model is reused, one killed mid-way resumes from its last checkpoint."""
-        from implicit_it.training import train_variant
-        from implicit_it.training.engine import CHECKPOINT_DIR, MANIFEST_NAME
+        from implicit_it.training import latest_complete_checkpoint, train_variant
+        from implicit_it.training.engine import MANIFEST_NAME
 
         resume = False
         if not (step.dir / MANIFEST_NAME).is_file():
-            resume = any((step.dir / CHECKPOINT_DIR).glob("checkpoint-*"))
+            resume = latest_complete_checkpoint(step.dir) is not None
             if self.config.run.accelerate_config:
                 self._launch_train(step, variant, seed, resume)
             else:

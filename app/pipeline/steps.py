@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from implicit_it.errors import ImplicitItError
 from implicit_it.io import atomic_write_json, sha256_file
+from implicit_it.locks import LOCK_NAME
 
 STEP_FILE = "step.json"
 PENDING_FILE = "pending.json"
@@ -69,6 +71,7 @@ class Step:
         """Prepare the directory; True if this resumes an interrupted run of the same step."""
         resume = self.interrupted()
         if not resume and self.dir.exists():
+            check_step_dir(self.dir)
             shutil.rmtree(self.dir)  # a stale result (another key) must not mix with this one
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.dir / PENDING_FILE, {"key": self.key, "step": self.id})
@@ -90,6 +93,25 @@ class Step:
         atomic_write_json(self.dir / STEP_FILE, record)
         (self.dir / PENDING_FILE).unlink(missing_ok=True)
         return record
+
+
+class NotAStepDirectory(ImplicitItError):
+    """A step's directory holds files that no step wrote: it is never deleted."""
+
+
+def check_step_dir(path: Path) -> None:
+    """A directory a step may delete: one a step wrote (``step.json`` / ``pending.json``), or an empty one."""
+    if not path.is_dir():
+        raise NotAStepDirectory(f"{path}: exists and is not a directory; move it away and run again")
+    if any(isinstance(_read_json(path / name), dict) for name in (STEP_FILE, PENDING_FILE)):
+        return
+    entries = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
+    if entries:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise NotAStepDirectory(
+            f"{path}: holds files that no step of this run wrote ({shown}; no {STEP_FILE} or {PENDING_FILE}), "
+            "so it is not deleted; move them away or choose another run directory"
+        )
 
 
 def canonical(value: Any) -> Any:

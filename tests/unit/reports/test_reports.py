@@ -63,7 +63,7 @@ def test_report_tables_hold_this_runs_numbers_beside_the_papers(tiny_study):
     fits = json.loads((run_dir / "diff" / "response.s0" / "rules.json").read_text())["results"][0]
     tokens = rows("Token shifts")
     assert f"{fits['fitted_seen_coefficient']:+.2f}" in tokens["already-used token (per use)"]
-    assert tokens["'<'"].split(" | ")[1] == "-4"
+    assert tokens["'&lt;'"].split(" | ")[1] == "-4"  # model text is HTML-escaped in the Markdown (it renders as '<')
     sample = json.loads((run_dir / "generate" / "ifsuite" / "base" / "outputs.json").read_text())[0]
     assert sample["instruction"].splitlines()[0] in md
     samples = md.split("## Sample generations")[1].split("\n## ")[0]
