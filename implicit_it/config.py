@@ -18,10 +18,20 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .formats import FORMATS
@@ -93,10 +103,32 @@ def check_hub_source(v: str) -> str:
     return v
 
 
+def check_distinct(v: list[Any]) -> list[Any]:
+    """A non-empty list, repeats dropped (order kept)."""
+    if not v:
+        raise ValueError("give at least one")
+    return list(dict.fromkeys(v))
+
+
+def split_commas(v: Any) -> Any:
+    """``"a,b"`` -> ``["a", "b"]`` (a list option given as one string); anything else unchanged."""
+    from .lists import parse_list
+
+    return parse_list(v) if isinstance(v, str) else v
+
+
+# Field types that carry their own check: one definition, whichever config block uses them.
+PathText = Annotated[str, AfterValidator(check_path_text)]
+ChatSource = Annotated[str, AfterValidator(check_hub_source)]
+LayerSpec = Annotated[str, AfterValidator(check_layers)]
+VocabSpec = Annotated[str, AfterValidator(check_vocab)]
+DeviceSpec = Annotated[str | None, AfterValidator(check_device)]
+
+
 class ModelConfig(_Strict):
     spec: str = "gemma-3-270m"
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(default=None, description="None: fp32 on CPU, bf16 on GPU")
-    device: str | None = Field(default=None, description="cpu, cuda, cuda:N, mps; auto or None: CUDA when available")
+    device: DeviceSpec = Field(default=None, description="cpu, cuda, cuda:N, mps; auto or None: CUDA when available")
     device_map: str | None = None
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = "eager"
 
@@ -107,16 +139,11 @@ class ModelConfig(_Strict):
             raise ValueError(f"expected a model spec (embedded name, .gguf file, HF directory or hub id), got {v!r}")
         return v
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str | None) -> str | None:
-        return check_device(v)
-
 
 class DataConfig(_Strict):
     """Data sources: a chat-JSONL path, or ``hub:<source>`` (lima, gsm, mbpp, poetry, recipes, chess)."""
 
-    train: str = "../shared/data/lima/train.jsonl"
+    train: ChatSource = "../shared/data/lima/train.jsonl"
     single_task: dict[str, str] = Field(default_factory=dict, description="e.g. {gsm: ../shared/data/gsm8k/train_1k.jsonl}")
     max_train_examples: int | None = Field(default=None, gt=0)
     heldout_examples: int = Field(
@@ -127,7 +154,7 @@ class DataConfig(_Strict):
             "NLL. The paper holds nothing out: it selects on `validation`."
         ),
     )
-    validation: str | None = Field(
+    validation: PathText | None = Field(
         default=None,
         description=(
             "Instructions with reference responses (AlpacaEval layout) never trained on: what `iit sweep` selects epochs on. "
@@ -142,16 +169,6 @@ class DataConfig(_Strict):
         ),
     )
     multi_turn: bool = True
-
-    @field_validator("train")
-    @classmethod
-    def _train_source(cls, v: str) -> str:
-        return check_hub_source(v)
-
-    @field_validator("validation")
-    @classmethod
-    def _validation_path(cls, v: str | None) -> str | None:
-        return check_path_text(v)
 
     @field_validator("single_task")
     @classmethod
@@ -297,7 +314,7 @@ class RunGenerateConfig(GenerateConfig):
     ifsuite_prompts: int | None = Field(
         default=None, gt=0, description="judge-free suite prompts, round-robin over categories; None = all 136"
     )
-    instructions: str | None = Field(default=None, description="a second instruction set (e.g. AlpacaEval's 805) for the judge")
+    instructions: PathText | None = Field(default=None, description="a second instruction set (e.g. AlpacaEval's 805) for the judge")
     instructions_limit: int | None = Field(default=None, gt=0)
     max_new_tokens_by_system: dict[str, PositiveInt] = Field(
         default_factory=dict,
@@ -313,11 +330,6 @@ class RunGenerateConfig(GenerateConfig):
     )
     samples: int = Field(default=4, ge=0, description="generations shown side by side in the report")
 
-    @field_validator("instructions")
-    @classmethod
-    def _instructions_path(cls, v: str | None) -> str | None:
-        return check_path_text(v)
-
 
 RANKING_DATA = "../shared/data/lima/val_reference_gpt35.json"
 
@@ -326,7 +338,9 @@ class RankConfig(_Strict):
     """What the response ranking reads (``iit rank`` and the pipeline's rank steps): the paper's Table 2, at the output
     and through the logit lens."""
 
-    data: str = Field(default=RANKING_DATA, description="Instructions with responses, never trained on (chat JSONL or AlpacaEval JSON).")
+    data: PathText = Field(
+        default=RANKING_DATA, description="Instructions with responses, never trained on (chat JSONL or AlpacaEval JSON)."
+    )
     instructions: int = Field(default=56, gt=1, description="Instructions (the first N of the file); each gives `negatives` pairs.")
     negatives: int = Field(default=5, gt=0, description="Other instructions' responses ranked against each instruction's own.")
     self_draws: Literal["redraw", "drop", "tie"] = Field(
@@ -334,23 +348,13 @@ class RankConfig(_Strict):
         description="A draw of the instruction's own response: redraw it, drop it (the paper's plot_ratios.py), or score it as a tie.",
     )
     max_length: int = Field(default=1024, gt=8, description="Truncate prompt+response+EOS here (the paper: --max_seq_length 1024).")
-    layers: str | None = Field(
+    layers: LayerSpec | None = Field(
         default="every:2",
         description="Also rank through the logit lens after these layers: 'all', 'every:N' or e.g. 0,6,12-18 (0 = embeddings); "
         "none: the output only.",
     )
     batch_tokens: int = Field(default=4096, ge=64, description="Padded tokens per forward batch.")
     bootstrap: int = Field(default=2000, ge=100, description="Cluster-bootstrap resamples for the 95% CI.")
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: str | None) -> str | None:
-        return check_layers(v)
-
-    @field_validator("data")
-    @classmethod
-    def _data_path(cls, v: str) -> str:
-        return check_path_text(v) or v
 
 
 class RunRankConfig(RankConfig):
@@ -364,37 +368,20 @@ class ProbeConfig(_Strict):
     """What the linear probes read (``iit probe`` and the pipeline's probe steps): matched vs mismatched instruction/response,
     per layer, with a shuffled-label control."""
 
-    data: str = Field(default=RANKING_DATA, description="Instructions with responses (chat JSONL or AlpacaEval JSON).")
+    data: PathText = Field(default=RANKING_DATA, description="Instructions with responses (chat JSONL or AlpacaEval JSON).")
     instructions: int = Field(
         default=56,
         ge=4,
         description="Instructions (the first N), paired at random; each pair swaps responses (two matched, two mismatched examples).",
     )
-    layers: str = Field(default="every:2", description="'all', 'every:N' or e.g. 0,6,12-18 (0 = embeddings).")
-    pools: list[Literal["mean", "last"]] = Field(
+    layers: LayerSpec = Field(default="every:2", description="'all', 'every:N' or e.g. 0,6,12-18 (0 = embeddings).")
+    pools: Annotated[list[Literal["mean", "last"]], AfterValidator(check_distinct)] = Field(
         default=["mean"], description="Features: the mean over response tokens and/or the last response token."
     )
     folds: int = Field(default=5, ge=2, description="GroupKFold splits (grouped by instruction).")
     c: float = Field(default=1.0, gt=0, description="Inverse L2 strength of the logistic regression.")
     max_length: int = Field(default=512, gt=8, description="Truncate prompt+response+EOS here.")
     batch_tokens: int = Field(default=4096, ge=64, description="Padded tokens per forward batch.")
-
-    @field_validator("pools")
-    @classmethod
-    def _some_pools(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("give at least one")
-        return list(dict.fromkeys(v))
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: str) -> str:
-        return check_layers(v) or v
-
-    @field_validator("data")
-    @classmethod
-    def _data_path(cls, v: str) -> str:
-        return check_path_text(v) or v
 
 
 class RunProbeConfig(ProbeConfig):
@@ -408,20 +395,20 @@ class DiffConfig(_Strict):
     """What the layer diffs read (``iit diff`` and the pipeline's diff steps): where a variant differs from the base
     (weights, logit lens, rule family, token shift)."""
 
-    data: str = Field(default=RANKING_DATA, description="Instructions with responses (chat JSONL or AlpacaEval JSON).")
-    analyses: list[str] = Field(
+    data: PathText = Field(default=RANKING_DATA, description="Instructions with responses (chat JSONL or AlpacaEval JSON).")
+    analyses: Annotated[list[str], BeforeValidator(split_commas), AfterValidator(check_distinct)] = Field(
         default=["all"],
         description="Analyses by name: weights, logits, rules, shift or any registered one; 'all': every registered analysis.",
     )
     limit: int | None = Field(default=12, ge=2, description="Only the first N instructions of `data` (none: all).")
-    texts: list[Literal["data", "generations"]] = Field(
+    texts: Annotated[list[Literal["data", "generations"]], AfterValidator(check_distinct)] = Field(
         default=["data", "generations"],
         description="Texts the logit analyses read: the file's responses (data) and/or the variant's own greedy responses (generations).",
     )
-    layers: str = Field(
+    layers: LayerSpec = Field(
         default="every:3", description="Logit-lens layers: 'all', 'every:N' or e.g. 0,6,12-18 (the output layer is always included)."
     )
-    vocab: str = Field(
+    vocab: VocabSpec = Field(
         default="frequent:2048",
         description="Tokens the rule comparison scores: 'all' or 'frequent:K' (the K most frequent in the texts, plus the rule tokens "
         "and EOS); the fitted family's per-token bias makes 'all' mostly measure static biases.",
@@ -429,34 +416,7 @@ class DiffConfig(_Strict):
     max_length: int = Field(default=512, gt=8, description="Truncate prompt+response+EOS here.")
     max_new_tokens: int = Field(default=128, gt=0, description="Token budget of each variant generation.")
     spectrum: bool = Field(default=True, description="Singular values of each weight delta (effective rank, top-k energy).")
-    rules_config: str | None = Field(default=None, description="YAML with rule constants (none: the paper's).")
-
-    @field_validator("analyses", mode="before")
-    @classmethod
-    def _comma_list(cls, v: Any) -> Any:
-        return [n.strip() for n in v.split(",") if n.strip()] if isinstance(v, str) else v
-
-    @field_validator("analyses", "texts")
-    @classmethod
-    def _some_distinct(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("give at least one")
-        return list(dict.fromkeys(v))
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, v: str) -> str:
-        return check_layers(v) or v
-
-    @field_validator("vocab")
-    @classmethod
-    def _vocab(cls, v: str) -> str:
-        return check_vocab(v)
-
-    @field_validator("data", "rules_config")
-    @classmethod
-    def _paths(cls, v: str | None) -> str | None:
-        return check_path_text(v)
+    rules_config: PathText | None = Field(default=None, description="YAML with rule constants (none: the paper's).")
 
 
 class RunDiffConfig(DiffConfig):
@@ -510,7 +470,7 @@ class RunConfig(_Strict):
     """What ``iit run`` does after training: one block per stage."""
 
     seeds: list[int] | None = Field(default=None, description="distinct training seeds (None: [seed]); `iit run --seeds 1..5` overrides")
-    accelerate_config: str | None = Field(
+    accelerate_config: PathText | None = Field(
         default=None,
         description=(
             "Multi-GPU training (7B): each training step runs as `accelerate launch --config_file FILE [ARGS] -m implicit_it "
@@ -538,11 +498,6 @@ class RunConfig(_Strict):
         if len(set(v)) != len(v):
             raise ValueError(f"seeds must be distinct, got {v} (each seed is one training run)")
         return v
-
-    @field_validator("accelerate_config")
-    @classmethod
-    def _accelerate_path(cls, v: str | None) -> str | None:
-        return check_path_text(v)
 
     @model_validator(mode="after")
     def _judge_needs_instructions(self) -> "RunConfig":

@@ -164,9 +164,12 @@ def alpaca(
     console.print(f"wrote {out}/alpaca_eval.json (+ .parquet, .png), annotations.json, manifest.json", highlight=False)
 
 
-def _model_or_outputs(model: str | None, outputs: Path | None) -> None:
+def _model_or_outputs(model: str | None, outputs: Path | None, out: Path) -> None:
+    """A scoring command either generates (``--model``) or scores given responses (``--outputs``); either way its output
+    folder must be writable before any work."""
     if (model is None) == (outputs is None):
         raise ValueError("give --model (generate, then score) or --outputs (score given responses)")
+    check_writable(out, directory=True)
 
 
 def _generate_outputs(out: Path, instructions: list[str], dataset: str, request: ModelRequest, cfg: GenerateConfig):
@@ -212,8 +215,7 @@ def ifeval(
 
     t0 = time.perf_counter()
     described, gen_config = None, None
-    _model_or_outputs(model, outputs)
-    check_writable(out, directory=True)  # before the model generates
+    _model_or_outputs(model, outputs, out)
     prompts = load_ifeval(data, limit=limit, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     if outputs is not None:
@@ -269,8 +271,7 @@ def ifsuite(
 
     t0 = time.perf_counter()
     described, gen_config = None, None
-    _model_or_outputs(model, outputs)
-    check_writable(out, directory=True)  # before the model generates
+    _model_or_outputs(model, outputs, out)
     prompts = load_suite(suite, limit=limit)
     if outputs is not None:
         given = read_model_outputs(outputs)
