@@ -49,56 +49,29 @@ class ModelRequest:
     quiet: bool = False
 
     def generate(self, instructions: list[str], cfg: GenerateConfig, on_adapter: Any = None) -> Generated:
-        return generate_with(
-            self.model,
+        """Load the model and greedy-decode ``instructions``; the rule adapter is on when ``rules``/``rules_config`` ask
+        for it (``on_adapter(adapter)`` is called before decoding, e.g. to print the resolved rule tokens)."""
+        from implicit_it.formats import get_format
+        from implicit_it.generation import generate_responses
+        from implicit_it.models import load_model
+        from implicit_it.rules import RuleAdapter, rule_config_from
+
+        chat_format = get_format(self.fmt)
+        rule_cfg = rule_config_from(self.rules, self.rules_config)
+        t0 = time.perf_counter()
+        loaded = load_model(self.model, dtype=self.dtype, device=self.device)
+        load_seconds = time.perf_counter() - t0
+        adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
+        if adapter is not None and on_adapter is not None:
+            on_adapter(adapter)
+        results, stats = generate_responses(
+            loaded,
             instructions,
-            cfg,
-            fmt=self.fmt,
-            rules=self.rules,
-            rules_config=self.rules_config,
-            dtype=self.dtype,
-            device=self.device,
-            quiet=self.quiet,
-            on_adapter=on_adapter,
+            fmt=chat_format,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            show_progress=not self.quiet,
+            logits_processor_factory=adapter.logits_processor if adapter is not None else None,
         )
-
-
-def generate_with(
-    model: str,
-    instructions: list[str],
-    cfg: GenerateConfig,
-    *,
-    fmt: str,
-    rules: str | None,
-    rules_config: str | Path | None,
-    dtype: str | None,
-    device: str | None,
-    quiet: bool,
-    on_adapter: Any = None,
-) -> Generated:
-    """Load ``model`` and greedy-decode ``instructions``; the rule adapter is on when ``rules``/``rules_config`` ask
-    for it (``on_adapter(adapter)`` is called before decoding, e.g. to print the resolved rule tokens)."""
-    from implicit_it.formats import get_format
-    from implicit_it.generation import generate_responses
-    from implicit_it.models import load_model
-    from implicit_it.rules import RuleAdapter, rule_config_from
-
-    chat_format = get_format(fmt)
-    rule_cfg = rule_config_from(rules, rules_config)
-    t0 = time.perf_counter()
-    loaded = load_model(model, dtype=dtype, device=device)
-    load_seconds = time.perf_counter() - t0
-    adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
-    if adapter is not None and on_adapter is not None:
-        on_adapter(adapter)
-    results, stats = generate_responses(
-        loaded,
-        instructions,
-        fmt=chat_format,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        show_progress=not quiet,
-        logits_processor_factory=adapter.logits_processor if adapter is not None else None,
-    )
-    label = f"{model}+rules({','.join(adapter.rules)})" if adapter is not None else model
-    return Generated(results, stats, loaded, adapter, rule_cfg, label, load_seconds, chat_format.name)
+        label = f"{self.model}+rules({','.join(adapter.rules)})" if adapter is not None else self.model
+        return Generated(results, stats, loaded, adapter, rule_cfg, label, load_seconds, chat_format.name)

@@ -29,7 +29,7 @@ from .common import (
     slug,
     user_errors,
 )
-from .generating import generate_with
+from .generating import ModelRequest
 from .options import stage_options
 
 app = typer.Typer(
@@ -97,18 +97,8 @@ def generate(
         if not quiet:
             console.print("rule tokens:\n  " + "\n  ".join(adapter.report()), highlight=False)
 
-    gen = generate_with(
-        model,
-        [it.instruction for it in items],
-        cfg,
-        fmt=fmt,
-        rules=rules,
-        rules_config=rules_config,
-        dtype=dtype,
-        device=device,
-        quiet=quiet,
-        on_adapter=show_rule_tokens,
-    )
+    request = ModelRequest(model, fmt, rules, rules_config, dtype, device, quiet)
+    gen = request.generate([it.instruction for it in items], cfg, on_adapter=show_rule_tokens)
     results, stats, loaded = gen.results, gen.stats, gen.loaded
     name = generator or gen.label
     records = alpaca_eval_records(results, name, [it.dataset for it in items])
