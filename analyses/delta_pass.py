@@ -308,18 +308,25 @@ class DeltaPass:
     def _rules(
         self, batch: list[EncodedText], rows: torch.Tensor, cols: torch.Tensor, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The seen mask and the adapter's row-centred scores at these positions, text by text
-        (computed on CPU, where the adapter keeps its tables, then moved to the lens's device)."""
-        seen_parts, score_parts = [], []
-        for r in torch.unique_consecutive(rows).tolist():
-            e = batch[r]
-            ids, positions = torch.tensor([e.ids]), cols[rows == r]
-            response_start, instruction_start = torch.tensor([e.n_prompt]), torch.tensor([e.instruction_start])
-            seen = self.adapter.seen(ids, positions.unsqueeze(0), response_start, instruction_start)
-            scores = self.adapter.scores(ids, positions, response_start, instruction_start=instruction_start, seen=seen)
-            seen_parts.append(seen[0, :, : self.vocab_size].float())
-            score_parts.append(row_centred(scores[0, :, : self.vocab_size]))
-        return torch.cat(seen_parts).to(device), torch.cat(score_parts).to(device)
+        seen, scores = rule_scores_at(self.adapter, batch, rows, cols, self.vocab_size)
+        return seen.to(device), scores.to(device)
+
+
+def rule_scores_at(
+    adapter: RuleAdapter, batch: Sequence[EncodedText], rows: torch.Tensor, cols: torch.Tensor, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seen mask and the adapter's row-centred scores (n, V) at the positions (``rows`` index ``batch``,
+    ``cols`` the column predicting the next token), text by text, on CPU where the adapter keeps its tables."""
+    seen_parts, score_parts = [], []
+    for r in torch.unique_consecutive(rows).tolist():
+        e = batch[r]
+        ids, positions = torch.tensor([e.ids]), cols[rows == r]
+        response_start, instruction_start = torch.tensor([e.n_prompt]), torch.tensor([e.instruction_start])
+        seen = adapter.seen(ids, positions.unsqueeze(0), response_start, instruction_start)
+        scores = adapter.scores(ids, positions, response_start, instruction_start=instruction_start, seen=seen)
+        seen_parts.append(seen[0, :, :vocab_size].float())
+        score_parts.append(row_centred(scores[0, :, :vocab_size]))
+    return torch.cat(seen_parts), torch.cat(score_parts)
 
 
 class PassAnalysis(Analysis):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from implicit_it.analysis import AnalysisResult, same_definition
+from implicit_it.analysis import AnalysisResult, merge_by_name, same_definition
 from implicit_it.models import load_tokenizer
 from implicit_it.rules import RuleAdapter, RuleConfig
 
@@ -220,8 +220,4 @@ class LayerDiff:
 
 def merge_results(diffs: Sequence[VariantDiff]) -> dict[str, AnalysisResult]:
     """One result per analysis with every variant side by side (what ``DIR/<name>.json`` holds)."""
-    merged: dict[str, AnalysisResult] = {}
-    for diff in diffs:
-        for name, result in diff.results.items():
-            merged[name] = merged[name].merge(result) if name in merged else result
-    return merged
+    return merge_by_name([diff.results for diff in diffs])

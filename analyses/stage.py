@@ -1,23 +1,26 @@
-"""The diff stage: what ``iit diff`` and the pipeline's diff steps both call.
+"""The diff and mech stages: what ``iit diff`` / ``iit mech`` and the pipeline's diff / mech steps call.
 
 :func:`diff_runner` checks a :class:`~implicit_it.config.DiffConfig` before any model loads and builds the
 :class:`~.layer_diff.LayerDiff`; :func:`diff` compares the base with one variant, saves every analysis result
-(merged with earlier variants', side by side) and the texts the logit analyses read. Manifests are the caller's."""
+(merged with earlier variants', side by side) and the texts the logit analyses read. :func:`mech` runs the causal
+analyses (:mod:`.mechanism`) of one variant and saves them the same way. Manifests are the caller's."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from implicit_it.analysis import AnalysisResult
-from implicit_it.config import DiffConfig
+from implicit_it.analysis import AnalysisResult, merge_by_name
+from implicit_it.config import DiffConfig, MechConfig
 from implicit_it.io import atomic_write_jsonl
 from implicit_it.lens import parse_layers
 from implicit_it.rules import RuleConfig, load_rule_config
 
 from .delta_pass import DeltaPassConfig, DiffText
 from .layer_diff import LayerDiff, VariantDiff, merge_results, parse_analyses
+from .mechanism import Mechanism
+from .patching import Behaviour
 from .rule_comparison import parse_vocab
 
 
@@ -90,3 +93,63 @@ def diff(
     for res in merged.values():
         res.save(out_dir)
     return DiffStage(result, merged)
+
+
+@dataclass
+class MechStage:
+    """One variant's causal results, those merged with earlier variants' (what was saved), and a summary."""
+
+    results: dict[str, AnalysisResult]
+    merged: dict[str, AnalysisResult]
+    summary: dict[str, Any]
+
+
+def mech_runner(cfg: MechConfig, *, fmt: str, seed: int = 0, rules_config: str | None = None) -> Mechanism:
+    """The configured :class:`Mechanism`; a bad layer or block spec is an error now, before any model loads."""
+    for field_name in ("blocks", "layers"):
+        try:
+            parse_layers(getattr(cfg, field_name), 1_000_000)
+        except ValueError as exc:
+            raise ValueError(f"{field_name}: {exc}") from None
+    shared = {f.name for f in fields(Mechanism)} & set(MechConfig.model_fields)  # the options both name alike
+    return Mechanism(
+        **{name: getattr(cfg, name) for name in shared},
+        fmt=fmt,
+        seed=seed,
+        rule_config=load_rule_config(rules_config) if rules_config else RuleConfig(),
+    )
+
+
+def mech_runner_check(cfg: MechConfig) -> None:
+    """Raise ValueError naming the field for what can be checked before models load."""
+    mech_runner(cfg, fmt="tulu")
+
+
+def mech(
+    base: Any,
+    variant: Any,
+    cfg: MechConfig,
+    out_dir: str | Path,
+    *,
+    fmt: str,
+    base_spec: str,
+    variant_spec: str,
+    label: str | None = None,
+    seed: int = 0,
+    data_texts: Sequence[DiffText],
+    behaviour: Behaviour | None = None,
+    earlier: Sequence[MechStage] = (),
+    progress: Callable[[str, int], Any] | None = None,
+) -> MechStage:
+    """The causal analyses of ``variant`` against ``base`` (both loaded; the base's weights are swapped in place
+    and restored exactly), saved into ``out_dir`` beside ``earlier`` variants' as ``<name>.json`` (+ .parquet, .png)."""
+    runner = mech_runner(cfg, fmt=fmt, seed=seed)
+    results, timings = runner.run(
+        base, variant, data_texts, base_spec=base_spec, variant_spec=variant_spec, label=label, behaviour=behaviour, progress=progress
+    )
+    merged = merge_by_name([*(stage.results for stage in earlier), results])
+    for res in merged.values():
+        res.save(out_dir)
+    summary = dict(results["mechanism"].entries[0])
+    summary["timings"] = {k: round(v, 2) for k, v in timings.items()}
+    return MechStage(results, merged, summary)

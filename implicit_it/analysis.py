@@ -25,7 +25,7 @@ import json
 import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 
 from .io import atomic_write, atomic_write_json
 
@@ -97,6 +97,15 @@ class AnalysisResult(ABC):
         paths.append(write_parquet(out_dir / f"{self.name}.parquet", self.to_frame()))
         paths.append(save_figure(out_dir / f"{self.name}.png", self.plot()))
         return paths
+
+
+def merge_by_name(results: Sequence[Mapping[str, AnalysisResult]]) -> dict[str, AnalysisResult]:
+    """One result per name, the models of every mapping side by side in order (what a stage saves for several models)."""
+    merged: dict[str, AnalysisResult] = {}
+    for named in results:
+        for name, result in named.items():
+            merged[name] = merged[name].merge(result) if name in merged else result
+    return merged
 
 
 # ------------------------------------------------------------------ the registry of result classes

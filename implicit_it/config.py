@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Sequence, get_args
 
 import yaml
 from pydantic import (
@@ -425,6 +425,81 @@ class RunDiffConfig(DiffConfig):
     enabled: bool = True
 
 
+MechAnalysis = Literal["weights", "activations", "steering", "rank"]
+MECH_ANALYSES: tuple[MechAnalysis, ...] = ("weights", "activations", "steering", "rank")
+IFEVAL_DATA = "../shared/data/ifeval/input_data.jsonl"
+
+
+def check_finite_distinct(v: list[float]) -> list[float]:
+    """A non-empty list of finite numbers, repeats dropped."""
+    bad = [x for x in v if not math.isfinite(x)]
+    if bad:
+        raise ValueError(f"expected finite numbers, got {bad}")
+    return check_distinct(v)
+
+
+class MechConfig(_Strict):
+    """What the causal analyses read (``iit mech`` and the pipeline's mech steps): which parts of a variant are sufficient
+    for its change (weight and activation patching), whether one vector or a low-rank ΔW reproduces it, and the smallest
+    patch that recovers ``threshold`` of it."""
+
+    data: PathText = Field(default=RANKING_DATA, description="Held-out instructions with responses (chat JSONL or AlpacaEval JSON).")
+    analyses: Annotated[
+        list[Literal["weights", "activations", "steering", "rank"]], BeforeValidator(split_commas), AfterValidator(check_distinct)
+    ] = Field(
+        default=list(MECH_ANALYSES),
+        description="weights (weight patching per block/kind/cumulative), activations (activation patching per layer, site and "
+        "position class), steering (difference vectors α·δ_L added to the base), rank (ΔW truncated to rank k).",
+    )
+    limit: int | None = Field(default=8, ge=2, description="Only the first N instructions of `data` (none: all).")
+    blocks: LayerSpec = Field(
+        default="all", description="Blocks patched one at a time, and the cut points of the cumulative sweeps (1 = the first block)."
+    )
+    layers: LayerSpec = Field(
+        default="all", description="Layers for activation patching and steering (l = the residual stream after block l; 0 = embeddings)."
+    )
+    sites: Annotated[list[Literal["resid", "attn", "mlp"]], BeforeValidator(split_commas), AfterValidator(check_distinct)] = Field(
+        default=["resid", "attn", "mlp"],
+        description="What activation patching copies from the variant: block output, attention output, MLP output.",
+    )
+    positions: Annotated[
+        list[Literal["all", "instruction", "tags", "response"]], BeforeValidator(split_commas), AfterValidator(check_distinct)
+    ] = Field(
+        default=["all", "instruction", "tags", "response"],
+        description="Position classes activation patching copies: every position, the instruction, the template's tags (and BOS), "
+        "the response.",
+    )
+    alphas: Annotated[list[float], BeforeValidator(split_commas), AfterValidator(check_finite_distinct)] = Field(
+        default=[0.5, 1.0, 2.0, 4.0], description="Steering strengths α: the base gets α·δ_L added after block L at every position."
+    )
+    ranks: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(split_commas), AfterValidator(check_distinct)] = Field(
+        default=[0, 1, 2, 4, 8, 16, 32, 64],
+        description="Ranks k each matrix ΔW is truncated to (0: only the 1-D tensors change); full rank is always added.",
+    )
+    threshold: float = Field(default=0.8, gt=0, le=1, description="The recovered fraction the smallest patch must reach.")
+    max_length: int = Field(default=256, gt=8, description="Truncate prompt+response+EOS here.")
+    response_tokens: int = Field(
+        default=32, gt=0, description="Response positions scored per text (its first N, and the one that predicts EOS)."
+    )
+    behaviour_data: PathText | None = Field(
+        default=IFEVAL_DATA,
+        description="Prompts the steered base, the variant, the base and the rule adapter generate on (IFEval's input_data.jsonl: "
+        "scored loose too); none: the texts' instructions, EOS rate and template echo only.",
+    )
+    behaviour_prompts: int = Field(
+        default=8, ge=0, description="How many behaviour prompts (a stratified IFEval subset); 0: no generation."
+    )
+    max_new_tokens: int = Field(default=96, gt=0, description="Token budget of each behaviour generation.")
+    batch_size: int = Field(default=8, gt=0, description="Prompts per generation batch.")
+    max_batch_tokens: int = Field(default=2048, gt=0, description="Tokens per forward pass (rows × longest text).")
+
+
+class RunMechConfig(MechConfig):
+    """``run.mech``: the causal analyses of every variant against the base (opt-in: minutes per variant on CPU)."""
+
+    enabled: bool = False
+
+
 class RunEvalConfig(_Strict):
     """Evaluation: IFEval (unless switched off) and the judge-free suite always; AlpacaEval when a judge is named."""
 
@@ -483,6 +558,7 @@ class RunConfig(_Strict):
     rank: RunRankConfig = Field(default_factory=RunRankConfig)
     probe: RunProbeConfig = Field(default_factory=RunProbeConfig)
     diff: RunDiffConfig = Field(default_factory=RunDiffConfig)
+    mech: RunMechConfig = Field(default_factory=RunMechConfig)
     eval: RunEvalConfig = Field(default_factory=RunEvalConfig)
 
     @field_validator("seeds")
@@ -554,8 +630,30 @@ def parse_config(data: Any, source: str = "<config>") -> ExperimentConfig:
         raise ConfigError(_format_validation_error(source, err)) from None
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config; errors name the file, line (YAML syntax) or field."""
+def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
+    """Set nested keys of a config mapping from ``a.b.c=VALUE`` items (the value read as YAML): ``iit run --set``.
+    Unknown keys and bad values are then caught by the validation, which names the field."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = [p.strip() for p in key.split(".")]
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. run.mech.enabled=true")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {}) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read and validate a YAML config (with ``overrides``, see :func:`apply_overrides`); errors name the file, line
+    (YAML syntax) or field."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -571,7 +669,11 @@ def load_config(path: str | Path) -> ExperimentConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise ConfigError(f"{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
-    return parse_config(data, str(path))
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+        apply_overrides(data, overrides)
+    return parse_config(data, f"{path} (with --set {' '.join(overrides)})" if overrides else str(path))
 
 
 def _file_problem(field: str, path: str, hint: str = "") -> str | None:

@@ -117,6 +117,24 @@ def instruction_offset(tokenizer: Any, fmt: str | ChatFormat, instruction: str, 
     return len(pre)
 
 
+def instruction_span(tokenizer: Any, fmt: str | ChatFormat, instruction: str, prompt_ids: Sequence[int] | None = None) -> tuple[int, int]:
+    """[start, end) of the instruction's tokens in the prompt (activation patching's position classes).
+
+    ``end`` is the longest prefix of the prompt that tokenizes like the prompt text up to the
+    instruction's last character; a token merging the instruction's end with the tag after it
+    counts as the tag's."""
+    fmt = get_format(fmt)
+    ids = list(prompt_ids) if prompt_ids is not None else encode_prompt(tokenizer, fmt, instruction)
+    start = instruction_offset(tokenizer, fmt, instruction, ids)
+    text = fmt.prompt_text(instruction, tokenizer)
+    if fmt.drop_instruction or not instruction or instruction not in text:
+        return start, start
+    upto = list(tokenizer(text[: text.index(instruction) + len(instruction)], add_special_tokens=True)["input_ids"])
+    while upto and ids[: len(upto)] != upto:
+        upto = upto[:-1]
+    return start, max(start, len(upto))
+
+
 @dataclass(frozen=True)
 class EncodedExample:
     input_ids: list[int]

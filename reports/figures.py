@@ -72,10 +72,40 @@ FIGURES: dict[str, ResultFigure] = {
         "Left: held-out R² of Δ log p explained by the fitted rule family (solid) and by the paper's rules with a fitted scale "
         "(dashed). Right: the variance of Δ log p and the part the family explains; dashed vertical: emergence layer.",
     ),
+    # "Where the change lives" (the mech steps: causal analyses of each variant against the base)
+    "weight_patching": ResultFigure(
+        "mech",
+        "weight_patching",
+        "Weight patching: the fraction of each variant's change recovered when the base gets the variant's weights of one "
+        "block, of one kind of tensor, or of the blocks up to / from a cut point.",
+        first_seed=True,
+    ),
+    "activation_patching": ResultFigure(
+        "mech",
+        "activation_patching",
+        "Activation patching: the fraction recovered when the variant's activations are copied into the base's forward pass, "
+        "per layer, site (block output, attention, MLP) and position class.",
+    ),
+    "steering": ResultFigure(
+        "mech",
+        "steering",
+        "Steering: the base with α·δ_L (the mean difference of the variant's residual stream) added after layer L, beside the "
+        "variant, the base and the rule adapter on the same prompts.",
+    ),
+    "low_rank": ResultFigure(
+        "mech",
+        "low_rank",
+        "Low-rank ΔW: the fraction recovered when every matrix's change is truncated to rank k (0: only the 1-D tensors change).",
+    ),
 }
+MECH_FIGURES = ("weight_patching", "activation_patching", "steering", "low_rank")
+MECHANISM = ResultFigure("mech", "mechanism", "The smallest patch recovering the threshold, per variant.")
 
 # results the report's own sections show (tables or a figure above); any other registered result gets a generic section
-COVERED = frozenset({"ranking", "layerwise_ranking", "probe", "weights", "logits", "rules", "shift", "ifeval", "ifsuite", "alpaca_eval"})
+COVERED = frozenset(
+    {"ranking", "layerwise_ranking", "probe", "weights", "logits", "rules", "shift", "ifeval", "ifsuite", "alpaca_eval"}
+    | {*MECH_FIGURES, MECHANISM.name}
+)
 
 
 def generic_key(name: str) -> str:

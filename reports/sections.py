@@ -15,7 +15,7 @@ from typing import Any
 
 from . import paper
 from .collect import RunData, StepRecord, finite, mean_std
-from .figures import generic_figures, generic_key
+from .figures import MECH_FIGURES, MECHANISM, generic_figures, generic_key
 from .uncertainty import (
     PAIRED_CAPTION,
     PAIRED_COLUMNS,
@@ -47,6 +47,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)  # keys of figures.FIGURES (or of figures.generic_figures)
     samples: list[dict[str, Any]] = field(default_factory=list)  # {"instruction", "responses": [(system, text)]}
+    items: list[str] = field(default_factory=list)  # a bulleted list of sentences
 
 
 def _pct(records: list[StepRecord], key: str, *, digits: int = 1) -> str:
@@ -322,6 +323,79 @@ def layerwise(run: RunData) -> Section:
             "of log-probabilities the rule family explains, layer by layer."
         ),
         figures=["weights", "kl", "ranking", "probe", "rules"],
+    )
+
+
+def mechanism(run: RunData) -> list[Section]:
+    """The section "Where the change lives": the mech steps' figures and each variant's smallest sufficient patch
+    (no section when the run has no mech steps)."""
+    if not run.stage("mech"):
+        return []
+    smallest = MECHANISM.result(run)
+    items = [str(e["sentence"]) for e in smallest.entries] if smallest is not None else []  # each names its variant
+    threshold = next((e.get("threshold") for e in getattr(smallest, "entries", []) if e.get("threshold") is not None), None)
+    share = f"{threshold * 100:.0f}%" if isinstance(threshold, (int, float)) else "the threshold"
+    return [
+        Section(
+            "mechanism",
+            "Where the change lives",
+            (
+                "Causal tests of each variant against the base: which of the variant's weights or activations, patched into the "
+                "base, are sufficient to reproduce its change; whether one difference vector added to the residual stream "
+                "(steering) or a low-rank ΔW does; and, per variant, the smallest patch that recovers "
+                f"{share} of the change."
+            ),
+            tables=[_mechanism_table(run)],
+            figures=list(MECH_FIGURES),
+            items=items,
+        )
+    ]
+
+
+def _mechanism_table(run: RunData) -> Table:
+    """Per variant: the smallest patch of each kind, the rule adapter and the best activation patch beside them, and the
+    seconds each analysis took (from the mech steps' summaries)."""
+
+    def pct(x: Any) -> str:
+        return "–" if not isinstance(x, (int, float)) else f"{x * 100:.0f}%"
+
+    steering = {e["variant"]: e for e in getattr(run.merged("mech", "steering"), "entries", [])}
+    activations = {e["variant"]: e for e in getattr(run.merged("mech", "activation_patching"), "entries", [])}
+    rows = []
+    for record in run.stage("mech"):
+        summary = record.summary
+        label = summary.get("variant", record.label)
+        smallest = summary.get("smallest", {})
+        cells = []
+        for kind in ("modules", "rank", "vector"):
+            s = smallest.get(kind)
+            cells.append(f"{s['what']}: {pct(s['recovered'])}" if s else "–")
+        rules = steering.get(label, {}).get("rules", {}).get("recovered_heldout")
+        best = max(
+            (c for c in activations.get(label, {}).get("cells", []) if c.get("recovered") is not None and c["positions"] != "all"),
+            key=lambda c: c["recovered"],
+            default=None,
+        )
+        act = f"L{best['layer']} {best['site']} @ {best['positions']}: {pct(best['recovered'])}" if best else "–"
+        timings = summary.get("timings", {})
+        cost = " / ".join(
+            f"{timings[k]:.0f}" if k in timings else "–" for k in ("weight_patching", "activation_patching", "steering", "low_rank")
+        )
+        rows.append([label, *cells, pct(rules), act, cost])
+    return Table(
+        [
+            "variant",
+            "fewest modules",
+            "lowest rank",
+            "one vector (held-out)",
+            "rule adapter (held-out)",
+            "best partial activation patch",
+            "seconds: weights / activations / steering / rank",
+        ],
+        rows,
+        "Recovered fraction of the change: 1 − KL(variant ‖ patched base) / KL(variant ‖ base) over response positions. "
+        "The rule adapter is the paper's product of experts with the base, scored like a patch. The best activation patch "
+        "leaves out the 'every position' class (at the last layer it is the variant by construction).",
     )
 
 
@@ -621,6 +695,7 @@ def build_sections(run: RunData) -> list[Section]:
         rules(run),
         layerwise(run),
         tokens(run),
+        *mechanism(run),
         *generic_sections(run),
         samples(run),
         manifest(run),

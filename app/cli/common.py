@@ -50,6 +50,14 @@ RULES_CONFIG_OPTION = typer.Option(None, "--rules-config", help="YAML with rule 
 DTYPE_OPTION = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: fp32 on CPU, bf16 on GPU).")
 DEVICE_OPTION = typer.Option(None, "--device", help="cpu / cuda (default: cuda if available).")
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+OUT_DIR_OPTION = typer.Option(..., "--out", "-o", help="Output directory.")
+BASE_OPTION = typer.Option("gemma-3-270m", "--base", "-b", help="Base model SPEC.")
+VARIANTS_OPTION = typer.Option(
+    ...,
+    "--variant",
+    "-V",
+    help="Variant SPEC (an HF directory, e.g. runs/study/demo/train/response.s0, or a LoRA adapter directory); repeat for several.",
+)
 
 
 def error_message(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from .common import (
     DEVICE_OPTION,
     DTYPE_OPTION,
     FORMAT_OPTION,
+    OUT_DIR_OPTION,
     QUIET_OPTION,
     RULES_CONFIG_OPTION,
     RULES_OPTION,
@@ -49,7 +50,7 @@ def _behaviour_line(m: dict) -> str:
 @eval_app.command("alpaca")
 @user_errors
 def alpaca(
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    out: Path = OUT_DIR_OPTION,
     outputs: Optional[Path] = typer.Option(None, "--outputs", help="Model outputs, AlpacaEval JSON list (what `iit generate` writes)."),
     reference: Optional[str] = typer.Option(
         None,
@@ -190,7 +191,7 @@ def _generate_outputs(out: Path, instructions: list[str], dataset: str, request:
 @stage_options(GenerateConfig)
 def ifeval(
     cfg: GenerateConfig,
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    out: Path = OUT_DIR_OPTION,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
     outputs: Optional[Path] = typer.Option(
         None,
@@ -253,7 +254,7 @@ def ifeval(
 @stage_options(GenerateConfig)
 def ifsuite(
     cfg: GenerateConfig,
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    out: Path = OUT_DIR_OPTION,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
     outputs: Optional[Path] = typer.Option(None, "--outputs", help="Score these AlpacaEval-format outputs instead of generating."),
     fmt: str = FORMAT_OPTION,
@@ -323,7 +324,7 @@ def ifsuite(
 @user_errors
 def behaviour(
     outputs: Path = typer.Option(..., "--outputs", help="AlpacaEval-format outputs (JSON list)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    out: Path = OUT_DIR_OPTION,
 ) -> None:
     """EOS-terminated fraction, repetition (distinct n-grams), template echo and length of any outputs."""
     from implicit_it.evaluation import read_model_outputs
@@ -344,7 +345,7 @@ def similarity(
     outputs: Path = typer.Option(..., "--outputs", help="The model's outputs on general instructions (AlpacaEval JSON list)."),
     domain: Path = typer.Option(..., "--domain", help="The finetuning domain's data (chat JSONL, e.g. gsm8k/train_1k.jsonl)."),
     general: Path = typer.Option(..., "--general", help="General instruction data (chat JSONL, e.g. lima/train.jsonl)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    out: Path = OUT_DIR_OPTION,
     embedder: str = typer.Option(
         "all-minilm-l6-v2",
         "--embedder",

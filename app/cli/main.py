@@ -11,17 +11,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from implicit_it.config import DiffConfig, GenerateConfig, ProbeConfig, RankConfig, check_epoch_grid
+from implicit_it.config import DiffConfig, GenerateConfig, MechConfig, ProbeConfig, RankConfig, check_epoch_grid
 from implicit_it.lists import parse_list
 
 from .common import (
+    BASE_OPTION,
     DEVICE_OPTION,
     DTYPE_OPTION,
     FORMAT_OPTION,
+    OUT_DIR_OPTION,
     QUIET_OPTION,
     RULES_CONFIG_OPTION,
     RULES_OPTION,
     USER_ERRORS,
+    VARIANTS_OPTION,
     VERBOSE,
     command_line,
     console,
@@ -333,7 +336,7 @@ FORMATS_OPTION = typer.Option(["tulu"], "--format", "-f", help="Chat format; onc
 def rank(
     cfg: RankConfig,
     model: list[str] = MODELS_OPTION,
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    out: Path = OUT_DIR_OPTION,
     fmt: list[str] = FORMATS_OPTION,
     include_self: bool = typer.Option(False, "--include-self", hidden=True, help="Deprecated: --self-draws tie."),
     seed: int = typer.Option(0, "--seed", help="Seed of the negative draws (paper: 0) and of the bootstrap."),
@@ -472,14 +475,9 @@ PROBE_LABELS = "1 = own response, 0 = the partner instruction's response (swap p
 @stage_options(DiffConfig, short={"data": "-d", "analyses": "-a"})
 def diff(
     cfg: DiffConfig,
-    base: str = typer.Option("gemma-3-270m", "--base", "-b", help="Base model SPEC."),
-    variant: list[str] = typer.Option(
-        ...,
-        "--variant",
-        "-V",
-        help="Variant SPEC (an HF directory, e.g. runs/demo/response, or a LoRA adapter directory); repeat for several.",
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    base: str = BASE_OPTION,
+    variant: list[str] = VARIANTS_OPTION,
+    out: Path = OUT_DIR_OPTION,
     fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format of the texts."),
     seed: int = typer.Option(0, "--seed", help="Seed of the fit/held-out split of instructions."),
     dtype: Optional[str] = DTYPE_OPTION,
@@ -543,8 +541,7 @@ def diff(
         diffs.append(stage.diff)
         timings.update({f"{spec}:{k}": round(v, 2) for k, v in stage.diff.timings.items()})
         if loaded is not None:
-            described.append(loaded.describe())
-        del loaded
+            described.append({"spec": spec, "weights": "streamed from its checkpoint into the base, in place"})
         write_manifest(  # after every variant, so a failure on a later one keeps the earlier ones
             out,
             build_manifest(
@@ -619,6 +616,89 @@ def _diff_lines(merged: dict) -> list[str]:
             f"{moved['relative_delta']:.2e} in {moved['tensor']}"
         )
     return lines
+
+
+@app.command()
+@user_errors
+@stage_options(MechConfig, short={"data": "-d", "analyses": "-a"})
+def mech(
+    cfg: MechConfig,
+    base: str = BASE_OPTION,
+    variant: list[str] = VARIANTS_OPTION,
+    out: Path = OUT_DIR_OPTION,
+    fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format of the texts and the behaviour prompts."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the fit/held-out split of the texts and of the stratified IFEval subset of behaviour prompts."
+    ),
+    dtype: Optional[str] = DTYPE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="e.g. 'auto': spread large models over devices."),
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Where each variant's change lives, causally: patch its weights or activations into the base, steer the base with
+    difference vectors, truncate ΔW to low rank, and name the smallest patch that recovers the change."""
+    import contextlib
+
+    from implicit_it.analyses import mech as mech_stage
+    from implicit_it.analyses import mech_runner_check, texts_from_source
+    from implicit_it.app.mech import mech_behaviour, mech_data_files, mech_lines
+    from implicit_it.generation import progress_bar
+    from implicit_it.manifest import build_manifest, write_manifest
+    from implicit_it.models import load_model
+    from implicit_it.paths import check_writable
+    from implicit_it.probes import read_ranking_source
+
+    mech_runner_check(cfg)  # a bad block/layer spec is an error now, before any model loads
+    check_writable(out, directory=True)
+    data_texts = texts_from_source(read_ranking_source(cfg.data, limit=cfg.limit))
+    behaviour = mech_behaviour(cfg, data_texts, seed=seed)
+    load_kwargs = {"dtype": dtype, "device": device, "device_map": device_map}
+    base_loaded = load_model(base, **load_kwargs)
+    config = {"base": base, "variants": variant, **cfg.model_dump(mode="json"), "format": fmt}
+    stages: list[Any] = []
+    described, timings, results = [], {}, {}
+
+    def bar(label: str, total: int):  # a progress bar that lives as long as this variant's stack
+        return stack.enter_context(progress_bar(total, not quiet, label))
+
+    for spec in variant:
+        try:
+            with contextlib.ExitStack() as stack:
+                stage = mech_stage(  # the variant is not loaded: it runs as the base with its tensors swapped in
+                    base_loaded,
+                    None,
+                    cfg,
+                    out,
+                    fmt=fmt,
+                    base_spec=base,
+                    variant_spec=spec,
+                    seed=seed,
+                    data_texts=data_texts,
+                    behaviour=behaviour,
+                    earlier=stages,
+                    progress=bar,
+                )
+        except USER_ERRORS as exc:
+            raise naming(spec, exc) from exc
+        stages.append(stage)
+        timings.update({f"{spec}:{k}": round(v, 2) for k, v in stage.summary.get("timings", {}).items()})
+        results[spec] = {k: v for k, v in stage.summary.items() if k != "timings"}
+        described.append({"spec": spec, "weights": "streamed from its checkpoint into the base, in place"})
+        write_manifest(  # after every variant, so a failure on a later one keeps the earlier ones
+            out,
+            build_manifest(
+                command=command_line(),
+                config=config,
+                seed=seed,
+                model={"base": base_loaded.describe(), "variants": described},
+                data_files=mech_data_files(cfg),
+                results=results,
+                timings=timings,
+            ),
+        )
+    for line in mech_lines(stage.merged):
+        console.print(line, highlight=False)
+    console.print(f"wrote {out}/: " + ", ".join(f"{n}.json" for n in stage.merged) + " (+ .parquet, .png), manifest.json", highlight=False)
 
 
 @app.command()

@@ -27,6 +27,9 @@ def run(
         "once per seed and the report gives mean ± std (default: the config's run.seeds or seed).",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (one line per step)."),
+    sets: list[str] = typer.Option(
+        [], "--set", help="KEY=VALUE with a dotted key, e.g. run.mech.enabled=true: set one config field (value read as YAML); repeatable."
+    ),
 ) -> None:
     """Train the variants, generate (base, variants, rule adapter + ablations), rank/probe, diff, evaluate and write the report.
 
@@ -35,7 +38,7 @@ def run(
     from implicit_it.app.pipeline import StageFailed, parse_seeds, run_study
     from implicit_it.config import load_config
 
-    cfg = load_config(config)
+    cfg = load_config(config, sets)
     seed_list = parse_seeds(seeds) if seeds else None
     run_dir = out or Path("runs") / "study" / cfg.name
     t0 = time.perf_counter()

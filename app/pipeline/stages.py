@@ -1,4 +1,4 @@
-"""The study as a list of steps: train → generate → rank/probe → diff → eval → report.
+"""The study as a list of steps: train → generate → rank/probe → diff → mech → eval → report.
 
 ``plan_study`` turns one experiment config into steps, each keyed by its config and inputs
 (:mod:`.steps`). Every system the study compares gets a name used throughout the run:
@@ -32,14 +32,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from implicit_it.config import MAX_SEED, RULE_SETS, DiffConfig, ExperimentConfig, ProbeConfig, RankConfig, check_config
+from implicit_it.config import MAX_SEED, RULE_SETS, DiffConfig, ExperimentConfig, MechConfig, ProbeConfig, RankConfig, check_config
 from implicit_it.errors import ConfigError
 from implicit_it.io import atomic_write_json
 from implicit_it.lists import parse_list
 
 from .steps import Step
 
-REPORT_FORMAT = 2  # bump when the report's layout changes, so that a re-run renders it again
+REPORT_FORMAT = 3  # bump when the report's layout changes, so that a re-run renders it again
 IFSUITE = "ifsuite"
 IFEVAL = "ifeval"
 ALPACA = "alpaca"
@@ -177,8 +177,25 @@ class StudyPlan:
                 parse_analyses(",".join(run.diff.analyses))
             except ValueError as exc:
                 raise ConfigError(f"run.diff.{exc}") from None
+        if run.mech.enabled and self.config.training.variants:
+            self._validate_mech()
         check_writable(self.run_dir, directory=True)
         return notes
+
+    def _validate_mech(self) -> None:
+        """``run.mech``: its layer/block specs (:func:`~implicit_it.analyses.mech_runner_check`) and the files it reads."""
+        from implicit_it.analyses import mech_runner_check
+        from implicit_it.app.mech import mech_data_files
+
+        m = self.config.run.mech
+        try:
+            mech_runner_check(m)
+        except ValueError as exc:
+            raise ConfigError(f"run.mech.{exc}") from None
+        for path in mech_data_files(m):
+            field = "data" if path == m.data else "behaviour_data"
+            if not Path(path).expanduser().is_file():
+                raise ConfigError(f"run.mech.{field}: {path}: file not found")
 
     def build(self, source: str = "<config>") -> list[Step]:
         """Validate the whole study (:meth:`validate`), then make its steps: a bad value anywhere is one
@@ -215,6 +232,10 @@ class StudyPlan:
             for s in model_systems:
                 if s.kind == "variant":
                     self._diff_step(s)
+        if run.mech.enabled:
+            for s in model_systems:
+                if s.kind == "variant":
+                    self._mech_step(s)
         for s in self.systems:
             self._ifsuite_step(s, generated[(s.name, IFSUITE)])
         if run.eval.ifeval:
@@ -368,6 +389,24 @@ class StudyPlan:
                 self._dir("diff", system.name),
                 inputs=[system.train],
                 data_files=[d.data],
+                meta=system.meta(),
+            )
+        )
+
+    def _mech_step(self, system: System) -> Step:
+        from implicit_it.app.mech import mech_data_files
+
+        m = self.config.run.mech
+        config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed, **stage_fields(m, MechConfig)}
+        return self._add(
+            Step(
+                "mech",
+                system.name,
+                config,
+                lambda step: self._run_mech(step, system),
+                self._dir("mech", system.name),
+                inputs=[system.train],
+                data_files=mech_data_files(m),
                 meta=system.meta(),
             )
         )
@@ -706,6 +745,39 @@ class StudyPlan:
             summary["kl_output"] = result.results["logits"].entries[0]["kl_output"]
         self._manifest(step, variant, summary, {k: round(v, 2) for k, v in result.timings.items()})
         return summary
+
+    def _run_mech(self, step: Step, system: System) -> dict[str, Any]:
+        from implicit_it.analyses import mech, texts_from_source
+        from implicit_it.app.mech import mech_behaviour
+        from implicit_it.generation import progress_bar
+        from implicit_it.probes import read_ranking_source
+
+        m = self.config.run.mech
+        data_texts = texts_from_source(read_ranking_source(m.data, limit=m.limit))
+        behaviour = mech_behaviour(m, data_texts, seed=self.config.seed)
+        base = self._load(System("base", "base", "base"))  # the cached base: the analyses restore its weights exactly
+        with contextlib.ExitStack() as stack:
+
+            def bar(label: str, total: int):
+                return stack.enter_context(progress_bar(total, self.show_progress, f"{label} ({system.name})"))
+
+            stage = mech(  # the variant is not loaded: it runs as the base with its tensors swapped in (one model held)
+                base,
+                None,
+                m,
+                step.dir,
+                fmt=self.config.format,
+                base_spec=self.config.model.spec,
+                variant_spec=str(system.train.dir),
+                label=system.name,
+                seed=self.config.seed,
+                data_texts=data_texts,
+                behaviour=behaviour,
+                progress=bar,
+            )
+        timings = {k: round(v, 2) for k, v in stage.summary.get("timings", {}).items()}
+        self._manifest(step, base, {**stage.summary, "variant_checkpoint": str(system.train.dir)}, timings)
+        return stage.summary
 
     def _run_ifsuite(self, step: Step, system: System, generated: Step) -> dict[str, Any]:
         from implicit_it.evaluation import ifsuite_stage, load_suite

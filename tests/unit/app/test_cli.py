@@ -15,7 +15,7 @@ runner = CliRunner()
 def test_help_lists_subcommands():
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0
-    for cmd in ("generate", "train", "sweep", "rank", "probe", "diff", "eval", "models", "formats", "data", "config"):
+    for cmd in ("generate", "train", "sweep", "rank", "probe", "diff", "mech", "eval", "models", "formats", "data", "config"):
         assert cmd in res.output
 
 
@@ -385,3 +385,138 @@ def test_diff_rejects_bad_options_with_one_error(tmp_path, tiny_llama_dir, share
     )
     assert res.exit_code == 2 and "nope" in res.output
     assert not (tmp_path / "o").exists()
+
+
+MECH_RESULTS = ("weight_patching", "activation_patching", "steering", "low_rank", "mechanism")
+
+
+def test_mech_help_lists_the_options_generated_from_its_config():
+    from implicit_it.config import MechConfig
+
+    res = runner.invoke(app, ["mech", "--help"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    for name in MechConfig.model_fields:
+        assert "--" + name.replace("_", "-") in text, name
+    for flag in ("--base", "--variant", "--out", "--format", "--seed", "--dtype", "--device", "--quiet", "--config", "--set"):
+        assert flag in text
+
+
+def test_mech_rejects_a_bad_block_spec_with_one_error_naming_the_field(tmp_path, tiny_llama_dir):
+    out = tmp_path / "o"
+    base = ["mech", "--base", str(tiny_llama_dir), "--variant", str(tiny_llama_dir), "--out", str(out)]
+    for bad in ("every:0", "6-2", "first"):
+        res = runner.invoke(app, base + ["--blocks", bad])
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert res.exit_code == 2 and "--blocks" in res.output and "error:" in lines[0], res.output
+        assert sum("error:" in line for line in lines) == 1
+    res = runner.invoke(app, base + ["--set", "ranks=[1, -1]"])
+    assert res.exit_code == 2 and "ranks" in res.output
+    assert not out.exists()  # nothing written, no model loaded
+
+
+def _perturbed_variant(tiny_llama_dir, path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p) * p.abs().mean())  # every tensor moves, as finetuning would
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(path)
+    return path
+
+
+def test_mech_writes_all_five_results_and_a_manifest(tmp_path, tiny_llama_dir, shared_data):
+    import torch
+    from safetensors.torch import load_file
+
+    variant = _perturbed_variant(tiny_llama_dir, tmp_path / "variant")
+    out = tmp_path / "mech"
+    res = runner.invoke(
+        app,
+        [
+            "mech",
+            "--base",
+            str(tiny_llama_dir),
+            "--variant",
+            str(variant),
+            "--data",
+            str(shared_data / "lima" / "val_reference_gpt35.json"),
+            "--limit",
+            "2",
+            "--blocks",
+            "all",
+            "--layers",
+            "all",
+            "--sites",
+            "resid",
+            "--positions",
+            "all,response",
+            "--alphas",
+            "1.0",
+            "--ranks",
+            "0,1",
+            "--max-length",
+            "64",
+            "--response-tokens",
+            "4",
+            "--behaviour-data",
+            str(shared_data / "ifeval" / "input_data.jsonl"),
+            "--behaviour-prompts",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    from implicit_it.analysis import read_result
+
+    for name in MECH_RESULTS:
+        for ext in ("json", "parquet", "png"):
+            assert (out / f"{name}.{ext}").is_file() and (out / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
+        result = read_result(out / f"{name}.json")
+        assert result is not None and [e["variant"] for e in result.entries] == [str(variant)], name
+    smallest = read_result(out / "mechanism.json").entries[0]
+    assert smallest["threshold"] == 0.8 and " ".join(smallest["sentence"].split()) in " ".join(res.output.split())  # printed
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["seed"] == 0 and man["config"]["ranks"] == [0, 1] and man["config"]["variants"] == [str(variant)]
+    assert str(variant) in man["results"] and len(man["data"]) == 2 and man["git"]
+    # the base was patched in place and restored exactly: the process-cached copy the command used equals its checkpoint
+    from implicit_it.models import load_model
+
+    saved = load_file(str(tiny_llama_dir / "model.safetensors"))
+    state = load_model(str(tiny_llama_dir)).model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
+
+
+def test_mech_behaviour_is_a_stratified_ifeval_subset_scored_loose_or_the_texts_instructions(shared_data):
+    from implicit_it.app.mech import mech_behaviour, mech_data_files
+    from implicit_it.config import MechConfig
+    from implicit_it.evaluation import load_ifeval, score_ifeval
+
+    ifeval = str(shared_data / "ifeval" / "input_data.jsonl")
+    cfg = MechConfig(data=ifeval, behaviour_data=ifeval, behaviour_prompts=5)
+    behaviour = mech_behaviour(cfg, [], seed=0)
+    subset = load_ifeval(ifeval, limit=5, seed=0)
+    assert behaviour.prompts == [p.prompt for p in subset] and behaviour.label == "IFEval"
+    echo = list(behaviour.prompts)
+    expected = score_ifeval(subset, echo).entries[0]["prompt_loose"]["accuracy"]
+    assert behaviour.score(echo) == {"ifeval_loose": expected}
+    assert mech_data_files(cfg) == [ifeval, ifeval]
+
+    class Text:
+        def __init__(self, instruction):
+            self.instruction = instruction
+
+    texts = [Text("a"), Text("b"), Text("c")]
+    own = mech_behaviour(cfg.model_copy(update={"behaviour_data": None, "behaviour_prompts": 2}), texts)
+    assert own.prompts == ["a", "b"] and own.score is None
+    assert mech_behaviour(cfg.model_copy(update={"behaviour_prompts": 0}), texts) is None
+    no_steering = cfg.model_copy(update={"analyses": ["weights", "rank"]})
+    assert mech_behaviour(no_steering, texts) is None and mech_data_files(no_steering) == [ifeval]  # nothing generates

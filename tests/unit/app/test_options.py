@@ -12,10 +12,12 @@ from implicit_it.app.cli.options import PREFIX, build_config, field_options, keb
 from implicit_it.config import (
     DiffConfig,
     GenerateConfig,
+    MechConfig,
     ProbeConfig,
     RankConfig,
     RunDiffConfig,
     RunGenerateConfig,
+    RunMechConfig,
     RunProbeConfig,
     RunRankConfig,
 )
@@ -26,6 +28,7 @@ STAGES = {
     "rank": RankConfig,
     "probe": ProbeConfig,
     "diff": DiffConfig,
+    "mech": MechConfig,
     "generate": GenerateConfig,
     "eval ifeval": GenerateConfig,
     "eval ifsuite": GenerateConfig,
@@ -55,7 +58,12 @@ def test_every_stage_field_is_an_option_with_the_configs_default(command):
 
 
 def test_run_blocks_are_the_stage_configs_plus_pipeline_fields():
-    for run_block, stage in ((RunRankConfig, RankConfig), (RunProbeConfig, ProbeConfig), (RunDiffConfig, DiffConfig)):
+    for run_block, stage in (
+        (RunRankConfig, RankConfig),
+        (RunProbeConfig, ProbeConfig),
+        (RunDiffConfig, DiffConfig),
+        (RunMechConfig, MechConfig),
+    ):
         assert issubclass(run_block, stage)
         assert set(run_block.model_fields) - set(stage.model_fields) <= {"enabled", "systems"}
     assert issubclass(RunGenerateConfig, GenerateConfig)  # plus the study's prompt sets, per-system caps and rule sets

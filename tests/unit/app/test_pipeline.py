@@ -539,3 +539,83 @@ def test_train_key_covers_only_what_training_reads(tiny_llama_dir, shared_data, 
     assert all(before[k] != after[k] for k in before)
     after = train_keys(edited("data", heldout_examples=3))
     assert all(before[k] != after[k] for k in before)
+
+
+def _mech_block(shared_data, **changes) -> dict:
+    """A tiny ``run.mech`` block: 2 texts, 2 behaviour prompts of 4 tokens, one steering strength, ranks 0 and 1."""
+    return {
+        "enabled": True,
+        "data": str(shared_data / "lima" / "val_reference_gpt35.json"),
+        "limit": 2,
+        "blocks": "all",
+        "layers": "all",
+        "alphas": [1.0],
+        "ranks": [0, 1],
+        "max_length": 64,
+        "response_tokens": 4,
+        "behaviour_data": str(shared_data / "ifeval" / "input_data.jsonl"),
+        "behaviour_prompts": 2,
+        "max_new_tokens": 4,
+    } | changes
+
+
+def test_mech_steps_are_opt_in_keyed_by_their_block_and_files_and_validated_first(tiny_llama_dir, shared_data, tmp_path):
+    data = _config_dict(tiny_llama_dir, shared_data)
+
+    def keys(d):
+        return {s.id: s.key for s in StudyPlan(parse_config(d), tmp_path / "run").build()}
+
+    assert not any(sid.startswith("mech/") for sid in keys(data))  # off by default
+    behaviour = tmp_path / "input_data.jsonl"
+    shutil.copy(shared_data / "ifeval" / "input_data.jsonl", behaviour)
+    data["run"]["mech"] = _mech_block(shared_data, behaviour_data=str(behaviour))
+    before = keys(data)
+    mech = {"mech/instruction.s0", "mech/response.s0", "mech/single_task-gsm.s0"}
+    assert {sid for sid in before if sid.startswith("mech/")} == mech
+    data["run"]["mech"]["alphas"] = [1.0, 2.0]
+    assert {sid for sid, key in keys(data).items() if before[sid] != key} == mech | {"report/report"}
+    data["run"]["mech"]["alphas"] = [1.0]
+    behaviour.write_text(behaviour.read_text() + "\n")  # the behaviour prompts' file: its sha256 is in the key
+    assert {sid for sid, key in keys(data).items() if before[sid] != key} == mech | {"report/report"}
+    data["run"]["mech"]["behaviour_data"] = str(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="run.mech.behaviour_data: .*missing.jsonl: file not found"):
+        keys(data)
+    data["run"]["mech"].update(behaviour_data=str(behaviour), blocks="every:0")
+    with pytest.raises(ValueError, match="run.mech.blocks"):
+        keys(data)
+
+
+def test_mech_steps_run_on_the_trained_variants_and_the_report_shows_where_the_change_lives(study, shared_data, tmp_path):
+    from implicit_it.analysis import read_result
+
+    cfg, run_dir, _ = study
+    copy = _copy(run_dir, tmp_path)
+    data = cfg.model_dump(mode="json")
+    data["training"]["variants"] = ["response"]  # one mech step (the other variants' steps stay on disk, finished)
+    data["run"]["probe"]["systems"] = ["base"]
+    data["run"]["mech"] = _mech_block(shared_data, sites=["resid"], positions=["all", "response"])
+    outcome = run_study(parse_config(data), copy, show_progress=False)
+    ran = {sid for sid, status in outcome.statuses.items() if status == "ran"}
+    mech = {"mech/response.s0"}
+    assert ran == mech | {"report/report"}  # training and every other step finished earlier
+    names = ("weight_patching", "activation_patching", "steering", "low_rank", "mechanism")
+    sentences = {}
+    for sid in mech:
+        step_dir = copy / sid
+        for name in names:
+            result = read_result(step_dir / f"{name}.json")
+            assert result is not None and [e["variant"] for e in result.entries] == [sid.split("/")[1]], (sid, name)
+        entry = read_result(step_dir / "mechanism.json").entries[0]
+        sentences[entry["variant"]] = entry["sentence"]
+        summary = json.loads((step_dir / "step.json").read_text())["summary"]
+        assert summary["sentence"] == entry["sentence"] and json.loads((step_dir / "manifest.json").read_text())["results"]
+    md = (copy / "report" / "report.md").read_text()
+    assert md.count("## Where the change lives") == 1
+    section = md.split("## Where the change lives")[1].split("\n## ")[0]
+    for variant, sentence in sentences.items():
+        assert f"- {sentence}" in section and variant in sentence
+    for key in names[:-1]:
+        assert f"![{key}](figures/{key}.png)" in section and (copy / "report" / "figures" / f"{key}.png").is_file()
+    assert not any(f"result-{name}" in md for name in names)  # no generic section repeats them
+    html = (copy / "report" / "report.html").read_text()
+    assert 'id="mechanism"' in html and html.count('<figure id="figure-weight_patching">') == 1

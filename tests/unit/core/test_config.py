@@ -83,3 +83,18 @@ def test_rule_family_defaults_to_frequent_tokens():
     assert RunDiffConfig().vocab == "frequent:2048"
     for cls in (LayerDiff, RuleComparison):
         assert inspect.signature(cls).parameters["vocab"].default == "frequent:2048", cls.__name__
+
+
+def test_set_overrides_dotted_keys_and_names_bad_ones(tmp_path):
+    """``iit run --set run.mech.enabled=true``: a dotted key sets one field (value read as YAML); the validation names
+    an unknown key; a key through a non-mapping or without '=' is one error."""
+    path = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+    cfg = load_config(path, ["run.mech.enabled=true", "run.mech.alphas=[1, 2]", "seed=3"])
+    assert cfg.run.mech.enabled and cfg.run.mech.alphas == [1.0, 2.0] and cfg.seed == 3
+    assert not load_config(path).run.mech.enabled
+    with pytest.raises(ConfigError, match=r"(?s)with --set run.mech.bogus=1.*run\.mech\.bogus: unknown key"):
+        load_config(path, ["run.mech.bogus=1"])
+    with pytest.raises(ConfigError, match="seed is not a mapping"):
+        load_config(path, ["seed.x=1"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["run.mech.enabled"])
