@@ -541,7 +541,8 @@ def diff(
         diffs.append(stage.diff)
         timings.update({f"{spec}:{k}": round(v, 2) for k, v in stage.diff.timings.items()})
         if loaded is not None:
-            described.append({"spec": spec, "weights": "streamed from its checkpoint into the base, in place"})
+            described.append(loaded.describe())
+        del loaded
         write_manifest(  # after every variant, so a failure on a later one keeps the earlier ones
             out,
             build_manifest(

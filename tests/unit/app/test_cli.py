@@ -354,6 +354,7 @@ def test_diff_runs_all_four_analyses_and_writes_documented_files(tmp_path, tiny_
     man = json.loads((out / "manifest.json").read_text())
     assert man["seed"] == 0 and man["config"]["analyses"] == ["weights", "logits", "rules", "shift"]
     assert man["results"]["rules"][0]["variant"] == str(variant) and man["git"] and list(man["data"].values())[0]
+    assert [v["spec"] for v in man["model"]["variants"]] == [str(variant)] and man["model"]["variants"][0]["n_parameters"] > 0, man["model"]
 
 
 def test_diff_rejects_bad_options_with_one_error(tmp_path, tiny_llama_dir, shared_data):
