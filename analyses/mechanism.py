@@ -114,8 +114,10 @@ def sentence(label: str, smallest: dict[str, Any], threshold: float) -> str:
         head = "the fewest modules" if m["reaches"] else "no module set short of all"
         parts.append(f"{head}: {m['what']} ({m['share_of_changed']:.0%} of the changed parameters) {verb} {m['recovered']:.0%}")
     r = smallest.get("rank")
-    if r:
+    if r and r["what"] != "full rank":
         parts.append(f"the lowest rank: {r['what']} per matrix recovers {r['recovered']:.0%}")
+    elif r:
+        parts.append("no rank below full (the variant itself) reaches it")
     v = smallest.get("vector")
     if v:
         parts.append(f"one vector ({v['what']}) recovers {v['recovered']:.0%} on held-out texts")
