@@ -6,10 +6,11 @@ its traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sys
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -94,6 +95,19 @@ def user_errors(func: F) -> F:
 def naming(label: str, exc: BaseException) -> ValueError:
     """``exc`` as a user error whose message starts with ``label`` (which model, which variant failed)."""
     return ValueError(f"{label}: {error_message(exc)}")
+
+
+@contextlib.contextmanager
+def per_variant(spec: str, quiet: bool) -> Iterator[Callable[[str, int], Any]]:
+    """One variant's work in a multi-variant command: yields a progress-bar factory whose bars live as long as this
+    block, and re-raises a user error as one naming ``spec``."""
+    from implicit_it.generation import progress_bar
+
+    try:
+        with contextlib.ExitStack() as stack:
+            yield lambda label, total: stack.enter_context(progress_bar(total, not quiet, label))
+    except USER_ERRORS as exc:
+        raise naming(spec, exc) from exc
 
 
 def command_line() -> str:

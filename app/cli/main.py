@@ -29,6 +29,7 @@ from .common import (
     command_line,
     console,
     naming,
+    per_variant,
     slug,
     user_errors,
 )
@@ -486,11 +487,9 @@ def diff(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Where each variant differs from the base (weights, logit lens per layer) and how much of it the rule adapter explains."""
-    import contextlib
 
     from implicit_it.analyses import diff as diff_stage
     from implicit_it.analyses import diff_runner, load_variant, needs_models, texts_from_source
-    from implicit_it.generation import progress_bar
     from implicit_it.manifest import build_manifest, write_manifest
     from implicit_it.models import load_model
     from implicit_it.paths import check_writable
@@ -511,33 +510,26 @@ def diff(
         "split": "instructions shuffled with --seed; first half fits",
     }
     diffs, described, timings = [], [], {}
-
-    def bar(label: str, total: int):  # a progress bar that lives as long as this variant's stack
-        return stack.enter_context(progress_bar(total, not quiet, label))
-
     for spec in variant:
-        try:
-            with contextlib.ExitStack() as stack:
-                t0 = time.perf_counter()
-                loaded = load_variant(spec, base, **load_kwargs) if needs_models(runner) else None
-                timings[f"{spec}:load"] = round(time.perf_counter() - t0, 2)
-                stage = diff_stage(
-                    base_loaded,
-                    loaded,
-                    cfg,
-                    out,
-                    fmt=fmt,
-                    base_spec=base,
-                    variant_spec=spec,
-                    seed=seed,
-                    runner=runner,
-                    data_texts=data_texts,
-                    texts_file=f"texts/{slug(spec, 'variant')}.jsonl",
-                    earlier=diffs,
-                    progress=bar,
-                )
-        except USER_ERRORS as exc:
-            raise naming(spec, exc) from exc
+        with per_variant(spec, quiet) as bar:
+            t0 = time.perf_counter()
+            loaded = load_variant(spec, base, **load_kwargs) if needs_models(runner) else None
+            timings[f"{spec}:load"] = round(time.perf_counter() - t0, 2)
+            stage = diff_stage(
+                base_loaded,
+                loaded,
+                cfg,
+                out,
+                fmt=fmt,
+                base_spec=base,
+                variant_spec=spec,
+                seed=seed,
+                runner=runner,
+                data_texts=data_texts,
+                texts_file=f"texts/{slug(spec, 'variant')}.jsonl",
+                earlier=diffs,
+                progress=bar,
+            )
         diffs.append(stage.diff)
         timings.update({f"{spec}:{k}": round(v, 2) for k, v in stage.diff.timings.items()})
         if loaded is not None:
@@ -638,12 +630,10 @@ def mech(
 ) -> None:
     """Where each variant's change lives, causally: patch its weights or activations into the base, steer the base with
     difference vectors, truncate ΔW to low rank, and name the smallest patch that recovers the change."""
-    import contextlib
 
     from implicit_it.analyses import mech as mech_stage
     from implicit_it.analyses import mech_runner_check, texts_from_source
     from implicit_it.app.mech import mech_behaviour, mech_data_files, mech_lines
-    from implicit_it.generation import progress_bar
     from implicit_it.manifest import build_manifest, write_manifest
     from implicit_it.models import load_model
     from implicit_it.paths import check_writable
@@ -659,28 +649,22 @@ def mech(
     stages: list[Any] = []
     described, timings, results = [], {}, {}
 
-    def bar(label: str, total: int):  # a progress bar that lives as long as this variant's stack
-        return stack.enter_context(progress_bar(total, not quiet, label))
-
     for spec in variant:
-        try:
-            with contextlib.ExitStack() as stack:
-                stage = mech_stage(  # the variant is not loaded: it runs as the base with its tensors swapped in
-                    base_loaded,
-                    None,
-                    cfg,
-                    out,
-                    fmt=fmt,
-                    base_spec=base,
-                    variant_spec=spec,
-                    seed=seed,
-                    data_texts=data_texts,
-                    behaviour=behaviour,
-                    earlier=stages,
-                    progress=bar,
-                )
-        except USER_ERRORS as exc:
-            raise naming(spec, exc) from exc
+        with per_variant(spec, quiet) as bar:
+            stage = mech_stage(  # the variant is not loaded: it runs as the base with its tensors swapped in
+                base_loaded,
+                None,
+                cfg,
+                out,
+                fmt=fmt,
+                base_spec=base,
+                variant_spec=spec,
+                seed=seed,
+                data_texts=data_texts,
+                behaviour=behaviour,
+                earlier=stages,
+                progress=bar,
+            )
         stages.append(stage)
         timings.update({f"{spec}:{k}": round(v, 2) for k, v in stage.summary.get("timings", {}).items()})
         results[spec] = {k: v for k, v in stage.summary.items() if k != "timings"}
