@@ -12,6 +12,10 @@ Measured in the same run:
   the decode rate ((T − 1) further tokens), each against its bound (ratio measured / bound; 1.0 is the roofline).
 
     python benchmarks/generation_roofline.py [--batch-sizes 1 4 16 64] [--long-batch-sizes 1 4 16] [--new-tokens 33] [--long-tokens 320]
+    python benchmarks/generation_roofline.py --profile-batch 64   # only: where 8 decode steps at that batch size go
+
+``--profile-batch B`` profiles ``generate_ids`` on B short prompts with 9 new tokens and with 1 (torch profiler, CPU)
+and prints the self time per operator of the difference: 8 decode steps without the prefill.
 """
 
 from __future__ import annotations
@@ -59,9 +63,13 @@ def main() -> None:
     ap.add_argument("--long-batch-sizes", type=int, nargs="+", default=[1, 4, 16], help="batch sizes with the long prompts")
     ap.add_argument("--new-tokens", type=int, default=33, help="tokens per prompt in the decode timing (the first is the prefill's)")
     ap.add_argument("--long-tokens", type=int, default=320, help="length of the long prompts (LIMA instructions repeated)")
+    ap.add_argument("--profile-batch", type=int, default=None, help="only profile 8 decode steps at this batch size")
     args = ap.parse_args()
 
     loaded = load_model(args.spec, device="cpu")
+    if args.profile_batch:
+        profile_decode(loaded, [i.instruction for i in read_instructions(args.instructions)], args.profile_batch)
+        return
     model, tok = loaded.model, loaded.tokenizer
     head = model.get_output_embeddings().weight
     blocks = sum(p.numel() for p in model.get_decoder().layers.parameters())
@@ -117,6 +125,26 @@ def main() -> None:
                 f"{decode:.1f} | {decode_bound:.1f} | {decode / decode_bound:.2f} |",
                 flush=True,
             )
+
+
+def profile_decode(loaded, instructions: list[str], batch: int) -> None:
+    """Self CPU seconds per operator of 8 decode steps: a 9-token run's profile minus a 1-token run's (the prefill)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    tok = loaded.tokenizer
+    prompts = [encode_prompt(tok, "tulu", instructions[i % len(instructions)]) for i in range(batch)]
+    per_op = {}
+    for n in (1, 9):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()
+            generate_ids(loaded.model, prompts, pad_token_id=tok.pad_token_id, stop_token_ids=(), max_new_tokens=n, batch_size=batch)
+            print(f"batch {batch}, {n} new tokens: {time.perf_counter() - t:.2f} s", flush=True)
+        per_op[n] = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    decode = {k: v - per_op[1].get(k, 0.0) for k, v in per_op[9].items()}
+    total = sum(decode.values())
+    print(f"8 decode steps: {total:.2f} s of self CPU time; by operator:")
+    for k, v in sorted(decode.items(), key=lambda kv: -kv[1])[:10]:
+        print(f"  {k:28s} {v:7.2f} s  {v / total:6.1%}")
 
 
 if __name__ == "__main__":
