@@ -110,6 +110,14 @@ def check_distinct(v: list[Any]) -> list[Any]:
     return list(dict.fromkeys(v))
 
 
+def check_variant_name(name: str) -> str:
+    """``instruction``, ``response`` or ``single_task-SOURCE`` (the names per-variant fields are keyed by)."""
+    kind, _, task = name.partition("-")
+    if kind not in ("instruction", "response", "single_task") or (kind == "single_task") != bool(task):
+        raise ValueError(f"unknown variant {name!r}: use instruction, response or single_task-SOURCE")
+    return name
+
+
 def split_commas(v: Any) -> Any:
     """``"a,b"`` -> ``["a", "b"]`` (a list option given as one string); anything else unchanged."""
     from .lists import parse_list
@@ -272,9 +280,7 @@ class TrainingConfig(_Strict):
     @classmethod
     def _known_variant_names(cls, v: dict[str, float]) -> dict[str, float]:
         for name, epochs in v.items():
-            kind, _, task = name.partition("-")
-            if kind not in ("instruction", "response", "single_task") or (kind == "single_task") != bool(task):
-                raise ValueError(f"unknown variant {name!r}: use instruction, response or single_task-SOURCE")
+            check_variant_name(name)
             if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
                 raise ValueError(f"{name}: epochs must be a finite number > 0, got {epochs!r}")
         return v
@@ -520,6 +526,15 @@ class RunEvalConfig(_Strict):
         gt=0,
         description="a subset stratified by each prompt's first instruction type, one fixed draw (the same in every run); None = all 541",
     )
+    ifeval_prompts_by_system: dict[str, PositiveInt | None] = Field(
+        default_factory=dict,
+        description=(
+            "per-system prompt counts keyed by system name (response.s0) or label (base, rules-no_eos; null = all 541), e.g. "
+            "the whole benchmark (null) for the pair a study must decide and the stratified subset for the rest: every subset"
+            " lies inside the whole, and paired tests compare the prompts two systems share (stratified draws of two sizes "
+            "are not nested). The reference systems score the largest set."
+        ),
+    )
     judge: str | None = Field(default=None, description="gpt4_turbo | http(s)://server/v1 | local:SPEC (needs generate.instructions)")
     judge_model: str | None = None
     reference: str = Field(
@@ -545,6 +560,14 @@ class RunConfig(_Strict):
     """What ``iit run`` does after training: one block per stage."""
 
     seeds: list[int] | None = Field(default=None, description="distinct training seeds (None: [seed]); `iit run --seeds 1..5` overrides")
+    seeds_by_variant: dict[str, list[int]] = Field(
+        default_factory=dict,
+        description=(
+            "Seeds for named variants instead of `seeds` (variant name -> seeds), e.g. {response: [0, 1, 2]}: three training"
+            " runs of the variant you can afford most. Every seed is trained, generated and evaluated; the analyses (rank, "
+            "probe, diff, mech) read the seeds the variant shares with `seeds`, else its first."
+        ),
+    )
     accelerate_config: PathText | None = Field(
         default=None,
         description=(
@@ -573,6 +596,17 @@ class RunConfig(_Strict):
             raise ValueError(f"seeds must be integers from 0 to {MAX_SEED}, got {bad}")
         if len(set(v)) != len(v):
             raise ValueError(f"seeds must be distinct, got {v} (each seed is one training run)")
+        return v
+
+    @field_validator("seeds_by_variant")
+    @classmethod
+    def _variant_seeds(cls, v: dict[str, list[int]]) -> dict[str, list[int]]:
+        for name, seeds in v.items():
+            check_variant_name(name)
+            try:
+                cls._distinct_seeds(seeds)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
         return v
 
     @model_validator(mode="after")

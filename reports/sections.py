@@ -155,11 +155,23 @@ def _if_tables(
 ) -> list[Table]:
     """An IF table with its reference rows, and the paired tests of its systems under it."""
     refs = _reference_rows(run, len(cols), outcomes)
-    tables = [Table(cols, rows + refs, " ".join(filter(None, [caption, REFERENCE_CAPTION if refs else ""])))]
+    tables = [Table(cols, rows + refs, " ".join(filter(None, [caption, _ifeval_size_caption(run), REFERENCE_CAPTION if refs else ""])))]
     paired = paired_rows(outcomes, comparisons)
     if paired:
         tables.append(Table(PAIRED_COLUMNS, paired, PAIRED_CAPTION))
     return tables
+
+
+def _ifeval_size_caption(run: RunData) -> str:
+    """When systems were scored on IFEval subsets of different sizes (``run.eval.ifeval_prompts_by_system``), say which."""
+    sizes: dict[int, list[str]] = {}
+    for r in run.stage("eval", set_name="ifeval"):
+        if r.summary.get("n_prompts") is not None:
+            sizes.setdefault(int(r.summary["n_prompts"]), []).append(r.system)
+    if len(sizes) < 2:
+        return ""
+    parts = [f"{n} prompts: {', '.join(systems)}" for n, systems in sorted(sizes.items(), reverse=True)]
+    return "IFEval subsets differ by system (" + "; ".join(parts) + "); paired tests compare the prompts two systems share."
 
 
 def _comparisons(labels: list[str], versus: tuple[str, ...] = ("base", "instruction")) -> list[tuple[str, str]]:
@@ -306,6 +318,16 @@ def _reference_caption(run: RunData) -> str:
 
 
 def _seed_caption(run: RunData) -> str:
+    """Which seeds each variant's ± is over (``run.seeds_by_variant`` gives variants different seed counts)."""
+    by_label: dict[str, list[int]] = {}
+    for r in run.stage("train"):
+        if r.meta.get("seed") is not None:
+            by_label.setdefault(r.label, []).append(r.meta["seed"])
+    counts = {label: sorted(seeds) for label, seeds in by_label.items()}
+    if len({tuple(v) for v in counts.values()}) > 1:
+        several = [f"{label} over seeds {seeds}" for label, seeds in counts.items() if len(seeds) > 1]
+        single = [f"{label} (seed {seeds[0]})" for label, seeds in counts.items() if len(seeds) == 1]
+        return "Trained variants: mean ± std " + "; ".join(several) + (f"; one seed: {', '.join(single)}." if single else ".")
     seeds = run.seeds
     return (
         f"Trained variants: mean ± std over seeds {seeds}."

@@ -212,16 +212,29 @@ class StudyPlan:
         run = self.config.run
         self.steps = []
         self.systems = [System("base", "base", "base")]
+        unknown = sorted(set(run.seeds_by_variant) - {v.name for v in self.variants})
+        if unknown:
+            raise ValueError(f"run.seeds_by_variant: {unknown} not among the study's variants {[v.name for v in self.variants]}")
+        analysed: list[System] = []  # what rank, probe, diff and mech read: the plan's seeds, else the variant's first
         for variant in self.variants:
-            for seed in self.seeds:
+            seeds = run.seeds_by_variant.get(variant.name, self.seeds)
+            shared = [s for s in seeds if s in self.seeds] or seeds[:1]
+            for seed in seeds:
                 train = self._train_step(variant, seed)
-                self.systems.append(System(f"{variant.name}.s{seed}", "variant", variant.name, seed, train=train))
+                system = System(f"{variant.name}.s{seed}", "variant", variant.name, seed, train=train)
+                self.systems.append(system)
+                if seed in shared:
+                    analysed.append(system)
         for rule_set in run.generate.rule_sets:
             self.systems.append(System(rule_system_name(rule_set), "rules", rule_system_name(rule_set), rules=RULE_SETS[rule_set]))
         self._select(self.systems, list(run.generate.max_new_tokens_by_system), "run.generate.max_new_tokens_by_system")
+        names = {n for s in self.systems for n in (s.name, s.label)}
+        unknown = sorted(set(run.eval.ifeval_prompts_by_system) - names)
+        if unknown:
+            raise ValueError(f"run.eval.ifeval_prompts_by_system: unknown system(s) {unknown}; choose from {sorted(names)}")
         sets = [IFSUITE] + ([IFEVAL] if run.eval.ifeval else []) + ([ALPACA] if run.generate.instructions else [])
         generated = {(s.name, name): self._generate_step(s, name) for s in self.systems for name in sets}
-        model_systems = [s for s in self.systems if s.kind != "rules"]
+        model_systems = [s for s in self.systems if s.kind == "base" or s in analysed]
         if run.rank.enabled:
             for s in self._select(model_systems, run.rank.systems, "run.rank.systems"):
                 self._rank_step(s)
@@ -311,7 +324,7 @@ class StudyPlan:
         g = self.config.run.generate
         instructions = {
             IFSUITE: g.ifsuite_prompts,
-            IFEVAL: self._ifeval_config() if set_name == IFEVAL else None,
+            IFEVAL: self._ifeval_config(system) if set_name == IFEVAL else None,
             ALPACA: [g.instructions, g.instructions_limit],
         }[set_name]
         config = {
@@ -429,7 +442,7 @@ class StudyPlan:
             Step(
                 "eval",
                 f"{IFEVAL}/{system.name}",
-                {"benchmark": IFEVAL, **self._ifeval_config()},
+                {"benchmark": IFEVAL, **self._ifeval_config(system)},
                 lambda step: self._run_ifeval(step, system, generated),
                 self._dir("eval", f"{IFEVAL}/{system.name}"),
                 inputs=[generated],
@@ -457,22 +470,36 @@ class StudyPlan:
             )
         )
 
-    def _ifeval_config(self) -> dict[str, Any]:
+    def _ifeval_limit(self, system: System | None) -> int | None:
+        """The system's IFEval prompt count (``run.eval.ifeval_prompts_by_system`` by name, then label; None = all); the
+        reference systems (``system`` None) score the largest set any system generates on."""
+        e = self.config.run.eval
+        if system is None:
+            limits = [self._ifeval_limit(s) for s in self.systems] or [e.ifeval_prompts]
+            return None if None in limits else max(limits)  # type: ignore[type-var]
+        for key in (system.name, system.label):
+            if key in e.ifeval_prompts_by_system:
+                return e.ifeval_prompts_by_system[key]
+        return e.ifeval_prompts
+
+    def _ifeval_config(self, system: System | None = None) -> dict[str, Any]:
         """What the IFEval prompt set depends on (the data file's sha256 enters the key through ``data_files``)."""
         e = self.config.run.eval
-        return {"data": e.ifeval_data, "prompts": e.ifeval_prompts, "subset_seed": IFEVAL_SUBSET_SEED}
+        return {"data": e.ifeval_data, "prompts": self._ifeval_limit(system), "subset_seed": IFEVAL_SUBSET_SEED}
 
     def _ifeval_files(self) -> list[str]:
         data = self.config.run.eval.ifeval_data
         return [] if data.startswith("hub:") else [data]
 
-    @functools.cached_property
-    def _ifeval_prompts(self) -> list[Any]:
-        """The fixed IFEval subset, read once per plan (every generate, eval and reference step scores it)."""
+    def _ifeval_prompts(self, system: System | None = None) -> list[Any]:
+        """The system's fixed IFEval subset (one stratified draw per size), read once per plan and size."""
+        return self._ifeval_subset(self._ifeval_limit(system))
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 (one plan per run: the cache lives as long as the plan)
+    def _ifeval_subset(self, limit: int | None) -> list[Any]:
         from implicit_it.evaluation.ifeval import load_ifeval
 
-        e = self.config.run.eval
-        return load_ifeval(e.ifeval_data, limit=e.ifeval_prompts, seed=IFEVAL_SUBSET_SEED)
+        return load_ifeval(self.config.run.eval.ifeval_data, limit=limit, seed=IFEVAL_SUBSET_SEED)
 
     def _alpaca_references(self) -> list[System]:
         """The reference systems: one, or one per seed when ``run.eval.reference`` names a trained variant
@@ -620,7 +647,7 @@ class StudyPlan:
         if proc.returncode != 0:
             raise RuntimeError(f"`{' '.join(cmd)}` exited with status {proc.returncode}")
 
-    def _instructions(self, set_name: str) -> list[str]:
+    def _instructions(self, set_name: str, system: System | None = None) -> list[str]:
         from implicit_it.data import read_instructions
         from implicit_it.evaluation import load_suite
 
@@ -628,7 +655,7 @@ class StudyPlan:
         if set_name == IFSUITE:
             return [p.instruction for p in load_suite(limit=g.ifsuite_prompts)]
         if set_name == IFEVAL:
-            return [p.prompt for p in self._ifeval_prompts]
+            return [p.prompt for p in self._ifeval_prompts(system)]
         return [it.instruction for it in read_instructions(g.instructions, limit=g.instructions_limit)]
 
     def _run_generate(self, step: Step, system: System, set_name: str) -> dict[str, Any]:
@@ -636,7 +663,7 @@ class StudyPlan:
         from implicit_it.rules import RuleAdapter, RuleConfig
 
         g = self.config.run.generate
-        instructions = self._instructions(set_name)
+        instructions = self._instructions(set_name, system)
         loaded = self._load(system)
         adapter = (
             RuleAdapter(loaded.tokenizer, RuleConfig().with_rules(list(system.rules)), fmt=self.config.format) if system.rules else None
@@ -796,7 +823,7 @@ class StudyPlan:
         from implicit_it.evaluation import ifeval_stage
 
         records = json.loads((generated.dir / "outputs.json").read_text(encoding="utf-8"))
-        stage = ifeval_stage(self._ifeval_prompts, {r["instruction"]: r["output"] for r in records}, step.dir, model=system.name)
+        stage = ifeval_stage(self._ifeval_prompts(system), {r["instruction"]: r["output"] for r in records}, step.dir, model=system.name)
         self._manifest(step, None, stage.summary, {})
         return stage.summary
 
@@ -806,7 +833,7 @@ class StudyPlan:
 
         name = f"{REFERENCE}{kind}"
         if set_name == IFEVAL:
-            prompts = self._ifeval_prompts
+            prompts = self._ifeval_prompts()
             stage = ifeval_stage(prompts, reference_responses(kind, prompts), step.dir, model=name)
         else:
             suite = load_suite(limit=self.config.run.generate.ifsuite_prompts)

@@ -172,6 +172,61 @@ def test_seeds_repeat_training_dependent_steps_and_the_report_gives_mean_and_std
     assert row.count("±") >= 2
 
 
+def test_seeds_by_variant_trains_and_evaluates_every_seed_and_analyses_the_shared_one(tiny_llama_dir, shared_data, tmp_path):
+    """``run.seeds_by_variant``: three seeds of one variant, one of the others; the extra seeds are trained, generated and
+    evaluated, the analyses read the seed the variant shares with ``seeds``; a name outside the study is an error."""
+    data = _config_dict(tiny_llama_dir, shared_data)
+    data["training"]["variants"] = ["instruction", "response"]
+    data["run"]["seeds_by_variant"] = {"response": [0, 1, 2]}
+    data["run"]["diff"] = {"enabled": True}
+    ids = {s.id for s in StudyPlan(parse_config(data), tmp_path / "run").build()}
+    trained = {i for i in ids if i.startswith("train/")}
+    assert trained == {"train/instruction.s0", "train/response.s0", "train/response.s1", "train/response.s2"}
+    assert {"eval/ifeval/response.s1", "eval/ifsuite/response.s2", "generate/ifeval/response.s2"} <= ids
+    for stage in ("rank", "diff"):
+        assert {i for i in ids if i.startswith(f"{stage}/response")} == {f"{stage}/response.s0"}
+    data["run"]["seeds_by_variant"] = {"single_task-gsm": [1]}
+    with pytest.raises(ValueError, match=r"run.seeds_by_variant: \['single_task-gsm'\] not among the study's variants"):
+        StudyPlan(parse_config(data), tmp_path / "other").build()
+    from implicit_it.errors import ConfigError
+
+    for bad, match in (({"respons": [1]}, "unknown variant 'respons'"), ({"response": [1, 1]}, "response: seeds must be distinct")):
+        data["run"]["seeds_by_variant"] = bad
+        with pytest.raises(ConfigError, match=f"run.seeds_by_variant.*{match}"):
+            parse_config(data)
+
+
+def test_ifeval_prompts_by_system_gives_the_named_pair_more_prompts(tiny_llama_dir, shared_data, tmp_path):
+    """``run.eval.ifeval_prompts_by_system``: a system named (by name or label) generates on and is scored on its own
+    stratified draw, the others on ``ifeval_prompts``'s, and the reference systems score the largest."""
+    data = _config_dict(tiny_llama_dir, shared_data)
+    data["training"]["variants"] = ["response"]
+    data["training"]["max_steps"] = 1
+    data["run"].update(
+        {
+            "generate": {"ifsuite_prompts": 2, "max_new_tokens": 4, "rule_sets": ["all"]},
+            "rank": {"enabled": False},
+            "probe": {"enabled": False},
+            "diff": {"enabled": False},
+            "eval": {"ifeval_prompts": 3, "ifeval_prompts_by_system": {"base": 5, "response.s0": 5}},
+        }
+    )
+    cfg = parse_config(data)
+    run_study(cfg, tmp_path / "run", show_progress=False)
+
+    def keys(system: str) -> set[int]:
+        rows = json.loads((tmp_path / "run" / "eval" / "ifeval" / system / "ifeval.json").read_text())["results"][0]["per_prompt"]
+        return {r["key"] for r in rows}
+
+    assert len(keys("base")) == len(keys("response.s0")) == len(keys("reference-echo")) == 5 and len(keys("rules")) == 3
+    assert keys("base") == keys("response.s0") == keys("reference-echo") and keys("rules") != keys("base")
+    outputs = json.loads((tmp_path / "run" / "generate" / "ifeval" / "rules" / "outputs.json").read_text())
+    assert len(outputs) == 3
+    data["run"]["eval"]["ifeval_prompts_by_system"] = {"response.s1": 5}
+    with pytest.raises(ValueError, match=r"run.eval.ifeval_prompts_by_system: unknown system\(s\) \['response.s1'\]"):
+        StudyPlan(parse_config(data), tmp_path / "other").build()
+
+
 def test_parse_seeds():
     assert parse_seeds("1..5") == [1, 2, 3, 4, 5]
     assert parse_seeds("0,2") == [0, 2]
