@@ -9,7 +9,9 @@
   probes, rule R², and any other registered result);
 * :mod:`.render`: ``report.html`` (self-contained) and ``report.md``;
 * :mod:`.browser`: render the HTML in headless Chromium, check it, take a screenshot;
-* :mod:`.paper`: the paper's published numbers, labelled as such.
+* :mod:`.paper`: the paper's published numbers, labelled as such;
+* :mod:`.findings`: a finished study's headline numbers as one JSON document (paired tests, power calculation) and the
+  README's findings section rendered from that document alone (``scripts/publish_cpu_study.py``).
 """
 
 from .browser import BrowserCheck, check_in_browser, find_chromium
