@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from implicit_it.generation import TopRecorder, compare_generations
 from implicit_it.shapes import Shape, count_parameters, get_shape, random_model, shape_tokenizer
 
 BUDGET_SECONDS = 600  # the whole full-mode run, on one H100/H200-class GPU
@@ -682,23 +683,6 @@ def _one_step(
     return model
 
 
-TOP_K = 8  # scores recorded per decoding step: enough to hold a tie of several tokens
-
-
-class _TopRecorder:
-    """A pass-through logits processor: per prompt and step, the top ``TOP_K`` tokens of the final scores and their scores."""
-
-    def __init__(self, indices: Sequence[int], store: dict[int, list[tuple[list[int], list[float]]]]):
-        self.indices, self.store = list(indices), store
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        top = scores.float().topk(TOP_K, dim=-1)
-        vals, ids = top.values.cpu().tolist(), top.indices.cpu().tolist()
-        for row, i in enumerate(self.indices):
-            self.store.setdefault(i, []).append((ids[row], vals[row]))
-        return scores
-
-
 def _generate(loaded: Any, instructions: Sequence[str], *, tokens: int, batch_size: int, rules: bool) -> tuple[list[Any], Any, dict]:
     from implicit_it.generation import generate_responses
     from implicit_it.rules import RuleAdapter
@@ -708,59 +692,12 @@ def _generate(loaded: Any, instructions: Sequence[str], *, tokens: int, batch_si
 
     def factory(batch: Any) -> list[Any]:
         procs = [adapter.logits_processor(batch)] if adapter is not None else []
-        return procs + [_TopRecorder(batch.indices, store)]
+        return procs + [TopRecorder(batch.indices, store)]
 
     results, stats = generate_responses(
         loaded, instructions, max_new_tokens=tokens, batch_size=batch_size, logits_processor_factory=factory, show_progress=False
     )
     return results, stats, store
-
-
-def _near_top(record: tuple[list[int], list[float]], choices: set[int], tol: float) -> float | None:
-    """How far below this step's best score the best of ``choices`` scored (None: not among the recorded top tokens)."""
-    ids, vals = record
-    gaps = [vals[0] - v for t, v in zip(ids, vals, strict=True) if t in choices]
-    return min(gaps) if gaps else None
-
-
-def compare_generations(
-    single: Sequence[Any], batched: Sequence[Any], tops_single: dict, tops_batched: dict, tol: float, stop_ids: Sequence[int] = ()
-) -> tuple[bool, str]:
-    """Batch-1 vs batched greedy tokens: equal, or parted only at a near-tie: where they part, each run's choice
-    scored within ``tol`` of the best score in the other run (so rounding may flip it). A stop counts as any stop id."""
-    identical = ties = 0
-    problems, tie_gaps = [], []
-    stops = set(stop_ids)
-    for i, (a, b) in enumerate(zip(single, batched, strict=True)):
-        sa, sb = list(a.token_ids) + ([-1] if a.stopped else []), list(b.token_ids) + ([-1] if b.stopped else [])
-        if sa == sb:
-            identical += 1
-            continue
-        p = next((k for k in range(min(len(sa), len(sb))) if sa[k] != sb[k]), min(len(sa), len(sb)))
-        ta, tb = tops_single.get(i, []), tops_batched.get(i, [])
-        if p >= len(sa) or p >= len(sb) or p >= len(ta) or p >= len(tb):
-            problems.append(f"prompt {i}: {len(sa)} vs {len(sb)} tokens")
-            continue
-        choice_a = {sa[p]} if sa[p] >= 0 else stops
-        choice_b = {sb[p]} if sb[p] >= 0 else stops
-        gap_in_a = _near_top(ta[p], choice_b, tol)  # the batched run's choice, as the batch-1 run scored it
-        gap_in_b = _near_top(tb[p], choice_a, tol)
-        if gap_in_a is not None and gap_in_b is not None and max(gap_in_a, gap_in_b) <= tol:
-            ties += 1
-            tie_gaps.append(max(gap_in_a, gap_in_b))
-        else:
-            fmt = lambda g: "not in the top " + str(TOP_K) if g is None else format(g, ".3g")  # noqa: E731
-            problems.append(
-                f"prompt {i} parts at token {p}: {sorted(choice_a)[:2]} vs {sorted(choice_b)[:2]} "
-                f"(each below the other's best by {fmt(gap_in_a)}, {fmt(gap_in_b)})"
-            )
-    n = len(single)
-    detail = f"{identical}/{n} prompts token-identical"
-    if ties:
-        detail += f", {ties} part at a near-tie (gap {max(tie_gaps):.3g} <= {tol:g})"
-    if problems:
-        detail += "; " + "; ".join(problems[:3])
-    return not problems, detail
 
 
 def generation_equality(report: CheckReport, loaded: Any, shape: Shape, s: ShapeSettings, inject: str | None) -> None:

@@ -1,11 +1,16 @@
-"""Training throughput of the demo config: full finetuning (baseline) vs frozen embeddings vs LoRA.
+"""Training throughput of the demo config: full finetuning (baseline) vs frozen embeddings vs LoRA, in fp32 and bf16.
 
 Each method runs the real engine (``train_variant``: Trainer, masked data, same batches) for a
-few optimizer steps; tokens/s counts non-padding input tokens. Ratios are against full
-finetuning measured in the same run. On a GPU it also prints MFU: 6 x parameters x tokens/s
-over the GPU's dense bf16 peak (the usual convention; frozen weights are not discounted).
+few optimizer steps; tokens/s counts non-padding input tokens. Ratios are against the first method
+measured in the same run. Each method's loss per optimizer step is printed beside fp32's on the same batches
+(``--curves``), so a faster dtype is adopted only where its curve agrees. On a GPU it also prints MFU:
+6 x parameters x tokens/s over the GPU's dense bf16 peak (the usual convention; frozen weights are not discounted).
 
-    python3 benchmarks/train_throughput.py [--config configs/demo.yaml] [--steps 4]
+Methods: ``full``, ``frozen_embeddings`` (the studies' setting), ``lora`` in fp32; ``frozen_embeddings_bf16`` (bf16
+autocast over fp32 master weights, ``training.bf16``) and ``lora_bf16_weights`` (bf16 base weights under fp32 LoRA
+adapters, ``training.weights_dtype: bfloat16``).
+
+    python3 benchmarks/train_throughput.py [--config configs/demo.yaml] [--steps 4] [--methods frozen_embeddings,frozen_embeddings_bf16]
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ METHODS = {
     "full": {"method": "full", "freeze_embeddings": False},
     "frozen_embeddings": {"method": "full", "freeze_embeddings": True},
     "lora": {"method": "lora", "freeze_embeddings": False},
+    "frozen_embeddings_bf16": {"method": "full", "freeze_embeddings": True, "bf16": True},
+    "lora_bf16_weights": {"method": "lora", "freeze_embeddings": False, "weights_dtype": "bfloat16"},
 }
 
 
@@ -66,6 +73,7 @@ def main() -> None:
                 "parameters": res.manifest["model"]["n_parameters"],
                 "steps": r["optimizer_steps"],
                 "tokens": r["tokens_seen"],
+                "losses": [p["loss"] for p in res.manifest["results"]["loss_curve"]],
             }
             if peak:
                 row["mfu"] = 6 * row["parameters"] * row["tokens_per_second"] / peak
@@ -85,10 +93,14 @@ def main() -> None:
     for row in rows:
         mfu = f", MFU {row['mfu']:.1%}" if "mfu" in row else ""
         print(
-            f"  {row['method']:<18} {row['tokens_per_second']:8.1f} tok/s  "
+            f"  {row['method']:<24} {row['tokens_per_second']:8.1f} tok/s  "
             f"x{row['tokens_per_second'] / baseline:.2f} vs {rows[0]['method']}"
             f"  ({row['trainable'] / 1e6:.1f}M of {row['parameters'] / 1e6:.1f}M parameters trained{mfu})"
         )
+    print("loss per optimizer step (same batches):")
+    for row in rows:
+        gap = max((abs(a - b) for a, b in zip(row["losses"], rows[0]["losses"])), default=0.0)
+        print(f"  {row['method']:<24} {' '.join(f'{x:.4f}' for x in row['losses'])}  (max |Δ| vs {rows[0]['method']}: {gap:.4f})")
 
 
 if __name__ == "__main__":

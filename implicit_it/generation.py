@@ -85,7 +85,11 @@ def context_length(model: Any) -> int | None:
 def check_context(model: Any, prompts: Sequence[Sequence[int]]) -> None:
     """Refuse prompts that leave no room for a new token in the model's context (the paper's code does not truncate
     instructions): the error names each such instruction (0-based, in the caller's order) and its length."""
-    limit = context_length(model)
+    check_context_length(context_length(model), prompts)
+
+
+def check_context_length(limit: int | None, prompts: Sequence[Sequence[int]]) -> None:
+    """:func:`check_context` for a context of ``limit`` tokens (None: unknown, nothing refused)."""
     if limit is None:
         return
     long = [(i, len(p)) for i, p in enumerate(prompts) if len(p) >= limit]
@@ -165,6 +169,20 @@ def generate_ids(
     return outputs, stopped, stats
 
 
+def encode_instructions(tokenizer: Any, fmt: ChatFormat, instructions: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+    """Each instruction's prompt ids in ``fmt`` and where its instruction starts (what every backend decodes from)."""
+    prompts = [encode_prompt(tokenizer, fmt, ins) for ins in instructions]
+    offsets = [instruction_offset(tokenizer, fmt, ins, ids) for ins, ids in zip(instructions, prompts, strict=True)]
+    return prompts, offsets
+
+
+def decode_results(tokenizer: Any, instructions: Sequence[str], ids: Sequence[list[int]], stopped: Sequence[bool]) -> list[GenerationResult]:
+    return [
+        GenerationResult(ins, tokenizer.decode(out, skip_special_tokens=False), out, st)
+        for ins, out, st in zip(instructions, ids, stopped, strict=True)
+    ]
+
+
 def generate_responses(
     loaded: Any,
     instructions: Sequence[str],
@@ -175,29 +193,23 @@ def generate_responses(
     logits_processor_factory: LogitsProcessorFactory | None = None,
     show_progress: bool = True,
 ) -> tuple[list[GenerationResult], GenerationStats]:
-    """Format each instruction, greedy-decode, and decode the response text."""
+    """Format each instruction, greedy-decode with transformers, and decode the response text."""
     fmt = get_format(fmt)
     tok = loaded.tokenizer
-    prompts = [encode_prompt(tok, fmt, ins) for ins in instructions]
-    offsets = [instruction_offset(tok, fmt, ins, ids) for ins, ids in zip(instructions, prompts, strict=True)]
-    stop_ids = fmt.stop_token_ids(tok)
+    prompts, offsets = encode_instructions(tok, fmt, instructions)
     with progress_bar(len(prompts), show_progress) as advance:
         ids, stopped, stats = generate_ids(
             loaded.model,
             prompts,
             pad_token_id=tok.pad_token_id,
-            stop_token_ids=stop_ids,
+            stop_token_ids=fmt.stop_token_ids(tok),
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             logits_processor_factory=logits_processor_factory,
             progress=advance,
             instruction_offsets=offsets,
         )
-    results = [
-        GenerationResult(ins, tok.decode(out, skip_special_tokens=False), out, st)
-        for ins, out, st in zip(instructions, ids, stopped, strict=True)
-    ]
-    return results, stats
+    return decode_results(tok, instructions, ids, stopped), stats
 
 
 @contextlib.contextmanager
@@ -211,6 +223,101 @@ def progress_bar(total: int, enabled: bool, label: str = "generating") -> Iterat
     with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("gen", total=total)
         yield lambda n: bar.advance(task, n)
+
+
+# ------------------------------------------------------------------ comparing two greedy runs
+
+
+TOP_K = 8  # scores recorded per decoding step: enough to hold a tie of several tokens
+StepScores = tuple[list[int], list[float]]  # one step's top token ids and their scores, best first
+
+
+class TopRecorder:
+    """A pass-through logits processor: per prompt and step, the top ``TOP_K`` tokens of the final scores and their scores."""
+
+    def __init__(self, indices: Sequence[int], store: dict[int, list[StepScores]]):
+        self.indices, self.store = list(indices), store
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        top = scores.float().topk(TOP_K, dim=-1)
+        vals, ids = top.values.cpu().tolist(), top.indices.cpu().tolist()
+        for row, i in enumerate(self.indices):
+            self.store.setdefault(i, []).append((ids[row], vals[row]))
+        return scores
+
+
+def near_top(record: StepScores, choices: set[int], tol: float) -> float | None:
+    """How far below this step's best score the best of ``choices`` scored (None: not among the recorded top tokens)."""
+    ids, vals = record
+    gaps = [vals[0] - v for t, v in zip(ids, vals, strict=True) if t in choices]
+    return min(gaps) if gaps else None
+
+
+def compare_generations(
+    single: Sequence[Any], batched: Sequence[Any], tops_single: dict, tops_batched: dict, tol: float, stop_ids: Sequence[int] = ()
+) -> tuple[bool, str]:
+    """Two greedy runs' tokens (batch-1 vs batched, hf vs vllm): equal, or parted only at a near-tie: where they part,
+    each run's choice scored within ``tol`` of the best score in the other run (so rounding may flip it). A stop counts
+    as any stop id. ``tops_*``: per prompt, each step's :data:`StepScores` (:class:`TopRecorder`, or the vllm engine's)."""
+    identical = ties = 0
+    problems, tie_gaps = [], []
+    stops = set(stop_ids)
+    for i, (a, b) in enumerate(zip(single, batched, strict=True)):
+        sa, sb = list(a.token_ids) + ([-1] if a.stopped else []), list(b.token_ids) + ([-1] if b.stopped else [])
+        if sa == sb:
+            identical += 1
+            continue
+        p = next((k for k in range(min(len(sa), len(sb))) if sa[k] != sb[k]), min(len(sa), len(sb)))
+        ta, tb = tops_single.get(i, []), tops_batched.get(i, [])
+        if p >= len(sa) or p >= len(sb) or p >= len(ta) or p >= len(tb):
+            problems.append(f"prompt {i}: {len(sa)} vs {len(sb)} tokens")
+            continue
+        choice_a = {sa[p]} if sa[p] >= 0 else stops
+        choice_b = {sb[p]} if sb[p] >= 0 else stops
+        gap_in_a = near_top(ta[p], choice_b, tol)  # the second run's choice, as the first run scored it
+        gap_in_b = near_top(tb[p], choice_a, tol)
+        if gap_in_a is not None and gap_in_b is not None and max(gap_in_a, gap_in_b) <= tol:
+            ties += 1
+            tie_gaps.append(max(gap_in_a, gap_in_b))
+        else:
+            fmt = lambda g: "not in the top " + str(TOP_K) if g is None else format(g, ".3g")  # noqa: E731
+            problems.append(
+                f"prompt {i} parts at token {p}: {sorted(choice_a)[:2]} vs {sorted(choice_b)[:2]} "
+                f"(each below the other's best by {fmt(gap_in_a)}, {fmt(gap_in_b)})"
+            )
+    n = len(single)
+    detail = f"{identical}/{n} prompts token-identical"
+    if ties:
+        detail += f", {ties} part at a near-tie (gap {max(tie_gaps):.3g} <= {tol:g})"
+    if problems:
+        detail += "; " + "; ".join(problems[:3])
+    return not problems, detail
+
+
+
+def gap_noise(
+    first: Sequence[Any], second: Sequence[Any], tops_first: dict[int, list[StepScores]], tops_second: dict[int, list[StepScores]]
+) -> list[float]:
+    """How much two runs disagree on score gaps where they still agree on the text: at every step before a prompt's
+    runs part, for each token in both runs' recorded top tokens, |(best − its score) in one run − the same in the
+    other|. This is the runs' own numerical noise (e.g. bf16 against fp32), the scale a near-tie is measured on."""
+    out: list[float] = []
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        ta, tb = tops_first.get(i, []), tops_second.get(i, [])
+        same = next((k for k in range(min(len(a.token_ids), len(b.token_ids))) if a.token_ids[k] != b.token_ids[k]), None)
+        steps = min(len(ta), len(tb), same if same is not None else min(len(a.token_ids), len(b.token_ids)))
+        for k in range(steps):
+            ids_a, vals_a = ta[k]
+            score_b = dict(zip(*tb[k], strict=True))
+            best_b = tb[k][1][0]
+            out.extend(abs((vals_a[0] - v) - (best_b - score_b[t])) for t, v in zip(ids_a, vals_a, strict=True) if t in score_b)
+    return out
+
+
+def ranked_scores(pairs: Iterable[tuple[int, float]]) -> StepScores:
+    """(token id, score) pairs as :data:`StepScores`, best first."""
+    ordered = sorted(pairs, key=lambda p: -p[1])
+    return [t for t, _ in ordered], [float(v) for _, v in ordered]
 
 
 def alpaca_eval_records(results: Sequence[GenerationResult], generator: str, datasets: Sequence[str] | None = None) -> list[dict[str, str]]:

@@ -378,6 +378,15 @@ def dequantize_gguf_to_cache(source: ModelSource) -> tuple[Path, bool]:
     return target, False
 
 
+def model_directory(spec: str | ModelSource) -> str:
+    """What an engine that reads HF checkpoints (vLLM) loads for a spec: the dequantized cache of a GGUF (written on
+    first use), a local directory, or the hub id itself."""
+    source = spec if isinstance(spec, ModelSource) else resolve_model_spec(spec)
+    if source.gguf_file:
+        return str(dequantize_gguf_to_cache(source)[0])
+    return source.path
+
+
 def load_tokenizer(spec: str | ModelSource) -> Any:
     """The tokenizer alone (cheap for cached GGUFs; used by data/format tooling)."""
     from transformers import AutoTokenizer

@@ -24,8 +24,12 @@ import torch
 from .models import LoadedModel, ModelSource, load_tokenizer
 
 
-def tiny_config(arch: str, vocab_size: int, *, bos: int = 1, eos: int = 2, pad: int = 0) -> Any:
-    """A 2-layer random model config in the shape of each architecture we support (gemma3, llama, olmo)."""
+def tiny_config(arch: str, vocab_size: int, *, bos: int = 1, eos: int = 2, pad: int = 0, head_dim: int = 16) -> Any:
+    """A 2-layer random model config in the shape of each architecture we support (gemma3, llama, olmo).
+
+    ``head_dim`` 32 gives shapes vLLM's CPU attention accepts (it has no kernel for 16); gemma3 and llama only."""
+    if head_dim != 16 and arch == "olmo":
+        raise ValueError("the tiny olmo shape has head_dim 16 only")
     common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -43,7 +47,7 @@ def tiny_config(arch: str, vocab_size: int, *, bos: int = 1, eos: int = 2, pad: 
 
         return Gemma3TextConfig(
             **common,
-            head_dim=16,
+            head_dim=head_dim,
             sliding_window=8,
             layer_types=["sliding_attention", "full_attention"],
             architectures=["Gemma3ForCausalLM"],
@@ -51,6 +55,8 @@ def tiny_config(arch: str, vocab_size: int, *, bos: int = 1, eos: int = 2, pad: 
     if arch == "llama":
         from transformers import LlamaConfig
 
+        if head_dim != 16:
+            return LlamaConfig(**common, head_dim=head_dim, architectures=["LlamaForCausalLM"])
         return LlamaConfig(**common, architectures=["LlamaForCausalLM"])
     if arch == "olmo":
         from transformers import OlmoConfig

@@ -87,11 +87,12 @@ def merging_tokenizer(shared_data):
 TINY_ARCHS = ["gemma3", "llama", "olmo"]
 
 
-def save_tiny_model(arch: str, tokenizer, path: Path, seed: int = 0) -> Path:
+def save_tiny_model(arch: str, tokenizer, path: Path, seed: int = 0, head_dim: int = 16) -> Path:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    cfg = tiny_config(arch, len(tokenizer), bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+    ids = dict(bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+    cfg = tiny_config(arch, len(tokenizer), **ids, head_dim=head_dim)
     model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

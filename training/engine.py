@@ -305,14 +305,15 @@ def _activation_checkpointing(enabled: bool) -> dict[str, Any]:
 
 
 def _prepare_model(config: ExperimentConfig, seed: int) -> Any:
-    """The base model in fp32 (master weights; ``training.bf16`` autocasts), made trainable."""
+    """The base model in fp32 (master weights; ``training.bf16`` autocasts), or in bf16 under fp32 LoRA adapters
+    (``training.weights_dtype``), made trainable."""
     from transformers import set_seed
 
     from implicit_it.models import load_model
 
     loaded = load_model(
         config.model.spec,
-        dtype="float32",
+        dtype=config.training.weights_dtype,
         device="cpu",
         device_map=None,
         attn_implementation=config.model.attn_implementation,

@@ -183,7 +183,7 @@ def _generate_outputs(out: Path, instructions: list[str], dataset: str, request:
     gen = request.generate(instructions, cfg)
     outputs = [ModelOutput(r.instruction, r.output, gen.label, dataset, r.stopped) for r in gen.results]
     atomic_write_json(Path(out) / "outputs.json", [o.to_json() | {"ended_with_eos": o.ended_with_eos} for o in outputs])
-    return outputs, gen.label, gen.loaded.describe(), gen.config(cfg)
+    return outputs, gen.label, gen.model, gen.config(cfg)
 
 
 @eval_app.command("ifeval")

@@ -9,29 +9,42 @@ from pathlib import Path
 from typing import Any
 
 from implicit_it.config import GenerateConfig
+from implicit_it.errors import ConfigError
 
 
 @dataclass
 class Generated:
     """The responses of one command's model, and what its manifest records about them."""
 
-    results: list[Any]  # generation.GenerationResult, one per instruction
-    stats: Any  # generation.GenerationStats
-    loaded: Any  # models.LoadedModel
-    adapter: Any  # rules.RuleAdapter or None
+    decoded: Any  # engines.Decoded: results, stats, adapter, engine and model descriptions
     rule_config: Any  # rules.RuleConfig or None (the adapter's constants)
     label: str  # the model spec, with "+rules(eos,...)" when the adapter is on
-    load_seconds: float
+    load_seconds: float  # model load (hf) or engine start-up (vllm), with the first use of the model
     format: str
 
+    @property
+    def results(self) -> list[Any]:
+        return self.decoded.results
+
+    @property
+    def stats(self) -> Any:
+        return self.decoded.stats
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """The model's manifest entry."""
+        return self.decoded.model
+
     def config(self, cfg: GenerateConfig) -> dict[str, Any]:
-        """The generation settings for a manifest."""
+        """The generation settings for a manifest, with the engine that ran them."""
+        adapter = self.decoded.adapter
         return {
             "format": self.format,
             **cfg.model_dump(),
             "decoding": "greedy",
-            "rules": self.rule_config.model_dump(mode="json") if self.adapter is not None else None,
-            "rule_tokens": [vars(r) for r in self.adapter.resolved] if self.adapter is not None else None,
+            "engine": self.decoded.engine,
+            "rules": self.rule_config.model_dump(mode="json") if adapter is not None else None,
+            "rule_tokens": [vars(r) for r in adapter.resolved] if adapter is not None else None,
             "tokens_per_second": round(self.stats.tokens_per_second, 2),
         }
 
@@ -49,29 +62,29 @@ class ModelRequest:
     quiet: bool = False
 
     def generate(self, instructions: list[str], cfg: GenerateConfig, on_adapter: Any = None) -> Generated:
-        """Load the model and greedy-decode ``instructions``; the rule adapter is on when ``rules``/``rules_config`` ask
+        """Greedy-decode ``instructions`` on ``cfg.backend``; the rule adapter is on when ``rules``/``rules_config`` ask
         for it (``on_adapter(adapter)`` is called before decoding, e.g. to print the resolved rule tokens)."""
+        from implicit_it.engines import generate
         from implicit_it.formats import get_format
-        from implicit_it.generation import generate_responses
         from implicit_it.models import load_model
-        from implicit_it.rules import RuleAdapter, rule_config_from
+        from implicit_it.rules import rule_config_from
 
+        if cfg.backend == "vllm" and (self.dtype is not None or self.device is not None):
+            raise ConfigError("--dtype and --device set the hf backend's model; with --backend vllm set vllm.dtype (--set vllm={dtype: ...})")
         chat_format = get_format(self.fmt)
         rule_cfg = rule_config_from(self.rules, self.rules_config)
         t0 = time.perf_counter()
-        loaded = load_model(self.model, dtype=self.dtype, device=self.device)
-        load_seconds = time.perf_counter() - t0
-        adapter = RuleAdapter(loaded.tokenizer, rule_cfg, fmt=chat_format) if rule_cfg is not None and rule_cfg.rules else None
-        if adapter is not None and on_adapter is not None:
-            on_adapter(adapter)
-        results, stats = generate_responses(
-            loaded,
+        decoded = generate(
+            self.model,
             instructions,
+            cfg,
             fmt=chat_format,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.batch_size,
+            rule_config=rule_cfg,
+            load=lambda: load_model(self.model, dtype=self.dtype, device=self.device),
+            on_adapter=on_adapter,
             show_progress=not self.quiet,
-            logits_processor_factory=adapter.logits_processor if adapter is not None else None,
         )
+        load_seconds = time.perf_counter() - t0 - decoded.stats.seconds
+        adapter = decoded.adapter
         label = f"{self.model}+rules({','.join(adapter.rules)})" if adapter is not None else self.model
-        return Generated(results, stats, loaded, adapter, rule_cfg, label, load_seconds, chat_format.name)
+        return Generated(decoded, rule_cfg, label, load_seconds, chat_format.name)

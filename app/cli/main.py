@@ -103,7 +103,7 @@ def generate(
 
     request = ModelRequest(model, fmt, rules, rules_config, dtype, device, quiet)
     gen = request.generate([it.instruction for it in items], cfg, on_adapter=show_rule_tokens)
-    results, stats, loaded = gen.results, gen.stats, gen.loaded
+    results, stats = gen.results, gen.stats
     name = generator or gen.label
     records = alpaca_eval_records(results, name, [it.dataset for it in items])
     write_outputs(out, records)
@@ -114,7 +114,7 @@ def generate(
             command=command_line(),
             config={"model": model, **gen.config(cfg), "instructions": str(instructions), "limit": limit, "generator": name},
             seed=None,
-            model=loaded.describe(),
+            model=gen.model,
             data_files=[instructions],
             results={
                 "n_records": len(records),
@@ -129,7 +129,8 @@ def generate(
     console.print(
         f"wrote {len(records)} records to {out} ({n_stopped} ended with EOS; "
         f"{stats.n_new_tokens} tokens in {stats.seconds:.1f}s = {stats.tokens_per_second:.1f} tok/s; "
-        f"model {loaded.source.display_name}, loaded in {gen.load_seconds:.1f}s from {loaded.loaded_from})",
+        f"model {gen.model['display_name']} on {gen.decoded.engine['engine']} ({gen.decoded.engine['dtype']}), "
+        f"ready in {gen.load_seconds:.1f}s from {gen.model['loaded_from']})",
         highlight=False,
     )
 
@@ -238,19 +239,20 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
         return None
 
     def generate(model_dir, instructions: list[str]) -> list[str]:
-        from implicit_it.generation import generate_responses
+        from implicit_it.engines import generate as decode
         from implicit_it.models import load_model
 
-        loaded = load_model(model_dir, use_process_cache=False)
-        results, _ = generate_responses(
-            loaded,
+        decoded = decode(
+            str(model_dir),
             instructions,
+            cfg.run.generate,  # the study's backend and batch size
             fmt=cfg.format,
             max_new_tokens=max_new_tokens,
-            batch_size=cfg.run.generate.batch_size,
+            seed=cfg.seed,
+            load=lambda: load_model(model_dir, use_process_cache=False),
             show_progress=not quiet,
         )
-        return [r.output for r in results]
+        return [r.output for r in decoded.results]
 
     if metric == "ifeval_loose":
         from implicit_it.evaluation.ifeval import load_ifeval, score_ifeval

@@ -4,7 +4,7 @@
 
 * one option per field: the field's name in kebab case (``max_length`` -> ``--max-length``), its default and its
   description as help; a list is one comma-separated value (:func:`implicit_it.lists.parse_list`), an optional value
-  takes ``none``; dict fields are set with ``--set`` or ``--config`` only;
+  takes ``none``; dict fields and nested blocks are set with ``--set`` or ``--config`` only;
 * ``--config FILE``: a YAML mapping of the same fields (the stage's block of an experiment config, e.g. ``run.rank``);
 * ``--set KEY=VALUE`` (repeatable): one field, the value read as YAML.
 
@@ -65,8 +65,8 @@ def field_option(name: str, field: FieldInfo) -> FieldOption | None:
     annotation, optional = _optional(field.annotation)
     default = field.get_default(call_default_factory=True)
     origin = get_origin(annotation)
-    if origin is dict or annotation is dict:
-        return None
+    if origin is dict or annotation is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return None  # a mapping or a nested block: --set KEY={...} or --config
     if origin is list:
 
         def convert_list(raw: Any) -> Any:

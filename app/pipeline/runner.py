@@ -64,8 +64,13 @@ def run_study(
         from implicit_it.evaluation import parse_judge
 
         parse_judge(config.run.eval.judge, config.run.eval.judge_model).preflight()
+    from implicit_it.engines import close_engine
+
     with directory_lock(run_dir, what="iit run"):  # a second run on this directory stops here, naming this one
-        return _run_steps(config, run_dir, plan, steps, command, config_path, on_step)
+        try:
+            return _run_steps(config, run_dir, plan, steps, command, config_path, on_step)
+        finally:
+            close_engine()  # a vLLM engine (generate.backend: vllm) ends with the run
 
 
 def _run_steps(

@@ -120,6 +120,8 @@ def train_key_config(config: ExperimentConfig, variant: Any) -> dict[str, Any]:
     if variant.kind == "single_task":
         data["single_task"] = train_source(config, variant)
     training = t.model_dump(exclude=TRAIN_EXCLUDED_FIELDS) | {"epochs": t.epochs_for(variant.name)}
+    if t.weights_dtype == "float32":  # the default keeps the keys of runs made before the field existed
+        training.pop("weights_dtype")
     if t.method == "lora":
         training |= {"lora": t.lora.model_dump(), "merge_lora": t.merge_lora}
     return {"data": data, "training": training}
@@ -233,7 +235,9 @@ class StudyPlan:
         if unknown:
             raise ValueError(f"run.eval.ifeval_prompts_by_system: unknown system(s) {unknown}; choose from {sorted(names)}")
         sets = [IFSUITE] + ([IFEVAL] if run.eval.ifeval else []) + ([ALPACA] if run.generate.instructions else [])
-        generated = {(s.name, name): self._generate_step(s, name) for s in self.systems for name in sets}
+        # the systems on the base model (base, rule adapters) first and together, so one engine serves all of them
+        by_model = sorted(self.systems, key=lambda s: s.kind == "variant")
+        generated = {(s.name, name): self._generate_step(s, name) for s in by_model for name in sets}
         model_systems = [s for s in self.systems if s.kind == "base" or s in analysed]
         if run.rank.enabled:
             for s in self._select(model_systems, run.rank.systems, "run.rank.systems"):
@@ -335,6 +339,8 @@ class StudyPlan:
             "max_new_tokens": self._max_new_tokens(system),
             "batch_size": g.batch_size,
             "instructions": instructions,
+            # the engine decides the outputs too; hf keys stay as they were before there was a choice
+            **({"backend": g.backend, "vllm": g.vllm.model_dump()} if g.backend != "hf" else {}),
         }
         files = [g.instructions] if set_name == ALPACA else self._ifeval_files() if set_name == IFEVAL else []
         return self._add(
@@ -558,7 +564,10 @@ class StudyPlan:
 
     # -- running ----------------------------------------------------------------------------
     def _load(self, system: System) -> Any:
+        from implicit_it.engines import close_engine
         from implicit_it.models import load_model
+
+        close_engine()  # a step on the fp32 model does not share the CPU and memory with an idle vLLM engine
 
         m = self.config.model
         kwargs = {"dtype": m.dtype, "device": m.device, "device_map": m.device_map, "attn_implementation": m.attn_implementation}
@@ -567,6 +576,7 @@ class StudyPlan:
         return load_model(m.spec, **kwargs)  # the base stays in the process cache across steps
 
     def _manifest(self, step: Step, loaded: Any, results: dict[str, Any], timings: dict[str, float]) -> None:
+        """``loaded``: the step's LoadedModel, its manifest entry as a dict (a vLLM step loads none), or None."""
         from implicit_it.manifest import build_manifest, write_manifest
 
         write_manifest(
@@ -575,7 +585,7 @@ class StudyPlan:
                 command=self.command,
                 config={"step": step.id, "key": step.key, **step.config},
                 seed=step.config.get("seed"),
-                model=loaded.describe() if loaded is not None else None,
+                model=loaded if isinstance(loaded, dict) or loaded is None else loaded.describe(),
                 data_files=step.data_files,
                 results=results,
                 timings=timings,
@@ -659,24 +669,24 @@ class StudyPlan:
         return [it.instruction for it in read_instructions(g.instructions, limit=g.instructions_limit)]
 
     def _run_generate(self, step: Step, system: System, set_name: str) -> dict[str, Any]:
-        from implicit_it.generation import generate_responses
-        from implicit_it.rules import RuleAdapter, RuleConfig
+        from implicit_it.engines import generate
+        from implicit_it.rules import RuleConfig
 
         g = self.config.run.generate
         instructions = self._instructions(set_name, system)
-        loaded = self._load(system)
-        adapter = (
-            RuleAdapter(loaded.tokenizer, RuleConfig().with_rules(list(system.rules)), fmt=self.config.format) if system.rules else None
-        )
-        results, stats = generate_responses(
-            loaded,
+        spec = str(system.train.dir) if system.kind == "variant" else self.config.model.spec
+        decoded = generate(
+            spec,
             instructions,
+            g,
             fmt=self.config.format,
+            rule_config=RuleConfig().with_rules(list(system.rules)) if system.rules else None,
             max_new_tokens=self._max_new_tokens(system),
-            batch_size=g.batch_size,
-            logits_processor_factory=adapter.logits_processor if adapter is not None else None,
+            seed=self.config.seed,
+            load=lambda: self._load(system),
             show_progress=self.show_progress,
         )
+        results, stats = decoded.results, decoded.stats
         records = [
             {
                 "instruction": r.instruction,
@@ -694,8 +704,9 @@ class StudyPlan:
             "n_ended_with_eos": sum(r.stopped for r in results),
             "new_tokens": stats.n_new_tokens,
             "tokens_per_second": round(stats.tokens_per_second, 2),
+            "engine": decoded.engine,
         }
-        self._manifest(step, loaded, summary, {"generate": round(stats.seconds, 2)})
+        self._manifest(step, decoded.model, summary, {"generate": round(stats.seconds, 2)})
         return summary
 
     def _run_rank(self, step: Step, system: System) -> dict[str, Any]:

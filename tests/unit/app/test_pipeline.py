@@ -373,7 +373,7 @@ def test_a_run_reports_the_length_controlled_win_rate_with_lc_data(tiny_llama_di
 def test_each_system_generates_up_to_its_own_cap(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
     """``run.generate.max_new_tokens_by_system`` (the paper: 512 for rules-no_eos, 8192 for the rest) reaches the
     generation call, the outputs and the step key; an unknown label is an error naming the field."""
-    import implicit_it.generation as generation
+    import implicit_it.engines as engines
 
     data = _config_dict(tiny_llama_dir, shared_data)
     data["training"]["variants"] = ["response"]
@@ -392,13 +392,13 @@ def test_each_system_generates_up_to_its_own_cap(tiny_llama_dir, shared_data, tm
         }
     )
     cfg = parse_config(data)
-    real, caps = generation.generate_responses, {}
+    real, caps = engines.generate_responses, {}
 
     def spy(loaded, instructions, **kwargs):
         caps[len(caps)] = kwargs["max_new_tokens"]
         return real(loaded, instructions, **kwargs)
 
-    monkeypatch.setattr(generation, "generate_responses", spy)
+    monkeypatch.setattr(engines, "generate_responses", spy)
     plan = StudyPlan(cfg, tmp_path / "run", show_progress=False)
     keys = {s.name: s.config["max_new_tokens"] for s in plan.build() if s.stage == "generate"}
     caps_by_system = {"base": 9, "response.s0": 5, "rules": 9, "rules-no_eos": 3}
@@ -473,6 +473,7 @@ def test_alpaca_pairs_each_seed_with_the_same_seed_of_the_reference(tiny_llama_d
 def test_paper_switches_reach_the_ranking_draws_and_the_rule_adapter(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
     """``run.rank.self_draws`` reaches the ranking draws and the config's chat format the rule adapter's tag search."""
     import implicit_it.app.pipeline.stages as stages
+    import implicit_it.engines as engines
     import implicit_it.probes as probes
     import implicit_it.probes.stage as probe_stage
     import implicit_it.rules as rules
@@ -505,7 +506,7 @@ def test_paper_switches_reach_the_ranking_draws_and_the_rule_adapter(tiny_llama_
     monkeypatch.setattr(rules, "RuleAdapter", AdapterSpy)
     monkeypatch.setattr(stages, "build_ranking_groups", groups_spy, raising=False)
     monkeypatch.setattr(probe_stage, "build_ranking_groups", groups_spy)
-    monkeypatch.setattr(stages, "RuleAdapter", AdapterSpy, raising=False)
+    monkeypatch.setattr(engines, "RuleAdapter", AdapterSpy)
     run_study(parse_config(data), tmp_path / "run", show_progress=False)
     tok = load_tokenizer(str(tiny_llama_dir))
     assert seen["self_draws"] == "drop"

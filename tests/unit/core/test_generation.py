@@ -8,7 +8,15 @@ import torch
 from transformers import LogitsProcessor
 
 from implicit_it.formats import encode_prompt
-from implicit_it.generation import PromptBatch, alpaca_eval_records, generate_ids, generate_responses
+from implicit_it.generation import (
+    GenerationResult,
+    PromptBatch,
+    alpaca_eval_records,
+    compare_generations,
+    generate_ids,
+    generate_responses,
+    ranked_scores,
+)
 from implicit_it.models import load_model
 
 INSTRUCTIONS = [
@@ -89,3 +97,47 @@ def test_no_stop_tokens_decodes_full_budget(tiny_llama_dir):
     )
     assert [len(o) for o in out] == [6, 6] and stopped == [False, False]
     assert out[0][2:] == [eos] * 4
+
+
+def test_compare_generations_accepts_only_near_ties():
+    def res(ids, stopped=False):
+        return GenerationResult("i", "", list(ids), stopped)
+
+    same, _ = compare_generations([res([5, 6])], [res([5, 6])], {}, {}, 1e-3)
+    assert same
+    # part at token 1 where 6 and 7 scored within 0.0005 of each other in both runs (order of a tie may differ): a near-tie
+    t1 = {0: [([5, 9], [1.0, 0.0]), ([7, 6], [-1.0, -1.0])]}
+    t2 = {0: [([5, 9], [1.0, 0.0]), ([7, 6], [-1.0, -1.0004])]}
+    ok, detail = compare_generations([res([5, 6])], [res([5, 7])], t1, t2, 1e-3)
+    assert ok and "near-tie" in detail
+    # the same parting with a wide gap is a failure, and so is a choice missing from the other run's top tokens
+    t1 = {0: [([5, 9], [1.0, 0.0]), ([6, 7], [-1.0, -1.5])]}
+    ok, detail = compare_generations([res([5, 6])], [res([5, 7])], t1, t2, 1e-3)
+    assert not ok and "parts at token 1" in detail
+    ok, detail = compare_generations([res([5, 6])], [res([5, 8])], t1, t2, 1e-3)
+    assert not ok and "not in the top" in detail
+    # a stop (any stop id) against a token, tied
+    t1 = {0: [([5, 9], [1.0, 0.0]), ([2, 6], [-1.0, -1.0])]}
+    t2 = {0: [([5, 9], [1.0, 0.0]), ([6, 2], [-1.0, -1.0])]}
+    ok, _ = compare_generations([res([5], stopped=True)], [res([5, 6])], t1, t2, 1e-3, stop_ids=[2])
+    assert ok
+
+
+def test_ranked_scores_orders_best_first():
+    assert ranked_scores([(3, -2.0), (7, 0.5), (1, -0.1)]) == ([7, 1, 3], [0.5, -0.1, -2.0])
+
+
+def test_gap_noise_measures_disagreement_only_where_the_runs_agree():
+    from implicit_it.generation import gap_noise
+
+    def res(ids):
+        return GenerationResult("i", "", list(ids), False)
+
+    # step 0: both runs pick 5; token 9 is 1.0 below in one run and 1.25 below in the other -> noise 0.25 (and 0 for 5)
+    # step 1: the runs part (6 vs 7): nothing from here on counts, however different the scores
+    first = {0: [([5, 9], [2.0, 1.0]), ([6, 7], [0.0, -9.0])]}
+    second = {0: [([5, 9], [3.0, 1.75]), ([7, 6], [0.0, -0.1])]}
+    noise = gap_noise([res([5, 6])], [res([5, 7])], first, second)
+    assert sorted(noise) == [0.0, 0.25]
+    # identical runs: every recorded step counts
+    assert sorted(gap_noise([res([5, 6])], [res([5, 6])], first, first)) == [0.0] * 4
