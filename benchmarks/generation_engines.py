@@ -9,10 +9,11 @@ The same IFEval prompts and lengths for every engine, in one run, on this machin
   bandwidth) and does 2·N·B flops (at the measured matmul rate of that dtype), whichever is slower;
 * the ratios the issue's targets are stated in: each engine's tokens/s over hf fp32's (today's path) and over its own
   dtype's roofline;
-* the engine's start-up: vLLM with ``enforce_eager`` (no compilation) always; with torch.compile too under
+* the engine's start-up (and everything above) with ``enforce_eager`` (no compilation), or with torch.compile under
   ``--compile``.
 
-    python benchmarks/generation_engines.py [--batch-sizes 1 16 64] [--new-tokens 65] [--engines hf-fp32 hf-bf16 vllm-bf16 vllm-fp32] [--compile]
+    python benchmarks/generation_engines.py [--batch-sizes 1 16 64] [--new-tokens 65] [--compile] [--cpu-reserved-cores 0]
+        [--engines hf-fp32 hf-bf16 vllm-bf16 vllm-fp32]
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--new-tokens", type=int, default=65, help="tokens per prompt in the decode timing (the first is the prefill's)")
     ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
-    ap.add_argument("--compile", action="store_true", help="also time a vLLM start-up with torch.compile (minutes)")
+    ap.add_argument("--compile", action="store_true", help="vLLM engines with torch.compile instead of eager (start-up: minutes)")
+    ap.add_argument("--cpu-reserved-cores", type=int, default=0, help="vllm.cpu_reserved_cores (vLLM's own default: 1)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
 
     from implicit_it.config import VllmConfig
-    from implicit_it.engines import VllmEngine, close_engine, vllm_engine
+    from implicit_it.engines import close_engine, vllm_engine
     from implicit_it.formats import encode_prompt, get_format
     from implicit_it.generation import generate_ids
     from implicit_it.models import load_model, model_directory
@@ -75,8 +77,11 @@ def main() -> None:
     prompts = [encode_prompt(tok, get_format("tulu"), t) for t in texts]
     bw = bandwidth_gbs()
     rates = {torch.float32: matmul_gflops(torch.float32), torch.bfloat16: matmul_gflops(torch.bfloat16)}
-    print(f"model: {fp32.source.display_name}; {n_active / 1e6:.0f}M parameters per token; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"bandwidth {bw:.1f} GB/s; matmul (64x640 @ 640x2048) fp32 {rates[torch.float32]:.1f}, bf16 {rates[torch.bfloat16]:.1f} GFLOP/s\n")
+    print(f"model: {fp32.source.display_name}; {n_active / 1e6:.0f}M parameters per token")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"bandwidth {bw:.1f} GB/s; matmul (64x640 @ 640x2048) fp32 {rates[torch.float32]:.1f}, bf16 {rates[torch.bfloat16]:.1f} GFLOP/s\n"
+    )
 
     def roofline(dtype: torch.dtype, b: int) -> float:
         size = torch.tensor([], dtype=dtype).element_size()
@@ -90,13 +95,12 @@ def main() -> None:
         if backend == "hf":
             loaded = fp32 if dtype == torch.float32 else load_model(args.spec, device="cpu", dtype=dtype)
         else:
-            settings = VllmConfig(dtype="bfloat16" if dtype == torch.bfloat16 else "float32", enforce_eager=True)
+            settings = VllmConfig(
+                dtype="bfloat16" if dtype == torch.bfloat16 else "float32",
+                enforce_eager=not args.compile,
+                cpu_reserved_cores=args.cpu_reserved_cores,
+            )
             directory = model_directory(args.spec)
-            if args.compile and dtype == torch.bfloat16:
-                t = time.perf_counter()
-                compiled = VllmEngine(directory, VllmConfig(dtype="bfloat16", enforce_eager=False), max(args.batch_sizes)).start()
-                print(f"vllm-bf16 start-up with torch.compile: {compiled.start_seconds:.1f} s")
-                compiled.close()
         for b in args.batch_sizes:
             batch = [prompts[i % len(prompts)] for i in range(b)]
             if backend == "hf":

@@ -99,7 +99,7 @@ def main() -> None:
         )
     print("loss per optimizer step (same batches):")
     for row in rows:
-        gap = max((abs(a - b) for a, b in zip(row["losses"], rows[0]["losses"])), default=0.0)
+        gap = max((abs(a - b) for a, b in zip(row["losses"], rows[0]["losses"], strict=False)), default=0.0)
         print(f"  {row['method']:<24} {' '.join(f'{x:.4f}' for x in row['losses'])}  (max |Δ| vs {rows[0]['method']}: {gap:.4f})")
 
 

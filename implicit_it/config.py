@@ -327,6 +327,14 @@ class VllmConfig(_Strict):
     )
     kv_cache_gib: float = Field(default=2.0, gt=0, description="memory reserved for the KV cache (GiB)")
     max_model_len: int | None = Field(default=None, gt=0, description="context of the engine; None = the model's own")
+    cpu_reserved_cores: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "CPU only: cores vLLM keeps from the model for its scheduler (its own default is 1; on this 2-core machine that"
+            " halves decode speed, benchmarks/RESULTS.md)"
+        ),
+    )
     tensor_parallel_size: int = Field(default=1, gt=0, description="GPUs per model replica (tensor parallelism)")
     data_parallel_size: int = Field(default=1, gt=0, description="model replicas (data parallelism)")
 

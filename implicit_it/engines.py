@@ -83,6 +83,8 @@ class VllmEngine:
     def start(self) -> "VllmEngine":
         self.version = require_vllm()
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        # read by vLLM's CPU worker (inherited by the engine process); GPUs ignore it
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(self.settings.cpu_reserved_cores)
         from vllm import LLM
 
         from .vllm_rules import PROCESSOR_PATH
@@ -130,6 +132,7 @@ class VllmEngine:
             "enforce_eager": self.settings.enforce_eager,
             "max_num_seqs": self.max_num_seqs,
             "kv_cache_gib": self.settings.kv_cache_gib,
+            "cpu_reserved_cores": self.settings.cpu_reserved_cores,
             "tensor_parallel_size": self.settings.tensor_parallel_size,
             "data_parallel_size": self.settings.data_parallel_size,
             "start_seconds": round(self.start_seconds, 2),
@@ -190,9 +193,7 @@ class VllmEngine:
             stopped.append(cut is not None)
             stats.n_new_tokens += len(outputs[-1]) + (1 if cut is not None else 0)
             if scores is not None and completion.logprobs is not None:
-                scores[i] = [
-                    ranked_scores((tid, lp.logprob) for tid, lp in step.items()) for step in completion.logprobs[: len(ids)]
-                ]
+                scores[i] = [ranked_scores((tid, lp.logprob) for tid, lp in step.items()) for step in completion.logprobs[: len(ids)]]
         if progress is not None:
             progress(len(prompts))
         return outputs, stopped, stats
@@ -304,8 +305,8 @@ def _version(dist: str) -> str:
 
 # ------------------------------------------------------------------ the equality check between backends
 
-BF16_TIE_TOL = 0.125  # a logit gap bf16 rounding may close (the GPU check's GEN_TIE_TOL for bf16): the tolerance's floor
-NOISE_QUANTILE = 0.999  # the near-tie tolerance: this quantile of the runs' measured gap noise (generation.gap_noise)
+# The near-tie tolerance's floor by the vLLM dtype (the GPU check's GEN_TIE_TOL): a logit gap rounding may close.
+TIE_TOL_FLOOR = {"float32": 1e-3, "bfloat16": 0.125, "float16": 0.125}
 
 
 @dataclass
@@ -319,6 +320,15 @@ class BackendComparison:
     identical: int
     tol: float  # the near-tie tolerance used (logits)
     noise: dict[str, float]  # quantiles of the measured gap noise, and the share of steps closer than tol
+    tops_hf: dict[int, list[StepScores]] = field(default_factory=dict, repr=False)  # per prompt, each step's top scores
+    tops_vllm: dict[int, list[StepScores]] = field(default_factory=dict, repr=False)
+    stop_ids: list[int] = field(default_factory=list, repr=False)
+
+    def recheck(self, tol: float) -> tuple[bool, str]:
+        """:func:`compare_generations` again with another tolerance."""
+        from .generation import compare_generations
+
+        return compare_generations(self.hf, self.vllm, self.tops_hf, self.tops_vllm, tol, stop_ids=self.stop_ids)
 
 
 def compare_backends(
@@ -336,9 +346,10 @@ def compare_backends(
     """Decode ``instructions`` greedily on the hf model ``loaded`` and on a vLLM engine over ``model_dir``, recording
     each step's top scores after the rule adapter in both, and compare them with :func:`compare_generations`.
 
-    ``tol=None`` measures the tolerance on the runs themselves: the :data:`NOISE_QUANTILE` quantile of the gap noise
-    (:func:`~implicit_it.generation.gap_noise`) where the two runs still agree, at least :data:`BF16_TIE_TOL`. The share
-    of all steps whose top two tokens are closer than that tolerance is reported, so a loose tolerance shows itself."""
+    ``tol=None`` measures the tolerance on the runs themselves: the largest gap noise
+    (:func:`~implicit_it.generation.gap_noise`), the score disagreement of the two runs where their texts still agree,
+    at least :data:`TIE_TOL_FLOOR` of the engine's dtype. The share of all steps whose top two tokens are closer than
+    that tolerance is reported, so a loose tolerance shows itself."""
     import numpy as np
 
     from .generation import TOP_K, TopRecorder, compare_generations, gap_noise
@@ -353,24 +364,36 @@ def compare_backends(
         return ([adapter.logits_processor(batch)] if adapter is not None else []) + [TopRecorder(batch.indices, tops_hf)]
 
     hf, _ = generate_responses(
-        loaded, instructions, fmt=chat, max_new_tokens=max_new_tokens, batch_size=batch_size, logits_processor_factory=factory, show_progress=False
+        loaded,
+        instructions,
+        fmt=chat,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        logits_processor_factory=factory,
+        show_progress=False,
     )
     engine = vllm_engine(model_dir, settings, max_num_seqs=batch_size, top_k=TOP_K)
     prompts, offsets = encode_instructions(tok, chat, instructions)
     stop_ids = chat.stop_token_ids(tok)
     tops_vl: dict[int, list[StepScores]] = {}
     ids, stopped, _ = engine.generate_ids(
-        prompts, stop_token_ids=stop_ids, max_new_tokens=max_new_tokens, rule_config=rules, fmt=chat.name, instruction_offsets=offsets, scores=tops_vl
+        prompts,
+        stop_token_ids=stop_ids,
+        max_new_tokens=max_new_tokens,
+        rule_config=rules,
+        fmt=chat.name,
+        instruction_offsets=offsets,
+        scores=tops_vl,
     )
     vl = decode_results(tok, instructions, ids, stopped)
     noise = np.array(gap_noise(hf, vl, tops_hf, tops_vl) or [0.0])
     if tol is None:
-        tol = max(BF16_TIE_TOL, float(np.quantile(noise, NOISE_QUANTILE)))
+        tol = max(TIE_TOL_FLOOR[settings.dtype], float(noise.max()))
     top2 = np.array([vals[0] - vals[1] for steps in tops_hf.values() for _, vals in steps if len(vals) > 1] or [np.inf])
     stats = {
         "median": float(np.median(noise)),
         "q99": float(np.quantile(noise, 0.99)),
-        "q999": float(np.quantile(noise, NOISE_QUANTILE)),
+        "q999": float(np.quantile(noise, 0.999)),
         "max": float(noise.max()),
         "steps_closer_than_tol": float((top2 <= tol).mean()),
     }
@@ -380,4 +403,4 @@ def compare_backends(
         f"99.9th {stats['q999']:.3g}, max {stats['max']:.3g}; {stats['steps_closer_than_tol']:.1%} of hf steps have a top-2 gap within it]"
     )
     identical = sum(a.token_ids == b.token_ids and a.stopped == b.stopped for a, b in zip(hf, vl, strict=True))
-    return BackendComparison(ok, detail, hf, vl, identical, tol, stats)
+    return BackendComparison(ok, detail, hf, vl, identical, tol, stats, tops_hf, tops_vl, list(stop_ids))

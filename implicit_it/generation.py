@@ -176,7 +176,9 @@ def encode_instructions(tokenizer: Any, fmt: ChatFormat, instructions: Sequence[
     return prompts, offsets
 
 
-def decode_results(tokenizer: Any, instructions: Sequence[str], ids: Sequence[list[int]], stopped: Sequence[bool]) -> list[GenerationResult]:
+def decode_results(
+    tokenizer: Any, instructions: Sequence[str], ids: Sequence[list[int]], stopped: Sequence[bool]
+) -> list[GenerationResult]:
     return [
         GenerationResult(ins, tokenizer.decode(out, skip_special_tokens=False), out, st)
         for ins, out, st in zip(instructions, ids, stopped, strict=True)
@@ -292,7 +294,6 @@ def compare_generations(
     if problems:
         detail += "; " + "; ".join(problems[:3])
     return not problems, detail
-
 
 
 def gap_noise(

@@ -70,7 +70,9 @@ class ModelRequest:
         from implicit_it.rules import rule_config_from
 
         if cfg.backend == "vllm" and (self.dtype is not None or self.device is not None):
-            raise ConfigError("--dtype and --device set the hf backend's model; with --backend vllm set vllm.dtype (--set vllm={dtype: ...})")
+            raise ConfigError(
+                "--dtype and --device set the hf backend's model; with --backend vllm set vllm.dtype (--set vllm={dtype: ...})"
+            )
         chat_format = get_format(self.fmt)
         rule_cfg = rule_config_from(self.rules, self.rules_config)
         t0 = time.perf_counter()

@@ -165,6 +165,11 @@ class StudyPlan:
 
         notes = check_config(self.config, source)
         run = self.config.run
+        if run.generate.backend == "vllm":
+            from implicit_it.engines import VLLM_EXTRA, vllm_version
+
+            if vllm_version() is None:
+                raise ConfigError(f"{source}: run.generate.backend: 'vllm' needs vLLM, which is not installed: {VLLM_EXTRA}")
         if run.eval.judge is not None:
             from implicit_it.evaluation import parse_judge
 

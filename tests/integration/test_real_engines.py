@@ -1,7 +1,14 @@
-"""The vLLM backend on the real Gemma-3-270M (Q4_K_M GGUF, dequantized; vLLM serves the dequantized cache in bf16)
-against the hf backend in fp32: 32 IFEval prompts x 128 new tokens, greedy, with and without the rule adapter. The
-outputs must be token-identical except where the runs part at a near-tie: there each run's token scored within bf16
-rounding (0.125 logits) of the other run's best. ~4 minutes on 2 CPU cores."""
+"""The vLLM backend on the real Gemma-3-270M (Q4_K_M GGUF, dequantized; vLLM serves the dequantized cache) against the
+hf backend in fp32: 32 IFEval prompts x 128 new tokens, greedy, with and without the rule adapter.
+
+* vLLM in **fp32** is the same computation as hf: token-identical except at near-ties within fp32 noise. This proves the
+  engine path (prompt ids, stop ids, the rule adapter inside vLLM) exact on the real model.
+* vLLM in **bf16** (the demo's engine) changes the arithmetic, so greedy outputs may part where two tokens score close:
+  most prompts stay token-identical over 128 tokens, and every parting is at a pair of tokens whose scores bf16 moves
+  (within 1.5x the largest score disagreement the two runs show where their texts still agree).
+
+~5.5 minutes on 2 CPU cores (three comparisons, each with an engine start-up). Both fp32 comparisons, with and
+without rules, were 32/32 token-identical when measured (README)."""
 
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from implicit_it.engines import close_engine, compare_backends  # noqa: E402
 from implicit_it.models import model_directory  # noqa: E402
 
 N_PROMPTS, TOKENS = 32, 128
+BF16_NOISE_MARGIN = 1.5  # the noise envelope is estimated from ~20k score pairs; a parting may sit in its tail
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +36,30 @@ def ifeval_prompts(shared_data):
     close_engine()
 
 
-@pytest.mark.parametrize("rules", [None, RuleConfig()], ids=["plain", "rules"])
-def test_vllm_bf16_matches_hf_fp32_but_at_near_ties(real_gemma, ifeval_prompts, rules):
+def _compare(real_gemma, prompts, dtype, rules):
     cmp = compare_backends(
         real_gemma,
-        ifeval_prompts,
-        VllmConfig(dtype="bfloat16"),
+        prompts,
+        VllmConfig(dtype=dtype),
         model_dir=model_directory("gemma-3-270m"),
         max_new_tokens=TOKENS,
         batch_size=16,
         rule_config=rules,
     )
-    print(cmp.detail)
+    print(f"\n{dtype} {'rules' if rules else 'plain'}: {cmp.detail}")
+    return cmp
+
+
+def test_vllm_fp32_equals_hf_fp32(real_gemma, ifeval_prompts):
+    """With the rule adapter, which covers the plain path too (its scores are added to the same base logits)."""
+    cmp = _compare(real_gemma, ifeval_prompts, "float32", RuleConfig())
     assert cmp.ok, cmp.detail
-    assert cmp.identical >= N_PROMPTS // 2, cmp.detail  # most prompts never meet a tie within 128 tokens
+    assert cmp.tol < 0.05, cmp.detail  # fp32 noise: a near-tie here is a real tie, not a bf16-sized gap
+
+
+@pytest.mark.parametrize("rules", [None, RuleConfig()], ids=["plain", "rules"])
+def test_vllm_bf16_parts_from_hf_fp32_only_where_bf16_moves_the_scores(real_gemma, ifeval_prompts, rules):
+    cmp = _compare(real_gemma, ifeval_prompts, "bfloat16", rules)
+    assert cmp.identical >= 3 * N_PROMPTS // 4, cmp.detail
+    ok, detail = cmp.recheck(BF16_NOISE_MARGIN * cmp.noise["max"])
+    assert ok, detail

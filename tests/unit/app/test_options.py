@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import BaseModel
 import typer
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from implicit_it.app.cli.common import user_errors
