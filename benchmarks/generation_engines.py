@@ -24,29 +24,10 @@ import time
 from pathlib import Path
 
 import torch
+from generation_roofline import bandwidth_gbs, matmul_gflops  # the same machine rates as the roofline benchmark
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ifeval" / "input_data.jsonl"
 ENGINES = ("hf-fp32", "hf-bf16", "vllm-bf16", "vllm-fp32")
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def matmul_gflops(dtype: torch.dtype, rows: int = 64, inner: int = 640, cols: int = 2048) -> float:
-    a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
-    return 2 * rows * inner * cols / best_of(lambda: torch.mm(a, b)) / 1e9
-
-
-def bandwidth_gbs(gib: float = 1.0) -> float:
-    x = torch.ones(int(gib * 2**30 / 4))
-    return x.numel() * 4 / best_of(lambda: x.sum()) / 1e9
 
 
 def main() -> None:
@@ -76,7 +57,7 @@ def main() -> None:
     texts = [json.loads(line)["prompt"] for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
     prompts = [encode_prompt(tok, get_format("tulu"), t) for t in texts]
     bw = bandwidth_gbs()
-    rates = {torch.float32: matmul_gflops(torch.float32), torch.bfloat16: matmul_gflops(torch.bfloat16)}
+    rates = {dt: matmul_gflops(64, 640, 2048, dt) for dt in (torch.float32, torch.bfloat16)}
     print(f"model: {fp32.source.display_name}; {n_active / 1e6:.0f}M parameters per token")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(

