@@ -275,7 +275,10 @@ def generate(
             logits_processor_factory=adapter.logits_processor if adapter is not None else None,
             show_progress=show_progress,
         )
-        engine = {"backend": "hf", "engine": f"transformers {_version('transformers')}", "dtype": str(loaded.dtype).removeprefix("torch.")}
+        from .manifest import package_versions
+
+        version = package_versions(["transformers"])["transformers"]
+        engine = {"backend": "hf", "engine": f"transformers {version}", "dtype": str(loaded.dtype).removeprefix("torch.")}
         return Decoded(results, stats, adapter, engine, loaded.describe(), loaded)
     require_vllm()
     tokenizer = load_tokenizer(spec)
@@ -299,15 +302,6 @@ def generate(
     return Decoded(decode_results(tokenizer, instructions, ids, stopped), stats, adapter, held.describe(), model)
 
 
-def _version(dist: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
 # ------------------------------------------------------------------ the equality check between backends
 
 # The near-tie tolerance's floor by the vLLM dtype (the GPU check's GEN_TIE_TOL): a logit gap rounding may close.
@@ -325,9 +319,6 @@ class BackendComparison:
     identical: int
     tol: float  # the near-tie tolerance used (logits)
     noise: dict[str, float]  # quantiles of the measured gap noise, and the share of steps closer than tol
-    tops_hf: dict[int, list[StepScores]] = field(default_factory=dict, repr=False)  # per prompt, each step's top scores
-    tops_vllm: dict[int, list[StepScores]] = field(default_factory=dict, repr=False)
-    stop_ids: list[int] = field(default_factory=list, repr=False)
 
 
 def compare_backends(
@@ -402,4 +393,4 @@ def compare_backends(
         f"99.9th {stats['q999']:.3g}, max {stats['max']:.3g}; {stats['steps_closer_than_tol']:.1%} of hf steps have a top-2 gap within it]"
     )
     identical = sum(a.token_ids == b.token_ids and a.stopped == b.stopped for a, b in zip(hf, vl, strict=True))
-    return BackendComparison(ok, detail, hf, vl, identical, tol, stats, tops_hf, tops_vl, list(stop_ids))
+    return BackendComparison(ok, detail, hf, vl, identical, tol, stats)
