@@ -61,7 +61,7 @@ class IfEvalPrompt:
         return self.instruction_ids[0]
 
 
-def _parse(obj: Any, path: str, lineno: int | None) -> IfEvalPrompt:
+def _parse(obj: Any, path: str, lineno: int | None, registry: Mapping[str, Any]) -> IfEvalPrompt:
     if not isinstance(obj, dict):
         raise DataFormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
     missing = [k for k in ("key", "prompt", "instruction_id_list", "kwargs") if k not in obj]
@@ -70,14 +70,43 @@ def _parse(obj: Any, path: str, lineno: int | None) -> IfEvalPrompt:
     ids, kwargs = obj["instruction_id_list"], obj["kwargs"]
     if not isinstance(ids, list) or not ids or not isinstance(kwargs, list) or len(kwargs) != len(ids):
         raise DataFormatError(path, lineno, "instruction_id_list must be a non-empty list with one kwargs dict per instruction")
-    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
-
-    unknown = [i for i in ids if i not in INSTRUCTION_DICT]
+    unknown = [i for i in ids if not isinstance(i, str) or i not in registry]
     if unknown:
         raise DataFormatError(path, lineno, f"unknown instruction type(s) {unknown}")
+    key = obj["key"]
+    if not isinstance(key, int) or isinstance(key, bool):
+        raise DataFormatError(path, lineno, f"key must be an integer, got {type(key).__name__} {key!r}")
     if not isinstance(obj["prompt"], str) or not obj["prompt"].strip():
         raise DataFormatError(path, lineno, "prompt must be a non-empty string")
-    return IfEvalPrompt(int(obj["key"]), obj["prompt"], tuple(ids), tuple(dict(k or {}) for k in kwargs))
+    prompt = IfEvalPrompt(key, obj["prompt"], tuple(ids), tuple(_kwargs(k, path, lineno) for k in kwargs))
+    for iid, args in zip(prompt.instruction_ids, prompt.kwargs, strict=True):
+        _check_arguments(prompt, iid, args, registry, path, lineno)
+    return prompt
+
+
+def _kwargs(value: Any, path: str, lineno: int | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DataFormatError(
+            path, lineno, f"kwargs must hold one JSON object (or null) per instruction, got {type(value).__name__} {value!r}"
+        )
+    return dict(value)
+
+
+def _check_arguments(
+    prompt: IfEvalPrompt, iid: str, args: dict[str, Any], registry: Mapping[str, Any], path: str, lineno: int | None
+) -> None:
+    """Build the official checker with the prompt's arguments and run it once, so that a wrong type
+    (``num_words: "many"``) is an error naming the line now, not a TypeError after the model has generated."""
+    try:
+        checker = registry[iid](iid)
+        checker.build_description(**{k: v for k, v in args.items() if v is not None})
+        checker.check_following("A short sample response. It has two sentences.")
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise DataFormatError(
+            path, lineno, f"instruction {iid!r}: its kwargs {args} do not fit the checker ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def load_ifeval(spec: str | Path = DEFAULT_IFEVAL, *, limit: int | None = None, seed: int = 0) -> list[IfEvalPrompt]:
@@ -87,14 +116,16 @@ def load_ifeval(spec: str | Path = DEFAULT_IFEVAL, *, limit: int | None = None, 
         from datasets import load_dataset
 
         rows = load_dataset("google/IFEval", split="train")
-        prompts = [_parse(dict(r), HUB_IFEVAL, i + 1) for i, r in enumerate(rows)]
+        with official_verifiers() as registry:
+            prompts = [_parse(dict(r), HUB_IFEVAL, i + 1, registry) for i, r in enumerate(rows)]
     else:
         from implicit_it.data import iter_jsonl
 
         path = Path(spec)
         if path.is_dir():
             raise DataFormatError(path, None, "is a directory; expected IFEval's input_data.jsonl")
-        prompts = [_parse(obj, str(path), lineno) for lineno, obj in iter_jsonl(path)]
+        with official_verifiers() as registry:
+            prompts = [_parse(obj, str(path), lineno, registry) for lineno, obj in iter_jsonl(path)]
         if not prompts:
             raise DataFormatError(path, None, "no prompts found")
     return stratified_subset(prompts, limit, seed=seed) if limit is not None and limit < len(prompts) else prompts
@@ -313,17 +344,18 @@ def read_ifeval_responses(path: str | Path) -> ResponseFile:
     """IFEval's ``{"prompt", "response"}`` JSONL, or an AlpacaEval-style JSON list
     (``instruction``/``output``, what ``iit generate`` writes)."""
     from implicit_it.data import iter_jsonl
+    from implicit_it.io import read_input_bytes
 
     path = Path(path)
     if path.is_dir():
         raise DataFormatError(path, None, "is a directory; expected a responses file")
-    if not path.is_file():
-        raise DataFormatError(path, None, "file not found")
-    head = path.read_bytes()[:64].lstrip()
+    raw = read_input_bytes(path)
     rows: list[tuple[str, str]] = []
-    if head.startswith(b"["):
+    if raw[:64].lstrip().startswith(b"["):
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataFormatError(path, None, f"not valid UTF-8 (byte offset {exc.start})") from None
         except json.JSONDecodeError as exc:
             raise DataFormatError(path, exc.lineno, f"invalid JSON: {exc.msg}") from None
         for i, r in enumerate(records):

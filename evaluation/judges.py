@@ -42,29 +42,44 @@ class JudgeUnavailable(ImplicitItError):
 
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+ALLOW_PLAIN_HTTP_ENV = "IIT_ALLOW_PLAIN_HTTP_KEY"  # =1: send the API key over plain http anyway (a trusted network)
 _WARNED_PLAIN_HTTP: set[str] = set()
+
+
+class KeyInClear(JudgeUnavailable):
+    """An API key would travel unencrypted (plain http to another host, or a redirect): refused."""
 
 
 def api_key_set() -> bool:
     return bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEYS"))
 
 
-def warn_if_key_in_clear(url: str) -> bool:
-    """An API key about to travel in clear text (plain ``http://`` to a host other than this machine): warn once per
-    URL, loudly, on stderr. Returns whether it warned now."""
+def check_key_transport(url: str) -> None:
+    """Refuse to send an API key in clear text: plain ``http://`` to a host other than this machine, with a key set.
+    ``IIT_ALLOW_PLAIN_HTTP_KEY=1`` opts in (a trusted network); the key is then sent, with one warning on stderr."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    if parts.scheme != "http" or (parts.hostname or "").lower() in LOCAL_HOSTS or not api_key_set() or url in _WARNED_PLAIN_HTTP:
-        return False
-    _WARNED_PLAIN_HTTP.add(url)
-    print(
-        f"WARNING: the judge URL {url} is plain http on another host: OPENAI_API_KEY is sent to it unencrypted. "
-        "Use https, an SSH tunnel to localhost, or unset OPENAI_API_KEY for a server that needs no key.",
-        file=sys.stderr,
-        flush=True,
-    )
-    return True
+    if parts.scheme != "http" or (parts.hostname or "").lower() in LOCAL_HOSTS or not api_key_set():
+        return
+    if os.environ.get(ALLOW_PLAIN_HTTP_ENV) != "1":
+        raise KeyInClear(
+            f"--judge {url}: plain http to another host would send OPENAI_API_KEY unencrypted; use https, an SSH tunnel "
+            f"to localhost, unset OPENAI_API_KEY for a server that needs no key, or set {ALLOW_PLAIN_HTTP_ENV}=1 to send it anyway"
+        )
+    if url not in _WARNED_PLAIN_HTTP:
+        _WARNED_PLAIN_HTTP.add(url)
+        print(f"WARNING: {ALLOW_PLAIN_HTTP_ENV}=1: OPENAI_API_KEY is sent to {url} unencrypted.", file=sys.stderr, flush=True)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would follow a redirect with the Authorization header, to any host: stop and name the target instead."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise KeyInClear(
+            f"judge server {req.full_url} answered {code}, a redirect to {newurl}; the API key is not sent on to it. "
+            "Give the final URL as --judge"
+        )
 
 
 def _clf_prompt_path() -> Path:
@@ -177,7 +192,7 @@ class Judge:
             if not api_key_set():
                 completions["openai_api_keys"] = ["EMPTY"]  # local servers accept any key; a real key is never written
             else:
-                warn_if_key_in_clear(self.target)  # alpaca_eval's client sends the key with every request
+                check_key_transport(self.target)  # alpaca_eval's client sends the key with every request
             config = _logprob_annotator(self.annotator_name, completions, _clf_prompt_path())
         else:
             prompt, special = render_local_prompt(self.target)
@@ -199,6 +214,7 @@ def parse_judge(spec: str, model_name: str | None = None) -> Judge:
     if spec.startswith(("http://", "https://")):
         if not spec.split("://", 1)[1].strip("/"):
             raise ValueError(f"--judge {spec!r}: the URL names no server (e.g. http://localhost:8000/v1)")
+        check_key_transport(spec.rstrip("/"))
         return Judge("openai_compatible", spec.rstrip("/"), model_name)
     if spec.startswith("local:") and spec[len("local:") :].strip():
         return Judge("local", spec[len("local:") :].strip(), fn_completions=local_logprob_completions)
@@ -210,12 +226,12 @@ def parse_judge(spec: str, model_name: str | None = None) -> Judge:
 
 def list_served_models(base_url: str, timeout: float = 5.0) -> list[str]:
     """``GET {base_url}/models`` of an OpenAI-compatible server; an unreachable server is JudgeUnavailable."""
-    warn_if_key_in_clear(base_url)
+    check_key_transport(base_url)
     req = urllib.request.Request(
         base_url.rstrip("/") + "/models", headers={"Authorization": "Bearer " + os.environ.get("OPENAI_API_KEY", "EMPTY")}
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.build_opener(_NoRedirects).open(req, timeout=timeout) as resp:
             body = json.loads(resp.read().decode("utf-8"))
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise JudgeUnavailable(f"judge server {base_url} is not reachable ({exc}); start it or check the URL") from None

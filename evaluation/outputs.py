@@ -8,14 +8,13 @@ writes next to the file, and is ``None`` when neither says.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from implicit_it.data import read_instructions
 from implicit_it.errors import DataFormatError
-from implicit_it.manifest import manifest_path_for
+from implicit_it.manifest import read_sidecar
 
 
 @dataclass(frozen=True)
@@ -31,16 +30,15 @@ class ModelOutput:
 
 
 def _eos_flags_from_manifest(path: Path, n: int) -> list[bool] | None:
-    manifest = manifest_path_for(path)
-    if not manifest.is_file():
-        return None
+    """Per-record EOS flags from the sidecar ``iit generate`` wrote, only if it describes this very file (a stale one,
+    left by a kill between the outputs and their sidecar, would give another run's flags)."""
+    manifest = read_sidecar(path)
     try:
-        per_record = json.loads(manifest.read_text())["results"]["per_record"]
-    except (KeyError, TypeError, json.JSONDecodeError):
+        per_record = manifest["results"]["per_record"]  # type: ignore[index]
+        flags = [bool(r.get("ended_with_eos")) for r in per_record]
+    except (KeyError, TypeError, AttributeError):
         return None
-    if len(per_record) != n:
-        return None
-    return [bool(r.get("ended_with_eos")) for r in per_record]
+    return flags if len(flags) == n else None
 
 
 def read_model_outputs(path: str | Path, *, limit: int | None = None) -> list[ModelOutput]:

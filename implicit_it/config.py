@@ -728,13 +728,15 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read and validate a YAML config (with ``overrides``, see :func:`apply_overrides`); errors name the file, line
     (YAML syntax) or field."""
+    from .errors import DataFormatError
+    from .io import read_input_bytes
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config file") from None
+        text = read_input_bytes(path).decode("utf-8")
+    except DataFormatError as exc:
+        problem = "config file not found" if exc.problem == "file not found" else exc.problem.replace("a file", "a config file")
+        raise ConfigError(f"{path}: {problem}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
     try:
@@ -752,11 +754,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
 
 def _file_problem(field: str, path: str, hint: str = "") -> str | None:
     """``field: path: ...`` when ``path`` is not a readable file, else None."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        return None
-    what = "is a directory, not a file" if p.is_dir() else "file not found"
-    return f"{field}: {path}: {what}{hint}"
+    from .io import input_file_problem
+
+    what = input_file_problem(Path(path).expanduser())
+    return None if what is None else f"{field}: {path}: {what}{hint if what == 'file not found' or 'directory' in what else ''}"
 
 
 def config_paths(cfg: ExperimentConfig) -> dict[str, str]:
@@ -791,13 +792,33 @@ def config_paths(cfg: ExperimentConfig) -> dict[str, str]:
 PATH_HINTS = {"run.eval.ifeval_data": " (IFEval's input_data.jsonl, or hub:ifeval; run.eval.ifeval: false switches IFEval off)"}
 
 
+def _layer_problems(cfg: ExperimentConfig, depth: int | None) -> list[str]:
+    """Every enabled stage's layer spec against the model's depth (0 = embeddings .. L), so that ``0-99`` is refused
+    now and not at the rank step after training and generation. Nothing to check when the depth is unknown (a hub id)."""
+    from .lens import parse_layers
+
+    if depth is None:
+        return []
+    run, problems = cfg.run, []
+    stages = {"rank": run.rank.enabled, "probe": run.probe.enabled, "diff": run.diff.enabled, "mech": run.mech.enabled}
+    fields = [(stage, "layers") for stage, enabled in stages.items() if enabled] + ([("mech", "blocks")] if run.mech.enabled else [])
+    for stage, name in fields:
+        spec = getattr(getattr(run, stage), name, None)
+        if spec is not None:
+            try:
+                parse_layers(spec, depth)
+            except ValueError as exc:
+                problems.append(f"run.{stage}.{name}: {spec!r}: {exc} (model.spec {cfg.model.spec!r})")
+    return problems
+
+
 def check_config(cfg: ExperimentConfig, source: str = "<config>") -> list[str]:
     """What the schema cannot check without the machine: every data file the study reads exists and is a file, the
     model spec resolves (nothing is loaded; a hub id is checked for syntax only) and a rule-constants file parses.
     Raises one :class:`ConfigError` listing every problem (each naming its field); returns notes about what was
     not checked."""
     from .errors import ModelSpecError
-    from .models import hub_offline, resolve_model_spec
+    from .models import hub_offline, model_depth, resolve_model_spec
 
     problems = [p for field, path in config_paths(cfg).items() if (p := _file_problem(field, path, PATH_HINTS.get(field, "")))]
     if cfg.run.eval.lc_data is not None and not Path(cfg.run.eval.lc_data).expanduser().is_dir():
@@ -815,6 +836,7 @@ def check_config(cfg: ExperimentConfig, source: str = "<config>") -> list[str]:
         if model.kind == "hub":
             offline = " (HF_HUB_OFFLINE is set: it must be in the local HF cache)" if hub_offline() else ""
             notes.append(f"model.spec {cfg.model.spec!r} is a hub id: its syntax was checked, not the hub{offline}")
+        problems += _layer_problems(cfg, model_depth(model))
     except (ModelSpecError, OSError) as exc:
         problems.append(f"model.spec: {exc}")
     if problems:

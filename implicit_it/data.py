@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import DataFormatError
+from .io import read_input_bytes
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,7 @@ _ROLES = ("user", "assistant")
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed object) for each non-blank line; errors name file:line."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataFormatError(path, None, "file not found") from None
+    raw = read_input_bytes(path)
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
@@ -151,6 +149,9 @@ def _parse_instruction(obj: Any, path: Path, lineno: int | None, where: str) -> 
     text = obj["instruction"]
     if not isinstance(text, str) or not text.strip():
         raise DataFormatError(path, lineno, f"{where}: field 'instruction' must be a non-empty string")
+    for name in ("generator", "dataset"):
+        if obj.get(name) is not None and not isinstance(obj[name], str):
+            raise DataFormatError(path, lineno, f"{where}: field {name!r} must be a string, got {type(obj[name]).__name__}")
     known = {"instruction", "dataset", "output", "generator"}
     return Instruction(
         instruction=text,
@@ -164,13 +165,11 @@ def _parse_instruction(obj: Any, path: Path, lineno: int | None, where: str) -> 
 def read_instructions(path: str | Path, *, limit: int | None = None) -> list[Instruction]:
     """Read instructions from ``{"instruction"}`` JSONL, an AlpacaEval JSON list, or chat JSONL."""
     path = Path(path)
-    if not path.exists():
-        raise DataFormatError(path, None, "file not found")
-    head = path.read_bytes()[:4096].lstrip()
+    raw = read_input_bytes(path)
     out: list[Instruction] = []
-    if head.startswith(b"["):  # a JSON list (AlpacaEval layout)
+    if raw[:4096].lstrip().startswith(b"["):  # a JSON list (AlpacaEval layout)
         try:
-            records = json.loads(path.read_bytes().decode("utf-8"))
+            records = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise DataFormatError(path, None, f"not valid UTF-8 (byte offset {exc.start})") from None
         except json.JSONDecodeError as exc:

@@ -287,7 +287,7 @@ def generate(
         on_adapter(adapter)
     held = vllm_engine(model_directory(spec), cfg.vllm, max_num_seqs=cfg.batch_size, seed=seed)
     prompts, offsets = encode_instructions(tokenizer, chat, instructions)
-    check_context_length(held.context_length(), prompts)
+    check_context_length(held.context_length(), prompts, budget)
     with progress_bar(len(prompts), show_progress) as advance:
         ids, stopped, stats = held.generate_ids(
             prompts,

@@ -9,6 +9,7 @@ so they can see the batch's prompts (the diversity rule needs the instruction to
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,14 +83,16 @@ def context_length(model: Any) -> int | None:
     return n if isinstance(n, int) and n > 0 else None
 
 
-def check_context(model: Any, prompts: Sequence[Sequence[int]]) -> None:
+def check_context(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> None:
     """Refuse prompts that leave no room for a new token in the model's context (the paper's code does not truncate
     instructions): the error names each such instruction (0-based, in the caller's order) and its length."""
-    check_context_length(context_length(model), prompts)
+    check_context_length(context_length(model), prompts, max_new_tokens)
 
 
-def check_context_length(limit: int | None, prompts: Sequence[Sequence[int]]) -> None:
-    """:func:`check_context` for a context of ``limit`` tokens (None: unknown, nothing refused)."""
+def check_context_length(limit: int | None, prompts: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> None:
+    """:func:`check_context` for a context of ``limit`` tokens (None: unknown, nothing refused). With ``max_new_tokens``,
+    also refuse a budget that would decode past the context (positions the model was never trained on): every prompt
+    plus the budget must fit."""
     if limit is None:
         return
     long = [(i, len(p)) for i, p in enumerate(prompts) if len(p) >= limit]
@@ -98,6 +101,13 @@ def check_context_length(limit: int | None, prompts: Sequence[Sequence[int]]) ->
         raise PromptTooLong(
             f"{len(long)} prompt(s) do not fit the model's context of {limit} tokens (config.max_position_embeddings), "
             f"with room for at least one new token: instruction {shown}; shorten or leave out those instructions"
+        )
+    longest = max((len(p) for p in prompts), default=0)
+    if max_new_tokens is not None and longest + max_new_tokens > limit:
+        raise PromptTooLong(
+            f"max_new_tokens {max_new_tokens} does not fit the model's context of {limit} tokens "
+            f"(config.max_position_embeddings) after the longest prompt ({longest} tokens): the largest budget that "
+            f"fits is {limit - longest}"
         )
 
 
@@ -122,7 +132,7 @@ def generate_ids(
     in the caller's order."""
     from transformers import GenerationConfig, LogitsProcessorList
 
-    check_context(model, prompts)
+    check_context(model, prompts, max_new_tokens)
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     outputs: list[list[int]] = [[] for _ in prompts]
@@ -335,6 +345,10 @@ def alpaca_eval_records(results: Sequence[GenerationResult], generator: str, dat
 
 
 def write_outputs(path: str | Path, records: list[dict[str, Any]]) -> Path:
-    from .io import atomic_write_json
+    """Write AlpacaEval records atomically, first removing the old file's sidecar manifest (the caller writes the new
+    one): killed in between, the outputs have no sidecar rather than a stale one."""
+    from .manifest import discard_sidecar
+    from .paths import write_or_rescue
 
-    return atomic_write_json(path, records)
+    discard_sidecar(path)
+    return write_or_rescue(path, json.dumps(records, indent=2, ensure_ascii=False) + "\n")

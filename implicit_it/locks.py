@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 import time
 from contextlib import contextmanager
@@ -49,8 +50,14 @@ class LockOwner:
 
     @classmethod
     def read(cls, path: str | Path) -> "LockOwner":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        try:  # never through a link, never blocking on a FIFO, never more than a lock record's size
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return cls()
+                data = json.loads(os.read(fd, 1 << 16).decode("utf-8"))
+            finally:
+                os.close(fd)
         except (OSError, ValueError):
             return cls()
         if not isinstance(data, dict):
@@ -140,7 +147,7 @@ class DirectoryLock:
         try:
             if self.fd is not None:
                 try:
-                    if os.path.samestat(os.fstat(self.fd), os.stat(self.path)):
+                    if os.path.samestat(os.fstat(self.fd), os.lstat(self.path)):
                         os.unlink(self.path)  # while still holding the flock: a waiter re-checks the path
                 except FileNotFoundError:
                     pass
@@ -192,11 +199,40 @@ def directory_lock(directory: str | Path, *, what: str = "run") -> Iterator[Dire
         lock.release()
 
 
+class UnsafeLockFile(ImplicitItError):
+    """The lock file is a link, not a regular file, or another user's: it is never written through."""
+
+
+def _open_lock(directory: Path, path: Path, flags: int) -> int:
+    """Open the lock file without following a link, and only if it is a regular file of this user."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeLockFile(
+                f"{path}: the lock file is a symbolic link (to {os.readlink(path)!r}); implicit-it will not write "
+                f"through it. Remove the link, then run again"
+            ) from None
+        if exc.errno in (errno.ENXIO, errno.EWOULDBLOCK, errno.EISDIR):  # a FIFO with no writer, a directory
+            raise UnsafeLockFile(f"{path}: the lock file is not a regular file; remove it, then run again") from None
+        raise
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    elif hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        problem = f"belongs to another user (uid {st.st_uid})"
+    if problem:
+        os.close(fd)
+        raise UnsafeLockFile(f"{path}: the lock file {problem}; implicit-it will not use it. Remove it, then run again")
+    return fd
+
+
 def _acquire_flock(directory: Path, path: Path, me: LockOwner, what: str) -> DirectoryLock | None:
     import fcntl
 
     for _ in range(20):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(directory, path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -224,8 +260,10 @@ def _acquire_exclusive(directory: Path, path: Path, me: LockOwner, what: str) ->
     previous: LockOwner | None = None
     for _ in range(5):
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = _open_lock(directory, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         except FileExistsError:
+            if path.is_symlink() or not path.is_file():
+                _open_lock(directory, path, os.O_RDONLY)  # raises UnsafeLockFile naming what the path is
             owner = LockOwner.read(path)
             if not owner.is_dead_here():
                 raise _held(directory, path, owner, what) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -117,4 +118,29 @@ def manifest_path_for(output: str | Path) -> Path:
 
 
 def write_manifest(output: str | Path, manifest: dict[str, Any]) -> Path:
-    return atomic_write_json(manifest_path_for(output), manifest)
+    """Write the manifest of ``output``. For a file output the sidecar also records the file's sha256, so a sidecar
+    left from another write of that file (a kill between the two) is recognised as stale by :func:`read_sidecar`."""
+    path = manifest_path_for(output)
+    if path.name != "manifest.json" and Path(output).is_file():
+        manifest = {**manifest, "output_sha256": sha256_file(output)}
+    return atomic_write_json(path, manifest)
+
+
+def discard_sidecar(output: str | Path) -> None:
+    """Remove the sidecar of a file output about to be rewritten: until the new one is written, none describes it."""
+    path = manifest_path_for(output)
+    if path.name != "manifest.json":
+        path.unlink(missing_ok=True)
+
+
+def read_sidecar(output: str | Path) -> dict[str, Any] | None:
+    """The sidecar manifest of a file output, only if it describes the file as it is now (its recorded sha256 matches);
+    None for a missing, unreadable, older (no hash) or stale one."""
+    path = manifest_path_for(output)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("output_sha256") != sha256_file(output):
+        return None
+    return manifest

@@ -28,6 +28,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from .errors import ModelSpecError
+from .io import seal_directory, sealed_directory_problem
 
 log = logging.getLogger(__name__)
 
@@ -355,8 +356,12 @@ def dequantize_gguf_to_cache(source: ModelSource) -> tuple[Path, bool]:
         raise ValueError(f"{source.spec}: not a GGUF model")
     gguf_path = Path(source.path) / source.gguf_file
     target = _gguf_cache_dir(gguf_path)
-    if (target / "config.json").is_file():
-        return target, True
+    if target.exists():
+        problem = _checked_cache(target)
+        if problem is None:
+            return target, True
+        log.warning("%s: the dequantized cache is damaged (%s); dequantizing %s again", target, problem, gguf_path.name)
+        _discard(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("dequantizing %s (first load; cached in %s)", gguf_path, target)
     tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
@@ -368,6 +373,7 @@ def dequantize_gguf_to_cache(source: ModelSource) -> tuple[Path, bool]:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "implicit_it_source.json").write_text(json.dumps({**source.to_json(), "gguf_path": str(gguf_path)}, indent=2))
+        seal_directory(tmp)  # sizes and sha256 of every file: a later load re-dequantizes a damaged copy
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race: keep theirs
@@ -376,6 +382,28 @@ def dequantize_gguf_to_cache(source: ModelSource) -> tuple[Path, bool]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target, False
+
+
+_CHECKED_CACHES: dict[Path, str | None] = {}
+
+
+def _checked_cache(target: Path) -> str | None:
+    """What is wrong with a dequantized cache (see :func:`implicit_it.io.sealed_directory_problem`); checked once per
+    process (hashing 1 GB takes about 2 s)."""
+    if target not in _CHECKED_CACHES or _CHECKED_CACHES[target] is not None:
+        _CHECKED_CACHES[target] = sealed_directory_problem(target)
+    return _CHECKED_CACHES[target]
+
+
+def _discard(target: Path) -> None:
+    """Move a damaged cache aside (one rename, so a concurrent reader never sees it half-deleted), then delete it."""
+    aside = target.with_name(f".{target.name}.damaged.{os.getpid()}")
+    try:
+        os.replace(target, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+    _CHECKED_CACHES.pop(target, None)
 
 
 def model_directory(spec: str | ModelSource) -> str:
@@ -387,6 +415,81 @@ def model_directory(spec: str | ModelSource) -> str:
     return source.path
 
 
+def model_depth(spec: str | ModelSource) -> int | None:
+    """The number of transformer blocks, read without loading weights: from ``config.json`` (a local directory, a
+    dequantized cache) or a GGUF header (``<arch>.block_count``); None for a hub id. Lets a config's layer ranges be
+    checked before any work."""
+    source = spec if isinstance(spec, ModelSource) else resolve_model_spec(spec)
+    if source.gguf_file:
+        cached = _gguf_cache_dir(Path(source.path) / source.gguf_file) / "config.json"
+        return _config_depth(cached) if cached.is_file() else _gguf_block_count(Path(source.path) / source.gguf_file)
+    if source.kind == "local":
+        return _config_depth(Path(source.path) / "config.json")
+    return None
+
+
+def _config_depth(path: Path) -> int | None:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for cfg in (config, config.get("text_config") if isinstance(config, dict) else None):
+        if isinstance(cfg, dict) and isinstance(cfg.get("num_hidden_layers"), int):
+            return int(cfg["num_hidden_layers"])
+    return None
+
+
+# GGUF value types (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md): fixed sizes, 8 = string, 9 = array
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _gguf_block_count(path: Path) -> int | None:
+    """``<general.architecture>.block_count`` from a GGUF file's key-value header. The gguf package's reader parses
+    every tensor and takes ~30 s on the 250 MB Gemma file; this reads the header up to the two keys it needs."""
+    import struct
+
+    def u32(fh: Any) -> int:
+        return struct.unpack("<I", fh.read(4))[0]
+
+    def u64(fh: Any) -> int:
+        return struct.unpack("<Q", fh.read(8))[0]
+
+    def skip(fh: Any, kind: int) -> None:
+        if kind == 8:
+            fh.seek(u64(fh), 1)
+        elif kind == 9:
+            item, count = u32(fh), u64(fh)
+            if item in _GGUF_SIZES:
+                fh.seek(_GGUF_SIZES[item] * count, 1)
+            else:
+                for _ in range(count):
+                    skip(fh, item)
+        else:
+            fh.seek(_GGUF_SIZES[kind], 1)
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                return None
+            fh.read(4 + 8)  # version, tensor count
+            arch, counts = None, {}
+            for _ in range(u64(fh)):
+                key = fh.read(u64(fh)).decode("utf-8", "replace")
+                kind = u32(fh)
+                if key == "general.architecture" and kind == 8:
+                    arch = fh.read(u64(fh)).decode("utf-8", "replace")
+                elif key.endswith(".block_count") and kind in (4, 5, 10, 11):
+                    fmt = {4: "<I", 5: "<i", 10: "<Q", 11: "<q"}[kind]
+                    counts[key] = struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0]
+                else:
+                    skip(fh, kind)
+                if arch is not None and f"{arch}.block_count" in counts:
+                    return int(counts[f"{arch}.block_count"])
+    except (OSError, struct.error, KeyError, ValueError):
+        return None
+    return None
+
+
 def load_tokenizer(spec: str | ModelSource) -> Any:
     """The tokenizer alone (cheap for cached GGUFs; used by data/format tooling)."""
     from transformers import AutoTokenizer
@@ -394,7 +497,7 @@ def load_tokenizer(spec: str | ModelSource) -> Any:
     source = spec if isinstance(spec, ModelSource) else resolve_model_spec(spec)
     if source.gguf_file:
         cached = _gguf_cache_dir(Path(source.path) / source.gguf_file)
-        if (cached / "config.json").is_file():
+        if cached.exists() and _checked_cache(cached) is None:
             tok = AutoTokenizer.from_pretrained(cached, local_files_only=True)
         else:  # read it from the GGUF metadata; no need to dequantize the weights
             tok = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)

@@ -3,11 +3,15 @@ scoring first makes sure it can write its result (``iit generate --out``, ``--ou
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from .errors import ImplicitItError
+
+PROBE_BYTES = 64 * 1024
 
 
 class OutputNotWritable(ImplicitItError):
@@ -35,11 +39,69 @@ def check_writable(path: str | Path, *, directory: bool = False) -> Path:
     base = _nearest_existing(target)
     if not base.is_dir():
         raise OutputNotWritable(f"{path}: cannot be written: {base} is a file, not a directory")
-    try:
+    probe = None
+    try:  # a full disk still creates an empty file: write and sync a little data to see it now, not after the work
         fd, probe = tempfile.mkstemp(prefix=".iit-write-check.", dir=base)
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            os.write(fd, b"\0" * PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise OutputNotWritable(f"{path}: cannot be written: no file can be created in {base} ({reason})") from None
+        raise OutputNotWritable(f"{path}: cannot be written: no file can be written in {base} ({reason})") from None
+    finally:
+        if probe is not None:
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
     return path
+
+
+def write_or_rescue(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; if that fails (the disk filled up while the work ran), save it under the
+    temp directory instead and raise :class:`OutputNotWritable` naming both, so minutes of generation are not lost."""
+    from .io import atomic_write_text
+
+    try:
+        return atomic_write_text(path, text)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        rescue = Path(tempfile.gettempdir()) / f"iit-rescued-{os.getpid()}-{Path(path).name}"
+        try:
+            atomic_write_text(rescue, text)
+            kept = f"the result was saved to {rescue} instead"
+        except OSError as exc2:
+            kept = f"it could not be saved to {rescue} either ({exc2.strerror or type(exc2).__name__})"
+        raise OutputNotWritable(f"{path}: could not be written ({reason}); {kept}") from None
+
+
+# --------------------------------------------------------------------------- a run's own folders
+STEP_FILE = "step.json"  # a finished pipeline step's record (written last)
+PENDING_FILE = "pending.json"  # a started, unfinished step's record
+_KEY = re.compile(r"[0-9a-f]{16}")
+
+
+def is_step_directory(path: Path) -> bool:
+    """``path`` holds a record a step wrote about itself: ``step.json`` or ``pending.json`` with the step's 16-hex key
+    and its id, the id naming this very folder (``RUN/<stage>/<name>/``). A file merely called ``pending.json`` (``{}``,
+    or another step's record copied in) is no proof: the folder is never deleted on its word."""
+    for name in (STEP_FILE, PENDING_FILE):
+        record = _read_json_object(path / name)
+        if not isinstance(record, dict):
+            continue
+        key, step_id = record.get("key"), record.get("step")
+        if isinstance(key, str) and _KEY.fullmatch(key) and isinstance(step_id, str) and step_id.count("/") >= 1:
+            parts = tuple(step_id.split("/"))
+            if path.resolve().parts[-len(parts) :] == parts:
+                return True
+    return False
+
+
+def _read_json_object(path: Path) -> object:
+    try:
+        with open(path, "rb") as fh:  # a step record is small: never read more than 1 MiB of a stranger's file
+            return json.loads(fh.read(1 << 20))
+    except (OSError, ValueError):
+        return None

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .data import ChatExample, Message
+from .io import read_input_bytes
 
 PAPER_LIMIT = 1000  # the paper keeps the first 1,000 examples of each single-task source
 
@@ -139,10 +141,10 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
     path = Path(path)
     if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as fh:
-            return [{k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(fh)]
+        text = read_input_bytes(path).decode("utf-8")
+        return [{k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text, newline=""))]
     if path.suffix == ".txt":
-        return [{"text": line} for line in path.read_text(encoding="utf-8").split("\n")]
+        return [{"text": line} for line in read_input_bytes(path).decode("utf-8").split("\n")]
     return [obj for _, obj in iter_jsonl(path)]
 
 

@@ -30,6 +30,7 @@ from typing import Literal, Sequence
 
 from implicit_it.data import read_chat_jsonl, read_instructions
 from implicit_it.errors import DataFormatError
+from implicit_it.io import read_input_bytes
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def read_ranking_source(path: str | Path, *, limit: int | None = None) -> Rankin
     (``{"instruction", "output"}`` records): each record's ``output`` is its response.
     Text is stripped, as the paper's formatting does."""
     path = Path(path)
-    head = path.read_bytes()[:65536] if path.is_file() else b""
+    head = read_input_bytes(path)[:65536]
     if b'"messages"' in head:
         examples = read_chat_jsonl(path, limit=limit)
         instructions, own, pool = [], [], []

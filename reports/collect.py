@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from implicit_it.analysis import AnalysisResult, entries_of, result_class
 from implicit_it.errors import ImplicitItError
+from implicit_it.io import read_input_bytes
 
 # files a step writes that are not analysis results (skipped when a step's results are listed)
 NOT_RESULTS = frozenset({"step.json", "manifest.json", "outputs.json", "behaviour.json", "annotations.json", "train_manifest.json"})
@@ -43,7 +44,7 @@ class StepRecord:
         path = self.dir / filename
         if not path.is_file():
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(path)
 
     def results(self, filename: str) -> list[dict[str, Any]]:
         """The entries of an AnalysisResult JSON (the envelope, or an older layout: see ``entries_of``)."""
@@ -106,31 +107,73 @@ class RunData:
         return sorted({s.meta["seed"] for s in self.steps if s.meta.get("seed") is not None})
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file the run wrote; a damaged one (truncated by a full disk, edited by hand) is an error naming it."""
+    try:
+        return json.loads(read_input_bytes(path).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ImplicitItError(f"{path}: not valid JSON ({exc}); re-run the step that wrote it (iit run) or remove it") from None
+
+
+def _step_record(path: Path, record: Any) -> StepRecord:
+    """A ``step.json`` with its fields' types checked: a hand-edited ``meta: "x"`` is one error naming the file."""
+
+    def field(name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        value = record.get(name, default)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind in ((int, float), float):
+            raise ImplicitItError(f"{path}: not a step record (field {name!r} is {type(value).__name__} {value!r})")
+        return value
+
+    if not isinstance(record, dict):
+        raise ImplicitItError(f"{path}: not a step record (a JSON {type(record).__name__}, not an object)")
+    meta = field("meta", dict, {})
+    seed = meta.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ImplicitItError(f"{path}: not a step record (meta.seed is {type(seed).__name__} {seed!r}, not an integer)")
+    return StepRecord(
+        field("stage", str, None),
+        field("name", str, None),
+        path.parent,
+        meta,
+        field("summary", dict, {}),
+        float(field("seconds", (int, float), 0.0)),
+        field("config", dict, {}),
+    )
+
+
+def _own_step_files(run_dir: Path, manifest: dict[str, Any] | None) -> list[Path]:
+    """The ``step.json`` files of this run's plan: ``RUN/<stage>/<name>/step.json`` whose record names that very
+    folder, and no deeper. A run started inside another (``iit run -o RUN/generate``) has its own steps one level down,
+    named for its own plan: they are not this run's, and are not counted twice."""
+    results = (manifest or {}).get("results")
+    steps = results.get("steps") if isinstance(results, dict) else None
+    planned = set(steps) if isinstance(steps, dict) else set()
+    found = []
+    for path in sorted(run_dir.glob("*/**/step.json")):
+        rel = path.parent.relative_to(run_dir).as_posix()
+        if planned and rel not in planned:
+            continue
+        found.append(path)
+    return found
+
+
 def read_run(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ImplicitItError(f"{run_dir}: no such run directory")
     manifest_path = run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
+    manifest = read_json(manifest_path) if manifest_path.is_file() else None
+    if manifest is not None and not isinstance(manifest, dict):
+        raise ImplicitItError(f"{manifest_path}: not a run manifest (a JSON {type(manifest).__name__})")
     steps = []
-    for path in sorted(run_dir.glob("*/**/step.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if record.get("stage") == "report":
-                continue
-            steps.append(
-                StepRecord(
-                    record["stage"],
-                    record["name"],
-                    path.parent,
-                    record.get("meta", {}),
-                    record.get("summary", {}),
-                    record.get("seconds", 0.0),
-                    record.get("config", {}),
-                )
-            )
-        except (ValueError, KeyError, AttributeError) as exc:
-            raise ImplicitItError(f"{path}: not a step record ({type(exc).__name__}: {exc})") from None
+    for path in _own_step_files(run_dir, manifest):
+        record = read_json(path)
+        if isinstance(record, dict) and record.get("stage") == "report":
+            continue
+        step = _step_record(path, record)
+        if f"{step.stage}/{step.name}" != path.parent.relative_to(run_dir).as_posix():
+            continue  # a step of another run's plan (nested inside this one, or copied in)
+        steps.append(step)
     if not steps:
         raise ImplicitItError(f"{run_dir}: no finished steps (run `iit run` first)")
     order = {sid: i for i, sid in enumerate((manifest or {}).get("results", {}).get("steps", {}))}

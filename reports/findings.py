@@ -533,10 +533,10 @@ def findings_markdown(f: dict[str, Any]) -> str:
 
 
 def read_sweep(path: str | Path) -> dict[str, Any] | None:
-    import json
+    from .collect import read_json
 
     p = Path(path)
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    return read_json(p) if p.is_file() else None
 
 
 __all__ = [

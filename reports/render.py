@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,24 @@ from .sections import build_sections, headline, model_note
 TEMPLATES = Path(__file__).parent / "templates"
 
 
+# C0/C1 controls (an ANSI escape recolours a terminal that `cat`s the report) and the bidirectional overrides and
+# isolates (an RTL override makes text read backwards): shown as visible \\uXXXX, never passed through.
+_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(value: Any) -> Any:
+    """Strings with control and bidi characters written out as ``\\uXXXX`` (newlines and tabs kept); other values as they are."""
+    if not isinstance(value, str):
+        return value
+    return _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+
+
 def md_text(value: Any) -> str:
     """Text for Markdown outside code: HTML escaped, since a Markdown renderer passes raw HTML through (model text
-    holding ``<script>`` would run); an escaped entity still displays as the character it stands for."""
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    holding ``<script>`` would run), brackets escaped so that no link or image (``![](http://…)`` fetching on view,
+    ``[x](javascript:…)``) is formed, and controls made visible; an escaped character still displays as itself."""
+    text = visible(str(value)).replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def md_cell(value: Any) -> str:
@@ -72,9 +87,13 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     }
     loader = jinja2.FileSystemLoader(str(TEMPLATES))
     html = (
-        jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined).get_template("report.html.j2").render(context)
+        jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined, finalize=visible)
+        .get_template("report.html.j2")
+        .render(context)
     )
-    md_env = jinja2.Environment(loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    md_env = jinja2.Environment(
+        loader=loader, autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True, finalize=visible
+    )
     md_env.filters["md"] = md_cell
     md_env.filters["mdtext"] = md_text
     markdown = md_env.get_template("report.md.j2").render(context)

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from implicit_it.config import ExperimentConfig
-from implicit_it.io import atomic_write_json
+from implicit_it.io import atomic_write_json, remove_temp_litter
 from implicit_it.locks import LOCK_NAME, directory_lock
 from implicit_it.manifest import build_manifest
+from implicit_it.paths import check_writable, is_step_directory
 
 from .checkpoints import (
     CHECKPOINT_DIR,
@@ -106,10 +107,6 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
         raise ValueError(f"{out_dir}: holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite to start over")
 
 
-# A pipeline step's own records: a training step's directory is ours when it holds one.
-_RUN_FILES = ("step.json", "pending.json")
-
-
 def run_evidence(out_dir: Path) -> list[str]:
     """What makes ``out_dir`` recognisably a training run of implicit-it (empty: nothing does)."""
     found = []
@@ -125,7 +122,8 @@ def run_evidence(out_dir: Path) -> list[str]:
         found.append(f"{CHECKPOINT_DIR}/checkpoint-*")
     if (out_dir / FINAL_TMP).is_dir():
         found.append(FINAL_TMP)
-    found += [name for name in _RUN_FILES if (out_dir / name).is_file()]
+    if is_step_directory(out_dir):  # a pipeline training step's folder (its record names this folder)
+        found.append("step.json/pending.json of this step")
     return found
 
 
@@ -395,7 +393,9 @@ def train_variant(
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(config, variant)
     if not is_main_process():  # the other processes of a distributed run follow the main one
         return _train_variant(config, variant, out_dir, seed, resume, overwrite, callbacks, show_progress, command)
+    check_writable(out_dir, directory=True)  # a full or read-only disk is one error now, not at the first checkpoint
     with directory_lock(out_dir, what="training run"):
+        remove_temp_litter(out_dir)  # temp files of a killed earlier write: ours, and no write of ours is in flight
         return _train_variant(config, variant, out_dir, seed, resume, overwrite, callbacks, show_progress, command)
 
 

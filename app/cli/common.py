@@ -7,6 +7,7 @@ its traceback."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import re
 import sys
@@ -36,6 +37,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     PermissionError,
 )
+
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -88,6 +91,11 @@ def user_errors(func: F) -> F:
             if VERBOSE.on:  # `iit -v`: the traceback too (a ValueError may also be a bug)
                 raise
             fail(exc)
+        except OSError as exc:  # the machine's, not the program's: a full disk, a read-only file system
+            if exc.errno not in DISK_ERRNOS or VERBOSE.on:
+                raise
+            hint = "nothing was left half-written; free space or choose another --out, then run again"
+            fail(f"{exc.filename or 'output'}: {exc.strerror} ({hint})")
 
     return wrapper  # type: ignore[return-value]
 

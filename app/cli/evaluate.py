@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from implicit_it.config import GenerateConfig
+from implicit_it.config import MAX_SEED, GenerateConfig
 from implicit_it.paths import check_writable
 
 from .common import (
@@ -201,7 +201,7 @@ def ifeval(
     ),
     data: str = typer.Option("../shared/data/ifeval/input_data.jsonl", "--data", help="IFEval's input_data.jsonl, or hub:ifeval."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N prompts, stratified by first instruction type (fixed seed)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the stratified subset and of the bootstrap."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the stratified subset and of the bootstrap."),
     fmt: str = FORMAT_OPTION,
     rules: Optional[str] = RULES_OPTION,
     rules_config: Optional[Path] = RULES_CONFIG_OPTION,

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from implicit_it.config import DiffConfig, GenerateConfig, MechConfig, ProbeConfig, RankConfig, check_epoch_grid
+from implicit_it.config import MAX_SEED, DiffConfig, GenerateConfig, MechConfig, ProbeConfig, RankConfig, check_epoch_grid
 from implicit_it.lists import parse_list
 
 from .common import (
@@ -150,7 +150,7 @@ def train(
     variant: Optional[str] = typer.Option(
         None, "--variant", "-V", help="instruction, response, single_task[:SOURCE] (default: every variant in the config)."
     ),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Override the config's seed."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Output directory (default runs/<name>/<variant>; with several variants, one subdirectory each)."
     ),
@@ -202,7 +202,7 @@ def sweep(
         "generate for (IFEval: a stratified subset, default 60; IF suite: round-robin, default all 136).",
     ),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Generation cap for generation-based metrics."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's seed."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Override the config's seed."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep directory (default runs/<name>/<variant>-sweep)."),
     resume: bool = typer.Option(False, "--resume", help="Reuse finished grid points and continue an unfinished one."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -342,7 +342,7 @@ def rank(
     out: Path = OUT_DIR_OPTION,
     fmt: list[str] = FORMATS_OPTION,
     include_self: bool = typer.Option(False, "--include-self", hidden=True, help="Deprecated: --self-draws tie."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the negative draws (paper: 0) and of the bootstrap."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the negative draws (paper: 0) and of the bootstrap."),
     dtype: Optional[str] = DTYPE_OPTION,
     device: Optional[str] = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -412,7 +412,7 @@ def probe(
     model: list[str] = typer.Option(..., "--model", "-m", help="Model SPEC; repeat for several models."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (activations are cached under DIR/activations/)."),
     fmt: list[str] = FORMATS_OPTION,
-    seed: int = typer.Option(0, "--seed", help="Seed of the instruction pairs, the folds and the control shuffle."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the instruction pairs, the folds and the control shuffle."),
     dtype: Optional[str] = DTYPE_OPTION,
     device: Optional[str] = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -482,7 +482,7 @@ def diff(
     variant: list[str] = VARIANTS_OPTION,
     out: Path = OUT_DIR_OPTION,
     fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format of the texts."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the fit/held-out split of instructions."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the fit/held-out split of instructions."),
     dtype: Optional[str] = DTYPE_OPTION,
     device: Optional[str] = DEVICE_OPTION,
     device_map: Optional[str] = typer.Option(None, "--device-map", help="e.g. 'auto': spread large models over devices."),
@@ -623,7 +623,11 @@ def mech(
     out: Path = OUT_DIR_OPTION,
     fmt: str = typer.Option("tulu", "--format", "-f", help="Chat format of the texts and the behaviour prompts."),
     seed: int = typer.Option(
-        0, "--seed", help="Seed of the fit/held-out split of the texts and of the stratified IFEval subset of behaviour prompts."
+        0,
+        "--seed",
+        min=0,
+        max=MAX_SEED,
+        help="Seed of the fit/held-out split of the texts and of the stratified IFEval subset of behaviour prompts.",
     ),
     dtype: Optional[str] = DTYPE_OPTION,
     device: Optional[str] = DEVICE_OPTION,
@@ -830,10 +834,12 @@ def data_convert(
 ) -> None:
     """Convert one of the paper's sources to chat JSONL with the paper's transformation."""
     from implicit_it.data import write_chat_jsonl
+    from implicit_it.paths import check_writable
     from implicit_it.sources import SOURCES
 
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {sorted(SOURCES)}")
+    check_writable(out)  # before a download or a conversion
     src = SOURCES[source]
     try:
         examples = src.load() if raw is None else src.convert_local(raw)

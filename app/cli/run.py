@@ -87,8 +87,12 @@ def report(
 ) -> None:
     """Write the mechanism report (self-contained report.html and report.md) of a run directory."""
     from implicit_it.errors import ImplicitItError
+    from implicit_it.paths import check_writable
     from implicit_it.reports import check_in_browser, write_report
 
+    check_writable(out if out is not None else run_dir / "report", directory=True)  # before reading and drawing
+    if screenshot is not None:
+        check_writable(screenshot)
     paths = write_report(run_dir, out)
     if check or screenshot is not None:
         result = check_in_browser(paths["html"], screenshot=screenshot)

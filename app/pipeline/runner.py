@@ -18,6 +18,7 @@ from typing import Callable
 
 from implicit_it.config import ExperimentConfig
 from implicit_it.errors import ImplicitItError
+from implicit_it.io import remove_temp_litter
 from implicit_it.locks import directory_lock
 from implicit_it.manifest import build_manifest, write_manifest
 
@@ -84,6 +85,7 @@ def _run_steps(
 ) -> RunOutcome:
     outcome = RunOutcome(run_dir, None)
     started = time.perf_counter()
+    remove_temp_litter(run_dir)  # temp files of a write killed in an earlier run (we hold the lock: none is in flight)
 
     def write_run_manifest() -> None:
         write_manifest(

@@ -186,8 +186,29 @@ class StudyPlan:
                 raise ConfigError(f"run.diff.{exc}") from None
         if run.mech.enabled and self.config.training.variants:
             self._validate_mech()
+        self._validate_ifeval()
         check_writable(self.run_dir, directory=True)
         return notes
+
+    def _validate_ifeval(self) -> None:
+        """Every IFEval file the run reads, parsed with its checkers' arguments (:func:`load_ifeval`): a wrong type
+        (``num_words: "many"``) is one error naming the file and line now, not a TypeError after generation."""
+        from implicit_it.app.mech import generates
+        from implicit_it.errors import DataFormatError
+        from implicit_it.evaluation import load_ifeval
+        from implicit_it.evaluation.ifeval import HUB_IFEVAL
+
+        run = self.config.run
+        fields = {"run.eval.ifeval_data": run.eval.ifeval_data if run.eval.ifeval else None}
+        if run.mech.enabled and self.config.training.variants and generates(run.mech):
+            fields["run.mech.behaviour_data"] = run.mech.behaviour_data
+        for field, path in fields.items():
+            if path is None or path == HUB_IFEVAL or not Path(path).expanduser().is_file():
+                continue  # hub data is checked where it is read; a missing file was already named by check_config
+            try:
+                load_ifeval(Path(path).expanduser())
+            except DataFormatError as exc:
+                raise ConfigError(f"{field}: {exc}") from None
 
     def _validate_mech(self) -> None:
         """``run.mech``: its layer/block specs (:func:`~implicit_it.analyses.mech_runner_check`) and the files it reads."""

@@ -21,9 +21,7 @@ from typing import Any, Callable
 from implicit_it.errors import ImplicitItError
 from implicit_it.io import atomic_write_json, sha256_file
 from implicit_it.locks import LOCK_NAME
-
-STEP_FILE = "step.json"
-PENDING_FILE = "pending.json"
+from implicit_it.paths import PENDING_FILE, STEP_FILE, is_step_directory
 
 
 @dataclass(eq=False)
@@ -100,10 +98,10 @@ class NotAStepDirectory(ImplicitItError):
 
 
 def check_step_dir(path: Path) -> None:
-    """A directory a step may delete: one a step wrote (``step.json`` / ``pending.json``), or an empty one."""
+    """A directory a step may delete: one a step wrote (:func:`is_step_directory`), or an empty one."""
     if not path.is_dir():
         raise NotAStepDirectory(f"{path}: exists and is not a directory; move it away and run again")
-    if any(isinstance(_read_json(path / name), dict) for name in (STEP_FILE, PENDING_FILE)):
+    if is_step_directory(path):
         return
     entries = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
     if entries:

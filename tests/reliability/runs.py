@@ -72,3 +72,11 @@ def run_child(**args: Any) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "tests.reliability.kill_child", json.dumps(args, default=str)]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def one_error_line(res: Any) -> str:
+    """The CLI result's single line ``error: ...`` (exit 2), and nothing else printed."""
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2, res.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    return lines[0]

@@ -1,7 +1,7 @@
 """User mistakes end a command with one line ``error: ...`` (exit 2) naming what to fix, before the work they would spoil:
 a directory given for a file, an output that cannot be written, a reversed layer range, a prompt longer than the
 model's context, non-finite rule constants. Model text is escaped in report.md, and an API key about to travel in
-clear text to a judge is warned about."""
+clear text to a judge is refused unless the user opts in."""
 
 from __future__ import annotations
 
@@ -13,36 +13,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import implicit_it.models as models
 from implicit_it.app.cli import app
 from tests.helpers import study_config_dict
+from tests.reliability.runs import one_error_line
 
 runner = CliRunner()
-
-
-def _one_error_line(res) -> str:
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert res.exit_code == 2, res.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    return lines[0]
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """A command that loads a model fails the test: the error must come before any model work."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the error")
-
-    monkeypatch.setattr(models, "load_model", refuse)
-    monkeypatch.setattr(models, "load_tokenizer", refuse)
-
-
-@pytest.fixture
-def instructions(tmp_path) -> Path:
-    path = tmp_path / "instructions.json"
-    path.write_text(json.dumps([{"instruction": "Name three colours."}]))
-    return path
 
 
 def _commands(folder: Path, tmp_path: Path, tiny: Path, shared: Path, instructions: Path) -> dict[str, list[str]]:
@@ -86,7 +61,7 @@ def test_a_directory_where_a_file_is_expected_is_one_line_naming_it(
     folder = tmp_path / "a-folder"
     folder.mkdir()
     args = _commands(folder, tmp_path, tiny_llama_dir, shared_data, instructions)[command]
-    line = _one_error_line(runner.invoke(app, args))
+    line = one_error_line(runner.invoke(app, args))
     assert str(folder) in line and "directory" in line.lower()
 
 
@@ -96,7 +71,7 @@ def test_an_unwritable_output_is_refused_before_the_model_loads(where, tmp_path,
     a_file.write_text("not a folder")
     out = a_file / "out.json" if where == "under-a-file" else Path("/proc/iit-out.json")
     res = runner.invoke(app, ["generate", "-m", str(tiny_llama_dir), "-i", str(instructions), "--out", str(out), "-q"])
-    line = _one_error_line(res)
+    line = one_error_line(res)
     assert str(out) in line and "cannot be written" in line
 
 
@@ -105,14 +80,14 @@ def test_an_unwritable_output_directory_is_refused_before_ranking(tmp_path, tiny
     a_file.write_text("not a folder")
     data = str(shared_data / "lima" / "val_reference_gpt35.json")
     res = runner.invoke(app, ["rank", "-m", str(tiny_llama_dir), "-d", data, "--out", str(a_file / "r"), "-q"])
-    assert "cannot be written" in _one_error_line(res)
+    assert "cannot be written" in one_error_line(res)
 
 
 def test_a_reversed_layer_range_is_one_error_before_any_result(tmp_path, tiny_llama_dir, shared_data, no_model_loads):
     data = str(shared_data / "lima" / "val_reference_gpt35.json")
     out = tmp_path / "r"
     args = ["rank", "-m", str(tiny_llama_dir), "-d", data, "--layers", "2-1", "--instructions", "4", "--negatives", "1", "--out", str(out)]
-    line = _one_error_line(runner.invoke(app, [*args, "-q"]))
+    line = one_error_line(runner.invoke(app, [*args, "-q"]))
     assert "--layers" in line and "reversed range" in line and "2-1" in line
     assert not out.exists()  # no partial result
 
@@ -150,7 +125,7 @@ def test_a_prompt_longer_than_the_context_is_refused_before_generating(short_con
     instructions.write_text(json.dumps([{"instruction": "Hi."}, {"instruction": "word " * 200}]))
     out = tmp_path / "o.json"
     res = runner.invoke(app, ["generate", "-m", str(short_context_model), "-i", str(instructions), "--out", str(out), "-q"])
-    line = _one_error_line(res)
+    line = one_error_line(res)
     assert "context of 64 tokens" in line and "#1" in line
     assert not out.exists()
 
@@ -175,7 +150,7 @@ def test_non_finite_rule_constants_are_refused(tmp_path, tiny_llama_dir, instruc
                 str(tmp_path / "o.json"),
             ],
         )
-        assert "finite" in _one_error_line(res)
+        assert "finite" in one_error_line(res)
     with pytest.raises(ValueError, match="finite"):
         RuleConfig(eos_slope=float("nan"))
 
@@ -203,22 +178,36 @@ def test_report_md_escapes_model_text(tmp_path):
     assert "<script>alert" not in html and "&lt;script&gt;alert" in html  # the HTML report escapes too
 
 
-def test_an_api_key_sent_to_a_plain_http_judge_is_warned_about_once(tmp_path, monkeypatch, capsys):
+def test_an_api_key_is_never_sent_to_a_plain_http_judge_unless_the_user_opts_in(tmp_path, monkeypatch, capsys):
+    """Issue 34: a warning was not enough (the key still went out); now it is a refusal, before any work."""
     from implicit_it.evaluation import parse_judge
+    from implicit_it.evaluation.judges import KeyInClear
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     url = "http://judge.example.org:8000/v1"
+    with pytest.raises(KeyInClear, match=r"unencrypted.*IIT_ALLOW_PLAIN_HTTP_KEY=1"):
+        parse_judge(url, "some-model")
+    for fine in ("http://localhost:8000/v1", "http://127.0.0.1:8000/v1", "http://[::1]:8000/v1", "https://judge.example.org/v1"):
+        parse_judge(fine, "some-model").write_config(tmp_path / "c")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("IIT_ALLOW_PLAIN_HTTP_KEY", "1")  # the user's explicit choice: sent, with one warning
     judge = parse_judge(url, "some-model")
     judge.write_config(tmp_path / "a")
     judge.write_config(tmp_path / "b")
     err = capsys.readouterr().err
     assert err.count("WARNING") == 1 and url in err and "unencrypted" in err
-    for quiet in ("http://localhost:8000/v1", "http://127.0.0.1:8000/v1", "http://[::1]:8000/v1", "https://judge.example.org/v1"):
-        parse_judge(quiet, "some-model").write_config(tmp_path / "c")
-    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("IIT_ALLOW_PLAIN_HTTP_KEY")
     monkeypatch.delenv("OPENAI_API_KEY")
     parse_judge("http://other.example.org/v1", "m").write_config(tmp_path / "d")  # no key, nothing to leak
     assert capsys.readouterr().err == ""
+
+
+def test_the_cli_refuses_a_plain_http_judge_with_a_key_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    args = ["--outputs", str(tmp_path / "o.json"), "--reference", str(tmp_path / "r.json"), "--out", str(tmp_path / "a")]
+    res = runner.invoke(app, ["eval", "alpaca", *args, "--judge", "http://judge.example.org/v1"])
+    line = one_error_line(res)
+    assert "IIT_ALLOW_PLAIN_HTTP_KEY" in line and not (tmp_path / "a").exists()
 
 
 def test_run_uses_a_validated_name_for_its_directory(tmp_path, tiny_llama_dir, shared_data, monkeypatch):
@@ -227,5 +216,5 @@ def test_run_uses_a_validated_name_for_its_directory(tmp_path, tiny_llama_dir, s
     path.write_text(yaml.safe_dump(data))
     (tmp_path / "a" / "b").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "a" / "b")  # runs/study/<name> by default
-    line = _one_error_line(runner.invoke(app, ["run", str(path)]))
+    line = one_error_line(runner.invoke(app, ["run", str(path)]))
     assert "name" in line and "not a safe name" in line

@@ -161,3 +161,51 @@ def test_without_flock_exclusive_creation_takes_over_dead_pids_and_reports_other
     path.write_text(json.dumps({"pid": 1234, "host": "gpu-node-7", "started": time.time() - 3 * 3600}))
     with pytest.raises(DirectoryLocked, match=r"pid 1234 on host gpu-node-7, started 3\.0 h ago.*\.iit\.lock"):
         acquire(tmp_path)  # another host: cannot tell whether it runs, so it is reported, never taken
+
+
+# ---- issue 34: the lock file is never written through a link, nor taken when it is not ours ----------------------------
+def test_a_lock_file_that_is_a_symlink_is_never_written_through(tmp_path):
+    from implicit_it.locks import UnsafeLockFile
+
+    thesis = tmp_path / "thesis.tex"
+    thesis.write_text("\\chapter{Results}\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).symlink_to(thesis)
+    with pytest.raises(UnsafeLockFile, match=r"symbolic link .*thesis\.tex"):
+        acquire(run)
+    assert thesis.read_text() == "\\chapter{Results}\n"
+    (run / LOCK_NAME).unlink()
+    (run / LOCK_NAME).symlink_to(tmp_path / "created-by-the-lock")  # a dangling link: O_CREAT would create its target
+    with pytest.raises(UnsafeLockFile):
+        acquire(run)
+    assert not (tmp_path / "created-by-the-lock").exists()
+
+
+def test_a_lock_file_that_is_a_fifo_or_another_users_is_refused_without_hanging(tmp_path):
+    from implicit_it.locks import UnsafeLockFile
+
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / LOCK_NAME)
+    with pytest.raises(UnsafeLockFile, match="not a regular file"):
+        acquire(run)
+    (run / LOCK_NAME).unlink()
+    if os.geteuid() == 0:  # only root can give a file away
+        (run / LOCK_NAME).write_text("{}")
+        os.chown(run / LOCK_NAME, 12345, 12345)
+        with pytest.raises(UnsafeLockFile, match="another user"):
+            acquire(run)
+
+
+def test_iit_run_names_a_symlinked_lock_in_one_line(tmp_path, tiny_llama_dir, shared_data):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(study_config_dict(tiny_llama_dir, shared_data)))
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "target").write_text("keep")
+    (run / LOCK_NAME).symlink_to(tmp_path / "target")
+    res = CliRunner().invoke(app, ["run", str(config), "--out", str(run), "-q"])
+    errors = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert res.exit_code == 2 and len(errors) == 1 and "symbolic link" in errors[0] and "Traceback" not in res.output, res.output
+    assert (tmp_path / "target").read_text() == "keep"
