@@ -19,6 +19,7 @@ caller:
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from unittest import mock
 
 from implicit_it.analysis import AnalysisResult, new_figure, register_result
 from implicit_it.errors import DataFormatError, ImplicitItError
+from implicit_it.io import read_input_bytes
 
 from .judges import Judge
 from .outputs import ModelOutput, read_model_outputs
@@ -112,10 +114,9 @@ def annotations_frame(annotations: Any) -> Any:
 
     if isinstance(annotations, (str, Path)):
         path = Path(annotations)
-        if not path.is_file():
-            raise DataFormatError(path, None, "file not found")
+        raw = read_input_bytes(path)  # a regular file, of bounded size
         try:
-            df = pd.read_json(path, dtype={"preference": float})
+            df = pd.read_json(io.BytesIO(raw), dtype={"preference": float})
         except ValueError as exc:
             raise DataFormatError(path, None, f"not an alpaca_eval annotations JSON list: {exc}") from None
         where: Any = path

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -83,25 +84,33 @@ PENDING_FILE = "pending.json"  # a started, unfinished step's record
 _KEY = re.compile(r"[0-9a-f]{16}")
 
 
-def is_step_directory(path: Path) -> bool:
+def is_step_directory(path: Path, step_id: str | None = None) -> bool:
     """``path`` holds a record a step wrote about itself: ``step.json`` or ``pending.json`` with the step's 16-hex key
-    and its id, the id naming this very folder (``RUN/<stage>/<name>/``). A file merely called ``pending.json`` (``{}``,
-    or another step's record copied in) is no proof: the folder is never deleted on its word."""
+    and its id (``stage/name``): ``step_id`` when the caller knows which step owns the folder, else an id whose last
+    part is the folder's name. A file merely called ``pending.json`` (``{}``, or another step's record copied in) is no
+    proof: the folder is never deleted on its word."""
     for name in (STEP_FILE, PENDING_FILE):
         record = _read_json_object(path / name)
         if not isinstance(record, dict):
             continue
-        key, step_id = record.get("key"), record.get("step")
-        if isinstance(key, str) and _KEY.fullmatch(key) and isinstance(step_id, str) and step_id.count("/") >= 1:
-            parts = tuple(step_id.split("/"))
-            if path.resolve().parts[-len(parts) :] == parts:
-                return True
+        key, recorded = record.get("key"), record.get("step")
+        if not (isinstance(key, str) and _KEY.fullmatch(key) and isinstance(recorded, str) and "/" in recorded):
+            continue
+        if recorded == step_id if step_id is not None else recorded.rsplit("/", 1)[1] == path.name:
+            return True
     return False
 
 
 def _read_json_object(path: Path) -> object:
+    """A small JSON record, or None: never blocks on a FIFO, never reads more than 1 MiB of a stranger's file."""
     try:
-        with open(path, "rb") as fh:  # a step record is small: never read more than 1 MiB of a stranger's file
-            return json.loads(fh.read(1 << 20))
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
         return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            return json.loads(fh.read(1 << 20))
+        except (OSError, ValueError):
+            return None

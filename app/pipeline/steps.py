@@ -69,7 +69,7 @@ class Step:
         """Prepare the directory; True if this resumes an interrupted run of the same step."""
         resume = self.interrupted()
         if not resume and self.dir.exists():
-            check_step_dir(self.dir)
+            check_step_dir(self.dir, self.id)
             shutil.rmtree(self.dir)  # a stale result (another key) must not mix with this one
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.dir / PENDING_FILE, {"key": self.key, "step": self.id})
@@ -97,11 +97,11 @@ class NotAStepDirectory(ImplicitItError):
     """A step's directory holds files that no step wrote: it is never deleted."""
 
 
-def check_step_dir(path: Path) -> None:
+def check_step_dir(path: Path, step_id: str | None = None) -> None:
     """A directory a step may delete: one a step wrote (:func:`is_step_directory`), or an empty one."""
     if not path.is_dir():
         raise NotAStepDirectory(f"{path}: exists and is not a directory; move it away and run again")
-    if is_step_directory(path):
+    if is_step_directory(path, step_id):
         return
     entries = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
     if entries:

@@ -28,6 +28,7 @@ from typing import Any
 from implicit_it.analysis import AnalysisResult, new_figure, register_result
 from implicit_it.errors import DataFormatError
 from implicit_it.evaluation.behaviour import echoes_template
+from implicit_it.io import read_input_bytes
 
 from .checks import loose_variants, run_check, validate_check
 
@@ -84,7 +85,7 @@ def load_suite(path: str | Path | None = None, limit: int | None = None) -> list
     prompts: list[IfPrompt] = []
     seen_ids: dict[str, int] = {}
     seen_instructions: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_input_bytes(path).decode("utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         prompt = parse_prompt(line, str(path), lineno)
