@@ -34,10 +34,15 @@ def visible(value: Any) -> Any:
 
 def md_text(value: Any) -> str:
     """Text for Markdown outside code: HTML escaped, since a Markdown renderer passes raw HTML through (model text
-    holding ``<script>`` would run), brackets escaped so that no link or image (``![](http://…)`` fetching on view,
-    ``[x](javascript:…)``) is formed, and controls made visible; an escaped character still displays as itself."""
-    text = visible(str(value)).replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+    holding ``<script>`` would run), a bracket that would close link text escaped so that no link or image
+    (``![](http://…)`` fetching on view, ``[x](javascript:…)``, ``[x]: url``) is formed, and controls made visible; an
+    escaped character still displays as itself."""
+    text = _LINK_CLOSE.sub(r"\\\g<0>", visible(str(value)).replace("\\", "\\\\"))
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# a "]" that closes link text ("](url)", "][ref]") or a reference definition ("]: url"); a CI like "[0.0, 49.0]" stays as is
+_LINK_CLOSE = re.compile(r"\](?=[(\[:])")
 
 
 def md_cell(value: Any) -> str:

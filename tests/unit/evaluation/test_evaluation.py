@@ -326,9 +326,12 @@ def test_read_model_outputs_errors_and_eos_flags(tmp_path):
     good = tmp_path / "o.json"
     good.write_text(json.dumps([{"instruction": "a", "output": "x"}, {"instruction": "b", "output": "y"}]))
     assert [o.ended_with_eos for o in read_model_outputs(good)] == [None, None]
-    (tmp_path / "o.manifest.json").write_text(
-        json.dumps({"results": {"per_record": [{"ended_with_eos": True}, {"ended_with_eos": False}]}})
-    )
+    from implicit_it.manifest import write_manifest
+
+    flags = {"results": {"per_record": [{"ended_with_eos": True}, {"ended_with_eos": False}]}}
+    (tmp_path / "o.manifest.json").write_text(json.dumps(flags))  # no output_sha256: not known to describe this file
+    assert [o.ended_with_eos for o in read_model_outputs(good)] == [None, None]
+    write_manifest(good, flags)  # what `iit generate` writes: the sidecar records the outputs' sha256
     assert [o.ended_with_eos for o in read_model_outputs(good)] == [True, False]
     with pytest.raises(DataFormatError, match="no reference output"):
         pair_with_reference(read_model_outputs(good), read_model_outputs(good)[:1], outputs_path=good)
