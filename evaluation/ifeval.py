@@ -80,7 +80,7 @@ def _parse(obj: Any, path: str, lineno: int | None, registry: Mapping[str, Any])
         raise DataFormatError(path, lineno, "prompt must be a non-empty string")
     prompt = IfEvalPrompt(key, obj["prompt"], tuple(ids), tuple(_kwargs(k, path, lineno) for k in kwargs))
     for iid, args in zip(prompt.instruction_ids, prompt.kwargs, strict=True):
-        _check_arguments(prompt, iid, args, registry, path, lineno)
+        _check_arguments(iid, args, registry, path, lineno)
     return prompt
 
 
@@ -94,9 +94,7 @@ def _kwargs(value: Any, path: str, lineno: int | None) -> dict[str, Any]:
     return dict(value)
 
 
-def _check_arguments(
-    prompt: IfEvalPrompt, iid: str, args: dict[str, Any], registry: Mapping[str, Any], path: str, lineno: int | None
-) -> None:
+def _check_arguments(iid: str, args: dict[str, Any], registry: Mapping[str, Any], path: str, lineno: int | None) -> None:
     """Build the official checker with the prompt's arguments and run it once, so that a wrong type
     (``num_words: "many"``) is an error naming the line now, not a TypeError after the model has generated."""
     try:

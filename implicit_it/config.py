@@ -735,8 +735,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     try:
         text = read_input_bytes(path).decode("utf-8")
     except DataFormatError as exc:
-        problem = "config file not found" if exc.problem == "file not found" else exc.problem.replace("a file", "a config file")
-        raise ConfigError(f"{path}: {problem}") from None
+        raise ConfigError(f"{path}: {'config file not found' if exc.problem == 'file not found' else exc.problem}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
     try:
@@ -757,7 +756,7 @@ def _file_problem(field: str, path: str, hint: str = "") -> str | None:
     from .io import input_file_problem
 
     what = input_file_problem(Path(path).expanduser())
-    return None if what is None else f"{field}: {path}: {what}{hint if what == 'file not found' or 'directory' in what else ''}"
+    return None if what is None else f"{field}: {path}: {what}{hint}"
 
 
 def config_paths(cfg: ExperimentConfig) -> dict[str, str]:
@@ -799,12 +798,13 @@ def _layer_problems(cfg: ExperimentConfig, depth: int | None) -> list[str]:
 
     if depth is None:
         return []
-    run, problems = cfg.run, []
-    stages = {"rank": run.rank.enabled, "probe": run.probe.enabled, "diff": run.diff.enabled, "mech": run.mech.enabled}
-    fields = [(stage, "layers") for stage, enabled in stages.items() if enabled] + ([("mech", "blocks")] if run.mech.enabled else [])
-    for stage, name in fields:
-        spec = getattr(getattr(run, stage), name, None)
-        if spec is not None:
+    problems = []
+    for stage, names in {"rank": ("layers",), "probe": ("layers",), "diff": ("layers",), "mech": ("layers", "blocks")}.items():
+        block = getattr(cfg.run, stage)
+        for name in names if block.enabled else ():
+            spec = getattr(block, name)
+            if spec is None:
+                continue
             try:
                 parse_layers(spec, depth)
             except ValueError as exc:

@@ -174,6 +174,17 @@ def input_file_problem(path: str | Path) -> str | None:
     return None
 
 
+def read_regular_bytes(path: str | Path, limit: int, *, follow_links: bool = True) -> bytes:
+    """Up to ``limit + 1`` bytes of ``path`` if it is a regular file (opened non-blocking, so a FIFO never hangs; with
+    ``follow_links=False`` a symlink is refused too). Raises OSError for anything else; a caller seeing more than
+    ``limit`` bytes knows the file is over its limit."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    with os.fdopen(os.open(path, flags), "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        return fh.read(limit + 1)
+
+
 def read_input_bytes(path: str | Path) -> bytes:
     """The bytes of a regular input file, at most :func:`max_input_bytes` of them: a FIFO, a device (``/dev/zero``) or a
     directory is one :class:`DataFormatError` naming the path, never a hang or an unbounded read."""
@@ -182,13 +193,9 @@ def read_input_bytes(path: str | Path) -> bytes:
         raise DataFormatError(path, None, problem)
     limit = max_input_bytes()
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise DataFormatError(path, None, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # replaced between the check and the open
-            raise DataFormatError(path, None, "is not a regular file")
-        data = fh.read(limit + 1)
+        data = read_regular_bytes(path, limit)
+    except OSError as exc:  # replaced between the check and the open
+        raise DataFormatError(path, None, f"cannot be read ({exc.strerror or exc})") from None
     if len(data) > limit:
         raise DataFormatError(path, None, f"is over the {limit / 1e9:.1f} GB limit on input files (IIT_MAX_INPUT_BYTES)")
     return data

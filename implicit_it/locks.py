@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ImplicitItError
+from .io import read_regular_bytes
 
 LOCK_NAME = ".iit.lock"
 
@@ -51,13 +52,7 @@ class LockOwner:
     @classmethod
     def read(cls, path: str | Path) -> "LockOwner":
         try:  # never through a link, never blocking on a FIFO, never more than a lock record's size
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    return cls()
-                data = json.loads(os.read(fd, 1 << 16).decode("utf-8"))
-            finally:
-                os.close(fd)
+            data = json.loads(read_regular_bytes(path, 1 << 16, follow_links=False))
         except (OSError, ValueError):
             return cls()
         if not isinstance(data, dict):

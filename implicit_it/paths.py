@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import tempfile
 from pathlib import Path
 
@@ -103,14 +102,9 @@ def is_step_directory(path: Path, step_id: str | None = None) -> bool:
 
 def _read_json_object(path: Path) -> object:
     """A small JSON record, or None: never blocks on a FIFO, never reads more than 1 MiB of a stranger's file."""
+    from .io import read_regular_bytes
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
+        return json.loads(read_regular_bytes(path, 1 << 20))
+    except (OSError, ValueError):
         return None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        try:
-            return json.loads(fh.read(1 << 20))
-        except (OSError, ValueError):
-            return None

@@ -120,7 +120,7 @@ def _step_record(path: Path, record: Any) -> StepRecord:
 
     def field(name: str, kind: type | tuple[type, ...], default: Any) -> Any:
         value = record.get(name, default)
-        if not isinstance(value, kind) or isinstance(value, bool) and kind in ((int, float), float):
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):  # True is an int to Python
             raise ImplicitItError(f"{path}: not a step record (field {name!r} is {type(value).__name__} {value!r})")
         return value
 
