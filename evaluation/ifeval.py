@@ -175,13 +175,11 @@ def _english_punkt() -> Any:
 
 
 @contextlib.contextmanager
-def official_verifiers() -> Iterator[dict[str, Any]]:
-    """The official verifier registry, with the English Punkt splitter installed and langdetect
-    seeded for the duration (restored afterwards: nothing global changes for the caller)."""
+def english_sentence_splitting(instructions_util: Any) -> Iterator[None]:
+    """Install the English Punkt splitter in an IFEval port's ``instructions_util`` module and in NLTK, and seed
+    langdetect, for the duration (restored afterwards, with Python's ``random`` state: nothing global changes)."""
     import langdetect
     import nltk.tokenize
-    from if_verifiable.ifeval import instructions_util
-    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
 
     tokenizer = _english_punkt()
     saved = (instructions_util._get_sentence_tokenizer, nltk.tokenize._get_punkt_tokenizer, langdetect.DetectorFactory.seed)
@@ -190,10 +188,20 @@ def official_verifiers() -> Iterator[dict[str, Any]]:
     nltk.tokenize._get_punkt_tokenizer = lambda language="english": tokenizer
     langdetect.DetectorFactory.seed = 0
     try:
-        yield INSTRUCTION_DICT
+        yield
     finally:
         instructions_util._get_sentence_tokenizer, nltk.tokenize._get_punkt_tokenizer, langdetect.DetectorFactory.seed = saved
         random.setstate(random_state)
+
+
+@contextlib.contextmanager
+def official_verifiers() -> Iterator[dict[str, Any]]:
+    """The official verifier registry (``if-verifiable``), with :func:`english_sentence_splitting` around it."""
+    from if_verifiable.ifeval import instructions_util
+    from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
+
+    with english_sentence_splitting(instructions_util):
+        yield INSTRUCTION_DICT
 
 
 def loose_variants(response: str) -> list[str]:

@@ -399,3 +399,41 @@ def similarity(
         highlight=False,
     )
     console.print(f"wrote {out}/similarity.json (+ .parquet, .png), manifest.json", highlight=False)
+
+
+@eval_app.command("paired")
+@user_errors
+def paired(
+    samples_a: Path = typer.Argument(..., help="System A's lm-eval samples file (samples_<task>_<time>.jsonl, from --log_samples)."),
+    samples_b: Path = typer.Argument(..., help="System B's samples file for the same task."),
+    metric: Optional[list[str]] = typer.Option(
+        None, "--metric", help="Only this metric (repeatable; default: every metric both logs carry)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write paired.json and manifest.json here."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the bootstrap and of the sign flips."),
+) -> None:
+    """Paired tests of two systems on the same lm-eval task, from their per-sample logs (exact McNemar; clustered)."""
+    from implicit_it.evaluation.paired import paired_tests, read_sample_log
+    from implicit_it.io import atomic_write_json
+    from implicit_it.manifest import build_manifest, write_manifest
+
+    if out is not None:
+        check_writable(out, directory=True)
+    a, b = read_sample_log(samples_a), read_sample_log(samples_b)
+    results = paired_tests(a, b, metrics=metric, seed=seed)
+    console.print(f"A = {samples_a}\nB = {samples_b}", highlight=False)
+    for r in results:
+        console.print(
+            f"  {r.metric:<26} {r.filter:<8} A {r.value_a:.3f}  B {r.value_b:.3f}  A-B {r.difference:+.3f} "
+            f"[{r.ci[0]:+.3f}, {r.ci[1]:+.3f}]  p = {r.p_value:.3g}  (n = {r.n_docs} docs; {r.kind})",
+            highlight=False,
+        )
+    if out is not None:
+        rows = [r.to_json() for r in results]
+        atomic_write_json(out / "paired.json", {"a": str(samples_a), "b": str(samples_b), "tests": rows})
+        config = {"a": str(samples_a), "b": str(samples_b), "metrics": metric}
+        write_manifest(
+            out,
+            build_manifest(command=command_line(), seed=seed, data_files=[samples_a, samples_b], config=config, results={"tests": rows}),
+        )
+        console.print(f"wrote {out}/paired.json, manifest.json", highlight=False)

@@ -869,6 +869,20 @@ def config_validate(path: Path = typer.Argument(..., help="A YAML experiment con
     )
 
 
+@app.command(
+    "lm-eval",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+@user_errors
+def lm_eval(ctx: typer.Context) -> None:
+    """lm-evaluation-harness with every implicit-it system as `--model iit` and the repository's offline tasks
+    (iit_ifeval) on the include path; all arguments go to lm-eval (`iit lm-eval --help` shows lm-eval's)."""
+    from implicit_it.evaluation.harness import run_lm_eval
+
+    run_lm_eval(ctx.args)
+
+
 from . import run as run_commands  # noqa: E402
 from .evaluate import eval_app  # noqa: E402 - after the shared helpers, which it uses
 
