@@ -244,6 +244,10 @@ class TrainingConfig(_Strict):
     keep_checkpoints: bool = Field(default=False, description="checkpoints hold optimizer state (3x the model); removed after success")
     merge_lora: bool = Field(default=True, description="method lora: also save the merged model, so analyses load one directory")
     eval_batch_size: int = Field(default=8, gt=0, description="held-out NLL scoring")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field(
+        default="none",
+        description="training logs in OUT/logs/: tensorboard event files, or a wandb run in offline mode (wandb sync uploads it)",
+    )
     sweep_metric: Literal["val_nll", "val_win_rate", "ifeval_loose", "ifsuite_loose", "heldout_nll"] | None = Field(
         default=None,
         description=(

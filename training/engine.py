@@ -6,16 +6,19 @@ the config's on any number of processes. What we add around ``Trainer``:
 
 * the paper's masked data (:mod:`.variants`) and a collator that never learns padding;
 * an output directory that is an HF model directory (``load_model(out)`` works), with
-  ``train_manifest.json`` and ``loss.png``; for LoRA also ``adapter/``, merged by default;
+  ``train_manifest.json``, ``loss.png`` and a model card (``README.md``, :mod:`.card`); for LoRA also ``adapter/``, merged by default;
 * checkpoints every ``training.save_steps`` optimizer steps, ``resume=True`` to continue a killed
   run from its newest *complete* checkpoint (:mod:`.checkpoints`; Trainer restores weights,
   optimizer, scheduler, RNG and the data position), and refusal to silently overwrite a finished
   or unfinished run; ``overwrite`` deletes only a directory that is recognisably a run of ours;
-* one process per output directory (``OUT/.iit.lock``, :mod:`implicit_it.locks`).
+* one process per output directory (``OUT/.iit.lock``, :mod:`implicit_it.locks`);
+* training logs (``training.report_to``): transformers' own TensorBoard or W&B callback, writing under ``OUT/logs/``
+  (W&B in offline mode: nothing leaves the machine until ``wandb sync``); the manifest points to them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from implicit_it.config import ExperimentConfig
 from implicit_it.io import atomic_write_json, remove_temp_litter
@@ -31,6 +34,7 @@ from implicit_it.locks import LOCK_NAME, directory_lock
 from implicit_it.manifest import build_manifest
 from implicit_it.paths import check_writable, is_step_directory
 
+from .card import write_model_card
 from .checkpoints import (
     CHECKPOINT_DIR,
     COMPLETE_MARKER,
@@ -47,6 +51,59 @@ from .variants import EncodedDataset, MaskedLMCollator, Variant, VariantData, bu
 
 MANIFEST_NAME = "train_manifest.json"
 FINAL_TMP = ".final-tmp"
+LOGS_DIR = "logs"
+
+
+def log_callbacks(report_to: str, out_dir: Path) -> list[Any]:
+    """transformers' callback for ``report_to``, writing under ``out_dir/logs/<report_to>`` (not under checkpoints/,
+    which a finished run removes)."""
+    if report_to == "none":
+        return []
+    target = out_dir / LOGS_DIR / report_to
+    target.mkdir(parents=True, exist_ok=True)
+    if report_to == "tensorboard":
+        from transformers.integrations import TensorBoardCallback
+
+        callback = TensorBoardCallback()
+        callback.logging_dir = str(target)
+        return [callback]
+    from transformers.integrations import WandbCallback
+
+    return [WandbCallback()]
+
+
+@contextlib.contextmanager
+def wandb_offline(report_to: str, out_dir: Path, run_name: str) -> Iterator[None]:
+    """W&B's environment for one run: offline, quiet, its files in ``out_dir/logs/wandb`` (restored afterwards)."""
+    if report_to != "wandb":
+        yield
+        return
+    settings = {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(out_dir / LOGS_DIR / "wandb"),
+        "WANDB_SILENT": "true",
+        "WANDB_PROJECT": os.environ.get("WANDB_PROJECT", "implicit-it"),
+        "WANDB_NAME": run_name,
+    }
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def log_files(report_to: str, out_dir: Path) -> dict[str, Any] | None:
+    """What the manifest records about the logs: the directory and its files, relative to the run."""
+    if report_to == "none":
+        return None
+    root = out_dir / LOGS_DIR / report_to
+    files = sorted(str(p.relative_to(out_dir)) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return {"report_to": report_to, "directory": str(root.relative_to(out_dir)), "files": files}
 
 
 @dataclass
@@ -435,14 +492,19 @@ def _train_variant(
         train_dataset=EncodedDataset(data.examples),
         data_collator=MaskedLMCollator(loaded.tokenizer.pad_token_id),
         processing_class=loaded.tokenizer,
-        callbacks=[completion_callback(), *callbacks],
+        callbacks=[completion_callback(), *log_callbacks(config.training.report_to, out_dir), *callbacks],
     )
     if not show_progress:  # Trainer prints each log line when its progress bar is off
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(start_from) if start_from is not None else None)
+    with wandb_offline(config.training.report_to, out_dir, f"{config.name}/{variant.name}/seed{seed}"):
+        output = trainer.train(resume_from_checkpoint=str(start_from) if start_from is not None else None)
+        if config.training.report_to == "wandb" and trainer.is_world_process_zero():
+            import wandb
+
+            wandb.finish()  # flush the offline run before the manifest lists its files
     timings["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -470,7 +532,10 @@ def _train_variant(
 
     curve = loss_curve(trainer.state.log_history)
     write_loss_plot(out_dir / "loss.png", curve, title=f"{config.name} / {variant.name} ({loaded.source.display_name})")
-    manifest = _manifest(config, variant, seed, base_model, data, trainer, output, curve, heldout, timings, start_from is not None, command)
+    manifest = _manifest(
+        config, variant, seed, base_model, data, trainer, output, curve, heldout, timings, start_from is not None, command, out_dir
+    )
+    write_model_card(out_dir, manifest)  # README.md: the Hub's model card, with what training measured
     atomic_write_json(out_dir / MANIFEST_NAME, manifest)  # written last: its presence marks a finished run
     if not config.training.keep_checkpoints:
         remove_checkpoints(out_dir)  # only our checkpoint-N folders, never other files under checkpoints/
@@ -497,7 +562,9 @@ def _score_heldout(config: ExperimentConfig, data: VariantData, trainer: Any, ou
     return out
 
 
-def _manifest(config, variant, seed, base_model, data, trainer, output, curve, heldout, timings, resumed, command) -> dict[str, Any]:
+def _manifest(
+    config, variant, seed, base_model, data, trainer, output, curve, heldout, timings, resumed, command, out_dir
+) -> dict[str, Any]:
     n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     tokens_seen = int(trainer.state.num_input_tokens_seen)
     results = {
@@ -517,6 +584,7 @@ def _manifest(config, variant, seed, base_model, data, trainer, output, curve, h
         "tokens_seen": tokens_seen,  # non-padding input tokens, all processes
         "tokens_per_second": round(tokens_seen / timings["train"], 2) if timings["train"] else None,
         "resumed": resumed,
+        "logs": log_files(config.training.report_to, out_dir),
         "loss_curve": curve,
         **heldout,
     }

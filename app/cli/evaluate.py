@@ -421,12 +421,13 @@ def paired(
         check_writable(out, directory=True)
     a, b = read_sample_log(samples_a), read_sample_log(samples_b)
     results = paired_tests(a, b, metrics=metric, seed=seed)
-    console.print(f"A = {samples_a}\nB = {samples_b}", highlight=False)
+    console.print(f"A = {samples_a}\nB = {samples_b}", highlight=False, soft_wrap=True)
     for r in results:
         console.print(
             f"  {r.metric:<26} {r.filter:<8} A {r.value_a:.3f}  B {r.value_b:.3f}  A-B {r.difference:+.3f} "
             f"[{r.ci[0]:+.3f}, {r.ci[1]:+.3f}]  p = {r.p_value:.3g}  (n = {r.n_docs} docs; {r.kind})",
             highlight=False,
+            soft_wrap=True,
         )
     if out is not None:
         rows = [r.to_json() for r in results]

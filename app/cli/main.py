@@ -135,11 +135,11 @@ def generate(
     )
 
 
-def _load_experiment(config: Path, variant: Optional[str]):
+def _load_experiment(config: Path, variant: Optional[str], overrides: tuple[str, ...] = ()):
     from implicit_it.config import load_config
     from implicit_it.training import config_variants, parse_variant
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides)
     return cfg, (parse_variant(variant, cfg) if variant else config_variants(cfg))
 
 
@@ -157,6 +157,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue an unfinished run from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an earlier run in the output directory first."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    report_to: Optional[str] = typer.Option(
+        None, "--report-to", help="Training logs in OUT/logs/: none, tensorboard, or wandb (offline). Default: training.report_to."
+    ),
 ) -> None:
     """Finetune the config's base model into one variant (or each); writes an HF model directory + train_manifest.json + loss.png.
 
@@ -164,7 +167,7 @@ def train(
     `accelerate launch --config_file configs/accelerate/fsdp.yaml -m implicit_it train ...`."""
     from implicit_it.training import train_variant
 
-    cfg, variants = _load_experiment(config, variant)
+    cfg, variants = _load_experiment(config, variant, (f"training.report_to={report_to}",) if report_to is not None else ())
     for v in variants:
         target = (out / v.name if len(variants) > 1 else out) if out is not None else None
         res = train_variant(cfg, v, out_dir=target, seed=seed, resume=resume, overwrite=overwrite, show_progress=not quiet)

@@ -107,6 +107,7 @@ TRAIN_EXCLUDED_FIELDS = {
     "sweep_metric",
     "lora",
     "merge_lora",
+    "report_to",  # where the loss is logged, not what is trained
 }
 
 
@@ -130,6 +131,28 @@ def train_key_config(config: ExperimentConfig, variant: Any) -> dict[str, Any]:
 def stage_fields(block: Any, stage: type[BaseModel]) -> dict[str, Any]:
     """The fields of a ``run.<stage>`` block that the stage function reads (not ``enabled``, ``systems``)."""
     return block.model_dump(mode="json", include=set(stage.model_fields))
+
+
+def card_evaluations(benchmark: str, summary: dict[str, Any], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """One eval step's numbers as model-card rows (:func:`implicit_it.training.card.write_model_card`)."""
+    if benchmark == IFEVAL:
+        return [
+            {"dataset": "IFEval", "dataset_type": "google/IFEval", "metric": f"{m}_accuracy", "value": summary[m]["accuracy"]}
+            for m in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
+            if isinstance(summary.get(m), dict)
+        ]
+    if benchmark == IFSUITE:
+        return [
+            {"dataset": "implicit-it IF suite", "dataset_type": "ifsuite", "metric": f"{k}", "value": summary.get(k)}
+            for k in ("strict_accuracy", "loose_accuracy")
+        ]
+    if benchmark == ALPACA:
+        vs = f" vs {meta.get('reference')}"
+        return [
+            {"dataset": f"AlpacaEval{vs}", "dataset_type": "tatsu-lab/alpaca_eval", "metric": k, "value": summary.get(k)}
+            for k in ("win_rate", "lc_win_rate")
+        ]
+    return []
 
 
 class StudyPlan:
@@ -909,5 +932,24 @@ class StudyPlan:
     def _run_report(self, step: Step) -> dict[str, Any]:
         from implicit_it.reports import write_report
 
+        cards = self._write_model_cards()
         paths = write_report(self.run_dir, out_dir=step.dir)
-        return {"html": str(paths["html"]), "markdown": str(paths["markdown"])}
+        return {"html": str(paths["html"]), "markdown": str(paths["markdown"]), "model_cards": cards}
+
+    def _write_model_cards(self) -> list[str]:
+        """Each trained variant's card, rewritten with what this run measured on it (IFEval, IF suite, AlpacaEval)."""
+        from implicit_it.training.card import write_model_card
+        from implicit_it.training.engine import MANIFEST_NAME
+
+        written = []
+        for system in self.systems:
+            if system.kind != "variant" or system.train is None:
+                continue
+            rows: list[dict[str, Any]] = []
+            for s in self.steps:
+                record = s.finished() if s.stage == "eval" and s.meta.get("system") == system.name else None
+                if record is not None:
+                    rows += card_evaluations(s.name.split("/")[0], record["summary"], s.meta)
+            manifest = json.loads((system.train.dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+            written.append(str(write_model_card(system.train.dir, manifest, rows)))
+        return written

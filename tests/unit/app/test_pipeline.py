@@ -675,3 +675,20 @@ def test_mech_steps_run_on_the_trained_variants_and_the_report_shows_where_the_c
     assert not any(f"result-{name}" in md for name in names)  # no generic section repeats them
     html = (copy / "report" / "report.html").read_text()
     assert 'id="mechanism"' in html and html.count('<figure id="figure-weight_patching">') == 1
+
+
+def test_each_trained_variant_carries_a_card_with_what_the_run_measured_on_it(study):
+    """``iit run`` rewrites each variant's model card with its evaluations: the IF suite's and IFEval's accuracies, as model-index results that huggingface_hub reads back, equal to the eval steps' own."""
+    from huggingface_hub import ModelCard
+
+    cfg, run_dir, _ = study
+    for name in ("instruction.s0", "response.s0", "single_task-gsm.s0"):
+        card = ModelCard.load(run_dir / "train" / name / "README.md")
+        measured = {(e.dataset_name, e.metric_type): e.metric_value for e in card.data.eval_results}
+        suite = json.loads((run_dir / "eval" / "ifsuite" / name / "step.json").read_text())["summary"]
+        assert measured[("implicit-it IF suite", "loose_accuracy")] == pytest.approx(suite["loose_accuracy"])
+        assert measured[("implicit-it IF suite", "strict_accuracy")] == pytest.approx(suite["strict_accuracy"])
+        assert ("held-out training examples", "nll") in measured  # what training measured stays
+        summary = json.loads((run_dir / "eval" / "ifeval" / name / "step.json").read_text())["summary"]
+        assert measured[("IFEval", "prompt_loose_accuracy")] == pytest.approx(summary["prompt_loose"]["accuracy"])
+        assert measured[("IFEval", "instruction_strict_accuracy")] == pytest.approx(summary["instruction_strict"]["accuracy"])

@@ -238,3 +238,31 @@ def test_the_offline_tasks_scoring_equals_iit_eval_ifeval_on_gpt4s_541_responses
     random_argument = {d["key"] for d in docs if any(not str(kw.get("letter", "a")).isalpha() for kw in d["kwargs"])}
     assert random_argument == {1122, 1129}
     assert set(differ) <= random_argument
+
+
+def test_iit_lm_eval_and_iit_eval_paired_from_the_command_line(tiny_llama_dir, tmp_path, monkeypatch):
+    """What the README shows: lm-eval's CLI through ``iit lm-eval`` (``--model iit`` registered, the offline task on the
+    include path) for two systems with ``--log_samples``, then ``iit eval paired`` on the two sample files."""
+    from typer.testing import CliRunner
+
+    from implicit_it.app.cli import app
+
+    monkeypatch.chdir(TASKS_DIR.parents[1])  # the task reads ../shared/data from the repository root
+    runner = CliRunner()
+    samples = {}
+    for system in ("base", "rules"):
+        out = tmp_path / system
+        args = ["lm-eval", "--model", "iit", "--model_args", f"model={tiny_llama_dir},system={system}", "--tasks", "iit_ifeval",
+                "--limit", "3", "--gen_kwargs", "max_gen_toks=8", "--output_path", str(out), "--log_samples"]  # fmt: skip
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        (samples[system],) = out.rglob("samples_iit_ifeval_*.jsonl")
+        (results,) = out.rglob("results_*.json")
+        assert json.loads(results.read_text())["results"]["iit_ifeval"]["prompt_level_loose_acc,none"] >= 0
+    res = runner.invoke(app, ["eval", "paired", str(samples["base"]), str(samples["rules"]), "--out", str(tmp_path / "paired")])
+    assert res.exit_code == 0, res.output
+    written = json.loads((tmp_path / "paired" / "paired.json").read_text())
+    assert {t["metric"] for t in written["tests"]} >= {"prompt_level_strict_acc", "inst_level_loose_acc"}
+    assert all(t["n_docs"] == 3 for t in written["tests"]) and (tmp_path / "paired" / "manifest.json").is_file()
+    res = runner.invoke(app, ["eval", "paired", str(samples["base"]), str(tmp_path / "missing.jsonl")])
+    assert res.exit_code == 2 and "missing.jsonl" in res.output

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
+import numpy as np
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -430,3 +432,57 @@ def test_epochs_by_variant(make_config):
 
     with pytest.raises(ConfigError, match="epochs_by_variant"):
         make_config(epochs_by_variant={"gsm": 7})
+
+
+def test_tensorboard_logs_are_written_and_read_back(make_config, tmp_path):
+    """``training.report_to: tensorboard``: transformers' callback writes event files under OUT/logs/tensorboard, which
+    TensorBoard's own reader parses into the loss curve the manifest records, step for step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config(report_to="tensorboard", epochs=1)
+    res = train_variant(cfg, Variant("response"), out_dir=tmp_path / "tb", show_progress=False)
+    logs = res.results["logs"]
+    assert logs["directory"] == "logs/tensorboard" and any("tfevents" in f for f in logs["files"])
+    events = EventAccumulator(str(tmp_path / "tb" / logs["directory"])).Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    curve = [(c["step"], c["loss"]) for c in res.results["loss_curve"]]
+    assert [s for s, _ in logged] == [s for s, _ in curve] and len(curve) == res.results["optimizer_steps"]
+    np.testing.assert_allclose([v for _, v in logged], [v for _, v in curve], rtol=1e-6)
+    assert "train/learning_rate" in events.Tags()["scalars"]
+
+
+def test_wandb_logs_offline_into_the_run_directory(make_config, tmp_path, monkeypatch):
+    """``report_to: wandb`` runs W&B offline (nothing leaves the machine) with its files under OUT/logs/wandb; the
+    environment is restored afterwards."""
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = make_config(report_to="wandb", epochs=1)
+    res = train_variant(cfg, Variant("response"), out_dir=tmp_path / "wb", show_progress=False)
+    files = res.results["logs"]["files"]
+    assert any(f.endswith(".wandb") and "offline-run-" in f for f in files), files
+    assert "WANDB_MODE" not in os.environ
+
+
+def test_report_to_is_not_part_of_the_training_steps_key(make_config):
+    from implicit_it.app.pipeline.stages import train_key_config
+
+    assert train_key_config(make_config(), Variant("response")) == train_key_config(
+        make_config(report_to="tensorboard"), Variant("response")
+    )
+
+
+def test_a_trained_variant_carries_a_model_card_the_hub_parser_reads(make_config, tmp_path):
+    """README.md in the Hub's format: huggingface_hub's ModelCard reads back the base model, the datasets, the data
+    hashes and the numbers training measured (model-index), equal to the manifest's."""
+    from huggingface_hub import ModelCard
+
+    res = train_variant(make_config(epochs=1), Variant("response"), out_dir=tmp_path / "r", show_progress=False)
+    card = ModelCard.load(tmp_path / "r" / "README.md")
+    data = card.data
+    assert data.base_model == res.manifest["model"]["spec"] and data.library_name == "transformers"
+    assert data.datasets == ["train.jsonl"] and "response" in data.tags
+    assert data.implicit_it["data_sha256"] == res.manifest["data"]
+    measured = {(e.dataset_type, e.metric_type): e.metric_value for e in data.eval_results}
+    assert measured[("train", "loss")] == pytest.approx(res.results["final_loss"])
+    assert measured[("heldout", "nll")] == pytest.approx(res.results["heldout_nll"])
+    assert "response tuning" in card.text and res.manifest["data"][next(iter(res.manifest["data"]))] in card.text
