@@ -678,7 +678,8 @@ def test_mech_steps_run_on_the_trained_variants_and_the_report_shows_where_the_c
 
 
 def test_each_trained_variant_carries_a_card_with_what_the_run_measured_on_it(study):
-    """``iit run`` rewrites each variant's model card with its evaluations: the IF suite's and IFEval's accuracies, as model-index results that huggingface_hub reads back, equal to the eval steps' own."""
+    """``iit run`` rewrites each variant's model card with its evaluations: the IF suite's and IFEval's accuracies,
+    as model-index results that huggingface_hub reads back, equal to the eval steps' own."""
     from huggingface_hub import ModelCard
 
     cfg, run_dir, _ = study
