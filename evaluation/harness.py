@@ -40,7 +40,6 @@ from implicit_it.rules import RuleAdapter, RuleConfig, parse_rules, rule_logit_d
 
 MODEL_NAME = "iit"
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"  # the repository's offline task configs (--include_path)
-RAW = "raw"
 
 
 def rule_config_of(system: str, rules_config: str | None = None) -> RuleConfig | None:
@@ -188,14 +187,13 @@ class ImplicitItLM(LM):
             raise ConfigError(f"--model_args: unknown argument(s) {sorted(unused)} for --model {MODEL_NAME}")
         self.spec, self.system = str(model), system
         self.rule_config = rule_config_of(system, rules_config)
-        self.format_name = format
-        self.chat: ChatFormat | None = None if format == RAW else get_format(format)
+        self.chat: ChatFormat = get_format(format)
         self.generate_config = GenerateConfig(backend=backend, batch_size=int(batch_size))
         self.show_progress = bool(show_progress)
         self.loaded = load_model(self.spec, dtype=dtype, device=device)
         self.loaded.model.eval()
         tok = self.loaded.tokenizer
-        self.adapter = RuleAdapter(tok, self.rule_config, fmt=self.chat or "tulu") if self.rule_config is not None else None
+        self.adapter = RuleAdapter(tok, self.rule_config, fmt=self.chat) if self.rule_config is not None else None
         self.max_length = int(max_length) if max_length is not None else self._context_length()
         self.scorer = SystemScorer(
             self.loaded.model, self.adapter, max_batch_tokens=int(max_batch_tokens), pad_token_id=tok.pad_token_id or 0
@@ -209,26 +207,19 @@ class ImplicitItLM(LM):
     # ------------------------------------------------------------------ encoding
 
     def _prompt(self, context: str) -> tuple[list[int], int]:
-        """Prompt ids for ``context`` and where the instruction starts in them."""
+        """Prompt ids for ``context`` and where the instruction starts in them (a tokenizer without BOS scores an empty
+        raw context after EOS, as lm-eval's models do)."""
         tok = self.loaded.tokenizer
-        if self.chat is None:
-            ids = list(tok(context, add_special_tokens=True)["input_ids"]) if context else self._bos()
-            return ids, len(self._bos())
         ids = encode_prompt(tok, self.chat, context)
+        if not ids:
+            return [tok.eos_token_id], 1
         return ids, instruction_offset(tok, self.chat, context, ids)
-
-    def _bos(self) -> list[int]:
-        tok = self.loaded.tokenizer
-        return [tok.bos_token_id] if tok.bos_token_id is not None else [tok.eos_token_id]
-
-    def _prompt_text(self, context: str) -> str:
-        return context if self.chat is None else self.chat.prompt_text(context, self.loaded.tokenizer)
 
     def _continuation(self, context: str, prompt_ids: list[int], continuation: str) -> list[int]:
         """The continuation's ids right after the prompt (as :func:`~implicit_it.formats.encode_example` splits them)."""
         tok = self.loaded.tokenizer
-        full = list(tok(self._prompt_text(context) + continuation, add_special_tokens=True)["input_ids"])
-        if context and full[: len(prompt_ids)] == prompt_ids:
+        full = list(tok(self.chat.prompt_text(context, tok) + continuation, add_special_tokens=True)["input_ids"])
+        if full[: len(prompt_ids)] == prompt_ids:
             return full[len(prompt_ids) :]
         return continuation_ids(tok, continuation)
 
@@ -258,12 +249,11 @@ class ImplicitItLM(LM):
         return [(s.logprob, s.is_greedy) for s in scored]
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
-        tok = self.loaded.tokenizer
-        prefix, ins = self._prompt("") if self.chat is not None else (self._bos(), len(self._bos()))
+        prefix, ins = self._prompt("")
         totals = []
         for req in requests:
             (text,) = req.args[:1]
-            tokens = continuation_ids(tok, text)
+            tokens = self._continuation("", prefix, text)
             items = rolling_items(prefix, tokens, self.max_length, instruction_start=ins)
             if self.adapter is not None and len(items) > 1:
                 raise ConfigError(f"with rules, a rolling text must fit max_length={self.max_length} ({len(prefix) + len(tokens)} tokens)")
@@ -291,7 +281,7 @@ class ImplicitItLM(LM):
                 self.spec,
                 contexts,
                 self.generate_config,
-                fmt=self._generation_format(),
+                fmt=self.chat,
                 rule_config=self.rule_config,
                 max_new_tokens=budget,
                 load=lambda: self.loaded,
@@ -302,17 +292,9 @@ class ImplicitItLM(LM):
                 self.cache_hook.add_partial("generate_until", requests[i].args, texts[i])
         return texts
 
-    def _generation_format(self) -> ChatFormat:
-        if self.chat is not None:
-            return self.chat
-        return ChatFormat(RAW, description="the context as given")
-
     @property
     def tokenizer_name(self) -> str:
         return str(getattr(self.loaded.tokenizer, "name_or_path", self.spec)).replace("/", "__")
-
-    def describe(self) -> dict[str, Any]:
-        return {"model": self.loaded.describe(), "system": self.system, "format": self.format_name, "max_length": self.max_length}
 
 
 def register() -> type[ImplicitItLM]:

@@ -6,6 +6,7 @@ Formats (the paper's, plus the tokenizer's own):
 * ``ab_tags``: ``<|A|>\\n{instruction}\\n<|B|>\\n{response}`` + EOS (the paper's tag ablation)
 * ``empty_instruction``: Tulu with the instruction replaced by ``""`` (response tuning)
 * ``native``: the tokenizer's chat template (instruct models)
+* ``raw``: no template, the instruction is the whole prompt (lm-eval's untemplated tasks, plain continuation)
 
 Loss is on response + EOS only. How the token boundary is drawn matters: the prompt part of a
 training sequence is *exactly* the token ids a generator is later given (``encode_prompt``), so
@@ -33,9 +34,12 @@ class ChatFormat:
     assistant_tag: str = ""
     drop_instruction: bool = False
     description: str = ""
+    raw: bool = False  # no template at all: the prompt is the instruction itself
 
     def prompt_text(self, instruction: str, tokenizer: Any = None) -> str:
         """The text before the response (no BOS: the tokenizer adds it)."""
+        if self.raw:
+            return instruction
         if self.name == "native":
             return _native_prompt(instruction, tokenizer)
         text = "" if self.drop_instruction else instruction
@@ -79,6 +83,7 @@ FORMATS: dict[str, ChatFormat] = {
             description="response tuning: Tulu with the instruction replaced by an empty string",
         ),
         ChatFormat("native", description="the tokenizer's own chat template (instruct models)"),
+        ChatFormat("raw", raw=True, description="no template: the instruction is the whole prompt (untemplated lm-eval tasks)"),
     ]
 }
 

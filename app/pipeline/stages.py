@@ -665,10 +665,14 @@ class StudyPlan:
                     )
         manifest = json.loads((step.dir / MANIFEST_NAME).read_text(encoding="utf-8"))
         r = manifest["results"]
-        return {k: r.get(k) for k in ("final_loss", "heldout_nll", "val_nll", "tokens_per_second", "optimizer_steps", "tokens_seen")} | {
-            "resumed": resume,
-            "train_seconds": manifest["timings_seconds"].get("train"),
-        } | ({"logs": r["logs"]} if r.get("logs") else {})  # training.report_to: the run's record points to the log files
+        return (
+            {k: r.get(k) for k in ("final_loss", "heldout_nll", "val_nll", "tokens_per_second", "optimizer_steps", "tokens_seen")}
+            | {
+                "resumed": resume,
+                "train_seconds": manifest["timings_seconds"].get("train"),
+            }
+            | ({"logs": r["logs"]} if r.get("logs") else {})
+        )  # training.report_to: the run's record points to the log files
 
     def _launch_train(self, step: Step, variant: Any, seed: int, resume: bool) -> None:
         """``iit train`` under ``accelerate launch`` (DDP/FSDP/ZeRO-3 over several GPUs), from this step's own copy of the config."""

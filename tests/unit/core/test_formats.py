@@ -14,14 +14,14 @@ TEXT = st.text(alphabet=st.sampled_from([chr(c) for c in range(32, 127)] + ["\n"
 RESPONSE = st.one_of(TEXT, st.sampled_from(["The", "I", "\n", " ", "Here", "1."]).flatmap(lambda p: TEXT.map(lambda t: p + t)))
 
 
-@pytest.mark.parametrize("fmt_name", ["tulu", "ab_tags", "empty_instruction", "native"])
+@pytest.mark.parametrize("fmt_name", ["tulu", "ab_tags", "empty_instruction", "native", "raw"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(instruction=TEXT, response=RESPONSE)
 def test_mask_bytelevel(bytelevel_tokenizer, fmt_name, instruction, response):
     check_mask_invariants(bytelevel_tokenizer, fmt_name, instruction, response)
 
 
-@pytest.mark.parametrize("fmt_name", ["tulu", "ab_tags", "empty_instruction"])
+@pytest.mark.parametrize("fmt_name", ["tulu", "ab_tags", "empty_instruction", "raw"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(instruction=TEXT, response=RESPONSE)
 def test_mask_merging_sentencepiece(merging_tokenizer, fmt_name, instruction, response):
@@ -43,6 +43,7 @@ def test_prompt_texts():
     assert FORMATS["tulu"].prompt_text("Hi") == "<|user|>\nHi\n<|assistant|>\n"
     assert FORMATS["ab_tags"].prompt_text("Hi") == "<|A|>\nHi\n<|B|>\n"
     assert FORMATS["empty_instruction"].prompt_text("Hi") == "<|user|>\n\n<|assistant|>\n"
+    assert FORMATS["raw"].prompt_text("Hi") == "Hi"
 
 
 def test_native_needs_chat_template(merging_tokenizer):

@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 
 import numpy as np
 import pytest
+import torch
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -27,7 +28,7 @@ from implicit_it.evaluation.harness import (  # noqa: E402
     rule_config_of,
 )
 from implicit_it.evaluation.paired import paired_tests, read_sample_log, sign_flip_p  # noqa: E402
-from implicit_it.formats import encode_example, encode_prompt, instruction_offset  # noqa: E402
+from implicit_it.formats import encode_example, encode_prompt, get_format, instruction_offset  # noqa: E402
 from implicit_it.probes.forward import EncodedGroup, PairForward  # noqa: E402
 from implicit_it.probes.scoring import OUTPUT, score_groups  # noqa: E402
 
@@ -266,3 +267,24 @@ def test_iit_lm_eval_and_iit_eval_paired_from_the_command_line(tiny_llama_dir, t
     assert all(t["n_docs"] == 3 for t in written["tests"]) and (tmp_path / "paired" / "manifest.json").is_file()
     res = runner.invoke(app, ["eval", "paired", str(samples["base"]), str(tmp_path / "missing.jsonl")])
     assert res.exit_code == 2 and "missing.jsonl" in res.output
+
+
+def test_the_raw_format_scores_and_decodes_the_context_as_plain_text(tiny_model_dir):
+    """``format=raw``: no template. The log-likelihood of a continuation is the model's on ``BOS + context +
+    continuation`` (computed here by hand), and decoding starts right after the context's own ids."""
+    lm = ImplicitItLM(model=str(tiny_model_dir), format="raw")
+    tok, model = lm.loaded.tokenizer, lm.loaded.model
+    context, continuation = "The capital of France is", " Paris, of course."
+    ids = tok(context + continuation)["input_ids"]
+    n_context = len(tok(context)["input_ids"])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    expected = sum(logprobs[t - 1, ids[t]].item() for t in range(n_context, len(ids)))
+    ((got, _),) = lm.loglikelihood(_requests("loglikelihood", [(context, continuation)]))
+    assert got == pytest.approx(expected, abs=1e-4)
+    (text,) = lm.generate_until(_requests("generate_until", [(context, {"max_gen_toks": 6})]))
+    decoded = generate(
+        str(tiny_model_dir), [context], GenerateConfig(max_new_tokens=6), fmt="raw", load=lambda: lm.loaded, show_progress=False
+    )
+    assert text == decoded.results[0].output
+    assert get_format("raw").prompt_text(context) == context
