@@ -12,7 +12,8 @@ What the rule adapter means for each request type:
 * ``loglikelihood``: the log-probability of the continuation under the product of experts,
   ``log softmax(log p_base + log softmax(r))`` token by token, with the rules' state (response length, tokens
   already used) taken from the context and the continuation so far — the distribution the adapter decodes from; its
-  ``is_greedy`` says whether greedy decoding from that distribution would produce the continuation;
+  ``is_greedy`` says whether greedy decoding from that distribution would produce the continuation. A request longer
+  than ``max_length`` keeps its last ``max_length`` tokens, as lm-eval's own models do (refused with rules);
 * ``loglikelihood_rolling``: a text is scored as a response to an empty instruction (raw: after BOS), in windows of
   ``max_length`` tokens; the rules need the whole response in view, so with rules a text must fit in one window.
 
@@ -25,6 +26,7 @@ lm-eval 0.4.13, the version installed here, does not, so ``iit lm-eval ...`` reg
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -40,6 +42,10 @@ from implicit_it.rules import RuleAdapter, RuleConfig, parse_rules, rule_logit_d
 
 MODEL_NAME = "iit"
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"  # the repository's offline task configs (--include_path)
+TASK_DATA = {  # what each offline task reads, relative to the working directory (the repository root)
+    "iit_ifeval": "../shared/data/ifeval/input_data.jsonl",
+    "iit_lima_ranking": "../shared/data/lima/val_reference_gpt35.json",
+}
 
 
 def rule_config_of(system: str, rules_config: str | None = None) -> RuleConfig | None:
@@ -195,6 +201,7 @@ class ImplicitItLM(LM):
         tok = self.loaded.tokenizer
         self.adapter = RuleAdapter(tok, self.rule_config, fmt=self.chat) if self.rule_config is not None else None
         self.max_length = int(max_length) if max_length is not None else self._context_length()
+        self._warned_truncation = False
         self.scorer = SystemScorer(
             self.loaded.model, self.adapter, max_batch_tokens=int(max_batch_tokens), pad_token_id=tok.pad_token_id or 0
         )
@@ -229,15 +236,18 @@ class ImplicitItLM(LM):
         if not cont:
             raise ConfigError(f"an empty continuation has no log-likelihood (context {context[:60]!r})")
         seq = prompt + cont
-        if len(seq) > self.max_length:  # keep the continuation whole; cut the context from the left, as lm-eval's models do
-            cut = len(seq) - self.max_length
-            if cut >= len(prompt):
-                raise ConfigError(f"a {len(cont)}-token continuation does not fit max_length={self.max_length}")
-            if self.adapter is not None:
-                raise ConfigError(f"with rules, context and continuation must fit max_length={self.max_length} ({len(seq)} tokens)")
-            seq, prompt_len = seq[cut:], len(prompt) - cut
-            return ScoringItem(seq, prompt_len, prompt_len, max(0, ins - cut))
-        return ScoringItem(seq, len(prompt), len(prompt), ins)
+        if len(seq) <= self.max_length:
+            return ScoringItem(seq, len(prompt), len(prompt), ins)
+        # Too long: keep the last max_length tokens, as lm-eval's own models do (the context goes first, then the
+        # continuation's head, whose tokens are then not scored).
+        if self.adapter is not None:
+            raise ConfigError(f"with rules, context and continuation must fit max_length={self.max_length} ({len(seq)} tokens)")
+        if not self._warned_truncation:
+            warnings.warn(f"a request of {len(seq)} tokens is cut to its last max_length={self.max_length}", stacklevel=2)
+            self._warned_truncation = True
+        cut = len(seq) - self.max_length
+        first = max(1, len(prompt) - cut)
+        return ScoringItem(seq[cut:], first, max(0, len(prompt) - cut), max(0, ins - cut))
 
     # ------------------------------------------------------------------ lm-eval's interface
 
@@ -292,6 +302,14 @@ class ImplicitItLM(LM):
                 self.cache_hook.add_partial("generate_until", requests[i].args, texts[i])
         return texts
 
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """lm-eval's ``--apply_chat_template`` would render the template before the system wraps the context in its own
+        format (twice templated); the system's format is chosen with ``--model_args format=...`` instead."""
+        raise ConfigError(
+            f"--apply_chat_template: --model {MODEL_NAME} wraps each context in its chat format itself "
+            f"(format={self.chat.name}); choose it with --model_args format=tulu|native|raw|..."
+        )
+
     @property
     def tokenizer_name(self) -> str:
         return str(getattr(self.loaded.tokenizer, "name_or_path", self.spec)).replace("/", "__")
@@ -322,9 +340,9 @@ def run_lm_eval(args: Sequence[str]) -> None:
 
     register()
     args = list(args)
-    data = Path("../shared/data/ifeval/input_data.jsonl")  # what lm_eval_tasks/iit_ifeval reads, from the working directory
-    if any("iit_ifeval" in a for a in args) and not data.is_file():
-        raise FileNotFoundError(f"task iit_ifeval reads {data} from the working directory ({Path.cwd()}): run from the repository root")
+    for task, data in TASK_DATA.items():
+        if any(task in a for a in args) and not Path(data).is_file():
+            raise FileNotFoundError(f"task {task} reads {data} from the working directory ({Path.cwd()}): run from the repository root")
     if "--include_path" not in args:
         args += ["--include_path", str(TASKS_DIR)]
     with _argv(args):

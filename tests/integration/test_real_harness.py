@@ -1,6 +1,6 @@
 """``--model iit`` on the real Gemma-3-270M (Q4_K_M GGUF, dequantized to fp32), marked ``real_model``: lm-eval's own
 evaluator on the offline IFEval task gives the generations and the accuracies of ``iit eval ifeval``'s path, and its
-log-likelihoods equal the ranking scorer's on LIMA pairs."""
+``iit_lima_ranking`` task (the paper's response ranking) logs the ranking scorer's log-likelihoods."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from implicit_it.engines import generate  # noqa: E402
 from implicit_it.evaluation.harness import TASKS_DIR, ImplicitItLM  # noqa: E402
 from implicit_it.evaluation.ifeval import load_ifeval, score_ifeval  # noqa: E402
 from implicit_it.formats import encode_example  # noqa: E402
-from implicit_it.probes import OUTPUT, PairForward, read_ranking_source, score_groups  # noqa: E402
+from implicit_it.probes import OUTPUT, PairForward, score_groups  # noqa: E402
 from implicit_it.probes.forward import EncodedGroup  # noqa: E402
 from implicit_it.rules import RuleConfig  # noqa: E402
 
@@ -60,20 +60,29 @@ def test_lm_eval_ifeval_on_the_rule_adapter_matches_iit_eval_ifeval(shared_data,
         assert metrics[f"{lm_name},none"] == pytest.approx(summary[our_name]["accuracy"])
 
 
-def test_loglikelihood_equals_the_ranking_scorer_on_lima_pairs(shared_data):
-    from lm_eval.api.instance import Instance
+def test_the_ranking_task_in_lm_eval_gives_the_ranking_scorers_log_likelihoods(shared_data, monkeypatch):
+    """lm-eval's evaluator on ``iit_lima_ranking`` (the paper's response ranking as a multiple-choice task): every
+    choice's log-likelihood in its per-sample log equals the ranking room's scorer on the same (instruction, response)
+    tokens, EOS left out; its ``acc`` is the fraction of instructions whose own response scores higher."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
 
-    source = read_ranking_source(shared_data / "lima" / "val_reference_gpt35.json", limit=6)
-    lm = ImplicitItLM(model="gemma-3-270m", max_length=512)
+    monkeypatch.chdir(TASKS_DIR.parents[1])
+    lm = ImplicitItLM(model="gemma-3-270m")
+    res = simple_evaluate(model=lm, tasks=["iit_lima_ranking"], task_manager=TaskManager(include_path=str(TASKS_DIR)), limit=6,
+                          log_samples=True)  # fmt: skip
+    samples = res["samples"]["iit_lima_ranking"]
     tok = lm.loaded.tokenizer
-    groups, texts = [], []
-    for gi, (ins, own) in enumerate(zip(source.instructions, source.own_response, strict=False)):
-        ex = encode_example(tok, "tulu", ins, source.pool[own], max_length=384)
-        response = tuple(ex.input_ids[ex.n_prompt_tokens : -1])  # EOS (or the cut's last token) left out
-        groups.append(EncodedGroup(gi, tuple(ex.input_ids[: ex.n_prompt_tokens]), (response,), (False,)))
-        texts.append((ins, tok.decode(list(response))))
-    ranking = score_groups(PairForward(lm.loaded), groups).totals[OUTPUT][:, 0]
-    requests = [Instance(request_type="loglikelihood", doc={}, arguments=t, idx=i) for i, t in enumerate(texts)]
-    ours = lm.loglikelihood(requests)
-    assert [len(lm.encode_pair(*t).ids) - lm.encode_pair(*t).target_start for t in texts] == [len(g.responses[0]) for g in groups]
-    np.testing.assert_allclose([lp for lp, _ in ours], ranking, rtol=1e-4)
+    groups = []
+    for gi, s in enumerate(samples):
+        responses = []
+        for choice in s["doc"]["choices"]:
+            ex = encode_example(tok, "tulu", s["doc"]["instruction"], choice)
+            responses.append(tuple(ex.input_ids[ex.n_prompt_tokens : -1]))  # EOS left out: lm-eval scores text
+            prompt = tuple(ex.input_ids[: ex.n_prompt_tokens])
+        groups.append(EncodedGroup(gi, prompt, tuple(responses), (False, False)))
+    ranking = score_groups(PairForward(lm.loaded), groups).totals[OUTPUT]
+    logged = np.array([[r[0][0] for r in s["resps"]] for s in samples], dtype=float)
+    np.testing.assert_allclose(logged, ranking, rtol=1e-4)
+    wins = logged[:, 0] > logged[:, 1]
+    assert res["results"]["iit_lima_ranking"]["acc,none"] == pytest.approx(wins.mean())

@@ -119,6 +119,20 @@ def test_generate_until_is_iit_generate_cut_at_the_stop_strings(base_lm, tiny_mo
         base_lm.generate_until(_requests("generate_until", [(prompts[0], {"do_sample": True, "temperature": 0.7})]))
 
 
+def test_a_request_longer_than_max_length_keeps_its_last_tokens(tiny_llama_dir):
+    """As lm-eval's models do: the context is cut first, then the continuation's head, whose tokens are not scored."""
+    lm = ImplicitItLM(model=str(tiny_llama_dir), max_length=24)
+    context, continuation = "A long instruction " * 6, "and a reply that is long enough to be cut as well " * 2
+    with pytest.warns(UserWarning, match="cut to its last max_length=24"):
+        item = lm.encode_pair(context, continuation)
+    full = ImplicitItLM(model=str(tiny_llama_dir), max_length=4096).encode_pair(context, continuation)
+    assert len(item.ids) == 24 and item.ids == full.ids[-24:]
+    assert item.target_start == 1 and len(full.ids) - full.target_start > 23  # only the continuation's last 23 tokens count
+    rules = ImplicitItLM(model=str(tiny_llama_dir), system="rules", max_length=24)
+    with pytest.raises(ConfigError, match="with rules"):
+        rules.encode_pair(context, continuation)
+
+
 def test_system_names_and_unknown_arguments_are_refused_clearly():
     assert rule_config_of("base") is None
     assert rule_config_of("rules").rules == ["eos", "uniform", "diversity"]
@@ -127,6 +141,11 @@ def test_system_names_and_unknown_arguments_are_refused_clearly():
         rule_config_of("steered")
     with pytest.raises(ConfigError, match="unknown argument"):
         ImplicitItLM(model="gemma-3-270m", pretrained="gpt2")
+
+
+def test_lm_evals_chat_template_is_refused_for_the_systems_own_format(base_lm):
+    with pytest.raises(ConfigError, match="format=tulu"):
+        base_lm.apply_chat_template([{"role": "user", "content": "Hi"}])
 
 
 def test_iit_is_declared_as_an_lm_eval_model_and_registers():
@@ -288,3 +307,23 @@ def test_the_raw_format_scores_and_decodes_the_context_as_plain_text(tiny_model_
     )
     assert text == decoded.results[0].output
     assert get_format("raw").prompt_text(context) == context
+
+
+def test_the_ranking_task_pairs_each_instruction_with_its_own_and_the_next_response(tiny_llama_dir, shared_data, monkeypatch):
+    """``iit_lima_ranking`` through lm-eval's evaluator: two choices per instruction (its own response, then the next
+    instruction's), each choice's logged log-likelihood the system's own, ``acc`` the fraction won by the own response."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.chdir(TASKS_DIR.parents[1])
+    lm = ImplicitItLM(model=str(tiny_llama_dir), max_length=4096)  # whole LIMA responses (rotary positions extend)
+    res = simple_evaluate(model=lm, tasks=["iit_lima_ranking"], task_manager=TaskManager(include_path=str(TASKS_DIR)), limit=4,
+                          log_samples=True)  # fmt: skip
+    samples = res["samples"]["iit_lima_ranking"]
+    records = json.loads((shared_data / "lima" / "val_reference_gpt35.json").read_text())
+    for i, s in enumerate(samples):
+        assert s["doc"]["choices"] == [records[i]["output"].strip(), records[i + 1]["output"].strip()]
+        expected = lm.loglikelihood(_requests("loglikelihood", [(s["doc"]["instruction"], c) for c in s["doc"]["choices"]]))
+        assert [r[0][0] for r in s["resps"]] == pytest.approx([lp for lp, _ in expected])
+    wins = [s["resps"][0][0][0] > s["resps"][1][0][0] for s in samples]
+    assert res["results"]["iit_lima_ranking"]["acc,none"] == pytest.approx(sum(wins) / len(wins))
