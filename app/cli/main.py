@@ -880,7 +880,7 @@ def config_validate(path: Path = typer.Argument(..., help="A YAML experiment con
 @user_errors
 def lm_eval(ctx: typer.Context) -> None:
     """lm-evaluation-harness with every implicit-it system as `--model iit` and the repository's offline tasks
-    (iit_ifeval) on the include path; all arguments go to lm-eval (`iit lm-eval --help` shows lm-eval's)."""
+    (iit_ifeval, iit_lima_ranking) on the include path; all arguments go to lm-eval (`iit lm-eval --help` shows lm-eval's)."""
     from implicit_it.evaluation.harness import run_lm_eval
 
     run_lm_eval(ctx.args)
