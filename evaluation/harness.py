@@ -35,7 +35,7 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import model_registry
 
-from implicit_it.config import GenerateConfig
+from implicit_it.config import GenerateConfig, VllmConfig
 from implicit_it.errors import ConfigError
 from implicit_it.formats import ChatFormat, continuation_ids, encode_prompt, get_format, instruction_offset
 from implicit_it.rules import RuleAdapter, RuleConfig, parse_rules, rule_logit_delta
@@ -173,6 +173,7 @@ class ImplicitItLM(LM):
         rules_config: str | None = None,
         format: str = "tulu",
         backend: str = "hf",
+        vllm_dtype: str = "bfloat16",
         batch_size: int | str = 8,
         max_batch_tokens: int = 2048,
         max_length: int | None = None,
@@ -194,7 +195,7 @@ class ImplicitItLM(LM):
         self.spec, self.system = str(model), system
         self.rule_config = rule_config_of(system, rules_config)
         self.chat: ChatFormat = get_format(format)
-        self.generate_config = GenerateConfig(backend=backend, batch_size=int(batch_size))
+        self.generate_config = GenerateConfig(backend=backend, batch_size=int(batch_size), vllm=VllmConfig(dtype=vllm_dtype))
         self.show_progress = bool(show_progress)
         self.loaded = load_model(self.spec, dtype=dtype, device=device)
         self.loaded.model.eval()

@@ -327,3 +327,21 @@ def test_the_ranking_task_pairs_each_instruction_with_its_own_and_the_next_respo
         assert [r[0][0] for r in s["resps"]] == pytest.approx([lp for lp, _ in expected])
     wins = [s["resps"][0][0][0] > s["resps"][1][0][0] for s in samples]
     assert res["results"]["iit_lima_ranking"]["acc,none"] == pytest.approx(sum(wins) / len(wins))
+
+
+@pytest.mark.vllm
+def test_generate_until_on_vllm_equals_hf_in_fp32(bytelevel_tokenizer, tmp_path):
+    """``backend=vllm``: the same greedy tokens as the hf backend in fp32, rule adapter included (vLLM's CPU kernels
+    need head_dim 32)."""
+    pytest.importorskip("vllm")
+    from implicit_it.engines import close_engine
+    from tests.conftest import save_tiny_model
+
+    model_dir = save_tiny_model("llama", bytelevel_tokenizer, tmp_path / "vllm-llama", head_dim=32)
+    requests = _requests("generate_until", [(ins or "Say something.", {"max_gen_toks": 12}) for ins, _ in PAIRS])
+    try:
+        hf = ImplicitItLM(model=str(model_dir), system="rules").generate_until(requests)
+        vl = ImplicitItLM(model=str(model_dir), system="rules", backend="vllm", vllm_dtype="float32").generate_until(requests)
+    finally:
+        close_engine()
+    assert vl == hf and any(hf)
