@@ -37,8 +37,8 @@ from lm_eval.api.registry import model_registry
 
 from implicit_it.config import GenerateConfig, VllmConfig
 from implicit_it.errors import ConfigError
-from implicit_it.formats import ChatFormat, continuation_ids, encode_prompt, get_format, instruction_offset
-from implicit_it.rules import RuleAdapter, RuleConfig, parse_rules, rule_logit_delta
+from implicit_it.formats import ChatFormat, continuation_ids, encode_prompt, get_format, instruction_offset, pad_batch
+from implicit_it.rules import RuleAdapter, RuleConfig, rule_config_from, rule_logit_delta
 
 MODEL_NAME = "iit"
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"  # the repository's offline task configs (--include_path)
@@ -49,9 +49,8 @@ TASK_DATA = {  # what each offline task reads, relative to the working directory
 
 
 def rule_config_of(system: str, rules_config: str | None = None) -> RuleConfig | None:
-    """``base`` → no adapter; ``rules`` → the paper's three rules; ``rules:<list>`` → that ablation."""
-    from implicit_it.rules import load_rule_config
-
+    """``base`` → no adapter; ``rules`` → the paper's three rules; ``rules:<list>`` → that ablation
+    (:func:`~implicit_it.rules.rule_config_from`, as ``--rules``/``--rules-config`` of the other commands)."""
     name, _, listed = system.partition(":")
     if name == "base" and not listed:
         if rules_config:
@@ -59,8 +58,7 @@ def rule_config_of(system: str, rules_config: str | None = None) -> RuleConfig |
         return None
     if name != "rules":
         raise ConfigError(f"system={system!r}: choose base, rules, or rules:<subset of eos,uniform,diversity,start>")
-    cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
-    return cfg.model_copy(update={"rules": parse_rules(listed)}) if listed else cfg
+    return rule_config_from(listed or "all", rules_config)
 
 
 @dataclass(frozen=True)
@@ -91,10 +89,10 @@ class SystemScorer:
         self.model, self.adapter, self.max_batch_tokens, self.pad_token_id = model, adapter, max_batch_tokens, pad_token_id
 
     def _batches(self, order: list[int], items: Sequence[ScoringItem]) -> Iterator[list[int]]:
+        """``order`` is longest first, so a batch is as wide as its first item."""
         batch: list[int] = []
         for i in order:
-            width = max([len(items[j].ids) for j in batch] + [len(items[i].ids)])
-            if batch and width * (len(batch) + 1) > self.max_batch_tokens:
+            if batch and len(items[batch[0]].ids) * (len(batch) + 1) > self.max_batch_tokens:
                 yield batch
                 batch = []
             batch.append(i)
@@ -107,13 +105,10 @@ class SystemScorer:
         device = next(self.model.parameters()).device
         order = sorted(range(len(items)), key=lambda i: (-len(items[i].ids), i))
         for idx in self._batches(order, items):
-            width = max(len(items[i].ids) for i in idx)
-            ids = torch.full((len(idx), width), self.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, : len(items[i].ids)] = torch.tensor(items[i].ids)
-                mask[row, : len(items[i].ids)] = 1
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            batch = pad_batch([items[i].ids for i in idx], self.pad_token_id, side="right")
+            logits = self.model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), use_cache=False
+            ).logits
             for row, i in enumerate(idx):
                 out[i] = self._score_row(items[i], logits[row, : len(items[i].ids)])
         return [o for o in out if o is not None]

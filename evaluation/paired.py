@@ -45,7 +45,6 @@ class SampleLog:
     path: Path
     values: dict[tuple[str, int], dict[str, Any]]
     doc_hashes: dict[tuple[str, int], str | None]
-    model: str
 
 
 def read_sample_log(path: str | Path) -> SampleLog:
@@ -71,7 +70,7 @@ def read_sample_log(path: str | Path) -> SampleLog:
         hashes[key] = rec.get("doc_hash")
     if not values:
         raise DataFormatError(path, None, "no samples")
-    return SampleLog(path, values, hashes, path.parent.name)
+    return SampleLog(path, values, hashes)
 
 
 def _outcomes(log: SampleLog, keys: Sequence[tuple[str, int]], metric: str) -> list[Any]:
@@ -79,7 +78,7 @@ def _outcomes(log: SampleLog, keys: Sequence[tuple[str, int]], metric: str) -> l
 
 
 def _is_binary(values: Sequence[Any]) -> bool:
-    return all(isinstance(v, (bool, int, float)) and not isinstance(v, list) and float(v) in (0.0, 1.0) for v in values)
+    return all(isinstance(v, (bool, int, float)) and float(v) in (0.0, 1.0) for v in values)
 
 
 def _is_binary_lists(values: Sequence[Any]) -> bool:

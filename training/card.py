@@ -44,7 +44,7 @@ def _dataset_names(data: Mapping[str, str]) -> list[str]:
     return names
 
 
-def eval_results(model_name: str, measured: Sequence[Mapping[str, Any]]) -> list[Any]:
+def eval_results(measured: Sequence[Mapping[str, Any]]) -> list[Any]:
     """``measured``: ``{"dataset": ..., "dataset_type": ..., "metric": ..., "value": ..., "task": ...}`` rows."""
     from huggingface_hub import EvalResult
 
@@ -92,7 +92,7 @@ def write_model_card(out_dir: str | Path, manifest: Mapping[str, Any], evaluatio
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["implicit-it", variant, f"seed-{manifest.get('seed')}"],
-        eval_results=eval_results(name, measured) or None,
+        eval_results=eval_results(measured) or None,
         implicit_it={
             "variant": variant,
             "seed": manifest.get("seed"),
