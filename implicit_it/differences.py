@@ -123,6 +123,17 @@ DIFFERENCES: tuple[Difference, ...] = (
         switch="rule config start_first_instruction_token: 0",
     ),
     Difference(
+        key="rules_start_space_marker",
+        component="rule adapter",
+        paper="score_string strips one leading '▁' (Llama-2's SentencePiece space marker) before scoring a first-token candidate",
+        default="strips a leading '▁' or 'Ġ' (the GPT-2-style marker of byte-level vocabularies such as OLMo's), so 'ĠOkay' scores "
+        "as 'Okay'; on Llama-2's vocabulary only the token 'Ġ' itself scores differently (0, not +1); the start rule is off by "
+        "default, as in the paper's reported runs",
+        reason="'Ġ' is an upper-case letter to Python: the paper's rule would score every byte-level word after a space +1, never "
+        "'I' -3 or 'Okay' +10",
+        switch="rule config start_space_markers: ['▁']",
+    ),
+    Difference(
         key="rules_tag_ids",
         component="rule adapter",
         paper="combined_model.py searches for tokenizer(f'\\n{TAG}\\n')['input_ids'][-5:] (Llama-2: the last 5 of the tag's 7 tokens)",

