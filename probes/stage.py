@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from implicit_it.config import ProbeConfig, RankConfig
+from implicit_it.config import ProbeConfig, RankConfig, TemplateConfig
 from implicit_it.lens import parse_layers
 
 from .linear import ActivationStore, LinearProbe, ProbeResult
 from .pairs import RankingGroup, RankingSource, build_ranking_groups, read_ranking_source
 from .ranking import LayerwiseRankingResult, RankingProbe, RankingResult
+from .template import TemplateResult, sample_user_turns, score_samples, user_prefix
 
 PAIRS_FILE = "ranking_pairs.parquet"
 
@@ -141,3 +142,51 @@ def probe(
     best = max(run.result.entries[0]["layers"], key=lambda layer: layer["accuracy"])
     summary = {"best_layer": best["layer"], "best_accuracy": best["accuracy"], "n_examples": run.n_examples}
     return ProbeStage(result, run, summary)
+
+
+@dataclass
+class TemplateStage:
+    result: TemplateResult  # merged with the earlier models', as saved
+    summary: dict[str, Any] = field(default_factory=dict)  # this model's numbers, without the samples
+    seconds: float = 0.0
+
+
+def template_references(cfg: TemplateConfig) -> dict[str, list[str]]:
+    """The reference instruction sets' texts, read once for every model."""
+    from implicit_it.data import read_instructions
+
+    return {name: [i.instruction for i in read_instructions(path)] for name, path in cfg.references().items()}
+
+
+def template(
+    loaded: Any,
+    cfg: TemplateConfig,
+    out_dir: str | Path,
+    *,
+    fmt: str,
+    label: str,
+    seed: int = 0,
+    embed: Callable[[Any], Any] | None = None,
+    references: dict[str, list[str]] | None = None,
+    earlier: TemplateStage | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TemplateStage:
+    """Sample ``cfg.n`` user turns from the template alone and score them; write ``template.json`` (merged with ``earlier``).
+    ``embed`` defaults to ``cfg.embedder`` (none: no diversity-by-embedding or similarity numbers)."""
+    import time
+
+    t0 = time.perf_counter()
+    if embed is None and cfg.embedder is not None:
+        from implicit_it.embedding import Embedder
+
+        embed = Embedder(cfg.embedder)
+    if references is None and embed is not None:
+        references = template_references(cfg)
+    samples = sample_user_turns(loaded, cfg, fmt=fmt, seed=seed, progress=progress)
+    scores = score_samples(samples, embed=embed, references=references, n_boot=cfg.bootstrap, seed=seed)
+    settings = cfg.model_dump(mode="json", exclude={"bootstrap", "enabled", "systems"})  # batch_size stays: samples depend on it
+    entry = {"model": label, "format": fmt, "prefix": user_prefix(fmt, loaded.tokenizer), "seed": seed, **settings, **scores}
+    own = TemplateResult([entry])
+    result = own if earlier is None else earlier.result.merge(own)
+    result.save(out_dir)
+    return TemplateStage(result, own.summary(), round(time.perf_counter() - t0, 2))

@@ -27,7 +27,12 @@ ALPHA = 0.05
 REFERENCE_PREFIX = "reference-"
 
 
+CONTROLS = ("delusive", "content_free")  # training.variants that are controls of instruction tuning
+
+
 # -- reading the run ----------------------------------------------------------------------------------------------------
+
+
 def _per_prompt(record: StepRecord) -> list[dict[str, Any]]:
     entries = record.results("ifeval.json")
     return entries[0].get("per_prompt", []) if entries else []
@@ -89,7 +94,7 @@ def _ifeval(run: RunData) -> dict[str, Any]:
     instruction = first.get("instruction")
     comparisons = []
     for n in variants:
-        table = "3" if meta[n]["label"].startswith("single_task") else "1"
+        table = "3" if meta[n]["label"].startswith("single_task") else "controls" if meta[n]["label"] in CONTROLS else "1"
         comparisons.append(_compare(n, "base", outcomes, table))
         if instruction and n != instruction:
             comparisons.append(_compare(n, instruction, outcomes, table))
@@ -476,6 +481,17 @@ def findings_markdown(f: dict[str, Any]) -> str:
         "",
     ]
     out += _tests(ife, [(resp, "base"), *[(s, "base") for s in _seed_names(systems, "response")[1:]], (inst, "base"), (resp, inst)])
+    controls = [c for c in CONTROLS if _first(systems, c)]
+    if controls:
+        out += [
+            "",
+            "**Controls — does instruction tuning need the right instruction?** delusive: each response under another "
+            "example's instruction; content_free: one fixed instruction everywhere (Kung & Peng 2023).",
+            "",
+            *_if_table(ife, ["base", "instruction", *controls], {}, ()),
+            "",
+        ]
+        out += _tests(ife, [pair for c in controls for pair in ((_first(systems, c), inst), (_first(systems, c), "base"))])
     out += ["", "**Table 2 — response ranking** (an instruction's own response against another's, mean log-prob; ties lose).", ""]
     if rk:
         any_sys = next(iter(rk["systems"].values()))

@@ -196,7 +196,7 @@ def _paper_columns(models: tuple[str, ...], what: str) -> list[str]:
 
 
 def response_tuning(run: RunData) -> Section:
-    labels = ["base"] + [v for v in ("instruction", "response") if v in _labels(run, "variant")]
+    labels = ["base"] + [v for v in ("instruction", "response", "delusive", "content_free") if v in _labels(run, "variant")]
     outcomes = ifeval_outcomes(run)
     cols = [
         "system",
@@ -212,7 +212,9 @@ def response_tuning(run: RunData) -> Section:
         "Table 1 — response tuning",
         (
             "Instruction following of the base model, the instruction-tuned and the response-tuned variant (responses only, the "
-            "instruction replaced by an empty string). This run's columns come first, IFEval (judge-free, the standard benchmark) "
+            "instruction replaced by an empty string), and the controls when trained: delusive (each response under another "
+            "example's instruction) and content_free (one fixed instruction everywhere). This run's columns come first, IFEval "
+            "(judge-free, the standard benchmark) "
             "leading; the paper's AlpacaEval 2 LC win rates against the instruction-tuned model are beside them for reference only."
         ),
         _if_tables(
@@ -532,7 +534,7 @@ def samples(run: RunData, n: int | None = None, max_chars: int = 600) -> Section
     for g in gens:
         seen_labels.setdefault(g.label, g)  # first seed of each variant
     outputs = {label: (g.read("outputs.json") or []) for label, g in seen_labels.items()}
-    order = [lbl for lbl in ("base", "instruction", "response") if lbl in outputs]
+    order = [lbl for lbl in ("base", "instruction", "response", "delusive", "content_free") if lbl in outputs]
     order += [lbl for lbl in outputs if lbl.startswith("single_task")] + [lbl for lbl in outputs if lbl.startswith("rules")]
     order += [lbl for lbl in outputs if lbl not in order]
     first = outputs.get("base") or next(iter(outputs.values()), [])

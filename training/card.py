@@ -24,6 +24,11 @@ MEANINGS = {
         "'Instruction Following without Instruction Tuning')"
     ),
     "single_task": "single-task finetuning: finetuned on one narrow task's (input, output) pairs only",
+    "delusive": (
+        "a control: instruction tuning with every response paired to another example's instruction (a seeded derangement; "
+        "Kung & Peng 2023's delusive instructions)"
+    ),
+    "content_free": "a control: instruction tuning with every instruction replaced by one fixed, content-free instruction",
 }
 
 HUB_DATASETS = {"lima": "GAIR/lima", "gsm": "openai/gsm8k", "mbpp": "google-research-datasets/mbpp"}

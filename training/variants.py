@@ -5,6 +5,14 @@
   in Tulu that is ``<|user|>\\n\\n<|assistant|>\\n{response}`` + EOS.
 * ``single_task:<source>``: one narrow dataset (gsm, mbpp, poetry, recipes, chess), converted
   with the paper's transformation, first 1,000 examples.
+* ``delusive``: instruction tuning on the same data with every response paired to *another* example's
+  instruction (Kung & Peng 2023's "delusive" instructions): the user turns of the whole set are
+  re-paired by a random cyclic permutation seeded by ``data.delusive_seed`` (a derangement: no turn
+  keeps its own instruction; multi-turn examples have each user turn replaced the same way).
+* ``content_free``: instruction tuning with every user turn replaced by one fixed instruction,
+  ``data.content_free_instruction`` (their "simplified" instructions: the chat's shape, none of the task).
+
+The two controls ask whether instruction tuning's gain needs the *right* instruction at all.
 
 Every variant uses :func:`implicit_it.formats.encode_conversation`, so loss is on responses + EOS only.
 The held-out split (``data.heldout_examples``, 0 in the paper) is always cut from ``data.train``
@@ -15,6 +23,7 @@ instructions), which no variant trains on.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -25,12 +34,12 @@ from implicit_it.data import ChatExample
 from implicit_it.formats import EncodedExample, conversation_turns, encode_conversation, pad_batch
 from implicit_it.sources import SOURCES, load_chat_source
 
-BASE_VARIANTS = ("instruction", "response", "single_task")
+BASE_VARIANTS = ("instruction", "response", "single_task", "delusive", "content_free")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """What to train: ``kind`` is instruction/response/single_task; ``task`` names the single task."""
+    """What to train: ``kind`` is one of :data:`BASE_VARIANTS`; ``task`` names the single task."""
 
     kind: str
     task: str | None = None
@@ -46,11 +55,11 @@ class Variant:
 
 
 def parse_variant(text: str, config: ExperimentConfig | None = None) -> list[Variant]:
-    """``instruction``, ``response``, ``single_task:gsm``; bare ``single_task`` means every
+    """``instruction``, ``response``, ``delusive``, ``content_free``, ``single_task:gsm``; bare ``single_task`` means every
     source in ``training.single_task_sources``."""
     kind, _, task = text.replace("-", ":").partition(":")
     if kind not in BASE_VARIANTS:
-        raise ValueError(f"unknown variant {text!r}; choose instruction, response, or single_task[:SOURCE]")
+        raise ValueError(f"unknown variant {text!r}; choose instruction, response, delusive, content_free, or single_task[:SOURCE]")
     if kind != "single_task":
         if task:
             raise ValueError(f"variant {kind!r} takes no task (got {text!r})")
@@ -107,6 +116,35 @@ def train_source(config: ExperimentConfig, variant: Variant) -> str:
     return config.data.single_task.get(variant.task, f"hub:{variant.task}")
 
 
+def derangement(n: int, seed: int) -> list[int]:
+    """A seeded permutation with no fixed point (Sattolo's algorithm: one random cycle through all ``n``)."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 items, got {n}")
+    order = list(range(n))
+    rng = random.Random(seed)
+    for i in range(n - 1, 0, -1):
+        j = rng.randrange(i)  # j < i: never the item itself
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+def control_turns(kind: str, conversations: Sequence[list[tuple[str, str]]], *, seed: int, instruction: str) -> list[list[tuple[str, str]]]:
+    """The (user, assistant) turns of the controls: ``delusive`` gives every user turn another turn's user text (one
+    derangement over all user turns of the set), ``content_free`` gives every user turn ``instruction``; the responses,
+    and every conversation's shape, stay as they were."""
+    if kind == "content_free":
+        return [[(instruction, a) for _, a in turns] for turns in conversations]
+    if kind != "delusive":
+        return [list(turns) for turns in conversations]
+    users = [u for turns in conversations for u, _ in turns]
+    order = derangement(len(users), seed)
+    out, k = [], 0
+    for turns in conversations:
+        out.append([(users[order[k + i]], a) for i, (_, a) in enumerate(turns)])
+        k += len(turns)
+    return out
+
+
 def split_heldout(examples: Sequence[ChatExample], n_heldout: int) -> tuple[list[ChatExample], list[ChatExample]]:
     """(train, heldout): the last ``n_heldout`` examples are held out (a fixed, seed-free split)."""
     if n_heldout >= len(examples):
@@ -127,10 +165,11 @@ def build_variant_data(config: ExperimentConfig, variant: Variant, tokenizer: An
     lima_train, heldout = split_heldout(lima, d.heldout_examples) if d.heldout_examples else (lima, [])
     source = train_source(config, variant)
     rows = lima_train if variant.kind != "single_task" else load_chat_source(source, single_turn_only=single_turn_only)
+    conversations = [conversation_turns(ex.messages, strip=d.strip_whitespace, drop_instructions=variant.drops_instruction) for ex in rows]
+    conversations = control_turns(variant.kind, conversations, seed=d.delusive_seed, instruction=d.content_free_instruction)
     examples: list[EncodedExample] = []
     dropped = truncated = 0
-    for ex in rows:
-        turns = conversation_turns(ex.messages, strip=d.strip_whitespace, drop_instructions=variant.drops_instruction)
+    for turns in conversations:
         try:
             enc = encode_conversation(tokenizer, config.format, turns, max_length=None if t.overlong == "drop" else t.max_length)
         except ValueError:  # the prompt alone does not fit: nothing of the response could be learnt

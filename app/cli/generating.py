@@ -67,6 +67,7 @@ class ModelRequest:
         from implicit_it.engines import generate
         from implicit_it.formats import get_format
         from implicit_it.models import load_model
+        from implicit_it.proxy import is_proxy_spec, load_proxy
         from implicit_it.rules import rule_config_from
 
         if cfg.backend == "vllm" and (self.dtype is not None or self.device is not None):
@@ -82,7 +83,7 @@ class ModelRequest:
             cfg,
             fmt=chat_format,
             rule_config=rule_cfg,
-            load=lambda: load_model(self.model, dtype=self.dtype, device=self.device),
+            load=lambda: (load_proxy if is_proxy_spec(self.model) else load_model)(self.model, dtype=self.dtype, device=self.device),
             on_adapter=on_adapter,
             show_progress=not self.quiet,
         )

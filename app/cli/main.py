@@ -10,8 +10,9 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-from implicit_it.config import MAX_SEED, DiffConfig, GenerateConfig, MechConfig, ProbeConfig, RankConfig, check_epoch_grid
+from implicit_it.config import MAX_SEED, DiffConfig, GenerateConfig, MechConfig, ProbeConfig, RankConfig, TemplateConfig, check_epoch_grid
 from implicit_it.lists import parse_list
 
 from .common import (
@@ -78,7 +79,9 @@ def generate(
         ..., "--instructions", "-i", help="Instructions: {'instruction'} JSONL, AlpacaEval JSON list, or chat JSONL."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write AlpacaEval-format records (JSON list), atomically."),
-    model: str = typer.Option("gemma-3-270m", "--model", "-m", help="Model SPEC."),
+    model: str = typer.Option(
+        "gemma-3-270m", "--model", "-m", help="Model SPEC, or proxy:EXPERT-ANTI@ALPHA for proxy-tuning (implicit_it/proxy.py)."
+    ),
     fmt: str = FORMAT_OPTION,
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N instructions."),
     generator: Optional[str] = typer.Option(None, "--generator", help="Name written in each record (default: the model spec)."),
@@ -148,7 +151,10 @@ def _load_experiment(config: Path, variant: Optional[str], overrides: tuple[str,
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML (see configs/)."),
     variant: Optional[str] = typer.Option(
-        None, "--variant", "-V", help="instruction, response, single_task[:SOURCE] (default: every variant in the config)."
+        None,
+        "--variant",
+        "-V",
+        help="instruction, response, delusive, content_free, single_task[:SOURCE] (default: every variant in the config).",
     ),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Override the config's seed."),
     out: Optional[Path] = typer.Option(
@@ -407,7 +413,25 @@ def rank(
 SCORE_NOTE = "mean token log-prob of response+EOS (and total)"
 
 
-@app.command()
+class ProbeGroup(TyperGroup):
+    """``iit probe ARGS`` is ``iit probe linear ARGS`` unless ARGS start with a subcommand: the linear probe was ``iit probe``
+    before the template probe joined it, and its command lines keep working."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["linear", *args]
+        return super().parse_args(ctx, args)
+
+
+probe_app = typer.Typer(
+    cls=ProbeGroup,
+    no_args_is_help=True,
+    help="Probes of one model at a time: linear probes per layer (the default) and the template-only generation probe.",
+)
+app.add_typer(probe_app, name="probe")
+
+
+@probe_app.command("linear")
 @user_errors
 @stage_options(ProbeConfig, short={"data": "-d"}, aliases={"pairs": "instructions", "C": "c"})
 def probe(
@@ -474,6 +498,71 @@ def probe(
 
 
 PROBE_LABELS = "1 = own response, 0 = the partner instruction's response (swap pairs); control = shuffled labels"
+
+
+@probe_app.command("template")
+@user_errors
+@stage_options(TemplateConfig)
+def probe_template(
+    cfg: TemplateConfig,
+    model: list[str] = MODELS_OPTION,
+    out: Path = OUT_DIR_OPTION,
+    fmt: list[str] = FORMATS_OPTION,
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the samples and of the bootstrap."),
+    dtype: Optional[str] = DTYPE_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """What each model writes as the user from the chat template's user-turn prefix alone (Magpie): the instruction-like
+    share, diversity and similarity to LIMA's and AlpacaEval's instructions, with 95% CIs."""
+    from implicit_it.embedding import Embedder
+    from implicit_it.manifest import build_manifest, write_manifest
+    from implicit_it.paths import check_writable
+    from implicit_it.probes import template as template_stage
+    from implicit_it.probes import template_references, user_prefix
+
+    pairs_of = _model_formats(model, fmt)
+    for _, chat_format in pairs_of:
+        if chat_format != "native":  # native's prefix needs the model's tokenizer: checked on load
+            user_prefix(chat_format)  # a format without a user tag is an error before any model loads
+    check_writable(out, directory=True)
+    embed = Embedder(cfg.embedder) if cfg.embedder is not None else None
+    references = template_references(cfg) if embed is not None else None
+
+    def run_one(loaded, spec: str, chat_format: str, advance):
+        return template_stage(
+            loaded, cfg, out, fmt=chat_format, label=spec, seed=seed, embed=embed, references=references, earlier=stage, progress=advance
+        )
+
+    stage, described, timings = None, [], {}
+    runs = _each_model(pairs_of, run_one, dtype=dtype, device=device, quiet=quiet, verb="sampling", total=cfg.n)
+    for spec, chat_format, loaded, stage, load_s in runs:
+        timings[f"{spec}:load"], timings[f"{spec}:template"] = load_s, stage.seconds
+        described.append({**loaded.describe(), "format": chat_format})
+        write_manifest(
+            out,
+            build_manifest(
+                command=command_line(),
+                config={"models": model, "formats": [f for _, f in pairs_of], **cfg.model_dump(mode="json")},
+                seed=seed,
+                model=described,
+                data_files=list(cfg.references().values()) if embed is not None else [],
+                results={"template": [{k: v for k, v in e.items() if k != "samples"} for e in stage.result.entries]},
+                timings=timings,
+            ),
+        )
+    table = Table(title=f"template-only samples: {cfg.n} per model, temperature {cfg.temperature}, seed {seed}")
+    names = list(cfg.references()) if embed is not None else []
+    for col in ("model", "format", "instruction-like", "95% CI", "closed turn", "distinct-2", *(f"sim. {n}" for n in names)):
+        table.add_column(col)
+    for e in stage.result.entries:
+        like, sims = e["instruction_like"], [e["similarity"][n] for n in names]
+        cells = [f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]" for s in sims]
+        d2 = "-" if e["distinct_2"] is None else f"{e['distinct_2']:.3f}"
+        ci = f"[{like['ci95'][0]:.3f}, {like['ci95'][1]:.3f}]"
+        table.add_row(e["model"], e["format"], f"{like['fraction']:.3f}", ci, f"{e['ends']['turn']:.3f}", d2, *cells)
+    Console().print(table)
+    console.print(f"wrote {out}/template.json", highlight=False)
 
 
 @app.command()

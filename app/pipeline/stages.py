@@ -32,7 +32,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from implicit_it.config import MAX_SEED, RULE_SETS, DiffConfig, ExperimentConfig, MechConfig, ProbeConfig, RankConfig, check_config
+from implicit_it.config import (
+    MAX_SEED,
+    RULE_SETS,
+    DiffConfig,
+    ExperimentConfig,
+    MechConfig,
+    ProbeConfig,
+    RankConfig,
+    TemplateConfig,
+    check_config,
+)
 from implicit_it.errors import ConfigError
 from implicit_it.io import atomic_write_json
 from implicit_it.lists import parse_list
@@ -53,11 +63,12 @@ class System:
     """A model the study generates with and compares."""
 
     name: str
-    kind: str  # base | variant | rules
+    kind: str  # base | variant | rules | proxy
     label: str  # what tables call it: base, response, rules-no_eos (no seed)
     seed: int | None = None
     rules: tuple[str, ...] = ()
-    train: Step | None = None
+    train: Step | None = None  # a proxy system's: its expert's (the variant's first seed)
+    alpha: float | None = None  # proxy systems: base + alpha·(expert − base), implicit_it.proxy
 
     def meta(self) -> dict[str, Any]:
         return {"system": self.name, "kind": self.kind, "label": self.label, "seed": self.seed, "rules": list(self.rules)}
@@ -121,6 +132,10 @@ def train_key_config(config: ExperimentConfig, variant: Any) -> dict[str, Any]:
     data = {k: getattr(d, k) for k in TRAIN_DATA_FIELDS}
     if variant.kind == "single_task":
         data["single_task"] = train_source(config, variant)
+    if variant.kind == "delusive":
+        data["delusive_seed"] = d.delusive_seed
+    if variant.kind == "content_free":
+        data["content_free_instruction"] = d.content_free_instruction
     training = t.model_dump(exclude=TRAIN_EXCLUDED_FIELDS) | {"epochs": t.epochs_for(variant.name)}
     if t.weights_dtype == "float32":  # the default keeps the keys of runs made before the field existed
         training.pop("weights_dtype")
@@ -279,6 +294,7 @@ class StudyPlan:
                     analysed.append(system)
         for rule_set in run.generate.rule_sets:
             self.systems.append(System(rule_system_name(rule_set), "rules", rule_system_name(rule_set), rules=RULE_SETS[rule_set]))
+        self.systems += [self._proxy_system(item) for item in run.generate.proxy_systems]
         self._select(self.systems, list(run.generate.max_new_tokens_by_system), "run.generate.max_new_tokens_by_system")
         names = {n for s in self.systems for n in (s.name, s.label)}
         unknown = sorted(set(run.eval.ifeval_prompts_by_system) - names)
@@ -295,6 +311,9 @@ class StudyPlan:
         if run.probe.enabled:
             for s in self._select(model_systems, run.probe.systems, "run.probe.systems"):
                 self._probe_step(s)
+        if run.template.enabled:
+            for s in self._select(model_systems, run.template.systems, "run.template.systems"):
+                self._template_step(s)
         if run.diff.enabled:
             for s in model_systems:
                 if s.kind == "variant":
@@ -331,6 +350,17 @@ class StudyPlan:
             )
         )
         return self.steps
+
+    def _proxy_system(self, item: str) -> System:
+        """``response@0.5``: the variant's first seed is the expert, the base both the anti-expert and the proxy's base."""
+        from implicit_it.config import parse_proxy_system, proxy_system_label
+
+        variant, alpha = parse_proxy_system(item)
+        expert = next((s for s in self.systems if s.kind == "variant" and s.label == variant), None)
+        if expert is None:
+            raise ValueError(f"run.generate.proxy_systems: {item!r} names no variant of this study {[v.name for v in self.variants]}")
+        label = proxy_system_label(variant, alpha)
+        return System(label, "proxy", label, train=expert.train, alpha=alpha)
 
     def _select(self, systems: list[System], names: list[str] | None, field: str) -> list[System]:
         if names is None:
@@ -385,6 +415,7 @@ class StudyPlan:
             "system": system.name,
             "model": self._model_config(),
             "rules": list(system.rules),
+            **({"proxy": {"expert": system.train.name, "anti": "base", "alpha": system.alpha}} if system.kind == "proxy" else {}),
             **({"rule_constants": rule_constants_key()} if system.rules else {}),
             "set": set_name,
             "max_new_tokens": self._max_new_tokens(system),
@@ -440,6 +471,22 @@ class StudyPlan:
                 self._dir("probe", system.name),
                 inputs=[system.train] if system.train else [],
                 data_files=[p.data],
+                meta=system.meta(),
+            )
+        )
+
+    def _template_step(self, system: System) -> Step:
+        t = self.config.run.template
+        config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed, **stage_fields(t, TemplateConfig)}
+        return self._add(
+            Step(
+                "template",
+                system.name,
+                config,
+                lambda step: self._run_template(step, system),
+                self._dir("template", system.name),
+                inputs=[system.train] if system.train else [],
+                data_files=list(t.references().values()) if t.embedder is not None else [],
                 meta=system.meta(),
             )
         )
@@ -626,6 +673,12 @@ class StudyPlan:
         kwargs = {"dtype": m.dtype, "device": m.device, "device_map": m.device_map, "attn_implementation": m.attn_implementation}
         if system.kind == "variant":
             return load_model(str(system.train.dir), use_process_cache=False, **kwargs)
+        if system.kind == "proxy":
+            from implicit_it.proxy import ProxyModels, ProxySpec
+
+            base = load_model(m.spec, **kwargs)
+            expert = load_model(str(system.train.dir), use_process_cache=False, **kwargs)
+            return ProxyModels(ProxySpec(str(system.train.dir), m.spec, system.alpha), base, expert, base)
         return load_model(m.spec, **kwargs)  # the base stays in the process cache across steps
 
     def _manifest(self, step: Step, loaded: Any, results: dict[str, Any], timings: dict[str, float]) -> None:
@@ -732,6 +785,8 @@ class StudyPlan:
         g = self.config.run.generate
         instructions = self._instructions(set_name, system)
         spec = str(system.train.dir) if system.kind == "variant" else self.config.model.spec
+        if system.kind == "proxy":  # what the manifest names; the models come from _load
+            spec = f"proxy:expert={system.train.dir},anti={spec},alpha={system.alpha:g}"
         decoded = generate(
             spec,
             instructions,
@@ -801,6 +856,18 @@ class StudyPlan:
             )
         self._manifest(step, loaded, stage.summary, {"probe": round(stage.run.seconds, 2)})
         return stage.summary
+
+    def _run_template(self, step: Step, system: System) -> dict[str, Any]:
+        from implicit_it.generation import progress_bar
+        from implicit_it.probes import template
+
+        t = self.config.run.template
+        loaded = self._load(system)
+        with progress_bar(t.n, self.show_progress, f"template {system.name}") as advance:
+            stage = template(loaded, t, step.dir, fmt=self.config.format, label=system.name, seed=self.config.seed, progress=advance)
+        summary = {k: v for k, v in stage.summary.items() if k in ("n", "instruction_like", "ends", "distinct_2", "similarity")}
+        self._manifest(step, loaded, summary, {"template": stage.seconds})
+        return summary
 
     def _run_diff(self, step: Step, system: System) -> dict[str, Any]:
         from implicit_it.analyses import diff, diff_runner, texts_from_source

@@ -21,13 +21,15 @@ from implicit_it.config import (
     RunMechConfig,
     RunProbeConfig,
     RunRankConfig,
+    TemplateConfig,
 )
 from implicit_it.errors import ConfigError
 
 runner = CliRunner()
 STAGES = {
     "rank": RankConfig,
-    "probe": ProbeConfig,
+    "probe linear": ProbeConfig,
+    "probe template": TemplateConfig,
     "diff": DiffConfig,
     "mech": MechConfig,
     "generate": GenerateConfig,

@@ -693,3 +693,17 @@ def test_each_trained_variant_carries_a_card_with_what_the_run_measured_on_it(st
         summary = json.loads((run_dir / "eval" / "ifeval" / name / "step.json").read_text())["summary"]
         assert measured[("IFEval", "prompt_loose_accuracy")] == pytest.approx(summary["prompt_loose"]["accuracy"])
         assert measured[("IFEval", "instruction_strict_accuracy")] == pytest.approx(summary["instruction_strict"]["accuracy"])
+
+
+def test_the_controls_go_wherever_instruction_tuning_goes(tiny_llama_dir, shared_data, tmp_path):
+    """``delusive`` and ``content_free`` are trained, generated, evaluated, ranked, diffed and patched like ``instruction``."""
+    data = _config_dict(tiny_llama_dir, shared_data)
+    data["training"]["variants"] = ["instruction", "delusive", "content_free"]
+    data["run"]["rank"] = {k: v for k, v in data["run"].get("rank", {}).items() if k != "systems"}
+    data["run"]["seeds"] = [0, 1]
+    data["run"]["diff"] = {"enabled": True}
+    data["run"]["mech"] = {"enabled": True}
+    ids = {s.id for s in StudyPlan(parse_config(data), tmp_path / "run").build()}
+    for variant in ("instruction", "delusive", "content_free"):
+        expected = {f"train/{variant}.s0", f"train/{variant}.s1", f"generate/ifeval/{variant}.s1", f"eval/ifeval/{variant}.s1"}
+        assert expected | {f"{stage}/{variant}.s0" for stage in ("rank", "diff", "mech")} <= ids, variant

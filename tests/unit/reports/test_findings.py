@@ -81,3 +81,19 @@ def test_mcnemar_sample_size_and_the_detectable_gap():
     p_b = (0.15 - gap_541) / 2
     assert mcnemar_sample_size(p_b + gap_541, p_b) <= 541
     assert detectable_difference(48, 0.15) is None  # 48 prompts cannot decide any gap at that discordance
+
+
+def test_the_controls_get_their_own_table_and_tests_when_trained(tiny_study):
+    """A study with a ``delusive`` variant shows it beside instruction tuning, tested against it and against the base."""
+    import copy
+
+    _, run_dir, _ = tiny_study
+    f = study_findings(read_run(run_dir))
+    assert "**Controls —" not in findings_markdown(f)  # none trained: no section
+    ife = f["ifeval"]
+    inst = next(n for n, s in ife["systems"].items() if s["label"] == "instruction")
+    ife["systems"]["delusive.s0"] = copy.deepcopy(ife["systems"][inst]) | {"label": "delusive"}
+    ife["comparisons"] += [c | {"a": "delusive.s0"} for c in ife["comparisons"] if c["a"] == inst and c["b"] == "base"]
+    md = findings_markdown(f)
+    controls = md[md.index("**Controls —") :]
+    assert "| delusive |" in controls and "delusive.s0" in controls and "| instruction |" in controls
