@@ -404,6 +404,10 @@ class StudyPlan:
         g = self.config.run.generate
         return g.max_new_tokens_by_system.get(system.label, g.max_new_tokens)
 
+    def _backend(self, system: System) -> str:
+        """A proxy system decodes three models at once, which only the hf backend can: it ignores ``backend: vllm``."""
+        return "hf" if system.kind == "proxy" else self.config.run.generate.backend
+
     def _generate_step(self, system: System, set_name: str) -> Step:
         g = self.config.run.generate
         instructions = {
@@ -422,7 +426,7 @@ class StudyPlan:
             "batch_size": g.batch_size,
             "instructions": instructions,
             # the engine decides the outputs too; hf keys stay as they were before there was a choice
-            **({"backend": g.backend, "vllm": g.vllm.model_dump()} if g.backend != "hf" else {}),
+            **({"backend": g.backend, "vllm": g.vllm.model_dump()} if self._backend(system) != "hf" else {}),
         }
         files = [g.instructions] if set_name == ALPACA else self._ifeval_files() if set_name == IFEVAL else []
         return self._add(
@@ -790,7 +794,7 @@ class StudyPlan:
         decoded = generate(
             spec,
             instructions,
-            g,
+            g if self._backend(system) == g.backend else g.model_copy(update={"backend": self._backend(system)}),
             fmt=self.config.format,
             rule_config=RuleConfig().with_rules(list(system.rules)) if system.rules else None,
             max_new_tokens=self._max_new_tokens(system),

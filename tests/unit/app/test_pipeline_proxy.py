@@ -67,8 +67,9 @@ def test_proxy_systems_are_judged_and_checked_when_planned(tiny_llama_dir, share
     with pytest.raises(ConfigError, match=r"run.generate.proxy_systems: 'single_task-gsm@1' names no variant of this study"):
         StudyPlan(parse_config(data), tmp_path / "b").build()
     data["run"]["generate"].update(proxy_systems=["response@1"], backend="vllm")
-    with pytest.raises(ConfigError, match="proxy_systems run on backend hf only"):
-        parse_config(data)
+    steps = {s.id: s for s in StudyPlan(parse_config(data), tmp_path / "c").build()}
+    assert "backend" in steps["generate/ifsuite/response.s0"].config  # the variant decodes on vLLM, the proxy on hf
+    assert "backend" not in steps["generate/ifsuite/proxy-response@1"].config
 
 
 def test_iit_generate_decodes_with_a_proxy(tiny_llama_dir, bytelevel_tokenizer, shared_data, tmp_path):
