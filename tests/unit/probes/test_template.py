@@ -189,3 +189,16 @@ def test_sampler_cuts_at_the_assistant_tag_and_at_eos(tiny):
     rows[0] = tok("Explain tides.<end>\n<start>assistant\nThe moon", add_special_tokens=False)["input_ids"]
     got = sample_user_turns(Loaded(), TemplateConfig(n=2, **NO_EMBED), fmt="native")
     assert got == [Sample("Explain tides.", "turn"), Sample("What is 2+2?", "eos")]
+
+
+
+@pytest.mark.parametrize(
+    "path, percent", [("lima/train.jsonl", 92.7), ("alpaca_eval/eval_set.json", 91.4), ("lima/val_instructions.jsonl", 100.0)]
+)
+def test_the_check_accepts_most_reference_instructions_as_the_readme_says(path, percent, shared_data):
+    """README's shares of each reference set the check accepts, each instruction taken as a closed user turn (this test
+    regenerates them)."""
+    from implicit_it.data import read_instructions
+
+    texts = [i.instruction for i in read_instructions(shared_data / path)]
+    assert round(100 * sum(not instruction_check(Sample(t, "turn")) for t in texts) / len(texts), 1) == percent
