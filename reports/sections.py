@@ -282,7 +282,7 @@ def single_task(run: RunData) -> Section:
 
 
 def rules(run: RunData) -> Section:
-    labels = ["base"] + _labels(run, "rules")
+    labels = ["base"] + _labels(run, "rules") + _labels(run, "proxy")
     outcomes = ifeval_outcomes(run)
     cols = [
         "system",
@@ -297,7 +297,9 @@ def rules(run: RunData) -> Section:
         "Table 4 — the rule-based adapter and its ablations",
         (
             "The base model combined with the paper's three rules as a product of experts (EOS score growing with length, fixed "
-            "shifts of 15 tokens, −1.5 per token already used), and with one rule removed. No training involved."
+            "shifts of 15 tokens, −1.5 per token already used), and with one rule removed. No training involved. Beside them, "
+            "when run.generate.proxy_systems names any, proxy-tuning, the rules' learned sibling: proxy-<variant>@α decodes the "
+            "base + α·(variant − base) in log-probs (α = 1: the variant itself), on the hf backend."
         ),
         _if_tables(run, cols, rows, _reference_caption(run), outcomes, _comparisons(labels[1:])) if len(labels) > 1 else [],
     )

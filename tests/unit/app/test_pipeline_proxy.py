@@ -55,6 +55,9 @@ def test_proxy_systems_generate_and_are_scored_like_every_system(tiny_llama_dir,
         assert _outputs(run, f"{bench}/proxy-response@0") == _outputs(run, f"{bench}/base")
     manifest = json.loads((run / "generate" / "ifsuite" / "proxy-response@1" / "manifest.json").read_text())
     assert manifest["model"]["proxy"]["alpha"] == 1.0
+    report = (run / "report" / "report.md").read_text()
+    table4 = report[report.index("## Table 4") :]
+    assert "| proxy-response@1 |" in table4[: table4.index("\n## ")] and "| proxy-response@0 |" in table4
 
 
 def test_proxy_systems_are_judged_and_checked_when_planned(tiny_llama_dir, shared_data, tmp_path):
