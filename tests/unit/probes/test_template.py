@@ -191,7 +191,6 @@ def test_sampler_cuts_at_the_assistant_tag_and_at_eos(tiny):
     assert got == [Sample("Explain tides.", "turn"), Sample("What is 2+2?", "eos")]
 
 
-
 @pytest.mark.parametrize(
     "path, percent", [("lima/train.jsonl", 92.7), ("alpaca_eval/eval_set.json", 91.4), ("lima/val_instructions.jsonl", 100.0)]
 )
