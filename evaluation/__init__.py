@@ -10,6 +10,8 @@
 * :mod:`.outputs`: the AlpacaEval output layout every evaluation reads.
 """
 
+from implicit_it.embedding import Embedder
+
 from .alpaca import (
     AlpacaEvalResult,
     LCData,
@@ -26,7 +28,7 @@ from .ifeval import IfEvalPrompt, IfEvalResult, load_ifeval, read_ifeval_respons
 from .ifsuite import CHECKS, IfPrompt, IfSuiteResult, load_suite, loose_variants, score_responses
 from .judges import Judge, JudgeUnavailable, local_logprob_completions, parse_judge
 from .outputs import ModelOutput, generator_name, read_model_outputs
-from .similarity import DomainSimilarity, Embedder, SimilarityConfig, SimilarityResult, load_examples
+from .similarity import DomainSimilarity, SimilarityConfig, SimilarityResult, load_examples
 from .stage import ScoreStage, ifeval_stage, ifsuite_stage
 
 __all__ = [

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Sequence
 
 from implicit_it.analysis import Analysis, AnalysisResult, new_figure, register_result
 from implicit_it.data import ChatExample
-from implicit_it.embedding import DEFAULT_EMBEDDER, Embedder, resolve_embedder  # noqa: F401 (moved to the core: probes/ embeds too)
+from implicit_it.embedding import Embedder
 
 
 @dataclass(frozen=True)

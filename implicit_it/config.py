@@ -115,7 +115,7 @@ VARIANT_KINDS: tuple[str, ...] = get_args(VariantKind)
 
 
 def check_variant_name(name: str) -> str:
-    """``instruction``, ``response`` or ``single_task-SOURCE`` (the names per-variant fields are keyed by)."""
+    """A :data:`VARIANT_KINDS` name, ``single_task-SOURCE`` for single tasks (the names per-variant fields are keyed by)."""
     kind, _, task = name.partition("-")
     if kind not in VARIANT_KINDS or (kind == "single_task") != bool(task):
         raise ValueError(f"unknown variant {name!r}: use {', '.join(VARIANT_KINDS[:-1])} or single_task-SOURCE")

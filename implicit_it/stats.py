@@ -35,6 +35,16 @@ def accuracy_with_ci(
     return acc, (float(lo), float(hi))
 
 
+def mean_with_ci(values: np.ndarray | list[float], *, n_boot: int = 2000, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """Mean and percentile-bootstrap 95% CI of independent real values (one per item; accuracies: :func:`accuracy_with_ci`)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no values to average")
+    idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
+    lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
+    return float(values.mean()), (float(lo), float(hi))
+
+
 def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided exact McNemar p-value for paired binary outcomes (a binomial test on the discordant pairs)."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)

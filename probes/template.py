@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Sequence
 from implicit_it.analysis import AnalysisResult, new_figure, register_result
 from implicit_it.config import TemplateConfig
 from implicit_it.formats import ChatFormat, get_format
-from implicit_it.stats import accuracy_with_ci
+from implicit_it.stats import accuracy_with_ci, mean_with_ci
 
 _SLOT = "TEMPLATEPROBESLOT9C1E"
 MIN_WORDS, MAX_WORDS = 3, 300
@@ -117,18 +117,6 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float | None:
     """Distinct n-grams / all n-grams over every text (lower-cased words); None when no text has n words."""
     grams = [tuple(w[i : i + n]) for w in (t.lower().split() for t in texts) for i in range(len(w) - n + 1)]
     return len(set(grams)) / len(grams) if grams else None
-
-
-def mean_with_ci(values: Any, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, tuple[float, float]]:
-    """Mean and percentile-bootstrap 95% CI over items."""
-    import numpy as np
-
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("no values to average")
-    idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
-    lo, hi = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
-    return float(values.mean()), (float(lo), float(hi))
 
 
 def sample_user_turns(

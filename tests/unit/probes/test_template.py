@@ -19,7 +19,8 @@ from implicit_it.probes import (
     template,
     user_prefix,
 )
-from implicit_it.probes.template import mean_with_ci, turn_end
+from implicit_it.probes.template import turn_end
+from implicit_it.stats import mean_with_ci
 
 NO_EMBED = {"embedder": None, "lima": None, "alpaca_eval": None}
 
