@@ -61,7 +61,9 @@ def test_vllm_fp32_equals_hf_fp32(real_gemma, ifeval_prompts):
 def test_vllm_bf16_parts_from_hf_fp32_only_where_bf16_moves_the_scores(real_gemma, ifeval_prompts, rules):
     cmp = _compare(real_gemma, ifeval_prompts, "bfloat16", rules)
     assert cmp.ok, cmp.detail
-    assert cmp.identical >= N_PROMPTS // 2, cmp.detail
+    # With rules ~21% of steps have a top-2 gap within bf16 noise, so over 128 steps whole-prompt identity is a coin
+    # flip per prompt: 15/32 on one clean-clone CI run, more on another. The claim is cmp.ok (every parting at a near-tie).
+    assert cmp.identical >= (N_PROMPTS // 2 if rules is None else N_PROMPTS // 4), cmp.detail
     # bf16 noise of a fraction of a logit, not a different model. The 99th percentile, not the maximum: over ~4,000
     # steps a single outlier reached 1.3 logits on one CI run (0.22 at the 99th percentile), which is still bf16.
     assert cmp.noise["q99"] < 0.5, cmp.detail
