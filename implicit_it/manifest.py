@@ -1,20 +1,23 @@
 """Run manifests: everything needed to know how an output was produced.
 
 Every output directory (or output file, as ``<name>.manifest.json`` beside it) gets one:
-config, data hashes, model spec, package versions, git commit, seed, hardware and timings.
+config, data hashes, model spec, package versions, git commit, code version, seed, hardware and timings.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from .io import atomic_write_json, sha256_file
 
@@ -65,6 +68,71 @@ def git_commit(repo: str | Path | None = None) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+DISTRIBUTION = "implicit-it"
+PACKAGE = "implicit_it"
+# The room and app folders that pyproject.toml's [tool.setuptools] package-dir maps onto implicit_it.<name>.
+SUBPACKAGES = ("training", "probes", "analyses", "reports", "evaluation", "app")
+# What the package ships: code, YAML task configs, report templates and the prompts beside them (package-data).
+SOURCE_SUFFIXES = frozenset({".py", ".yaml", ".yml", ".j2", ".jsonl"})
+SKIPPED_PARTS = frozenset({"__pycache__", "tests"})
+
+
+def package_roots() -> dict[str, Path]:
+    """The folders of ``implicit_it`` and its mapped subpackages, found where Python imports them from (the checkout for
+    an editable install, site-packages otherwise); the subpackages are located, not imported (the core imports no room)."""
+    roots = {PACKAGE: Path(__file__).resolve().parent}
+    for sub in SUBPACKAGES:
+        name = f"{PACKAGE}.{sub}"
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None) if module is not None else None
+        if origin is None:
+            spec = importlib.util.find_spec(name)
+            origin = spec.origin if spec is not None else None
+        if origin:
+            roots[name] = Path(origin).resolve().parent
+    return roots
+
+
+def source_hash(roots: Mapping[str, str | Path]) -> tuple[str, int]:
+    """sha256 (hex) of the source under *roots* (package name -> folder) and the number of files hashed.
+
+    Every file with a :data:`SOURCE_SUFFIXES` suffix is hashed, path and content, in sorted order of its path as the
+    package names it (``implicit_it/training/engine.py``), so an editable install and a normal one hash alike; a file
+    under a folder that is itself a root (a normal install nests the rooms in ``implicit_it/``) is hashed once, under
+    that root. ``__pycache__``, ``tests`` and hidden folders are skipped.
+    """
+    folders = {name: Path(folder).resolve() for name, folder in roots.items()}
+    files: dict[str, Path] = {}
+    for name, folder in folders.items():
+        for path in folder.rglob("*"):
+            rel = path.relative_to(folder)
+            if path.suffix not in SOURCE_SUFFIXES or any(p in SKIPPED_PARTS or p.startswith(".") for p in rel.parts[:-1]):
+                continue
+            if not path.is_file():
+                continue
+            owner = max((n for n, f in folders.items() if path.is_relative_to(f)), key=lambda n: len(folders[n].parts))
+            if owner == name:
+                files["/".join([*name.split("."), *rel.parts])] = path
+    digest = hashlib.sha256()
+    for rel_name in sorted(files):
+        content = files[rel_name].read_bytes()
+        digest.update(f"{rel_name}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest(), len(files)
+
+
+@functools.cache
+def code_version() -> dict[str, Any]:
+    """The version of the code this process runs: the distribution's version and a short sha256 of the package's source
+    (:func:`source_hash` of :func:`package_roots`), so an edit in a checkout changes it as well. Computed once."""
+    try:
+        version: str | None = importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    sha, count = source_hash(package_roots())
+    return {"package_version": version, "source_sha256": sha[:16], "files": count}
+
+
 def hardware() -> dict[str, Any]:
     import torch
 
@@ -103,6 +171,7 @@ def build_manifest(
         "data": data_hashes(data_files),
         "packages": package_versions(),
         "git": git_commit(),
+        "code": code_version(),
         "hardware": hardware(),
         "timings_seconds": timings or {},
         "results": results or {},

@@ -23,16 +23,23 @@ def accuracy_with_ci(
     if wins.ndim == 1:
         wins = wins[:, None]
     valid = np.ones_like(wins) if valid is None else np.asarray(valid, dtype=bool).reshape(wins.shape)
-    w = (wins & valid).sum(axis=1).astype(np.float64)
-    n = valid.sum(axis=1).astype(np.float64)
+    return cluster_ratio_with_ci((wins & valid).sum(axis=1), valid.sum(axis=1), n_boot=n_boot, seed=seed)
+
+
+def cluster_ratio_with_ci(sums: np.ndarray, counts: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """Σ sums / Σ counts over clusters (per cluster: the summed outcome of its items and how many items it has; an
+    outcome may be fractional, e.g. a tie counted as half) and its cluster-bootstrap percentile 95% CI."""
+    w = np.asarray(sums, dtype=np.float64)
+    n = np.asarray(counts, dtype=np.float64)
+    if w.shape != n.shape or w.ndim != 1:
+        raise ValueError(f"sums and counts need equal 1-D shapes, got {w.shape} and {n.shape}")
     if n.sum() == 0:
         raise ValueError("no items to score")
-    acc = float(w.sum() / n.sum())
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(w), size=(n_boot, len(w)))
+    value = float(w.sum() / n.sum())
+    idx = np.random.default_rng(seed).integers(0, len(w), size=(n_boot, len(w)))
     boot = w[idx].sum(axis=1) / np.maximum(n[idx].sum(axis=1), 1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return acc, (float(lo), float(hi))
+    return value, (float(lo), float(hi))
 
 
 def mean_with_ci(values: np.ndarray | list[float], *, n_boot: int = 2000, seed: int = 0) -> tuple[float, tuple[float, float]]:

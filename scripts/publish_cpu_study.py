@@ -3,6 +3,9 @@
 python scripts/publish_cpu_study.py [RUN_DIR]   # RUN_DIR (default runs/study/cpu-study) -> docs/results/cpu-study/ + README
 python scripts/publish_cpu_study.py --check     # exit 1 if README.md's findings differ from docs/results/cpu-study/findings.json
 
+A run whose manifest says the git tree was dirty is refused: its code is no commit. ``--allow-dirty`` publishes it anyway
+and saves ``git diff HEAD`` of this checkout as ``code.diff`` beside the published files (the run records no diff itself).
+
 Publishing copies the run's report (Markdown, figures, the HTML when small), its manifest and the epoch sweep, computes
 ``findings.json`` (:func:`implicit_it.reports.findings.study_findings`, plus the power calculation that sized IFEval from
 the demo run's per-prompt outcomes) and rewrites README.md between the findings markers from that file alone. The check
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,7 +78,23 @@ def rendered(text: str, findings: dict[str, Any]) -> str:
     return f"{head}{START}\n{findings_markdown(findings)}\n{END}{tail}"
 
 
-def publish(run_dir: Path, sweep: Path, demo: Path) -> dict[str, Any]:
+def dirty_diff(run_dir: Path, allow_dirty: bool) -> str | None:
+    """None for a run whose manifest records a clean git tree; for a dirty one, ``git diff HEAD`` of this checkout when
+    *allow_dirty*, else the refusal (SystemExit)."""
+    git = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")).get("git") or {}
+    if not git.get("dirty"):
+        return None
+    if not allow_dirty:
+        raise SystemExit(
+            f"{run_dir}: its manifest says the git tree was dirty (uncommitted changes on {git.get('commit')}), so no commit "
+            "names its code; run it again on a clean checkout, or pass --allow-dirty to publish it with this checkout's "
+            "`git diff HEAD` as code.diff"
+        )
+    return subprocess.run(["git", "-C", str(REPO), "diff", "HEAD"], capture_output=True, text=True, check=True).stdout
+
+
+def publish(run_dir: Path, sweep: Path, demo: Path, allow_dirty: bool = False) -> dict[str, Any]:
+    diff = dirty_diff(run_dir, allow_dirty)  # before anything is written
     run = read_run(run_dir)
     findings = study_findings(run, sweep=read_sweep(sweep))
     findings["power"] = power(demo, findings)
@@ -91,6 +111,11 @@ def publish(run_dir: Path, sweep: Path, demo: Path) -> dict[str, Any]:
     shutil.copy2(run_dir / "manifest.json", OUT / "manifest.json")
     if sweep.is_file():
         shutil.copy2(sweep, OUT / "sweep.json")
+    if diff is None:
+        (OUT / "code.diff").unlink(missing_ok=True)  # left by an earlier --allow-dirty publish
+    else:
+        atomic_write_text(OUT / "code.diff", diff)
+        print(f"{OUT / 'code.diff'}: the run's git tree was dirty; saved `git diff HEAD` of this checkout (--allow-dirty)")
     atomic_write_json(OUT / "findings.json", findings)
     return findings
 
@@ -101,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", default="runs/cpu-study/response-sweep/sweep.json", type=Path, help="the epoch sweep's sweep.json")
     ap.add_argument("--demo", default="runs/study/demo", type=Path, help="a finished `iit run` (the demo): the power calculation's rates")
     ap.add_argument("--check", action="store_true", help="only check that README.md matches the published findings.json")
+    ap.add_argument(
+        "--allow-dirty", action="store_true", help="publish a run made from a dirty git tree, with `git diff HEAD` as code.diff"
+    )
     args = ap.parse_args(argv)
     text = README.read_text(encoding="utf-8")
     if args.check:
@@ -112,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         return 0
-    findings = publish(args.run_dir, args.sweep, args.demo)
+    findings = publish(args.run_dir, args.sweep, args.demo, allow_dirty=args.allow_dirty)
     new = rendered(text, findings)
     if new != text:
         atomic_write_text(README, new)

@@ -438,3 +438,98 @@ def paired(
             build_manifest(command=command_line(), seed=seed, data_files=[samples_a, samples_b], config=config, results={"tests": rows}),
         )
         console.print(f"wrote {out}/paired.json, manifest.json", highlight=False)
+
+
+@eval_app.command("judge-agreement")
+@user_errors
+def judge_agreement(
+    judged: Path = typer.Option(
+        ..., "--judged", help="Folder of judged outputs: <system>.json.gz, leaderboard.csv, eval_set.json in it or beside it."
+    ),
+    metric: Optional[list[str]] = typer.Option(
+        None, "--metric", help="A metric to validate (repeatable; default: all). The length baselines always run."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Also write judge_agreement.json/.md/.parquet/.png and manifest.json here."
+    ),
+    eval_set: Optional[Path] = typer.Option(
+        None, "--eval-set", help="Instructions and reference outputs (default: JUDGED/eval_set.json, else beside it)."
+    ),
+    instructions: Optional[int] = typer.Option(None, "--instructions", min=2, help="Only the first N instructions (a quick look)."),
+    adversarial: Optional[list[str]] = typer.Option(
+        None, "--adversarial", help="Systems built to fool the judge, kept out of the tests and reported apart (default: NullModel)."
+    ),
+    margin: float = typer.Option(0.5, "--margin", min=0.0, max=0.99, help="Item level: GPT-4 preferences must differ by more than this."),
+    length_tolerance: float = typer.Option(
+        0.2, "--length-tolerance", min=0.0, max=0.99, help="Length-matched pairs: lengths within this fraction."
+    ),
+    length_control: bool = typer.Option(
+        True, "--length-control/--no-length-control", help="Also each metric with its per-system length term removed (<metric>+lc)."
+    ),
+    embedder: str = typer.Option("all-minilm-l6-v2", "--embedder", help="sentence-transformers model for the embedding metrics."),
+    embed_dtype: str = typer.Option(
+        "bfloat16", "--embed-dtype", help="float32 or bfloat16 (autocast; 4x faster here, cosines within 3e-5)."
+    ),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep the embeddings in the cache directory ($IIT_CACHE_DIR/embeddings)."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap draws for every CI."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the bootstraps."),
+) -> None:
+    """Validate judge-free metrics against GPT-4's AlpacaEval judgments: system-level Spearman with the LC and raw win
+    rates, item-level agreement on decided and length-matched pairs, where NullModel and length-gamed variants land."""
+    from implicit_it.embedding import Embedder, embed_unique
+    from implicit_it.evaluation.judge_agreement import ADVERSARIAL, AgreementConfig, JudgeAgreement, build_metrics, load_judged
+    from implicit_it.io import atomic_write_text
+    from implicit_it.manifest import build_manifest, write_manifest
+    from implicit_it.models import cache_root
+
+    t0 = time.perf_counter()
+    if out is not None:
+        check_writable(out, directory=True)
+    config = AgreementConfig(
+        margin=margin,
+        length_tolerance=length_tolerance,
+        length_control=length_control,
+        adversarial=tuple(adversarial or ADVERSARIAL),
+        n_boot=bootstrap,
+        seed=seed,
+    )
+    analysis = JudgeAgreement(config)
+    data = load_judged(judged, eval_set=eval_set, instructions=instructions)
+    loaded: dict[str, Embedder] = {}
+
+    def make_embed():
+        loaded["embedder"] = emb = Embedder(embedder, dtype=embed_dtype, batch_size=64)
+        cache_dir = cache_root() / "embeddings" if cache else None
+        return lambda texts: embed_unique(emb, texts, cache_dir=cache_dir)
+
+    metrics = build_metrics(metric, make_embed)
+    console.print(
+        f"{len(data.systems)} systems × {len(data.instructions)} instructions from {judged}; metrics: {', '.join(m.name for m in metrics)}",
+        highlight=False,
+    )
+    result = analysis.run(data, metrics, progress=lambda msg: console.print(f"  {msg}", highlight=False))
+    table = result.to_markdown()
+    console.print(table, highlight=False, markup=False, soft_wrap=True)
+    if out is not None:
+        result.save(out)
+        atomic_write_text(out / "judge_agreement.md", f"# Judge-free metrics against GPT-4's AlpacaEval judgments\n\n{table}")
+        emb = loaded.get("embedder")
+        write_manifest(
+            out,
+            build_manifest(
+                command=command_line(),
+                seed=seed,
+                data_files=data.files,
+                model={"embedder": embedder, "path": emb.path, "dtype": embed_dtype} if emb else None,
+                config={
+                    "judged": str(judged),
+                    "eval_set": str(data.eval_set),
+                    "instructions": instructions,
+                    "metrics": [m.name for m in metrics],
+                    **{k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+                },
+                results={e["metric"]: {k: v for k, v in e.items() if k in ("spearman", "items", "fit")} for e in result.entries},
+                timings={"total": round(time.perf_counter() - t0, 2)},
+            ),
+        )
+        console.print(f"wrote {out}/judge_agreement.json (+ .md, .parquet, .png), manifest.json", highlight=False)

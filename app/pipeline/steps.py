@@ -1,8 +1,9 @@
 """Steps of a run and their cache keys.
 
 A step is one unit of work with one output directory (``RUN_DIR/<stage>/<name>/``). Its key is a
-hash of what its result depends on: its own config, the keys of the steps it reads, and the
-sha256 of its data files. A finished step leaves ``step.json`` (written last, holding the key);
+hash of what its result depends on: its own config, the keys of the steps it reads, the sha256
+of its data files and the code version (a hash of the package's source, :func:`implicit_it.manifest.code_version`),
+so an edit of the code re-runs every step. A finished step leaves ``step.json`` (written last, holding the key);
 a re-run skips a step whose ``step.json`` has the same key, so changing one stage's config
 re-runs that stage and whatever reads it, and nothing else. A step that started leaves
 ``pending.json``; if the run is interrupted, the next run finds it and starts the step again
@@ -21,6 +22,7 @@ from typing import Any, Callable
 from implicit_it.errors import ImplicitItError
 from implicit_it.io import atomic_write_json, sha256_file
 from implicit_it.locks import LOCK_NAME
+from implicit_it.manifest import code_version
 from implicit_it.paths import PENDING_FILE, STEP_FILE, is_step_directory
 
 
@@ -51,6 +53,7 @@ class Step:
                 "config": canonical(self.config),
                 "inputs": {s.id: s.key for s in self.inputs},
                 "data": {str(p): sha256_file(p) for p in self.data_files if Path(p).is_file()},
+                "code": code_version()["source_sha256"],
             }
             self._key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return self._key
@@ -85,6 +88,7 @@ class Step:
             "inputs": {s.id: s.key for s in self.inputs},
             "data_files": self.data_files,
             "meta": self.meta,
+            "code": code_version(),
             "seconds": round(seconds, 2),
             "summary": summary,
         }

@@ -3,6 +3,7 @@ published ``docs/results/cpu-study/findings.json``."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -28,6 +29,27 @@ def test_the_readme_findings_are_the_published_files():
     assert f"{100 * resp['difference']:+.1f} [{100 * resp['ci_low']:+.1f}, {100 * resp['ci_high']:+.1f}]" in readme
     for name in ("report.md", "manifest.json", "sweep.json"):
         assert (REPO / "docs/results/cpu-study" / name).is_file()
+
+
+def test_publishing_refuses_a_run_from_a_dirty_tree_unless_allowed(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"git": {"commit": "abc123", "dirty": True}}))
+    published = {p: p.stat().st_mtime_ns for p in (REPO / "docs/results/cpu-study").rglob("*")}
+    readme = (REPO / "README.md").read_text()
+    res = subprocess.run([sys.executable, "scripts/publish_cpu_study.py", str(run)], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "git tree was dirty" in res.stderr and "abc123" in res.stderr and "--allow-dirty" in res.stderr
+    assert {p: p.stat().st_mtime_ns for p in (REPO / "docs/results/cpu-study").rglob("*")} == published
+    assert (REPO / "README.md").read_text() == readme
+
+    spec = importlib.util.spec_from_file_location("publish_cpu_study", REPO / "scripts" / "publish_cpu_study.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    head = subprocess.run(["git", "-C", str(REPO), "diff", "HEAD"], capture_output=True, text=True, check=True).stdout
+    assert script.dirty_diff(run, allow_dirty=True) == head
+    (run / "manifest.json").write_text(json.dumps({"git": {"commit": "abc123", "dirty": False}}))
+    assert script.dirty_diff(run, allow_dirty=False) is None
 
 
 def test_findings_of_a_finished_study_recompute_from_its_files(tiny_study):
