@@ -35,12 +35,15 @@ def write_folder(root: Path, outputs: dict[str, list[str]], preferences: dict[st
     """A judged folder: eval_set.json beside it (as in ../shared/data/alpaca_eval), one file per system, leaderboard.csv."""
     n = len(next(iter(outputs.values())))
     instructions = [f"Instruction number {j}: explain topic {j} to a student." for j in range(n)]
-    (root / "eval_set.json").write_text(json.dumps([{"instruction": i, "output": f"Reference answer about topic {j}."} for j, i in enumerate(instructions)]))
+    (root / "eval_set.json").write_text(
+        json.dumps([{"instruction": i, "output": f"Reference answer about topic {j}."} for j, i in enumerate(instructions)])
+    )
     folder = root / "judged"
     folder.mkdir()
     for system, outs in outputs.items():
         records = [
-            {"index": j, "instruction": instructions[j], "output": o, "preference": p} for j, (o, p) in enumerate(zip(outs, preferences[system], strict=True))
+            {"index": j, "instruction": instructions[j], "output": o, "preference": p}
+            for j, (o, p) in enumerate(zip(outs, preferences[system], strict=True))
         ]
         data = json.dumps(records).encode()
         if gz:
@@ -49,7 +52,17 @@ def write_folder(root: Path, outputs: dict[str, list[str]], preferences: dict[st
             (folder / f"{system}.json").write_bytes(data)
     with open(folder / "leaderboard.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["model", "n_judged", "n_missing", "win_rate_from_file", "win_rate_leaderboard", "length_controlled_winrate_leaderboard", "avg_length"])
+        w.writerow(
+            [
+                "model",
+                "n_judged",
+                "n_missing",
+                "win_rate_from_file",
+                "win_rate_leaderboard",
+                "length_controlled_winrate_leaderboard",
+                "avg_length",
+            ]
+        )
         for system, outs in outputs.items():
             wr = 100 * float(np.mean(np.array(preferences[system]) - 1))
             w.writerow([system, n, 0, wr, wr, lc[system], float(np.mean([len(o) for o in outs]))])
@@ -294,7 +307,8 @@ def test_cli_judge_agreement_writes_table_json_and_manifest(tmp_path, monkeypatc
     folder = write_folder(tmp_path, outputs, prefs, {"good": 50.0, "okay": 20.0, "bad": 5.0})
     out = tmp_path / "ja"
     res = runner.invoke(
-        app, ["eval", "judge-agreement", "--judged", str(folder), "--metric", "reference_similarity", "--out", str(out), "--bootstrap", "200"]
+        app,
+        ["eval", "judge-agreement", "--judged", str(folder), "--metric", "reference_similarity", "--out", str(out), "--bootstrap", "200"],
     )
     assert res.exit_code == 0, res.output
     assert "| `reference_similarity` |" in res.output
