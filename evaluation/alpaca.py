@@ -23,7 +23,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 from unittest import mock
 
 from implicit_it.analysis import AnalysisResult, new_figure, register_result
@@ -243,13 +243,24 @@ def pair_with_reference(
 
 
 def annotate(
-    pairs: Sequence[tuple[ModelOutput, ModelOutput]], judge: Judge, judge_dir: str | Path, *, generator: str, cache_path: str | Path
+    pairs: Sequence[tuple[ModelOutput, ModelOutput]],
+    judge: Judge,
+    judge_dir: str | Path,
+    *,
+    generator: str,
+    cache_path: str | Path,
+    gold: Mapping[str, str] | None = None,
 ) -> Any:
     """Run alpaca_eval's ``PairwiseAnnotator`` (output_1 = reference, output_2 = model). Annotations
-    are cached in ``cache_path`` by alpaca_eval, so a re-run with the same outputs calls no judge."""
+    are cached in ``cache_path`` by alpaca_eval, so a re-run with the same outputs calls no judge.
+    A ``metric:`` judge scores both outputs against ``gold`` (instruction -> gold answer) instead."""
     import pandas as pd
     from alpaca_eval.annotators import PairwiseAnnotator
 
+    if judge.kind == "metric":
+        from .judge_agreement import metric_annotations
+
+        return pd.DataFrame(metric_annotations(pairs, judge.target, gold, generator=generator, annotator=judge.annotator_name))
     config = judge.write_config(judge_dir)
     ref = pd.DataFrame(
         [

@@ -30,7 +30,7 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -640,3 +640,59 @@ class JudgeAgreementResult(AnalysisResult):
         for ax in list(axes.flat)[n:]:
             ax.set_visible(False)
         return fig
+
+
+# ------------------------------------------------------------------------------------------------ a metric as a judge
+
+
+def default_embed() -> Embed:
+    """MiniLM in bf16 with the embedding cache (``$IIT_CACHE_DIR/embeddings``): what ``iit eval judge-agreement``
+    validated the metrics with, so a ``metric:`` judge scores as the published table measured."""
+    from implicit_it.embedding import Embedder, embed_unique
+    from implicit_it.models import cache_root
+
+    embedder = Embedder(dtype="bfloat16", batch_size=64)
+    return lambda texts: embed_unique(embedder, texts, cache_dir=cache_root() / "embeddings")
+
+
+def metric_annotations(
+    pairs: Sequence[tuple[Any, Any]],
+    metric_name: str,
+    gold: Mapping[str, str] | None,
+    *,
+    generator: str,
+    annotator: str,
+    embed: Callable[[], Embed] = default_embed,
+) -> list[dict[str, Any]]:
+    """alpaca_eval-shaped annotations of (output_1, output_2) pairs (``ModelOutput`` objects, output_1 the reference
+    system) judged by a metric against each instruction's gold answer: preference 2 when output_2 scores higher, 1 when
+    lower, 1.5 on a tie."""
+    if not gold:
+        raise ValueError(
+            f"judge metric:{metric_name} needs gold answers (AlpacaEval's eval_set.json with its 'output' field): "
+            "the instruction set of the run, or --eval-set"
+        )
+    missing = [o.instruction for _, o in pairs if o.instruction not in gold]
+    if missing:
+        raise ValueError(f"judge metric:{metric_name}: {len(missing)} instruction(s) have no gold answer, e.g. {missing[0][:60]!r}")
+    (metric,) = [m for m in build_metrics([metric_name], embed) if m.name == metric_name]
+    instructions = [o.instruction for _, o in pairs]
+    golds = [gold[i] for i in instructions]
+    # one call for both sides, so identical outputs share one embedding and tie exactly (bf16 batches differ in padding)
+    both = metric.score(instructions * 2, [r.output for r, _ in pairs] + [o.output for _, o in pairs], golds * 2)
+    first, second = both[: len(pairs)], both[len(pairs) :]
+    return [
+        {
+            "instruction": o.instruction,
+            "output_1": r.output,
+            "output_2": o.output,
+            "generator_1": r.generator or "reference",
+            "generator_2": generator,
+            "dataset": o.dataset,
+            "annotator": annotator,
+            "preference": 1.5 if a == b else (2.0 if b > a else 1.0),
+            "score_1": float(a),
+            "score_2": float(b),
+        }
+        for (r, o), a, b in zip(pairs, first, second, strict=True)
+    ]

@@ -10,6 +10,11 @@
   pass, returning the next-token log-probabilities in OpenAI's layout, so that alpaca_eval's
   ``logprob_parser`` turns them into the same weighted preference the GPT-4-turbo judge gives.
 
+* ``metric:NAME``: a judge-free metric validated against GPT-4's judgments (``iit eval judge-agreement``;
+  :mod:`.judge_agreement`), e.g. ``metric:gated_reference_similarity``. It needs *gold* answers (AlpacaEval's GPT-4
+  references, ``eval_set.json``'s ``output``): of the two outputs, the one the metric scores higher against the gold
+  answer wins (preference 1 or 2; 1.5 for a tie), so win rates keep the paper's pairwise shape.
+
 Every judge is checked before any work starts (:meth:`Judge.preflight`): no key, a server that
 does not answer, or a model path that does not exist is one clear error.
 """
@@ -109,8 +114,8 @@ def _logprob_annotator(name: str, completions: dict[str, Any], prompt_template: 
 class Judge:
     """A parsed ``--judge`` value. ``write_config`` gives the annotator config path for alpaca_eval."""
 
-    kind: str  # "gpt4_turbo" | "openai_compatible" | "local"
-    target: str  # annotator name, server URL, or model SPEC
+    kind: str  # "gpt4_turbo" | "openai_compatible" | "local" | "metric"
+    target: str  # annotator name, server URL, model SPEC, or metric name
     model_name: str | None = None  # the served model (openai_compatible)
     fn_completions: Callable[..., dict[str, Any]] | None = field(default=None, repr=False)
 
@@ -120,7 +125,7 @@ class Judge:
             return GPT4_TURBO
         if self.kind == "openai_compatible":
             return f"openai_compatible:{self.model_name}@{self.target}"
-        return f"local:{self.target}"
+        return f"{self.kind}:{self.target}"
 
     @property
     def annotator_name(self) -> str:
@@ -157,6 +162,12 @@ class Judge:
                 self.model_name = served[0]
             elif served and self.model_name not in served:
                 raise JudgeUnavailable(f"judge server {self.target} does not serve {self.model_name!r} (it serves {served})")
+        elif self.kind == "metric":
+            from .judge_agreement import METRICS
+
+            if self.target not in METRICS or METRICS[self.target].baseline:
+                candidates = ", ".join(n for n, cls in METRICS.items() if not cls.baseline)
+                raise JudgeUnavailable(f"judge metric:{self.target}: no such metric; choose one of {candidates}")
         else:
             from implicit_it.models import resolve_model_spec
 
@@ -218,9 +229,11 @@ def parse_judge(spec: str, model_name: str | None = None) -> Judge:
         return Judge("openai_compatible", spec.rstrip("/"), model_name)
     if spec.startswith("local:") and spec[len("local:") :].strip():
         return Judge("local", spec[len("local:") :].strip(), fn_completions=local_logprob_completions)
+    if spec.startswith("metric:") and spec[len("metric:") :].strip():
+        return Judge("metric", spec[len("metric:") :].strip())
     raise ValueError(
         f"--judge {spec!r}: expected gpt4_turbo, an OpenAI-compatible server URL (http://host:port/v1), "
-        "or local:SPEC (a model directory, GGUF file or embedded name)"
+        "local:SPEC (a model directory, GGUF file or embedded name) or metric:NAME (a judge-free metric)"
     )
 
 

@@ -659,7 +659,11 @@ class RunEvalConfig(_Strict):
             "are not nested). The reference systems score the largest set."
         ),
     )
-    judge: str | None = Field(default=None, description="gpt4_turbo | http(s)://server/v1 | local:SPEC (needs generate.instructions)")
+    judge: str | None = Field(
+        default=None,
+        description="gpt4_turbo | http(s)://server/v1 | local:SPEC | metric:NAME (judge-free, scored against the "
+        "instruction set's own answers); needs generate.instructions",
+    )
     judge_model: str | None = None
     reference: str = Field(
         default="instruction", description="the system every other is compared against (the paper: instruction-tuned), or a file"

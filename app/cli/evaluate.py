@@ -61,7 +61,8 @@ def alpaca(
         "gpt4_turbo",
         "--judge",
         help="gpt4_turbo (alpaca_eval's weighted GPT-4-turbo judge; OPENAI_API_KEY), "
-        "an OpenAI-compatible server URL (http://host:8000/v1), or local:SPEC (a model implicit-it loads).",
+        "an OpenAI-compatible server URL (http://host:8000/v1), local:SPEC (a model implicit-it loads), "
+        "or metric:NAME (a judge-free metric of `iit eval judge-agreement`, scored against --eval-set's GPT-4 answers).",
     ),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name on the judge server (default: its first)."),
     annotations: Optional[Path] = typer.Option(
@@ -128,7 +129,8 @@ def alpaca(
         eval_instructions = [r.instruction for r in (read_model_outputs(eval_set) if eval_set else ref_outputs)]
         data_files += [p for p in (outputs, Path(reference), eval_set) if p is not None]
         console.print(f"judging {len(pairs)} pairs with {judge_obj.name} (cached in {out / 'judge_cache.json'})", highlight=False)
-        frame = annotate(pairs, judge_obj, out / "judge", generator=name, cache_path=out / "judge_cache.json")
+        gold = {o.instruction: o.output for o in read_model_outputs(eval_set)} if judge_obj.kind == "metric" and eval_set else None
+        frame = annotate(pairs, judge_obj, out / "judge", generator=name, cache_path=out / "judge_cache.json", gold=gold)
         judge_name, judge_info = judge_obj.name, judge_obj.describe()
     metrics = alpaca_metrics(frame, judge=judge_name, lc=lc, eval_set=eval_instructions)
     atomic_write_json(out / "annotations.json", frame.to_dict("records"))

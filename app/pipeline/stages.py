@@ -998,12 +998,17 @@ class StudyPlan:
         outputs = read_model_outputs(generated.dir / "outputs.json")
         ref_path = reference.dir / "outputs.json" if reference is not None else Path(e.reference)
         pairs = pair_with_reference(outputs, read_model_outputs(ref_path), outputs_path=generated.dir / "outputs.json")
-        frame = annotate(pairs, judge, step.dir / "judge", generator=system.name, cache_path=self.run_dir / "eval" / "judge_cache.json")
-        # LC places each instruction in the whole instruction file (AlpacaEval's 805 when it is that set), not the limited subset
         g = self.config.run.generate
+        # a metric judge scores both outputs against the instruction set's own answers (AlpacaEval's GPT-4 references)
+        gold = {o.instruction: o.output for o in read_model_outputs(g.instructions)} if judge.kind == "metric" and g.instructions else None
+        frame = annotate(
+            pairs, judge, step.dir / "judge", generator=system.name, cache_path=self.run_dir / "eval" / "judge_cache.json", gold=gold
+        )
+        # LC places each instruction in the whole instruction file (AlpacaEval's 805 when it is that set), not the limited subset
         eval_set = [it.instruction for it in read_instructions(g.instructions)] if g.instructions else None
         metrics = alpaca_metrics(frame, judge=judge.name, lc=find_lc_data(e.lc_data), eval_set=eval_set)
         metrics.update({"generator": system.name, "reference_generator": ref.name if ref is not None else e.reference})
+        atomic_write_json(step.dir / "annotations.json", frame.to_dict("records"))  # the per-instruction verdicts
         AlpacaEvalResult([metrics]).save(step.dir)
         self._manifest(step, None, metrics, {})
         return {k: metrics.get(k) for k in ("win_rate", "standard_error", "lc_win_rate", "lc_standard_error", "lc_note", "n")}

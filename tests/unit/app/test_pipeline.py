@@ -295,6 +295,61 @@ def test_a_named_judge_compares_every_system_with_the_instruction_tuned_one(tiny
     assert set(run_study(cfg, tmp_path / "run", show_progress=False).statuses.values()) == {"cached"}
 
 
+def test_a_metric_judge_scores_each_system_against_the_instruction_tuned_one_by_the_gold_answers(
+    tiny_llama_dir, shared_data, tmp_path, monkeypatch
+):
+    """``run.eval.judge: metric:NAME``: the paper's pairwise comparison with a judge-free metric; each preference is the
+    metric's verdict between the two outputs, scored against AlpacaEval's GPT-4 answer to the instruction."""
+    import numpy as np
+
+    from implicit_it.embedding import Embedder
+
+    monkeypatch.setenv("IIT_CACHE_DIR", str(tmp_path / "cache"))
+    data = _config_dict(tiny_llama_dir, shared_data)
+    data["training"]["variants"] = ["instruction", "response"]
+    eval_set = shared_data / "alpaca_eval" / "eval_set.json"
+    data["run"].update(
+        {
+            "generate": {
+                "ifsuite_prompts": 1,
+                "max_new_tokens": 8,
+                "rule_sets": [],
+                "instructions": str(eval_set),
+                "instructions_limit": 4,
+            },
+            "rank": {"enabled": False},
+            "probe": {"enabled": False},
+            "diff": {"enabled": False},
+            "eval": {**data["run"]["eval"], "judge": "metric:reference_similarity", "reference": "instruction"},
+        }
+    )
+    outcome = run_study(parse_config(data), tmp_path / "run", show_progress=False)
+    assert sorted(s for s in outcome.statuses if s.startswith("eval/alpaca/")) == ["eval/alpaca/base", "eval/alpaca/response.s0"]
+    step = tmp_path / "run" / "eval" / "alpaca" / "response.s0"
+    result = _entry(step / "alpaca_eval.json")
+    assert result["judge"] == "metric:reference_similarity" and result["n"] == 4
+    gold = {r["instruction"]: r["output"] for r in json.loads(eval_set.read_text())[:4]}
+    mine = {
+        o["instruction"]: o["output"]
+        for o in json.loads((tmp_path / "run" / "generate" / "alpaca" / "response.s0" / "outputs.json").read_text())
+    }
+    ref = {
+        o["instruction"]: o["output"]
+        for o in json.loads((tmp_path / "run" / "generate" / "alpaca" / "instruction.s0" / "outputs.json").read_text())
+    }
+    annotations = json.loads((step / "annotations.json").read_text())
+    assert [a["instruction"] for a in annotations] == list(gold)
+    assert result["win_rate"] == pytest.approx(100 * np.mean([a["preference"] - 1 for a in annotations]))
+    emb = Embedder()  # fp32, one call per instruction: another batch than the run's, so only clear verdicts must agree
+    for a in annotations:
+        r, m, g = emb([ref[a["instruction"]], mine[a["instruction"]], gold[a["instruction"]]])
+        assert (a["output_1"], a["output_2"]) == (ref[a["instruction"]], mine[a["instruction"]])
+        assert a["score_1"] == pytest.approx(r @ g, abs=2e-3) and a["score_2"] == pytest.approx(m @ g, abs=2e-3)
+        if abs(m @ g - r @ g) > 5e-3:
+            assert a["preference"] == (2.0 if m @ g > r @ g else 1.0)
+    assert np.isfinite(result["standard_error"])
+
+
 def _judged_config(tiny_llama_dir, shared_data, tmp_path, *, variants, instructions, limit, rule_sets, lc_data=None):
     judge_model = _long_context_judge(tiny_llama_dir, tmp_path)
     data = _config_dict(tiny_llama_dir, shared_data)

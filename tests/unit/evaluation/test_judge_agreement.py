@@ -338,3 +338,63 @@ def test_real_judged_folder_aligns_with_its_leaderboard():
     length = entry(result, "length")
     assert length["spearman"]["avg_length"] > 0.99  # the mean characters per system are the leaderboard's avg_length
     assert length["items"]["all"]["pairs"] > 100_000
+
+
+# ---- a metric as AlpacaEval's judge ---------------------------------------------------------------------------------
+
+
+def test_metric_judge_prefers_the_output_closer_to_the_gold_answer(tmp_path, monkeypatch):
+    monkeypatch.setenv("IIT_CACHE_DIR", str(tmp_path))
+    from implicit_it.evaluation import ModelOutput, parse_judge
+    from implicit_it.evaluation.alpaca import annotate
+    from implicit_it.evaluation.judges import JudgeUnavailable
+
+    gold = {"How do I boil an egg?": "Put the egg in boiling water for eight minutes, then cool it in cold water."}
+    ins = next(iter(gold))
+    near = ModelOutput(ins, "Boil the egg in water for about eight minutes and cool it.", "a", "")
+    far = ModelOutput(ins, "The French revolution began in 1789.", "b", "")
+    judge = parse_judge("metric:reference_similarity")
+    judge.preflight()
+    frame = annotate([(far, near), (near, far), (near, near)], judge, "unused", generator="model", cache_path="unused", gold=gold)
+    assert list(frame["preference"]) == [2.0, 1.0, 1.5]
+    assert frame["score_2"][0] > frame["score_1"][0]
+    assert judge.name == "metric:reference_similarity" and judge.annotator_name == "iit_metric_reference_similarity"
+    with pytest.raises(ValueError, match="needs gold answers"):
+        annotate([(far, near)], judge, "unused", generator="model", cache_path="unused", gold=None)
+    with pytest.raises(ValueError, match="1 instruction\\(s\\) have no gold answer"):
+        annotate([(far, near)], judge, "unused", generator="model", cache_path="unused", gold={"other": "x"})
+    for bad in ("metric:bleu", "metric:length"):  # unknown, or a baseline (not a candidate judge)
+        with pytest.raises(JudgeUnavailable, match="no such metric; choose one of reference_similarity"):
+            parse_judge(bad).preflight()
+
+
+def test_cli_alpaca_with_a_metric_judge_scores_against_the_eval_sets_answers(tmp_path, monkeypatch):
+    monkeypatch.setenv("IIT_CACHE_DIR", str(tmp_path / "cache"))
+    eval_set = [
+        {"instruction": "Name a primary colour.", "output": "Red is a primary colour."},
+        {"instruction": "What is 2 + 2?", "output": "2 + 2 equals 4."},
+        {"instruction": "Say hello in French.", "output": "Bonjour!"},
+    ]
+    model = [
+        {"instruction": "Name a primary colour.", "output": "Red.", "generator": "m"},
+        {"instruction": "What is 2 + 2?", "output": "It equals 4.", "generator": "m"},
+        {"instruction": "Say hello in French.", "output": "I like trains.", "generator": "m"},
+    ]
+    reference = [
+        {"instruction": "Name a primary colour.", "output": "Bananas are long.", "generator": "r"},
+        {"instruction": "What is 2 + 2?", "output": "Cats sleep a lot.", "generator": "r"},
+        {"instruction": "Say hello in French.", "output": "Bonjour, hello in French.", "generator": "r"},
+    ]
+    for name, data in (("eval_set", eval_set), ("model", model), ("reference", reference)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    args = ["eval", "alpaca", "--outputs", str(tmp_path / "model.json"), "--reference", str(tmp_path / "reference.json")]
+    res = runner.invoke(
+        app, [*args, "--judge", "metric:reference_similarity", "--eval-set", str(tmp_path / "eval_set.json"), "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "alpaca_eval.json").read_text())["results"][0]
+    assert result["n"] == 3 and result["n_wins"] == 2 and result["n_wins_base"] == 1
+    assert result["judge"] == "metric:reference_similarity"
+    no_gold = runner.invoke(app, [*args, "--judge", "metric:reference_similarity", "--out", str(tmp_path / "o2")])
+    assert no_gold.exit_code != 0 and "needs gold answers" in no_gold.output
