@@ -126,3 +126,69 @@ def wilson_interval(k: int, n: int, *, z: float = 1.959963984540054) -> tuple[fl
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))  # exact at the ends
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test of ``wins`` against ``losses`` (ties left out): twice the smaller binomial tail at 1/2,
+    capped at 1 (the test :func:`mcnemar_exact` runs on discordant pairs)."""
+    if wins < 0 or losses < 0:
+        raise ValueError(f"counts must be ≥ 0, got {wins} and {losses}")
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    from scipy.stats import binom
+
+    return float(min(1.0, 2.0 * binom.cdf(min(wins, losses), n, 0.5)))
+
+
+def clopper_pearson(k: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) interval of a binomial proportion: it inverts the exact binomial test, so it excludes 1/2
+    exactly when :func:`sign_test` rejects at 1 − ``level`` (the interval and the test never disagree)."""
+    from scipy.stats import beta
+
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    a = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def sign_test_power(n: int, rate: float, *, alpha: float = 0.05) -> float:
+    """Power of the two-sided exact sign test on ``n`` decided pairs when the true win rate among them is ``rate``: the
+    probability of a win count in the test's rejection region (``k ≤ c`` or ``k ≥ n − c``, the region being symmetric)."""
+    from scipy.stats import binom
+
+    if n <= 0:
+        return 0.0
+    c = int(binom.ppf(alpha / 2, n, 0.5))
+    while c >= 0 and sign_test(c, n - c) >= alpha:
+        c -= 1
+    if c < 0:
+        return 0.0  # too few pairs: no outcome rejects
+    return float(binom.cdf(c, n, rate) + binom.sf(n - c - 1, n, rate))
+
+
+def pairs_for_power(rate: float, *, power: float = 0.8, alpha: float = 0.05, limit: int = 100_000) -> int | None:
+    """The fewest decided pairs at which the exact sign test reaches ``power`` against a true win rate ``rate`` (None when
+    ``rate`` is 1/2, or beyond ``limit``)."""
+    if rate == 0.5:
+        return None
+    n = 1
+    while n <= limit:
+        if sign_test_power(n, rate, alpha=alpha) >= power:
+            return n
+        n = n + 1 if n < 64 else int(n * 1.05) + 1
+    return None
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given; each adjusted p ≥ its raw p)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
