@@ -639,6 +639,7 @@ class JudgeAgreementResult(AnalysisResult):
             ax.set_ylabel("mean score", fontsize=8)
         for ax in list(axes.flat)[n:]:
             ax.set_visible(False)
+        fig.tight_layout()
         return fig
 
 

@@ -148,7 +148,9 @@ DIFFERENCES: tuple[Difference, ...] = (
         paper="every trained variant (seed s), the base and the rule adapter are judged by `alpaca_eval --model_outputs X "
         "--reference_outputs Y` (annotator weighted_alpaca_eval_gpt4_turbo, AlpacaEval's 805 instructions) against seed s of "
         "the instruction-tuned model (scripts/iclr2025/*/res/finetune_seed*.sh; README: the rules against each seed)",
-        default="iit run names no judge: the judge-free IF suite and behaviour metrics only (the same seed pairing once a judge is named)",
+        default="iit run names no judge: the judge-free IF suite and behaviour metrics only (the same seed pairing once a judge is "
+        "named); offline, a judge-free metric validated against GPT-4-turbo's judgments can judge the same pairs "
+        "(metric:gated_reference_similarity, docs/results/judge-agreement/)",
         reason="the paper's judge needs an OpenAI key and paid calls; the judge-free suite runs anywhere",
         switch="run.eval.judge: gpt4_turbo with run.generate.instructions: AlpacaEval's eval_set.json (set in configs/llama2-7b.yaml, "
         "configs/olmo-7b.yaml); iit eval alpaca --judge gpt4_turbo",

@@ -398,3 +398,17 @@ def test_cli_alpaca_with_a_metric_judge_scores_against_the_eval_sets_answers(tmp
     assert result["judge"] == "metric:reference_similarity"
     no_gold = runner.invoke(app, [*args, "--judge", "metric:reference_similarity", "--out", str(tmp_path / "o2")])
     assert no_gold.exit_code != 0 and "needs gold answers" in no_gold.output
+
+
+def test_the_published_page_quotes_only_numbers_of_its_generated_table():
+    """docs/results/judge-agreement/README.md cites numbers; each interval it quotes must be in the table the command wrote."""
+    import re
+
+    folder = Path(__file__).resolve().parents[3] / "docs" / "results" / "judge-agreement"
+    page, table = (folder / "README.md").read_text(), (folder / "judge_agreement.md").read_text()
+    quoted = re.findall(r"[+−-]?\d+\.\d+%? \[[+−-]?\d+\.\d+, [+−-]?\d+\.\d+\]", page)
+    assert len(quoted) >= 5
+    for q in quoted:
+        assert q.replace("−", "-") in table, q
+    for share in re.findall(r"\d+\.\d+%", page):
+        assert share in table, share
