@@ -59,6 +59,7 @@ def read_rung(run_dir: Path) -> dict[str, Any]:
         "tokens_seen": r["tokens_seen"],
         "train_seconds": train["timings_seconds"].get("train"),
         "final_loss": r["final_loss"],
+        "val_nll": r.get("val_nll"),
         "judge": result["judge"],
         "max_new_tokens": manifest["config"]["run"]["generate"]["max_new_tokens"],
         "cap": caps,
@@ -100,12 +101,16 @@ def decide(rungs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
 def table(rungs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| examples (truncated) | optimizer steps | tokens | train s | final loss | instruction-tuned wins / losses / ties "
+        "| examples (truncated) | optimizer steps | tokens | train s | final loss | val NLL | instruction-tuned wins / losses / ties "
         "| win rate, ties half | win rate of decided [exact 95% CI] | sign test p (Holm) | decided pairs for 80% power "
         "| mean score base / tuned | hit the cap: base / tuned | control |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rung, row in zip(rungs, rows, strict=True):
         rate = "–" if row["decided_win_rate"] is None else f"{100 * row['decided_win_rate']:.1f}%"
@@ -113,7 +118,8 @@ def table(rungs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
         cap = rung["cap"]
         lines.append(
             f"| {rung['examples']} ({rung['truncated']}) | {rung['optimizer_steps']} | {rung['tokens_seen']} | {rung['train_seconds']:.0f} "
-            f"| {rung['final_loss']:.3f} | {row['wins']} / {row['losses']} / {row['ties']} | {row['win_rate_with_ties']:.1f}% "
+            f"| {rung['final_loss']:.3f} | {_num(rung['val_nll'])} | {row['wins']} / {row['losses']} / {row['ties']} "
+            f"| {row['win_rate_with_ties']:.1f}% "
             f"| {rate} {ci} | {row['p_value']:.3g} ({row['p_holm']:.3g}) | {row['pairs_for_80_power'] or '–'} "
             f"| {row['mean_score_base']:.3f} / {row['mean_score_tuned']:.3f} "
             f"| {cap[REFERENCE]['hit_cap']}/{cap[REFERENCE]['n']} / {cap[SYSTEM]['hit_cap']}/{cap[SYSTEM]['n']} "

@@ -34,6 +34,7 @@ def fake_run(root: Path, examples: int, prefs: list[float]) -> Path:
                     "optimizer_steps": examples // 8,
                     "tokens_seen": 100 * examples,
                     "final_loss": 2.5,
+                    "val_nll": 1.9,
                 },
                 "timings_seconds": {"train": 60.0},
             }
@@ -70,6 +71,7 @@ def test_decisions_follow_the_outcomes_and_check_catches_a_changed_number(tmp_pa
     assert len((ladder.OUT / "outcomes" / "64.jsonl").read_text().splitlines()) == 12
     (ladder.OUT / "README.md").write_text("# Ladder\n\n" + published["table"] + "\n")
     assert ladder.check() == 0
+    assert "| 2.500 | 1.9000 | 8 / 2 / 2 | 75.0% |" in published["table"]
     edited = json.loads((ladder.OUT / "ladder.json").read_text())
     edited["decisions"][0]["p_value"] = 0.01
     (ladder.OUT / "ladder.json").write_text(json.dumps(edited))
