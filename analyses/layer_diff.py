@@ -52,11 +52,6 @@ def unregister_diff_analysis(name: str) -> None:
     _DIFF_ANALYSES.pop(name, None)
 
 
-def diff_analyses() -> dict[str, type]:
-    """Name -> class of every registered diff analysis, in registration order."""
-    return dict(_DIFF_ANALYSES)
-
-
 class _RegisteredNames(Sequence[str]):
     """The registered diff analyses' names, read at each use (``LayerDiff(analyses=ANALYSES)`` stays current)."""
 
@@ -90,14 +85,6 @@ def parse_analyses(spec: str) -> list[str]:
     if bad or not names:
         raise ValueError(f"analyses: unknown {bad or spec!r}; choose from {list(ANALYSES)} or 'all'")
     return list(dict.fromkeys(names))
-
-
-def parse_texts(spec: str) -> list[str]:
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    bad = [n for n in names if n not in TEXT_KINDS]
-    if bad or not names:
-        raise ValueError(f"texts: unknown {bad or spec!r}; choose from {list(TEXT_KINDS)} (comma-separated)")
-    return names
 
 
 def load_variant(spec: str, base_spec: str, **load_kwargs: Any) -> Any:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from implicit_it.data import read_chat_jsonl, read_instructions
 from implicit_it.errors import DataFormatError
@@ -122,8 +122,3 @@ def build_ranking_groups(
             cands.append(Candidate(j, False))
         groups.append(RankingGroup(i, tuple(cands)))
     return groups
-
-
-def pair_wins(real: float, others: Sequence[float]) -> list[bool]:
-    """Real beats other: strictly greater (ties, e.g. a self-draw, are losses)."""
-    return [real > o for o in others]

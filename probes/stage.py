@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from implicit_it.config import ProbeConfig, RankConfig, TemplateConfig
-from implicit_it.lens import parse_layers
+from implicit_it.lens import check_layer_spec
 
 from .linear import ActivationStore, LinearProbe, ProbeResult
 from .pairs import RankingGroup, RankingSource, build_ranking_groups, read_ranking_source
@@ -39,15 +39,9 @@ class ProbeStage:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def check_layers(layers: str | None) -> None:
-    """The syntax of a layer spec, before any model loads (the range is checked against the model)."""
-    if layers is not None:
-        parse_layers(layers, 1_000_000)
-
-
 def rank_inputs(cfg: RankConfig, *, seed: int = 0) -> tuple[RankingSource, list[RankingGroup]]:
     """The instructions with responses and the negative draws of every model ranked with ``cfg`` (one draw per seed)."""
-    check_layers(cfg.layers)
+    check_layer_spec(cfg.layers)  # before any model loads (the range is checked against the model)
     source = read_ranking_source(cfg.data, limit=cfg.instructions)
     return source, build_ranking_groups(source, negatives=cfg.negatives, seed=seed, self_draws=cfg.self_draws)
 
@@ -101,7 +95,7 @@ def rank(
 
 
 def probe_source(cfg: ProbeConfig) -> RankingSource:
-    check_layers(cfg.layers)
+    check_layer_spec(cfg.layers)  # before any model loads (the range is checked against the model)
     return read_ranking_source(cfg.data, limit=cfg.instructions)
 
 

@@ -344,13 +344,12 @@ FORMATS_OPTION = typer.Option(["tulu"], "--format", "-f", help="Chat format; onc
 
 @app.command()
 @user_errors
-@stage_options(RankConfig, short={"data": "-d", "negatives": "-k"}, aliases={"pairs": "instructions"})
+@stage_options(RankConfig, short={"data": "-d", "negatives": "-k"})
 def rank(
     cfg: RankConfig,
     model: list[str] = MODELS_OPTION,
     out: Path = OUT_DIR_OPTION,
     fmt: list[str] = FORMATS_OPTION,
-    include_self: bool = typer.Option(False, "--include-self", hidden=True, help="Deprecated: --self-draws tie."),
     seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the negative draws (paper: 0) and of the bootstrap."),
     dtype: Optional[str] = DTYPE_OPTION,
     device: Optional[str] = DEVICE_OPTION,
@@ -362,8 +361,6 @@ def rank(
     from implicit_it.probes import rank as rank_stage
     from implicit_it.probes import rank_inputs
 
-    if include_self and cfg.self_draws == "redraw":
-        cfg = cfg.model_copy(update={"self_draws": "tie"})
     pairs_of = _model_formats(model, fmt)
     check_writable(out, directory=True)
     inputs = rank_inputs(cfg, seed=seed)
@@ -433,7 +430,7 @@ app.add_typer(probe_app, name="probe")
 
 @probe_app.command("linear")
 @user_errors
-@stage_options(ProbeConfig, short={"data": "-d"}, aliases={"pairs": "instructions", "C": "c"})
+@stage_options(ProbeConfig, short={"data": "-d"})
 def probe(
     cfg: ProbeConfig,
     model: list[str] = typer.Option(..., "--model", "-m", help="Model SPEC; repeat for several models."),

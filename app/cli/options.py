@@ -155,13 +155,11 @@ def build_config(
         raise ConfigError("; ".join(problems)) from None
 
 
-def stage_options(
-    model: type[BaseModel], *, param: str = "cfg", short: dict[str, str] | None = None, aliases: dict[str, str] | None = None
-) -> Callable[[F], F]:
+def stage_options(model: type[BaseModel], *, param: str = "cfg", short: dict[str, str] | None = None) -> Callable[[F], F]:
     """Replace the command's ``param`` (a ``model`` instance) by options generated from the model's fields.
 
-    ``short``: extra flags per field (``{"data": "-d"}``); ``aliases``: hidden deprecated options (``{"pairs": "instructions"}``)."""
-    short, aliases = short or {}, aliases or {}
+    ``short``: extra flags per field (``{"data": "-d"}``)."""
+    short = short or {}
 
     def decorate(func: F) -> F:
         sig = inspect.signature(func)
@@ -180,13 +178,6 @@ def stage_options(
             info = typer.Option(opt.default, *flags, help=_help(model.model_fields[name], opt), show_default=True)
             generated[PREFIX + name] = opt
             params.append(inspect.Parameter(PREFIX + name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=opt.type))
-        for old, name in aliases.items():
-            opt = field_options(model)[name]
-            info = typer.Option(None, kebab(old), hidden=True, help=f"Deprecated: {kebab(name)}.")
-            generated[f"{PREFIX}alias__{old}"] = opt
-            params.append(
-                inspect.Parameter(f"{PREFIX}alias__{old}", inspect.Parameter.KEYWORD_ONLY, default=info, annotation=Optional[str])
-            )
         params.append(
             inspect.Parameter(
                 PREFIX + "config_file",

@@ -7,10 +7,12 @@ Three layers (docs/ARCHITECTURE.md):
   (``training/``, ``probes/``, ... as ``implicit_it.training``, ...) imports only the core and itself;
 * **app**: ``app/`` (``implicit_it.app``) and the entry point ``implicit_it/__main__.py`` import anything.
 
-Every ``.py`` file of the package is parsed with :mod:`ast` (imports inside functions and
-``importlib.import_module("implicit_it...")`` calls included, relative imports resolved), so an edge
-hidden in a function body fails here too. No module may import a private name (``_x``) of another
-first-party module either: a helper used across modules is public.
+import-linter checks the rule on every import statement (those inside functions included): its contracts are
+``[tool.importlinter]`` in pyproject.toml, run by ``scripts/lint_imports.py`` (which lays the mapped rooms out as
+installed, since import-linter reads only the core's folder). What it cannot see is checked here on the source,
+parsed with :mod:`ast`: ``importlib.import_module("implicit_it...")`` calls, and files outside any regular package
+(``evaluation/lm_eval_tasks/*/*.py``, loaded by lm-eval from their path). No module may import a private name (``_x``)
+of another first-party module either: a helper used across modules is public.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,8 @@ class Import:
     importer: str
     target: str  # absolute module name (a submodule where ``from pkg import sub`` names one)
     names: tuple[str, ...] = ()  # the names of a ``from ... import`` (empty for ``import x``)
+    dynamic: bool = False  # an ``import_module("...")`` / ``__import__("...")`` call, not an import statement
+    packaged: bool = True  # False for a file outside any regular package (a folder above it has no __init__.py)
 
 
 def package_dirs(pyproject: Path) -> dict[str, str]:
@@ -129,7 +133,7 @@ def imports_of(source: str, module: str, is_package: bool, file: str = "<string>
                     anchor = module if is_package else module.rpartition(".")[0]
                 level = len(target) - len(target.lstrip("."))
                 target = _resolve(anchor, True, level, target.lstrip(".") or None)
-            out.append(Import(file, node.lineno, module, target))
+            out.append(Import(file, node.lineno, module, target, dynamic=True))
     return out
 
 
@@ -140,8 +144,22 @@ def scan(root: Path) -> tuple[dict[str, str], list[Import]]:
     found: list[Import] = []
     for path, name, is_package in modules:
         rel = path.relative_to(root).as_posix()
-        found += imports_of(path.read_text(encoding="utf-8"), name, is_package, rel, known)
+        imports = imports_of(path.read_text(encoding="utf-8"), name, is_package, rel, known)
+        if not in_package(path, root):
+            imports = [replace(i, packaged=False) for i in imports]
+        found += imports
     return mapping, found
+
+
+def in_package(path: Path, root: Path) -> bool:
+    """Whether every folder from the top of *path*'s mapped folder down to it has an ``__init__.py`` (what
+    import-linter reads as the package's modules)."""
+    rel = path.relative_to(root)
+    return all((root.joinpath(*rel.parts[:n]) / "__init__.py").is_file() for n in range(1, len(rel.parts)))
+
+
+def unseen_by_import_linter(found: list[Import]) -> list[Import]:
+    return [i for i in found if i.dynamic or not i.packaged]
 
 
 def forbidden_edges(mapping: dict[str, str], found: list[Import]) -> list[str]:
@@ -176,11 +194,35 @@ def test_package_dir_mapping_is_read():
     assert {"room:training", "room:probes", "room:analyses", "room:evaluation", "room:reports"} <= rooms
 
 
-def test_layers_import_only_downwards():
+def test_import_contracts_hold():
+    """``lint-imports`` (through scripts/lint_imports.py) keeps every contract of pyproject.toml."""
+    pytest.importorskip("importlinter", reason="import-linter is in the dev extras (pip install -e '.[dev]')")
+    proc = subprocess.run([sys.executable, "scripts/lint_imports.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    print(proc.stdout, proc.stderr)
+    assert proc.returncode == 0, f"lint-imports: imports against the layering (or a bad contract):\n{proc.stdout}{proc.stderr}"
+    assert " 0 broken" in proc.stdout
+
+
+def test_contract_layers_match_the_package():
+    """The layers contract names the mapped rooms as its independent middle layer and every core module below them."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        contracts = tomllib.load(f)["tool"]["importlinter"]["contracts"]
+    (layers,) = [c for c in contracts if c["type"] == "layers"]
+    top, rooms, core = ([name.strip() for name in layer.replace(":", "|").split("|")] for layer in layers["layers"])
+    mapping = package_dirs(ROOT / "pyproject.toml")
+    assert sorted(rooms) == sorted(pkg.rsplit(".", 1)[-1] for pkg in mapping if pkg not in (TOP, APP))
+    assert "|" in layers["layers"][1] and ":" not in layers["layers"][1], "the rooms must stay independent of each other"
+    assert sorted(top) == ["__main__", "app"]
+    in_core = {p.stem for p in (ROOT / mapping[TOP]).glob("*.py")} | {p.parent.name for p in (ROOT / mapping[TOP]).glob("*/__init__.py")}
+    assert sorted(core) == sorted(in_core - {"__init__", "__main__"})
+
+
+def test_lookups_by_string_import_only_downwards():
+    """What import-linter cannot see: ``import_module("implicit_it...")`` calls and files outside any package."""
     t0 = time.perf_counter()
     mapping, found = scan(ROOT)
     assert len(found) > 100, "the scan found almost no imports: is the package-dir mapping read?"
-    bad = forbidden_edges(mapping, found)
+    bad = forbidden_edges(mapping, unseen_by_import_linter(found))
     assert not bad, "imports against the layering (core <- rooms <- app; rooms never import each other):\n" + "\n".join(bad)
     assert time.perf_counter() - t0 < 2.0
 
@@ -195,11 +237,11 @@ def test_no_private_names_across_modules():
 # --- the checker catches what it should ------------------------------------------------------------
 
 
-def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
+def _plant(tmp_path: Path, files: dict[str, str], contracts: str = "") -> Path:
     (tmp_path / "pyproject.toml").write_text(
         "[tool.setuptools]\n"
         'package-dir = { "implicit_it" = "implicit_it", "implicit_it.probes" = "probes", '
-        '"implicit_it.lab" = "lab", "implicit_it.app" = "app" }\n'
+        '"implicit_it.lab" = "lab", "implicit_it.app" = "app" }\n' + contracts
     )
     for rel, text in files.items():
         path = tmp_path / rel
@@ -211,25 +253,27 @@ def _plant(tmp_path: Path, files: dict[str, str]) -> Path:
     return tmp_path
 
 
+PLANTED = {
+    "implicit_it/models.py": "import os\n\ndef _offline():\n    pass\n",
+    # core -> room, hidden in a function
+    "implicit_it/rules.py": "def f():\n    from implicit_it.probes import ranking\n",
+    # core -> app through importlib
+    "implicit_it/io.py": "import importlib\nimportlib.import_module('implicit_it.app.cli')\n",
+    "implicit_it/__main__.py": "from implicit_it.app import cli\n",  # entry point: allowed
+    "probes/ranking.py": "from implicit_it.models import load_model\nfrom .pairs import x\n",  # allowed
+    "probes/pairs.py": "x = 1\n",
+    # room -> another room from a file outside any package (a data folder without __init__.py)
+    "probes/tasks/one/utils.py": "from implicit_it.lab import thing\n",
+    # room -> another room (a room added to package-dir is picked up), relative import across the package
+    "lab/thing.py": "from ..probes.ranking import rank\n",
+    # room -> app, and a private name from the core
+    "lab/other.py": "import implicit_it.app.cli\nfrom implicit_it.models import _offline, resolve\n",
+    "app/cli.py": "from implicit_it.lab import thing\nfrom implicit_it.probes import ranking\n",  # allowed
+}
+
+
 def test_checker_catches_planted_edges(tmp_path):
-    root = _plant(
-        tmp_path,
-        {
-            "implicit_it/models.py": "import os\n\ndef _offline():\n    pass\n",
-            # core -> room, hidden in a function
-            "implicit_it/rules.py": "def f():\n    from implicit_it.probes import ranking\n",
-            # core -> app through importlib
-            "implicit_it/io.py": "import importlib\nimportlib.import_module('implicit_it.app.cli')\n",
-            "implicit_it/__main__.py": "from implicit_it.app import cli\n",  # entry point: allowed
-            "probes/ranking.py": "from implicit_it.models import load_model\nfrom .pairs import x\n",  # allowed
-            "probes/pairs.py": "x = 1\n",
-            # room -> another room (a room added to package-dir is picked up), relative import across the package
-            "lab/thing.py": "from ..probes.ranking import rank\n",
-            # room -> app, and a private name from the core
-            "lab/other.py": "import implicit_it.app.cli\nfrom implicit_it.models import _offline, resolve\n",
-            "app/cli.py": "from implicit_it.lab import thing\nfrom implicit_it.probes import ranking\n",  # allowed
-        },
-    )
+    root = _plant(tmp_path, PLANTED)
     mapping, found = scan(root)
     assert layer("implicit_it.lab.thing", mapping) == "room:lab"
     bad = forbidden_edges(mapping, found)
@@ -238,8 +282,43 @@ def test_checker_catches_planted_edges(tmp_path):
         "implicit_it/rules.py:2: implicit_it.rules -> implicit_it.probes.ranking  (core may not import room:probes)",
         "lab/other.py:1: implicit_it.lab.other -> implicit_it.app.cli  (room:lab may not import app)",
         "lab/thing.py:1: implicit_it.lab.thing -> implicit_it.probes.ranking  (room:lab may not import room:probes)",
+        "probes/tasks/one/utils.py:1: implicit_it.probes.tasks.one.utils -> implicit_it.lab.thing  (room:probes may not import room:lab)",
     ]
+    # what the real tree's test checks by hand: the edges import-linter does not see
+    assert forbidden_edges(mapping, unseen_by_import_linter(found)) == [bad[0], bad[-1]]
     assert private_imports(mapping, found) == [("lab/other.py:2", "implicit_it.lab.other", "_offline")]
+
+
+PLANTED_CONTRACTS = """
+[tool.importlinter]
+root_package = "implicit_it"
+
+[[tool.importlinter.contracts]]
+name = "layers"
+type = "layers"
+containers = ["implicit_it"]
+exhaustive = true
+layers = ["app : __main__", "probes | lab", "models : rules : io"]
+"""
+
+
+def test_lint_imports_catches_planted_edges(tmp_path):
+    """scripts/lint_imports.py lays the mapped rooms out for import-linter, which then sees edges inside functions."""
+    pytest.importorskip("importlinter", reason="import-linter is in the dev extras (pip install -e '.[dev]')")
+    root = _plant(tmp_path, PLANTED, PLANTED_CONTRACTS)
+    (root / "scripts").mkdir()
+    (root / "scripts" / "lint_imports.py").write_text((ROOT / "scripts" / "lint_imports.py").read_text())
+    proc = subprocess.run([sys.executable, "scripts/lint_imports.py"], cwd=root, capture_output=True, text=True, timeout=300)
+    out = " ".join(proc.stdout.split())
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for broken in (
+        "implicit_it.rules -> implicit_it.probes.ranking (l.2)",  # core -> room, inside a function
+        "implicit_it.lab.thing -> implicit_it.probes.ranking (l.1)",  # room -> room, relative
+        "implicit_it.lab.other -> implicit_it.app.cli (l.1)",  # room -> app
+    ):
+        assert broken in out, proc.stdout
+    assert "implicit_it.probes is not allowed to import implicit_it.lab" not in out  # probes/tasks/ is no package
+    assert "implicit_it.io" not in out  # import_module("...") is not an import statement: the hand-written check's
 
 
 def test_relative_imports_resolve():

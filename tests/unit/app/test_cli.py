@@ -276,7 +276,7 @@ def test_probe_command(tmp_path, tiny_llama_dir, shared_data):
             str(tiny_llama_dir),
             "-d",
             str(shared_data / "lima" / "train.jsonl"),
-            "--pairs",  # the deprecated name of --instructions
+            "--instructions",
             "12",
             "--pools",
             "mean,last",

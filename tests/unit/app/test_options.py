@@ -81,7 +81,7 @@ def _probe_app():
 
     @probe_app.command()
     @user_errors
-    @stage_options(RankConfig, short={"data": "-d"}, aliases={"pairs": "instructions"})
+    @stage_options(RankConfig, short={"data": "-d"})
     def rank(cfg: RankConfig, seed: int = typer.Option(0, "--seed")) -> None:
         seen["cfg"], seen["seed"] = cfg, seed
 
@@ -100,7 +100,7 @@ def test_set_config_file_and_options_in_order(tmp_path):
     assert res.exit_code == 0, res.output
     cfg = seen["cfg"]
     assert (cfg.instructions, cfg.negatives, cfg.max_length, cfg.layers) == (20, 4, 256, None)
-    res = runner.invoke(probe_app, ["rank", "--pairs", "9", "--layers", "none", "-d", "x.json"])
+    res = runner.invoke(probe_app, ["rank", "--instructions", "9", "--layers", "none", "-d", "x.json"])
     assert res.exit_code == 0 and (seen["cfg"].instructions, seen["cfg"].layers, seen["cfg"].data) == (9, None, "x.json")
     res = runner.invoke(probe_app, ["rank"])
     assert res.exit_code == 0 and seen["cfg"] == RankConfig()
