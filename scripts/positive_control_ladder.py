@@ -68,62 +68,85 @@ def read_rung(run_dir: Path) -> dict[str, Any]:
     }
 
 
+NON_ANSWER = -1.0  # the gated metric's score of an empty output, a template continuation or an echo
+COMPARISONS = {
+    "all": "every instruction (the gated metric: format and content)",
+    "both answered": "instructions where neither output is a non-answer (closeness to GPT-4's answer only: content)",
+}
+
+
+def _compare(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    prefs = [o["preference"] for o in outcomes]
+    wins, losses = sum(p == 2.0 for p in prefs), sum(p == 1.0 for p in prefs)
+    ties = len(prefs) - wins - losses
+    decided = wins + losses
+    rate = wins / decided if decided else None
+    lo, hi = clopper_pearson(wins, decided) if decided else (0.0, 1.0)
+    return {
+        "n": len(prefs),
+        "wins": wins,
+        "losses": losses,
+        "ties": ties,
+        "win_rate_with_ties": 100 * (wins + 0.5 * ties) / len(prefs) if prefs else None,
+        "decided_win_rate": rate,
+        "decided_ci": [lo, hi],
+        "p_value": sign_test(wins, losses),
+        "pairs_for_80_power": pairs_for_power(rate) if rate is not None else None,
+    }
+
+
 def decide(rungs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Counts, the sign test, its exact interval, power and Holm over the rungs: from the outcomes alone."""
+    """Per rung and comparison: counts, the sign test, its exact interval and power; Holm over every test of the ladder
+    (one family). The control passes at a rung when its "all" comparison is significant after Holm, with more wins."""
     rows = []
     for rung in rungs:
-        prefs = [o["preference"] for o in rung["outcomes"]]
-        wins, losses = sum(p == 2.0 for p in prefs), sum(p == 1.0 for p in prefs)
-        ties = len(prefs) - wins - losses
-        decided = wins + losses
-        lo, hi = clopper_pearson(wins, decided) if decided else (0.0, 1.0)
-        rate = wins / decided if decided else None
         outcomes = rung["outcomes"]
-        rows.append(
-            {
-                "examples": rung["examples"],
-                "n": len(prefs),
-                "wins": wins,
-                "losses": losses,
-                "ties": ties,
-                "win_rate_with_ties": 100 * (wins + 0.5 * ties) / len(prefs),
-                "decided_win_rate": rate,
-                "decided_ci": [lo, hi],
-                "p_value": sign_test(wins, losses),
-                "pairs_for_80_power": pairs_for_power(rate) if rate is not None else None,
-                "mean_score_base": sum(o["score_base"] for o in outcomes) / len(outcomes),
-                "mean_score_tuned": sum(o["score_tuned"] for o in outcomes) / len(outcomes),
-            }
-        )
+        subsets = {
+            "all": outcomes,
+            "both answered": [o for o in outcomes if o["score_base"] != NON_ANSWER and o["score_tuned"] != NON_ANSWER],
+        }
+        for comparison, subset in subsets.items():
+            rows.append({"examples": rung["examples"], "comparison": comparison, **_compare(subset)})
     for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         row["p_holm"] = adjusted
-        row["passes"] = adjusted < 0.05 and row["wins"] > row["losses"]
+        row["significant"] = adjusted < 0.05
+        row["tuned_better"] = row["significant"] and row["wins"] > row["losses"]
     return rows
 
 
-def _num(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
+def _num(value: float | None, fmt: str = ".4f") -> str:
+    return "–" if value is None else format(value, fmt)
 
 
 def table(rungs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    """Two Markdown tables: what each rung trained and how often each model gave no answer; then the decisions."""
     lines = [
-        "| examples (truncated) | optimizer steps | tokens | train s | final loss | val NLL | instruction-tuned wins / losses / ties "
-        "| win rate, ties half | win rate of decided [exact 95% CI] | sign test p (Holm) | decided pairs for 80% power "
-        "| mean score base / tuned | hit the cap: base / tuned | control |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| examples (truncated) | optimizer steps | tokens | train s | final loss | val NLL | non-answers: base / tuned "
+        "| hit the cap: base / tuned |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for rung, row in zip(rungs, rows, strict=True):
+    for rung in rungs:
+        o, cap = rung["outcomes"], rung["cap"]
+        lines.append(
+            f"| {rung['examples']} ({rung['truncated']}) | {rung['optimizer_steps']} | {rung['tokens_seen']} "
+            f"| {rung['train_seconds']:.0f} | {rung['final_loss']:.3f} | {_num(rung['val_nll'])} "
+            f"| {sum(x['score_base'] == NON_ANSWER for x in o)} / {sum(x['score_tuned'] == NON_ANSWER for x in o)} of {len(o)} "
+            f"| {cap[REFERENCE]['hit_cap']} / {cap[SYSTEM]['hit_cap']} of {cap[REFERENCE]['n']} |"
+        )
+    lines += [
+        "",
+        "| examples | instructions | n | tuned wins / losses / ties | win rate, ties half | win rate of decided [exact 95% CI] "
+        "| sign test p (Holm) | decided pairs for 80% power | tuned better |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
         rate = "–" if row["decided_win_rate"] is None else f"{100 * row['decided_win_rate']:.1f}%"
         ci = f"[{100 * row['decided_ci'][0]:.1f}, {100 * row['decided_ci'][1]:.1f}]"
-        cap = rung["cap"]
+        verdict = "**yes**" if row["tuned_better"] else ("no: base better" if row["significant"] else "not decided")
         lines.append(
-            f"| {rung['examples']} ({rung['truncated']}) | {rung['optimizer_steps']} | {rung['tokens_seen']} | {rung['train_seconds']:.0f} "
-            f"| {rung['final_loss']:.3f} | {_num(rung['val_nll'])} | {row['wins']} / {row['losses']} / {row['ties']} "
-            f"| {row['win_rate_with_ties']:.1f}% "
-            f"| {rate} {ci} | {row['p_value']:.3g} ({row['p_holm']:.3g}) | {row['pairs_for_80_power'] or '–'} "
-            f"| {row['mean_score_base']:.3f} / {row['mean_score_tuned']:.3f} "
-            f"| {cap[REFERENCE]['hit_cap']}/{cap[REFERENCE]['n']} / {cap[SYSTEM]['hit_cap']}/{cap[SYSTEM]['n']} "
-            f"| {'**passes**' if row['passes'] else 'does not pass'} |"
+            f"| {row['examples']} | {row['comparison']} | {row['n']} | {row['wins']} / {row['losses']} / {row['ties']} "
+            f"| {_num(row['win_rate_with_ties'], '.1f')}% | {rate} {ci} | {row['p_value']:.3g} ({row['p_holm']:.3g}) "
+            f"| {row['pairs_for_80_power'] or '–'} | {verdict} |"
         )
     return "\n".join(lines)
 

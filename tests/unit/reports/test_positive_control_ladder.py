@@ -43,7 +43,11 @@ def fake_run(root: Path, examples: int, prefs: list[float]) -> Path:
     step = run / "eval" / "alpaca" / "instruction.s0"
     step.mkdir(parents=True)
     (step / "alpaca_eval.json").write_text(json.dumps({"analysis": "alpaca_eval", "results": [{"judge": "metric:x"}]}))
-    annotations = [{"instruction": f"i{k}", "score_1": 0.5, "score_2": 0.5 + (p - 1.5), "preference": p} for k, p in enumerate(prefs)]
+    annotations = [
+        # the first 4 base outputs are non-answers (the gated metric's -1): left out of the "both answered" comparison
+        {"instruction": f"i{k}", "score_1": -1.0 if k < 4 else 0.5, "score_2": 0.5 + (p - 1.5), "preference": p}
+        for k, p in enumerate(prefs)
+    ]
     (step / "annotations.json").write_text(json.dumps(annotations))
     for system, eos in (("base", False), ("instruction.s0", True)):
         (run / "generate" / "alpaca" / system).mkdir(parents=True)
@@ -58,20 +62,23 @@ def test_decisions_follow_the_outcomes_and_check_catches_a_changed_number(tmp_pa
     large = fake_run(tmp_path, 256, [2.0] * 18 + [1.0] * 2)  # 18 wins, 2 losses
     published = ladder.publish([large, small])
     rows = published["decisions"]
-    assert [r["examples"] for r in rows] == [64, 256]  # ordered by budget
-    assert (rows[0]["wins"], rows[0]["losses"], rows[0]["ties"]) == (8, 2, 2)
-    assert rows[0]["p_value"] == pytest.approx(112 / 1024)  # 2 * P(X <= 2), X ~ Bin(10, 1/2)
-    assert rows[0]["win_rate_with_ties"] == pytest.approx(100 * 9 / 12)
-    assert rows[1]["p_value"] == pytest.approx(2 * 211 / 2**20)  # 2 * P(X <= 2), X ~ Bin(20, 1/2)
-    assert rows[1]["p_holm"] == pytest.approx(2 * rows[1]["p_value"]) and rows[0]["p_holm"] == pytest.approx(rows[0]["p_value"])
-    assert rows[1]["passes"] and not rows[0]["passes"]
-    lo, hi = rows[0]["decided_ci"]
+    assert [(r["examples"], r["comparison"]) for r in rows] == [(64, "all"), (64, "both answered"), (256, "all"), (256, "both answered")]
+    every, answered = rows[0], rows[1]
+    assert (every["wins"], every["losses"], every["ties"]) == (8, 2, 2)
+    assert every["p_value"] == pytest.approx(112 / 1024)  # 2 * P(X <= 2), X ~ Bin(10, 1/2)
+    assert every["win_rate_with_ties"] == pytest.approx(100 * 9 / 12)
+    assert (answered["n"], answered["wins"], answered["losses"], answered["ties"]) == (8, 4, 2, 2)  # the first 4 wins left out
+    assert rows[2]["p_value"] == pytest.approx(2 * 211 / 2**20)  # 2 * P(X <= 2), X ~ Bin(20, 1/2)
+    # Holm over the 4 tests: the smallest p times 4
+    assert rows[2]["p_holm"] == pytest.approx(4 * rows[2]["p_value"])
+    assert rows[2]["tuned_better"] and not every["tuned_better"] and not every["significant"]
+    lo, hi = every["decided_ci"]
     assert lo < 0.5 < hi  # the exact interval agrees with the non-significant test
     assert published["rungs"][0]["cap"] == {"base": {"n": 12, "hit_cap": 12}, "instruction.s0": {"n": 12, "hit_cap": 0}}
     assert len((ladder.OUT / "outcomes" / "64.jsonl").read_text().splitlines()) == 12
+    assert "| 64 (3) | 8 | 6400 | 60 | 2.500 | 1.9000 | 4 / 0 of 12 | 12 / 0 of 12 |" in published["table"]
     (ladder.OUT / "README.md").write_text("# Ladder\n\n" + published["table"] + "\n")
     assert ladder.check() == 0
-    assert "| 2.500 | 1.9000 | 8 / 2 / 2 | 75.0% |" in published["table"]
     edited = json.loads((ladder.OUT / "ladder.json").read_text())
     edited["decisions"][0]["p_value"] = 0.01
     (ladder.OUT / "ladder.json").write_text(json.dumps(edited))
