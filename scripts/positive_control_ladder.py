@@ -1,18 +1,21 @@
 """The positive control's ladder (issue 32): does instruction tuning beat the base on the validated judge-free metric,
-and from which training budget?
+from which training budget, and, where it does, how does response tuning compare with instruction tuning?
 
-python scripts/positive_control_ladder.py RUN_DIR [RUN_DIR ...]   # each a finished `iit run configs/positive-control.yaml`
+python scripts/positive_control_ladder.py RUN_DIR [RUN_DIR ...]   # finished runs of configs/positive-control.yaml
 python scripts/positive_control_ladder.py --check                 # recompute every number from the published outcomes
 
-Each rung is one run of ``configs/positive-control.yaml`` (a training budget). Its ``eval/alpaca/instruction.s0`` step
-judged the instruction-tuned model against the base on AlpacaEval instructions with ``metric:...``: per instruction a
-win, a loss or a tie. The rung's test is the exact sign test on the decided instructions (ties left out), its interval
-the Clopper–Pearson interval of the win rate among them (the two agree: the interval excludes 1/2 exactly when p < 0.05),
-and Holm's adjustment runs over the rungs (one family). The power column says how many decided instructions the sign
-test needs for 80% power at the rung's measured rate.
+Each run is one rung of ``configs/positive-control.yaml`` (a training budget). Every ``eval/alpaca/<system>`` step of a
+run judged that system against the run's reference (``run.eval.reference``) on AlpacaEval instructions with
+``metric:...``: per instruction a win, a loss or a tie. Each comparison is decided twice: on every instruction, and on
+the instructions where neither output is a non-answer (the gated metric's −1: empty, a template continuation, an echo),
+which isolates content from format. The test is the exact sign test on the decided instructions (ties left out), its
+interval the Clopper–Pearson interval of the win rate among them (they agree: the interval excludes 1/2 exactly when
+p < 0.05), and Holm's adjustment runs over every test on the page (one family). The power column says how many
+decided instructions the sign test needs for 80% power at the measured rate.
 
-Writes ``docs/results/positive-control/``: ``ladder.json`` (every number), ``outcomes/<rung>.jsonl`` (per instruction:
-the two outputs' scores and the verdict, from which ``--check`` recomputes everything) and ``README.md`` (the table).
+Writes ``docs/results/positive-control/``: ``ladder.json`` (every number), ``outcomes/<examples>-<system>-vs-<reference>.jsonl``
+(per instruction: both outputs' scores and the verdict, from which ``--check`` recomputes everything); ``README.md``
+must hold the table.
 """
 
 from __future__ import annotations
@@ -29,49 +32,60 @@ from implicit_it.stats import clopper_pearson, holm, pairs_for_power, sign_test
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "results" / "positive-control"
-SYSTEM, REFERENCE = "instruction.s0", "base"
+NON_ANSWER = -1.0  # the gated metric's score of an empty output, a template continuation or an echo
 
 
 def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def read_rung(run_dir: Path) -> dict[str, Any]:
-    """What one rung trained and what its judge decided, per instruction."""
-    train = _json(run_dir / "train" / SYSTEM / "train_manifest.json")
-    step = run_dir / "eval" / "alpaca" / SYSTEM
-    result = entries_of(_json(step / "alpaca_eval.json"))[0]
-    outcomes = [
-        {"instruction": a["instruction"], "score_base": a["score_1"], "score_tuned": a["score_2"], "preference": a["preference"]}
-        for a in _json(step / "annotations.json")
-    ]
-    caps = {}
-    for system in (REFERENCE, SYSTEM):
-        outputs = _json(run_dir / "generate" / "alpaca" / system / "outputs.json")
-        caps[system] = {"n": len(outputs), "hit_cap": sum(1 for o in outputs if o.get("ended_with_eos") is False)}
-    r, manifest = train["results"], _json(run_dir / "manifest.json")
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """What one run trained (per variant) and what its judge decided (per judged system, per instruction)."""
+    manifest = _json(run_dir / "manifest.json")
+    trained = {}
+    for path in sorted((run_dir / "train").glob("*/train_manifest.json")):
+        train = _json(path)
+        r = train["results"]
+        trained[path.parent.name] = {
+            "examples": r["data"]["n_train_examples"],
+            "truncated": r["data"].get("n_truncated"),
+            "epochs": r["epochs"],
+            "optimizer_steps": r["optimizer_steps"],
+            "tokens_seen": r["tokens_seen"],
+            "train_seconds": train["timings_seconds"].get("train"),
+            "final_loss": r["final_loss"],
+            "val_nll": r.get("val_nll"),
+        }
+    comparisons = []
+    for step in sorted((run_dir / "eval" / "alpaca").glob("*/annotations.json")):
+        result = entries_of(_json(step.parent / "alpaca_eval.json"))[0]
+        outcomes = [
+            {"instruction": a["instruction"], "score_reference": a["score_1"], "score_system": a["score_2"], "preference": a["preference"]}
+            for a in _json(step)
+        ]
+        comparisons.append(
+            {"system": result["generator"], "reference": result["reference_generator"], "judge": result["judge"], "outcomes": outcomes}
+        )
+    cap = {}
+    for outputs_file in sorted((run_dir / "generate" / "alpaca").glob("*/outputs.json")):
+        outputs = _json(outputs_file)
+        cap[outputs_file.parent.name] = {"n": len(outputs), "hit_cap": sum(1 for o in outputs if o.get("ended_with_eos") is False)}
+    if not trained or not comparisons:
+        raise SystemExit(f"{run_dir}: no trained variant or no judged system (eval/alpaca/*/annotations.json); is the run finished?")
     return {
         "run_dir": str(run_dir),
-        "examples": r["data"]["n_train_examples"],
-        "truncated": r["data"].get("n_truncated"),
-        "epochs": r["epochs"],
-        "optimizer_steps": r["optimizer_steps"],
-        "tokens_seen": r["tokens_seen"],
-        "train_seconds": train["timings_seconds"].get("train"),
-        "final_loss": r["final_loss"],
-        "val_nll": r.get("val_nll"),
-        "judge": result["judge"],
+        "examples": max(t["examples"] for t in trained.values()),
+        "trained": trained,
+        "comparisons": comparisons,
+        "cap": cap,
         "max_new_tokens": manifest["config"]["run"]["generate"]["max_new_tokens"],
-        "cap": caps,
         "git": manifest.get("git"),
-        "outcomes": outcomes,
     }
 
 
-NON_ANSWER = -1.0  # the gated metric's score of an empty output, a template continuation or an echo
-COMPARISONS = {
+SUBSETS = {
     "all": "every instruction (the gated metric: format and content)",
-    "both answered": "instructions where neither output is a non-answer (closeness to GPT-4's answer only: content)",
+    "both answered": "the instructions where neither output is a non-answer (closeness to GPT-4's answer: content)",
 }
 
 
@@ -95,22 +109,25 @@ def _compare(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def decide(rungs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per rung and comparison: counts, the sign test, its exact interval and power; Holm over every test of the ladder
-    (one family). The control passes at a rung when its "all" comparison is significant after Holm, with more wins."""
+def decide(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run, judged system and subset: counts, the sign test, its exact interval and power; Holm over every test of
+    the page (one family). A system is better when its test is significant after Holm with more wins than losses."""
     rows = []
-    for rung in rungs:
-        outcomes = rung["outcomes"]
-        subsets = {
-            "all": outcomes,
-            "both answered": [o for o in outcomes if o["score_base"] != NON_ANSWER and o["score_tuned"] != NON_ANSWER],
-        }
-        for comparison, subset in subsets.items():
-            rows.append({"examples": rung["examples"], "comparison": comparison, **_compare(subset)})
+    for run in runs:
+        for c in run["comparisons"]:
+            outcomes = c["outcomes"]
+            subsets = {
+                "all": outcomes,
+                "both answered": [o for o in outcomes if NON_ANSWER not in (o["score_reference"], o["score_system"])],
+            }
+            for subset, chosen in subsets.items():
+                rows.append(
+                    {"examples": run["examples"], "system": c["system"], "reference": c["reference"], "subset": subset, **_compare(chosen)}
+                )
     for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         row["p_holm"] = adjusted
         row["significant"] = adjusted < 0.05
-        row["tuned_better"] = row["significant"] and row["wins"] > row["losses"]
+        row["system_better"] = row["significant"] and row["wins"] > row["losses"]
     return rows
 
 
@@ -118,51 +135,70 @@ def _num(value: float | None, fmt: str = ".4f") -> str:
     return "–" if value is None else format(value, fmt)
 
 
-def table(rungs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
-    """Two Markdown tables: what each rung trained and how often each model gave no answer; then the decisions."""
+def table(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    """Two Markdown tables: what each run trained, with each model's non-answers and capped outputs; then the decisions."""
     lines = [
-        "| examples (truncated) | optimizer steps | tokens | train s | final loss | val NLL | non-answers: base / tuned "
-        "| hit the cap: base / tuned |",
-        "|---|---|---|---|---|---|---|---|",
+        "| examples | variant (truncated examples) | optimizer steps | tokens | train s | final loss | val NLL |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for rung in rungs:
-        o, cap = rung["outcomes"], rung["cap"]
-        lines.append(
-            f"| {rung['examples']} ({rung['truncated']}) | {rung['optimizer_steps']} | {rung['tokens_seen']} "
-            f"| {rung['train_seconds']:.0f} | {rung['final_loss']:.3f} | {_num(rung['val_nll'])} "
-            f"| {sum(x['score_base'] == NON_ANSWER for x in o)} / {sum(x['score_tuned'] == NON_ANSWER for x in o)} of {len(o)} "
-            f"| {cap[REFERENCE]['hit_cap']} / {cap[SYSTEM]['hit_cap']} of {cap[REFERENCE]['n']} |"
-        )
+    for run in runs:
+        for variant, t in run["trained"].items():
+            lines.append(
+                f"| {run['examples']} | {variant} ({t['truncated']}) | {t['optimizer_steps']} | {t['tokens_seen']} "
+                f"| {t['train_seconds']:.0f} | {t['final_loss']:.3f} | {_num(t['val_nll'])} |"
+            )
+    lines += ["", "| examples | system | non-answers | hit the cap |", "|---|---|---|---|"]
+    for run in runs:
+        scores: dict[str, list[float]] = {}
+        for c in run["comparisons"]:
+            scores.setdefault(c["system"], [o["score_system"] for o in c["outcomes"]])
+            scores.setdefault(c["reference"], [o["score_reference"] for o in c["outcomes"]])
+        for system in sorted(scores):
+            cap = run["cap"].get(system, {"hit_cap": None, "n": None})
+            lines.append(
+                f"| {run['examples']} | {system} | {sum(x == NON_ANSWER for x in scores[system])} of {len(scores[system])} "
+                f"| {cap['hit_cap']} of {cap['n']} |"
+            )
     lines += [
         "",
-        "| examples | instructions | n | tuned wins / losses / ties | win rate, ties half | win rate of decided [exact 95% CI] "
-        "| sign test p (Holm) | decided pairs for 80% power | tuned better |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| examples | system vs reference | instructions | n | system wins / losses / ties | win rate, ties half "
+        "| win rate of decided [exact 95% CI] | sign test p (Holm) | decided pairs for 80% power | system better |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         rate = "–" if row["decided_win_rate"] is None else f"{100 * row['decided_win_rate']:.1f}%"
         ci = f"[{100 * row['decided_ci'][0]:.1f}, {100 * row['decided_ci'][1]:.1f}]"
-        verdict = "**yes**" if row["tuned_better"] else ("no: base better" if row["significant"] else "not decided")
+        verdict = "**yes**" if row["system_better"] else (f"no: {row['reference']} better" if row["significant"] else "not decided")
         lines.append(
-            f"| {row['examples']} | {row['comparison']} | {row['n']} | {row['wins']} / {row['losses']} / {row['ties']} "
-            f"| {_num(row['win_rate_with_ties'], '.1f')}% | {rate} {ci} | {row['p_value']:.3g} ({row['p_holm']:.3g}) "
-            f"| {row['pairs_for_80_power'] or '–'} | {verdict} |"
+            f"| {row['examples']} | {row['system']} vs {row['reference']} | {row['subset']} | {row['n']} "
+            f"| {row['wins']} / {row['losses']} / {row['ties']} | {_num(row['win_rate_with_ties'], '.1f')}% | {rate} {ci} "
+            f"| {row['p_value']:.3g} ({row['p_holm']:.3g}) | {row['pairs_for_80_power'] or '–'} | {verdict} |"
         )
     return "\n".join(lines)
 
 
+def _outcomes_name(run: dict[str, Any], c: dict[str, Any]) -> str:
+    return f"outcomes/{run['examples']}-{c['system']}-vs-{c['reference']}.jsonl"
+
+
 def publish(run_dirs: list[Path]) -> dict[str, Any]:
-    rungs = sorted((read_rung(d) for d in run_dirs), key=lambda r: r["examples"])
-    rows = decide(rungs)
-    for rung in rungs:
-        name = f"{rung['examples']}.jsonl"
-        atomic_write_text(OUT / "outcomes" / name, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in rung["outcomes"]))
+    runs = sorted((read_run(d) for d in run_dirs), key=lambda r: (r["examples"], len(r["trained"])))
+    rows = decide(runs)
+    for run in runs:
+        for c in run["comparisons"]:
+            atomic_write_text(OUT / _outcomes_name(run, c), "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in c["outcomes"]))
     ladder = {
-        "rungs": [
-            {k: v for k, v in rung.items() if k != "outcomes"} | {"outcomes": f"outcomes/{rung['examples']}.jsonl"} for rung in rungs
+        "runs": [
+            {k: v for k, v in run.items() if k != "comparisons"}
+            | {
+                "comparisons": [
+                    {k: v for k, v in c.items() if k != "outcomes"} | {"outcomes": _outcomes_name(run, c)} for c in run["comparisons"]
+                ]
+            }
+            for run in runs
         ],
         "decisions": rows,
-        "table": table(rungs, rows),
+        "table": table(runs, rows),
     }
     atomic_write_json(OUT / "ladder.json", ladder)
     return ladder
@@ -171,12 +207,20 @@ def publish(run_dirs: list[Path]) -> dict[str, Any]:
 def check() -> int:
     """Recompute the decisions and the table from the published outcomes; exit 1 on any difference."""
     ladder = _json(OUT / "ladder.json")
-    rungs = [dict(r, outcomes=[json.loads(line) for line in (OUT / r["outcomes"]).read_text().splitlines()]) for r in ladder["rungs"]]
-    rows = decide(rungs)
+    runs = [
+        dict(
+            run,
+            comparisons=[
+                dict(c, outcomes=[json.loads(line) for line in (OUT / c["outcomes"]).read_text().splitlines()]) for c in run["comparisons"]
+            ],
+        )
+        for run in ladder["runs"]
+    ]
+    rows = decide(runs)
     problems = []
     if rows != ladder["decisions"]:
         problems.append("ladder.json's decisions differ from those recomputed from outcomes/")
-    if table(rungs, rows) != ladder["table"]:
+    if table(runs, rows) != ladder["table"]:
         problems.append("ladder.json's table differs from the recomputed one")
     readme = (OUT / "README.md").read_text(encoding="utf-8") if (OUT / "README.md").is_file() else ""
     if ladder["table"] not in readme:
@@ -184,19 +228,19 @@ def check() -> int:
     for p in problems:
         print(f"positive-control: {p}", file=sys.stderr)
     if not problems:
-        print(f"positive-control: {len(rows)} rungs recomputed from their outcomes; ladder.json and README.md agree")
+        print(f"positive-control: {len(rows)} tests recomputed from their outcomes; ladder.json and README.md agree")
     return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="*", type=Path, help="finished runs of configs/positive-control.yaml, one per rung")
+    ap.add_argument("runs", nargs="*", type=Path, help="finished runs of configs/positive-control.yaml")
     ap.add_argument("--check", action="store_true", help="recompute every number from docs/results/positive-control/outcomes")
     args = ap.parse_args(argv)
     if args.check:
         return check()
     if not args.runs:
-        ap.error("name the rungs' run directories (or --check)")
+        ap.error("name the runs' directories (or --check)")
     ladder = publish(args.runs)
     print(ladder["table"])
     print(f"wrote {OUT}/ladder.json and outcomes/; paste the table into {OUT}/README.md (--check verifies it)")

@@ -42,7 +42,11 @@ def fake_run(root: Path, examples: int, prefs: list[float]) -> Path:
     )
     step = run / "eval" / "alpaca" / "instruction.s0"
     step.mkdir(parents=True)
-    (step / "alpaca_eval.json").write_text(json.dumps({"analysis": "alpaca_eval", "results": [{"judge": "metric:x"}]}))
+    (step / "alpaca_eval.json").write_text(
+        json.dumps(
+            {"analysis": "alpaca_eval", "results": [{"judge": "metric:x", "generator": "instruction.s0", "reference_generator": "base"}]}
+        )
+    )
     annotations = [
         # the first 4 base outputs are non-answers (the gated metric's -1): left out of the "both answered" comparison
         {"instruction": f"i{k}", "score_1": -1.0 if k < 4 else 0.5, "score_2": 0.5 + (p - 1.5), "preference": p}
@@ -62,7 +66,8 @@ def test_decisions_follow_the_outcomes_and_check_catches_a_changed_number(tmp_pa
     large = fake_run(tmp_path, 256, [2.0] * 18 + [1.0] * 2)  # 18 wins, 2 losses
     published = ladder.publish([large, small])
     rows = published["decisions"]
-    assert [(r["examples"], r["comparison"]) for r in rows] == [(64, "all"), (64, "both answered"), (256, "all"), (256, "both answered")]
+    assert [(r["examples"], r["subset"]) for r in rows] == [(64, "all"), (64, "both answered"), (256, "all"), (256, "both answered")]
+    assert {(r["system"], r["reference"]) for r in rows} == {("instruction.s0", "base")}
     every, answered = rows[0], rows[1]
     assert (every["wins"], every["losses"], every["ties"]) == (8, 2, 2)
     assert every["p_value"] == pytest.approx(112 / 1024)  # 2 * P(X <= 2), X ~ Bin(10, 1/2)
@@ -71,12 +76,13 @@ def test_decisions_follow_the_outcomes_and_check_catches_a_changed_number(tmp_pa
     assert rows[2]["p_value"] == pytest.approx(2 * 211 / 2**20)  # 2 * P(X <= 2), X ~ Bin(20, 1/2)
     # Holm over the 4 tests: the smallest p times 4
     assert rows[2]["p_holm"] == pytest.approx(4 * rows[2]["p_value"])
-    assert rows[2]["tuned_better"] and not every["tuned_better"] and not every["significant"]
+    assert rows[2]["system_better"] and not every["system_better"] and not every["significant"]
     lo, hi = every["decided_ci"]
     assert lo < 0.5 < hi  # the exact interval agrees with the non-significant test
-    assert published["rungs"][0]["cap"] == {"base": {"n": 12, "hit_cap": 12}, "instruction.s0": {"n": 12, "hit_cap": 0}}
-    assert len((ladder.OUT / "outcomes" / "64.jsonl").read_text().splitlines()) == 12
-    assert "| 64 (3) | 8 | 6400 | 60 | 2.500 | 1.9000 | 4 / 0 of 12 | 12 / 0 of 12 |" in published["table"]
+    assert published["runs"][0]["cap"] == {"base": {"n": 12, "hit_cap": 12}, "instruction.s0": {"n": 12, "hit_cap": 0}}
+    assert len((ladder.OUT / "outcomes" / "64-instruction.s0-vs-base.jsonl").read_text().splitlines()) == 12
+    assert "| 64 | instruction.s0 (3) | 8 | 6400 | 60 | 2.500 | 1.9000 |" in published["table"]
+    assert "| 64 | base | 4 of 12 | 12 of 12 |" in published["table"]
     (ladder.OUT / "README.md").write_text("# Ladder\n\n" + published["table"] + "\n")
     assert ladder.check() == 0
     edited = json.loads((ladder.OUT / "ladder.json").read_text())
