@@ -13,7 +13,7 @@ interval the Clopper–Pearson interval of the win rate among them (they agree: 
 p < 0.05), and Holm's adjustment runs over every test on the page (one family). The power column says how many
 decided instructions the sign test needs for 80% power at the measured rate.
 
-Writes ``docs/results/positive-control/``: ``ladder.json`` (every number), ``outcomes/<examples>-<system>-vs-<reference>.jsonl``
+Writes ``docs/results/positive-control/``: ``ladder.json`` (every number), ``outcomes/<run>/<system>-vs-<reference>.jsonl``
 (per instruction: both outputs' scores and the verdict, from which ``--check`` recomputes everything); ``README.md``
 must hold the table.
 """
@@ -74,6 +74,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         raise SystemExit(f"{run_dir}: no trained variant or no judged system (eval/alpaca/*/annotations.json); is the run finished?")
     return {
         "run_dir": str(run_dir),
+        "name": run_dir.name,
         "examples": max(t["examples"] for t in trained.values()),
         "trained": trained,
         "comparisons": comparisons,
@@ -116,14 +117,11 @@ def decide(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for run in runs:
         for c in run["comparisons"]:
             outcomes = c["outcomes"]
-            subsets = {
-                "all": outcomes,
-                "both answered": [o for o in outcomes if NON_ANSWER not in (o["score_reference"], o["score_system"])],
-            }
+            answered = [o for o in outcomes if NON_ANSWER not in (o["score_reference"], o["score_system"])]
+            # the content-only test where it differs: when both always answer, it is the same test, counted once
+            subsets = {"all": outcomes, **({"both answered": answered} if len(answered) < len(outcomes) else {})}
             for subset, chosen in subsets.items():
-                rows.append(
-                    {"examples": run["examples"], "system": c["system"], "reference": c["reference"], "subset": subset, **_compare(chosen)}
-                )
+                rows.append({"run": run["name"], "system": c["system"], "reference": c["reference"], "subset": subset, **_compare(chosen)})
     for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         row["p_holm"] = adjusted
         row["significant"] = adjusted < 0.05
@@ -138,16 +136,16 @@ def _num(value: float | None, fmt: str = ".4f") -> str:
 def table(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
     """Two Markdown tables: what each run trained, with each model's non-answers and capped outputs; then the decisions."""
     lines = [
-        "| examples | variant (truncated examples) | optimizer steps | tokens | train s | final loss | val NLL |",
-        "|---|---|---|---|---|---|---|",
+        "| run | examples | variant (truncated examples) | optimizer steps | tokens | train s | final loss | val NLL |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         for variant, t in run["trained"].items():
             lines.append(
-                f"| {run['examples']} | {variant} ({t['truncated']}) | {t['optimizer_steps']} | {t['tokens_seen']} "
+                f"| {run['name']} | {run['examples']} | {variant} ({t['truncated']}) | {t['optimizer_steps']} | {t['tokens_seen']} "
                 f"| {t['train_seconds']:.0f} | {t['final_loss']:.3f} | {_num(t['val_nll'])} |"
             )
-    lines += ["", "| examples | system | non-answers | hit the cap |", "|---|---|---|---|"]
+    lines += ["", "| run | system | non-answers | hit the cap |", "|---|---|---|---|"]
     for run in runs:
         scores: dict[str, list[float]] = {}
         for c in run["comparisons"]:
@@ -156,12 +154,12 @@ def table(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
         for system in sorted(scores):
             cap = run["cap"].get(system, {"hit_cap": None, "n": None})
             lines.append(
-                f"| {run['examples']} | {system} | {sum(x == NON_ANSWER for x in scores[system])} of {len(scores[system])} "
+                f"| {run['name']} | {system} | {sum(x == NON_ANSWER for x in scores[system])} of {len(scores[system])} "
                 f"| {cap['hit_cap']} of {cap['n']} |"
             )
     lines += [
         "",
-        "| examples | system vs reference | instructions | n | system wins / losses / ties | win rate, ties half "
+        "| run | system vs reference | instructions | n | system wins / losses / ties | win rate, ties half "
         "| win rate of decided [exact 95% CI] | sign test p (Holm) | decided pairs for 80% power | system better |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -170,7 +168,7 @@ def table(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
         ci = f"[{100 * row['decided_ci'][0]:.1f}, {100 * row['decided_ci'][1]:.1f}]"
         verdict = "**yes**" if row["system_better"] else (f"no: {row['reference']} better" if row["significant"] else "not decided")
         lines.append(
-            f"| {row['examples']} | {row['system']} vs {row['reference']} | {row['subset']} | {row['n']} "
+            f"| {row['run']} | {row['system']} vs {row['reference']} | {row['subset']} | {row['n']} "
             f"| {row['wins']} / {row['losses']} / {row['ties']} | {_num(row['win_rate_with_ties'], '.1f')}% | {rate} {ci} "
             f"| {row['p_value']:.3g} ({row['p_holm']:.3g}) | {row['pairs_for_80_power'] or '–'} | {verdict} |"
         )
@@ -178,11 +176,13 @@ def table(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
 
 
 def _outcomes_name(run: dict[str, Any], c: dict[str, Any]) -> str:
-    return f"outcomes/{run['examples']}-{c['system']}-vs-{c['reference']}.jsonl"
+    return f"outcomes/{run['name']}/{c['system']}-vs-{c['reference']}.jsonl"
 
 
 def publish(run_dirs: list[Path]) -> dict[str, Any]:
-    runs = sorted((read_run(d) for d in run_dirs), key=lambda r: (r["examples"], len(r["trained"])))
+    runs = sorted((read_run(d) for d in run_dirs), key=lambda r: (r["examples"], len(r["trained"]), r["name"]))
+    if len({r["name"] for r in runs}) < len(runs):
+        raise SystemExit("two runs share a directory name; their outcomes would share a folder")
     rows = decide(runs)
     for run in runs:
         for c in run["comparisons"]:
