@@ -54,8 +54,20 @@ def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str |
 
 
 def git_commit(repo: str | Path | None = None) -> dict[str, Any]:
-    """Commit of the implicit-it checkout (and whether it had uncommitted changes)."""
-    repo = Path(repo) if repo else Path(__file__).resolve().parent.parent
+    """Commit of the implicit-it checkout (and whether it had uncommitted changes). For this process's own checkout it is
+    read once, when first asked: a run rewrites its manifest after every step, and a commit made while it runs is not
+    the code it runs (``code`` in the manifest hashes that code)."""
+    if repo is None:
+        return dict(_own_checkout())
+    return _read_git(Path(repo))
+
+
+@functools.cache
+def _own_checkout() -> dict[str, Any]:
+    return _read_git(Path(__file__).resolve().parent.parent)
+
+
+def _read_git(repo: Path) -> dict[str, Any]:
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:

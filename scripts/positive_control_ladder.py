@@ -14,8 +14,8 @@ p < 0.05), and Holm's adjustment runs over every test on the page (one family). 
 decided instructions the sign test needs for 80% power at the measured rate.
 
 Writes ``docs/results/positive-control/``: ``ladder.json`` (every number), ``outcomes/<run>/<system>-vs-<reference>.jsonl``
-(per instruction: both outputs' scores and the verdict, from which ``--check`` recomputes everything); ``README.md``
-must hold the table.
+(per instruction: both outputs' scores and the verdict, from which ``--check`` recomputes everything) with each run's
+``manifest.json``; ``README.md`` must hold the table.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         "cap": cap,
         "max_new_tokens": manifest["config"]["run"]["generate"]["max_new_tokens"],
         "git": manifest.get("git"),
+        "code": manifest.get("code"),
     }
 
 
@@ -185,6 +186,10 @@ def publish(run_dirs: list[Path]) -> dict[str, Any]:
         raise SystemExit("two runs share a directory name; their outcomes would share a folder")
     rows = decide(runs)
     for run in runs:
+        # the run's manifest beside its outcomes: config, data hashes, packages, and the code (``code.source_sha256``)
+        atomic_write_text(
+            OUT / "outcomes" / run["name"] / "manifest.json", (Path(run["run_dir"]) / "manifest.json").read_text(encoding="utf-8")
+        )
         for c in run["comparisons"]:
             atomic_write_text(OUT / _outcomes_name(run, c), "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in c["outcomes"]))
     ladder = {

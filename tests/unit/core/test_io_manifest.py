@@ -92,3 +92,17 @@ def test_source_hash_covers_path_and_content_and_skips_caches_and_tests(tmp_path
 
     io.rename(core / "io2.py")  # the path is hashed, not only the content
     assert source_hash(roots)[0] != sha
+
+
+def test_the_manifest_names_the_checkout_as_it_was_when_the_process_first_asked(tmp_path, monkeypatch):
+    """A run rewrites its manifest after every step; a commit or an edit made meanwhile must not be recorded as its code."""
+    import subprocess
+
+    from implicit_it import manifest
+
+    first = manifest.git_commit()
+    calls = []
+    monkeypatch.setattr(manifest.subprocess, "run", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess(a, 0, "x\n", ""))
+    assert manifest.git_commit() == first and calls == []  # read once: no git call the second time
+    other = manifest.git_commit(tmp_path)  # another checkout is read each time
+    assert calls and other == {"commit": "x", "dirty": True}

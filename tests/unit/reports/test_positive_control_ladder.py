@@ -90,3 +90,12 @@ def test_decisions_follow_the_outcomes_and_check_catches_a_changed_number(tmp_pa
     edited["decisions"][0]["p_value"] = 0.01
     (ladder.OUT / "ladder.json").write_text(json.dumps(edited))
     assert ladder.check() == 1
+
+
+def test_the_published_ladder_recomputes_from_its_outcomes():
+    """docs/results/positive-control: every decision and the README's table recompute from the published outcomes."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "scripts/positive_control_ladder.py", "--check"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
