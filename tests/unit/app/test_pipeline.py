@@ -487,9 +487,9 @@ def test_alpaca_pairs_each_seed_with_the_same_seed_of_the_reference(tiny_llama_d
     data["training"]["max_steps"] = 1
     real, judged = evaluation.annotate, {}
 
-    def spy(pairs, judge, judge_dir, *, generator, cache_path):
+    def spy(pairs, judge, judge_dir, *, generator, cache_path, gold=None):
         judged.setdefault(generator, []).append([(r.output, o.output) for r, o in pairs])
-        return real(pairs, judge, judge_dir, generator=generator, cache_path=cache_path)
+        return real(pairs, judge, judge_dir, generator=generator, cache_path=cache_path, gold=gold)
 
     monkeypatch.setattr(evaluation, "annotate", spy)
     outcome = run_study(parse_config(data), tmp_path / "run", seeds=[1, 2], show_progress=False)
