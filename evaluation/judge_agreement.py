@@ -30,7 +30,7 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from implicit_it.errors import DataFormatError
 from implicit_it.stats import cluster_ratio_with_ci
 
 from .behaviour import echoes_template, words
+
+if TYPE_CHECKING:
+    from implicit_it.embedding import Embedder
 
 ADVERSARIAL = ("NullModel",)
 LEADERBOARD_FILE = "leaderboard.csv"
@@ -646,14 +649,30 @@ class JudgeAgreementResult(AnalysisResult):
 # ------------------------------------------------------------------------------------------------ a metric as a judge
 
 
-def default_embed() -> Embed:
-    """MiniLM in bf16 with the embedding cache (``$IIT_CACHE_DIR/embeddings``): what ``iit eval judge-agreement``
-    validated the metrics with, so a ``metric:`` judge scores as the published table measured."""
+def embedding_function(spec: str = "all-minilm-l6-v2", *, dtype: str = "bfloat16", cache: bool = True) -> tuple[Embed, "Embedder"]:
+    """MiniLM (or ``spec``) in bf16, batches of 64, with the embedding cache (``$IIT_CACHE_DIR/embeddings``): what
+    ``iit eval judge-agreement`` validated the metrics with. Returns the function and the embedder (for manifests)."""
     from implicit_it.embedding import Embedder, embed_unique
     from implicit_it.models import cache_root
 
-    embedder = Embedder(dtype="bfloat16", batch_size=64)
-    return lambda texts: embed_unique(embedder, texts, cache_dir=cache_root() / "embeddings")
+    embedder = Embedder(spec, dtype=dtype, batch_size=64)
+    cache_dir = cache_root() / "embeddings" if cache else None
+    return (lambda texts: embed_unique(embedder, texts, cache_dir=cache_dir)), embedder
+
+
+def default_embed() -> Embed:
+    """The embedding the published table measured, so a ``metric:`` judge scores as validated."""
+    return embedding_function()[0]
+
+
+def gold_answers(judge: Any, path: str | Path | None) -> dict[str, str] | None:
+    """Instruction -> gold answer from an AlpacaEval-style file (``eval_set.json``'s GPT-4 outputs), for a ``metric:``
+    judge; None for any other judge or without a file."""
+    if getattr(judge, "kind", None) != "metric" or not path:
+        return None
+    from .outputs import read_model_outputs
+
+    return {o.instruction: o.output for o in read_model_outputs(path)}
 
 
 def metric_annotations(

@@ -95,6 +95,7 @@ def alpaca(
         parse_judge,
         read_model_outputs,
     )
+    from implicit_it.evaluation.judge_agreement import gold_answers
     from implicit_it.io import atomic_write_json
     from implicit_it.manifest import build_manifest, write_manifest
 
@@ -129,7 +130,7 @@ def alpaca(
         eval_instructions = [r.instruction for r in (read_model_outputs(eval_set) if eval_set else ref_outputs)]
         data_files += [p for p in (outputs, Path(reference), eval_set) if p is not None]
         console.print(f"judging {len(pairs)} pairs with {judge_obj.name} (cached in {out / 'judge_cache.json'})", highlight=False)
-        gold = {o.instruction: o.output for o in read_model_outputs(eval_set)} if judge_obj.kind == "metric" and eval_set else None
+        gold = gold_answers(judge_obj, eval_set)
         frame = annotate(pairs, judge_obj, out / "judge", generator=name, cache_path=out / "judge_cache.json", gold=gold)
         judge_name, judge_info = judge_obj.name, judge_obj.describe()
     metrics = alpaca_metrics(frame, judge=judge_name, lc=lc, eval_set=eval_instructions)
@@ -478,11 +479,17 @@ def judge_agreement(
 ) -> None:
     """Validate judge-free metrics against GPT-4's AlpacaEval judgments: system-level Spearman with the LC and raw win
     rates, item-level agreement on decided and length-matched pairs, where NullModel and length-gamed variants land."""
-    from implicit_it.embedding import Embedder, embed_unique
-    from implicit_it.evaluation.judge_agreement import ADVERSARIAL, AgreementConfig, JudgeAgreement, build_metrics, load_judged
+    from implicit_it.embedding import Embedder
+    from implicit_it.evaluation.judge_agreement import (
+        ADVERSARIAL,
+        AgreementConfig,
+        JudgeAgreement,
+        build_metrics,
+        embedding_function,
+        load_judged,
+    )
     from implicit_it.io import atomic_write_text
     from implicit_it.manifest import build_manifest, write_manifest
-    from implicit_it.models import cache_root
 
     t0 = time.perf_counter()
     if out is not None:
@@ -500,9 +507,8 @@ def judge_agreement(
     loaded: dict[str, Embedder] = {}
 
     def make_embed():
-        loaded["embedder"] = emb = Embedder(embedder, dtype=embed_dtype, batch_size=64)
-        cache_dir = cache_root() / "embeddings" if cache else None
-        return lambda texts: embed_unique(emb, texts, cache_dir=cache_dir)
+        embed, loaded["embedder"] = embedding_function(embedder, dtype=embed_dtype, cache=cache)
+        return embed
 
     metrics = build_metrics(metric, make_embed)
     console.print(

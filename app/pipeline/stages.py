@@ -992,6 +992,7 @@ class StudyPlan:
             parse_judge,
             read_model_outputs,
         )
+        from implicit_it.evaluation.judge_agreement import gold_answers
 
         e = self.config.run.eval
         judge = parse_judge(e.judge, e.judge_model)  # checked before the run started (run_study)
@@ -1000,7 +1001,7 @@ class StudyPlan:
         pairs = pair_with_reference(outputs, read_model_outputs(ref_path), outputs_path=generated.dir / "outputs.json")
         g = self.config.run.generate
         # a metric judge scores both outputs against the instruction set's own answers (AlpacaEval's GPT-4 references)
-        gold = {o.instruction: o.output for o in read_model_outputs(g.instructions)} if judge.kind == "metric" and g.instructions else None
+        gold = gold_answers(judge, g.instructions)
         frame = annotate(
             pairs, judge, step.dir / "judge", generator=system.name, cache_path=self.run_dir / "eval" / "judge_cache.json", gold=gold
         )
