@@ -381,7 +381,15 @@ class RunGenerateConfig(GenerateConfig):
         default=None, gt=0, description="judge-free suite prompts, round-robin over categories; None = all 136"
     )
     instructions: PathText | None = Field(default=None, description="a second instruction set (e.g. AlpacaEval's 805) for the judge")
-    instructions_limit: int | None = Field(default=None, gt=0)
+    instructions_limit: int | None = Field(default=None, gt=0, description="the first N instructions of `instructions` (None: all)")
+    instructions_limit_by_system: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description=(
+            "per-system limits on `instructions`, keyed by system label (checked against the run's systems): spend prompts on "
+            "the decisive contrast and fewer on a slow system (a proxy decodes three models); each limit must not exceed the "
+            "judge's reference system's, whose outputs must cover the system's instructions"
+        ),
+    )
     max_new_tokens_by_system: dict[str, PositiveInt] = Field(
         default_factory=dict,
         description=(

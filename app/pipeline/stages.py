@@ -296,6 +296,7 @@ class StudyPlan:
             self.systems.append(System(rule_system_name(rule_set), "rules", rule_system_name(rule_set), rules=RULE_SETS[rule_set]))
         self.systems += [self._proxy_system(item) for item in run.generate.proxy_systems]
         self._select(self.systems, list(run.generate.max_new_tokens_by_system), "run.generate.max_new_tokens_by_system")
+        self._select(self.systems, list(run.generate.instructions_limit_by_system), "run.generate.instructions_limit_by_system")
         names = {n for s in self.systems for n in (s.name, s.label)}
         unknown = sorted(set(run.eval.ifeval_prompts_by_system) - names)
         if unknown:
@@ -336,6 +337,7 @@ class StudyPlan:
             references = self._alpaca_references()
             for s in self.systems:
                 for ref in self._paired_references(s, references):
+                    self._check_covered(s, ref)
                     self._alpaca_step(
                         s, generated[(s.name, ALPACA)], ref, generated[(ref.name, ALPACA)] if ref else None, several=len(references) > 1
                     )
@@ -404,6 +406,20 @@ class StudyPlan:
         g = self.config.run.generate
         return g.max_new_tokens_by_system.get(system.label, g.max_new_tokens)
 
+    def _instructions_limit(self, system: System | None) -> int | None:
+        """The system's own limit on the AlpacaEval-style set (``run.generate.instructions_limit_by_system``), else the run's."""
+        g = self.config.run.generate
+        return g.instructions_limit_by_system.get(system.label, g.instructions_limit) if system else g.instructions_limit
+
+    def _check_covered(self, system: System, ref: System | None) -> None:
+        """A judged system's instructions must all have a reference output: its limit may not exceed the reference's."""
+        mine, theirs = self._instructions_limit(system), self._instructions_limit(ref) if ref else None
+        if ref is not None and theirs is not None and (mine is None or mine > theirs):
+            raise ValueError(
+                f"run.generate.instructions_limit_by_system: {system.name} would be judged on {mine or 'all'} instructions "
+                f"but its reference {ref.name} answers only {theirs}"
+            )
+
     def _backend(self, system: System) -> str:
         """A proxy system decodes three models at once, which only the hf backend can: it ignores ``backend: vllm``."""
         return "hf" if system.kind == "proxy" else self.config.run.generate.backend
@@ -413,7 +429,7 @@ class StudyPlan:
         instructions = {
             IFSUITE: g.ifsuite_prompts,
             IFEVAL: self._ifeval_config(system) if set_name == IFEVAL else None,
-            ALPACA: [g.instructions, g.instructions_limit],
+            ALPACA: [g.instructions, self._instructions_limit(system)],
         }[set_name]
         config = {
             "system": system.name,
@@ -780,7 +796,7 @@ class StudyPlan:
             return [p.instruction for p in load_suite(limit=g.ifsuite_prompts)]
         if set_name == IFEVAL:
             return [p.prompt for p in self._ifeval_prompts(system)]
-        return [it.instruction for it in read_instructions(g.instructions, limit=g.instructions_limit)]
+        return [it.instruction for it in read_instructions(g.instructions, limit=self._instructions_limit(system))]
 
     def _run_generate(self, step: Step, system: System, set_name: str) -> dict[str, Any]:
         from implicit_it.engines import generate

@@ -470,6 +470,33 @@ def test_each_system_generates_up_to_its_own_cap(tiny_llama_dir, shared_data, tm
         StudyPlan(parse_config(data), tmp_path / "other").build()
 
 
+def test_each_system_reads_its_own_share_of_the_judged_instructions(tiny_llama_dir, shared_data, tmp_path):
+    """``run.generate.instructions_limit_by_system`` (the study: 400 instructions for the decisive contrast, fewer for a
+    slow proxy) reaches each generate step's key and instruction list; a limit above the reference's is a plan error."""
+    data = _judged_config(
+        tiny_llama_dir,
+        shared_data,
+        tmp_path,
+        variants=["instruction", "response"],
+        instructions=shared_data / "lima" / "val_instructions.jsonl",
+        limit=4,
+        rule_sets=["all"],
+    )
+    data["run"]["generate"]["instructions_limit_by_system"] = {"rules": 2, "base": 3}
+    plan = StudyPlan(parse_config(data), tmp_path / "run", show_progress=False)
+    keys = {s.name: s.config["instructions"][1] for s in plan.build() if s.stage == "generate" and s.name.startswith("alpaca/")}
+    assert keys == {"alpaca/base": 3, "alpaca/rules": 2, "alpaca/instruction.s0": 4, "alpaca/response.s0": 4}
+    by_name = {s.name: s for s in plan.systems}
+    assert [len(plan._instructions("alpaca", by_name[n])) for n in ("rules", "base", "response.s0")] == [2, 3, 4]
+    assert plan._instructions("alpaca", by_name["rules"]) == plan._instructions("alpaca", by_name["response.s0"])[:2]
+    data["run"]["generate"]["instructions_limit_by_system"] = {"response": 5}
+    with pytest.raises(ValueError, match=r"instructions_limit_by_system: response.s0 would be judged on 5 instructions but its reference"):
+        StudyPlan(parse_config(data), tmp_path / "other").build()
+    data["run"]["generate"]["instructions_limit_by_system"] = {"rule": 5}
+    with pytest.raises(ValueError, match=r"run.generate.instructions_limit_by_system: unknown system\(s\) \['rule'\]"):
+        StudyPlan(parse_config(data), tmp_path / "other").build()
+
+
 def test_alpaca_pairs_each_seed_with_the_same_seed_of_the_reference(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
     """The paper: response seed s against instruction seed s; the seedless base and rules against every
     instruction seed, reported as mean ± std over those pairs."""
