@@ -4,7 +4,7 @@ lm-eval compares systems with unpaired standard errors; two systems run on the s
 test is the one a reviewer accepts (lm-evaluation-harness #3831). For every metric both logs carry:
 
 * a 0/1 metric per document (``prompt_level_strict_acc``, ``acc``, ``exact_match``): the exact McNemar test on the
-  discordant documents and a paired bootstrap CI of the difference (:func:`implicit_it.stats.paired_comparison`);
+  discordant documents and the interval of the difference that inverts it (:func:`implicit_it.stats.paired_comparison`);
 * a list of 0/1 outcomes per document (IFEval's ``inst_level_*``: a document's instructions are not independent), or a
   real-valued metric: the pooled difference with a bootstrap CI over documents, and a two-sided sign-flip randomisation
   test of the per-document differences (10,000 seeded flips), both clustered by document.
@@ -180,7 +180,7 @@ def paired_tests(
         for m in names:
             va, vb = _outcomes(a, keys, m), _outcomes(b, keys, m)
             if _is_binary(va) and _is_binary(vb):
-                c = paired_comparison(np.array(va, dtype=float) > 0.5, np.array(vb, dtype=float) > 0.5, n_boot=n_boot, seed=seed)
+                c = paired_comparison(np.array(va, dtype=float) > 0.5, np.array(vb, dtype=float) > 0.5)
                 out.append(
                     PairedMetric(
                         m,
@@ -192,7 +192,7 @@ def paired_tests(
                         c.difference,
                         c.ci,
                         c.p_value,
-                        "exact McNemar (two-sided); paired bootstrap CI over documents",
+                        "exact McNemar (two-sided); its inverted interval (Clopper–Pearson on the discordant documents)",
                         {"a_only": c.a_only, "b_only": c.b_only},
                     )
                 )

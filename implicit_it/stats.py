@@ -53,17 +53,11 @@ def mean_with_ci(values: np.ndarray | list[float], *, n_boot: int = 2000, seed: 
 
 
 def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided exact McNemar p-value for paired binary outcomes (a binomial test on the discordant pairs)."""
+    """Two-sided exact McNemar p-value for paired binary outcomes: :func:`sign_test` on the discordant pairs."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if a.shape != b.shape:
         raise ValueError(f"paired outcomes need equal shapes, got {a.shape} and {b.shape}")
-    n01, n10 = int((~a & b).sum()), int((a & ~b).sum())
-    n = n01 + n10
-    if n == 0:
-        return 1.0
-    k = min(n01, n10)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return float(min(1.0, 2.0 * tail))
+    return sign_test(int((a & ~b).sum()), int((~a & b).sum()))
 
 
 @dataclass(frozen=True)
@@ -91,28 +85,31 @@ class PairedComparison:
             "b_only": self.b_only,
             "p_value": self.p_value,
             "n": self.n,
-            "test": "exact McNemar (two-sided); paired bootstrap CI over prompts",
+            "test": "exact McNemar (two-sided); its inverted interval (Clopper–Pearson on the discordant prompts)",
         }
 
 
-def paired_comparison(a: np.ndarray, b: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> PairedComparison:
-    """Compare two systems' per-prompt pass/fail outcomes (same prompts, same order)."""
+def paired_comparison(a: np.ndarray, b: np.ndarray) -> PairedComparison:
+    """Compare two systems' per-prompt pass/fail outcomes (same prompts, same order): exact McNemar, and an interval of
+    the difference that inverts it. Given the D discordant prompts, the difference is (D/n)·(2θ − 1) with θ the share of
+    them A wins; the Clopper–Pearson interval of θ maps onto an interval of the difference that excludes 0 exactly when
+    the test rejects, so the interval and the p-value never disagree (a bootstrap interval can)."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f"paired outcomes need two equal, non-empty 1-D arrays, got {a.shape} and {b.shape}")
-    d = a.astype(np.float64) - b.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(d), size=(n_boot, len(d)))
-    lo, hi = np.percentile(d[idx].mean(axis=1), [2.5, 97.5])
+    a_only, b_only, n = int((a & ~b).sum()), int((~a & b).sum()), len(a)
+    discordant = a_only + b_only
+    lo, hi = clopper_pearson(a_only, discordant) if discordant else (0.5, 0.5)
+    scale = discordant / n
     return PairedComparison(
         float(a.mean()),
         float(b.mean()),
-        float(d.mean()),
-        (float(lo), float(hi)),
-        int((a & ~b).sum()),
-        int((~a & b).sum()),
-        mcnemar_exact(a, b),
-        len(a),
+        (a_only - b_only) / n,
+        (scale * (2 * lo - 1), scale * (2 * hi - 1)),
+        a_only,
+        b_only,
+        sign_test(a_only, b_only),
+        n,
     )
 
 
@@ -130,7 +127,7 @@ def wilson_interval(k: int, n: int, *, z: float = 1.959963984540054) -> tuple[fl
 
 def sign_test(wins: int, losses: int) -> float:
     """Two-sided exact sign test of ``wins`` against ``losses`` (ties left out): twice the smaller binomial tail at 1/2,
-    capped at 1 (the test :func:`mcnemar_exact` runs on discordant pairs)."""
+    capped at 1 (McNemar's exact test is this test on the discordant pairs)."""
     if wins < 0 or losses < 0:
         raise ValueError(f"counts must be ≥ 0, got {wins} and {losses}")
     n = wins + losses
@@ -180,6 +177,17 @@ def pairs_for_power(rate: float, *, power: float = 0.8, alpha: float = 0.05, lim
             return n
         n = n + 1 if n < 64 else int(n * 1.05) + 1
     return None
+
+
+def fisher_exact(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided Fisher's exact p-value of two independent proportions ``k1 / n1`` and ``k2 / n2`` (e.g. two models'
+    instruction-like shares among their own samples)."""
+    from scipy.stats import fisher_exact as _fisher
+
+    for k, n in ((k1, n1), (k2, n2)):
+        if n <= 0 or not 0 <= k <= n:
+            raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    return float(_fisher([[k1, n1 - k1], [k2, n2 - k2]])[1])
 
 
 def holm(p_values: list[float]) -> list[float]:

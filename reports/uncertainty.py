@@ -8,8 +8,8 @@ cheap functions of it, computed when the report is drawn:
 * the IF suite, EOS and template-echo rates: a Wilson interval of the count (pooled over seeds);
 * AlpacaEval win rates: ± 1.96 standard errors (alpaca_eval's), of the mean over seeds;
 * paired tests: two systems on the same IFEval prompts (seed s against seed s; a seedless system
-  against every seed of the other, pairs pooled), exact McNemar p and a paired bootstrap CI of the
-  difference (:func:`implicit_it.stats.paired_comparison`).
+  against every seed of the other, each pair of seeds its own test), exact McNemar p and the interval of the difference
+  that inverts it (:func:`implicit_it.stats.paired_comparison`).
 """
 
 from __future__ import annotations
@@ -107,21 +107,20 @@ def ifeval_cells(records: list[StepRecord], by_seed: dict[int | None, dict[int, 
     return cells
 
 
-def _pairs(a: dict[int | None, dict[int, Any]], b: dict[int | None, dict[int, Any]]) -> list[tuple[dict[int, Any], dict[int, Any]]]:
-    """Seed s against seed s; a seedless side against every seed of the other."""
+def _pairs(
+    a: dict[int | None, dict[int, Any]], b: dict[int | None, dict[int, Any]]
+) -> list[tuple[int | None, int | None, dict[int, Any], dict[int, Any]]]:
+    """(seed of a, seed of b, outcomes): seed s against seed s; a seedless side against every seed of the other."""
     if None in a or None in b:
-        return [(ra, rb) for ra in a.values() for rb in b.values()]
-    return [(a[s], b[s]) for s in sorted(set(a) & set(b))]
+        return [(sa, sb, ra, rb) for sa, ra in a.items() for sb, rb in b.items()]
+    return [(s, s, a[s], b[s]) for s in sorted(set(a) & set(b))]
 
 
-def paired_test(a: dict[int | None, dict[int, Any]], b: dict[int | None, dict[int, Any]], field: str) -> dict[str, Any] | None:
-    """``a`` against ``b`` on their shared prompts (pairs pooled over seeds): :class:`PairedComparison` as JSON."""
-    xs: list[bool] = []
-    ys: list[bool] = []
-    for ra, rb in _pairs(a, b):
-        for k in sorted(set(ra) & set(rb)):
-            xs.append(bool(ra[k][field]))
-            ys.append(bool(rb[k][field]))
+def paired_test(a: dict[int, Any], b: dict[int, Any], field: str) -> dict[str, Any] | None:
+    """One seed of ``a`` against one seed of ``b`` on their shared prompts: :class:`PairedComparison` as JSON. Seeds are
+    seeds: each pair of seeds is its own test, never pooled into more pairs."""
+    keys = sorted(set(a) & set(b))
+    xs, ys = [bool(a[k][field]) for k in keys], [bool(b[k][field]) for k in keys]
     return paired_comparison(np.array(xs), np.array(ys)).to_json() if xs else None
 
 
@@ -135,26 +134,35 @@ def paired_rows(outcomes: dict[str, dict[int | None, dict[int, Any]]], compariso
     for a, b in comparisons:
         if a not in outcomes or b not in outcomes or a == b:
             continue
-        loose, strict = paired_test(outcomes[a], outcomes[b], "loose"), paired_test(outcomes[a], outcomes[b], "strict")
-        if loose is None or strict is None:
-            continue
-
-        def diff(t: dict[str, Any]) -> str:
-            return f"{t['difference'] * 100:+.1f} {interval(t['ci_low'], t['ci_high'])}"
-
-        rows.append(
-            [
-                a,
-                b,
-                str(loose["n"]),
-                diff(loose),
-                f"{loose['a_only']} / {loose['b_only']}",
-                p_text(loose["p_value"]),
-                diff(strict),
-                p_text(strict["p_value"]),
-            ]
-        )
+        for sa, sb, ra, rb in _pairs(outcomes[a], outcomes[b]):
+            row = _paired_row(_seeded(a, sa, outcomes[a]), _seeded(b, sb, outcomes[b]), ra, rb)
+            if row:
+                rows.append(row)
     return rows
+
+
+def _seeded(label: str, seed: int | None, by_seed: dict[int | None, Any]) -> str:
+    return label if seed is None or len(by_seed) == 1 else f"{label}.s{seed}"
+
+
+def _paired_row(a: str, b: str, ra: dict[int, Any], rb: dict[int, Any]) -> list[str] | None:
+    loose, strict = paired_test(ra, rb, "loose"), paired_test(ra, rb, "strict")
+    if loose is None or strict is None:
+        return None
+
+    def diff(t: dict[str, Any]) -> str:
+        return f"{t['difference'] * 100:+.1f} {interval(t['ci_low'], t['ci_high'])}"
+
+    return [
+        a,
+        b,
+        str(loose["n"]),
+        diff(loose),
+        f"{loose['a_only']} / {loose['b_only']}",
+        p_text(loose["p_value"]),
+        diff(strict),
+        p_text(strict["p_value"]),
+    ]
 
 
 PAIRED_COLUMNS = [
@@ -168,7 +176,9 @@ PAIRED_COLUMNS = [
     "McNemar p (strict)",
 ]
 PAIRED_CAPTION = (
-    "Paired tests on the same IFEval prompts: Δ = system − versus in accuracy points, with a paired bootstrap 95% CI; "
+    "Paired tests on the same IFEval prompts: Δ = system − versus in accuracy points, with the 95% interval that inverts "
+    "McNemar's exact test; "
     "p: exact two-sided McNemar test on the prompts only one of the two passes; * p < 0.05 (no correction for the "
-    "number of tests). Several seeds: seed s against seed s, a seedless system against every seed, pairs pooled."
+    "number of tests). Several seeds: seed s against seed s, a seedless system against every seed; each pair of seeds is its own "
+    "row (seeds are never pooled as extra pairs)."
 )

@@ -28,11 +28,10 @@ from typing import Any
 
 from implicit_it.analysis import entries_of
 from implicit_it.io import atomic_write_json, atomic_write_text
-from implicit_it.stats import clopper_pearson, holm, pairs_for_power, sign_test
+from implicit_it.reports.judged import NON_ANSWER, adjust, decide_preferences
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "results" / "positive-control"
-NON_ANSWER = -1.0  # the gated metric's score of an empty output, a template continuation or an echo
 
 
 def _json(path: Path) -> Any:
@@ -85,32 +84,6 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     }
 
 
-SUBSETS = {
-    "all": "every instruction (the gated metric: format and content)",
-    "both answered": "the instructions where neither output is a non-answer (closeness to GPT-4's answer: content)",
-}
-
-
-def _compare(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
-    prefs = [o["preference"] for o in outcomes]
-    wins, losses = sum(p == 2.0 for p in prefs), sum(p == 1.0 for p in prefs)
-    ties = len(prefs) - wins - losses
-    decided = wins + losses
-    rate = wins / decided if decided else None
-    lo, hi = clopper_pearson(wins, decided) if decided else (0.0, 1.0)
-    return {
-        "n": len(prefs),
-        "wins": wins,
-        "losses": losses,
-        "ties": ties,
-        "win_rate_with_ties": 100 * (wins + 0.5 * ties) / len(prefs) if prefs else None,
-        "decided_win_rate": rate,
-        "decided_ci": [lo, hi],
-        "p_value": sign_test(wins, losses),
-        "pairs_for_80_power": pairs_for_power(rate) if rate is not None else None,
-    }
-
-
 def decide(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per run, judged system and subset: counts, the sign test, its exact interval and power; Holm over every test of
     the page (one family). A system is better when its test is significant after Holm with more wins than losses."""
@@ -122,12 +95,16 @@ def decide(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # the content-only test where it differs: when both always answer, it is the same test, counted once
             subsets = {"all": outcomes, **({"both answered": answered} if len(answered) < len(outcomes) else {})}
             for subset, chosen in subsets.items():
-                rows.append({"run": run["name"], "system": c["system"], "reference": c["reference"], "subset": subset, **_compare(chosen)})
-    for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
-        row["p_holm"] = adjusted
-        row["significant"] = adjusted < 0.05
-        row["system_better"] = row["significant"] and row["wins"] > row["losses"]
-    return rows
+                rows.append(
+                    {
+                        "run": run["name"],
+                        "system": c["system"],
+                        "reference": c["reference"],
+                        "subset": subset,
+                        **decide_preferences(o["preference"] for o in chosen),
+                    }
+                )
+    return adjust(rows)
 
 
 def _num(value: float | None, fmt: str = ".4f") -> str:

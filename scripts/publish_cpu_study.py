@@ -1,15 +1,17 @@
 """Publish the CPU study (configs/cpu-study.yaml) in the repository, and write the README's findings from it.
 
 python scripts/publish_cpu_study.py [RUN_DIR]   # RUN_DIR (default runs/study/cpu-study) -> docs/results/cpu-study/ + README
-python scripts/publish_cpu_study.py --check     # exit 1 if README.md's findings differ from docs/results/cpu-study/findings.json
+python scripts/publish_cpu_study.py --check     # recompute every test from the published outcomes; check both READMEs
 
 A run whose manifest says the git tree was dirty is refused: its code is no commit. ``--allow-dirty`` publishes it anyway
 and saves ``git diff HEAD`` of this checkout as ``code.diff`` beside the published files (the run records no diff itself).
 
-Publishing copies the run's report (Markdown, figures, the HTML when small), its manifest and the epoch sweep, computes
-``findings.json`` (:func:`implicit_it.reports.findings.study_findings`, plus the power calculation that sized IFEval from
-the demo run's per-prompt outcomes) and rewrites README.md between the findings markers from that file alone. The check
-re-renders the section from the committed ``findings.json``: the README's numbers cannot drift from the published files.
+Publishing writes ``docs/results/cpu-study/``: ``outcomes/`` (every judged output's score per instruction, every
+template-only sample with its check), ``findings.json`` (:func:`implicit_it.reports.findings.study_findings`, with the
+outcomes moved to those files), the run's report and manifest; then it rewrites, between the findings markers, both
+README.md and docs/results/cpu-study/README.md from ``findings.json`` alone. ``--check`` puts the outcomes back,
+recomputes every test (:func:`implicit_it.reports.findings.recompute`), and checks that findings.json and both READMEs
+hold what the outcomes give; it also runs the positive control's own check (scripts/positive_control_ladder.py).
 """
 
 from __future__ import annotations
@@ -22,60 +24,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from implicit_it.analysis import entries_of
 from implicit_it.io import atomic_write_json, atomic_write_text
 from implicit_it.reports.collect import read_run
-from implicit_it.reports.findings import detectable_difference, findings_markdown, mcnemar_sample_size, read_sweep, study_findings
+from implicit_it.reports.findings import findings_markdown, recompute, study_findings
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 OUT = REPO / "docs" / "results" / "cpu-study"
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 HTML_LIMIT = 3 * 2**20  # the self-contained HTML is published only when it stays small
+KEEP = {"README.md"}  # hand-written; every other file in OUT is the run's
 
 
-def power(demo_dir: Path, study: dict[str, Any]) -> dict[str, Any]:
-    """The calculation that sized the study's IFEval sets: base vs response-tuned discordance in the demo run."""
-
-    def loose(system: str) -> dict[int, bool]:
-        data = json.loads((demo_dir / "eval" / "ifeval" / system / "ifeval.json").read_text(encoding="utf-8"))
-        return {row["key"]: bool(row["loose"]) for row in entries_of(data)[0]["per_prompt"]}
-
-    base, resp = loose("base"), loose("response.s0")
-    keys = sorted(set(base) & set(resp))
-    base_only = sum(base[k] and not resp[k] for k in keys)
-    resp_only = sum(resp[k] and not base[k] for k in keys)
-    n = len(keys)
-    discordant = (base_only + resp_only) / n
-    ife = study.get("ifeval", {})
-    full = max((s["own"]["n"] for s in ife.get("systems", {}).values()), default=0)
-    return {
-        "demo_run": str(demo_dir),
-        "demo_prompts": n,
-        "demo_base_accuracy": sum(base[k] for k in keys) / n,
-        "demo_response_accuracy": sum(resp[k] for k in keys) / n,
-        "demo_base_only": base_only,
-        "demo_response_only": resp_only,
-        "prompts_needed": mcnemar_sample_size(resp_only / n, base_only / n),
-        "study_subset": ife.get("subset_n"),
-        "study_full": full,
-        "detectable_points_full": _points(detectable_difference(full, discordant)) if full else None,
-        "detectable_points_subset": _points(detectable_difference(ife.get("subset_n") or 1, discordant)),
-        "discordant_share": discordant,
-        "test": "McNemar, two-sided, alpha 0.05, power 0.8 (Connor 1987's approximation)",
-    }
-
-
-def _points(share: float | None) -> float | None:
-    return None if share is None else round(100 * share, 1)
-
-
-def rendered(text: str, findings: dict[str, Any]) -> str:
+def rendered(path: Path, text: str, findings: dict[str, Any]) -> str:
     if START not in text or END not in text:
-        raise SystemExit(f"{README}: markers {START} / {END} not found")
+        raise SystemExit(f"{path}: markers {START} / {END} not found")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{findings_markdown(findings)}\n{END}{tail}"
+    return f"{head}{START}\n{findings_markdown(findings)}{END}{tail}"
 
 
 def dirty_diff(run_dir: Path, allow_dirty: bool) -> str | None:
@@ -93,58 +59,109 @@ def dirty_diff(run_dir: Path, allow_dirty: bool) -> str | None:
     return subprocess.run(["git", "-C", str(REPO), "diff", "HEAD"], capture_output=True, text=True, check=True).stdout
 
 
-def publish(run_dir: Path, sweep: Path, demo: Path, allow_dirty: bool = False) -> dict[str, Any]:
+def _safe(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def split_outcomes(findings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """findings.json without the per-item outcomes, and the outcome files (relative path -> rows) that hold them."""
+    files: dict[str, list[dict[str, Any]]] = {}
+    doc = json.loads(json.dumps(findings))
+    for name, s in doc["judged"]["systems"].items():
+        path = f"outcomes/judged/{_safe(name)}.jsonl"
+        files[path] = [{"instruction": i, "score": v} for i, v in s.pop("scores").items()]
+        s["outcomes"] = path
+    for name, s in (doc.get("template") or {}).get("systems", {}).items():
+        path = f"outcomes/template/{_safe(name)}.jsonl"
+        files[path] = s.pop("samples")
+        s["outcomes"] = path
+    return doc, files
+
+
+def join_outcomes(doc: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The inverse of :func:`split_outcomes`: the outcome files read back into the document."""
+    doc = json.loads(json.dumps(doc))
+
+    def rows(path: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in (base / path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    for s in doc["judged"]["systems"].values():
+        s["scores"] = {r["instruction"]: r["score"] for r in rows(s.pop("outcomes"))}
+    for s in (doc.get("template") or {}).get("systems", {}).values():
+        s["samples"] = rows(s.pop("outcomes"))
+    return doc
+
+
+def publish(run_dir: Path, allow_dirty: bool = False) -> dict[str, Any]:
     diff = dirty_diff(run_dir, allow_dirty)  # before anything is written
-    run = read_run(run_dir)
-    findings = study_findings(run, sweep=read_sweep(sweep))
-    findings["power"] = power(demo, findings)
+    doc, files = split_outcomes(study_findings(read_run(run_dir)))
     OUT.mkdir(parents=True, exist_ok=True)
+    for old in OUT.iterdir():
+        if old.name not in KEEP:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    for path, rows in files.items():
+        atomic_write_text(OUT / path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     report = run_dir / "report"
-    for name in ("report.md",):
-        shutil.copy2(report / name, OUT / name)
+    shutil.copy2(report / "report.md", OUT / "report.md")
     html = report / "report.html"
     if html.is_file() and html.stat().st_size <= HTML_LIMIT:
         shutil.copy2(html, OUT / "report.html")
     if (report / "figures").is_dir():
-        shutil.rmtree(OUT / "figures", ignore_errors=True)
         shutil.copytree(report / "figures", OUT / "figures")
     shutil.copy2(run_dir / "manifest.json", OUT / "manifest.json")
-    if sweep.is_file():
-        shutil.copy2(sweep, OUT / "sweep.json")
-    if diff is None:
-        (OUT / "code.diff").unlink(missing_ok=True)  # left by an earlier --allow-dirty publish
-    else:
+    if diff is not None:
         atomic_write_text(OUT / "code.diff", diff)
         print(f"{OUT / 'code.diff'}: the run's git tree was dirty; saved `git diff HEAD` of this checkout (--allow-dirty)")
-    atomic_write_json(OUT / "findings.json", findings)
-    return findings
+    atomic_write_json(OUT / "findings.json", doc)
+    return doc
+
+
+def check() -> int:
+    """Recompute every test from docs/results/cpu-study/outcomes and check findings.json and both READMEs against it."""
+    problems = []
+    doc = json.loads((OUT / "findings.json").read_text(encoding="utf-8"))
+    full = join_outcomes(doc, OUT)
+    redone, _ = split_outcomes(recompute(full))
+    if redone != doc:
+        problems.append("findings.json differs from what its outcomes recompute to (python scripts/publish_cpu_study.py RUN_DIR)")
+    for path in (README, OUT / "README.md"):
+        text = path.read_text(encoding="utf-8")
+        if rendered(path, text, doc) != text:
+            problems.append(f"{path.relative_to(REPO)}: its findings differ from docs/results/cpu-study/findings.json")
+    ladder = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "positive_control_ladder.py"), "--check"], capture_output=True, text=True
+    )
+    if ladder.returncode != 0:
+        problems.append(ladder.stderr.strip())
+    for p in problems:
+        print(f"cpu-study: {p}", file=sys.stderr)
+    if not problems:
+        n = (
+            len(doc["judged"]["decisions"])
+            + len((doc.get("template") or {}).get("tests", []))
+            + len((doc.get("ranking") or {}).get("tests", []))
+        )
+        print(f"cpu-study: {n} tests recomputed from outcomes/; findings.json, README.md and docs/results/cpu-study/README.md agree")
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", nargs="?", default="runs/study/cpu-study", type=Path)
-    ap.add_argument("--sweep", default="runs/cpu-study/response-sweep/sweep.json", type=Path, help="the epoch sweep's sweep.json")
-    ap.add_argument("--demo", default="runs/study/demo", type=Path, help="a finished `iit run` (the demo): the power calculation's rates")
-    ap.add_argument("--check", action="store_true", help="only check that README.md matches the published findings.json")
+    ap.add_argument("--check", action="store_true", help="recompute every test from the published outcomes; check both READMEs")
     ap.add_argument(
         "--allow-dirty", action="store_true", help="publish a run made from a dirty git tree, with `git diff HEAD` as code.diff"
     )
     args = ap.parse_args(argv)
-    text = README.read_text(encoding="utf-8")
     if args.check:
-        findings = json.loads((OUT / "findings.json").read_text(encoding="utf-8"))
-        if rendered(text, findings) != text:
-            print(
-                "README.md's findings differ from docs/results/cpu-study/findings.json: run python scripts/publish_cpu_study.py",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    findings = publish(args.run_dir, args.sweep, args.demo, allow_dirty=args.allow_dirty)
-    new = rendered(text, findings)
-    if new != text:
-        atomic_write_text(README, new)
-    print(f"{OUT}: findings.json, report, manifest; README.md findings rewritten")
+        return check()
+    doc = publish(args.run_dir, allow_dirty=args.allow_dirty)
+    for path in (README, OUT / "README.md"):
+        text = path.read_text(encoding="utf-8")
+        new = rendered(path, text, doc)
+        if new != text:
+            atomic_write_text(path, new)
+    print(f"{OUT}: findings.json, outcomes/, report, manifest; README.md and {OUT.relative_to(REPO)}/README.md findings rewritten")
     return 0
 
 

@@ -10,8 +10,10 @@ import pytest
 from implicit_it.stats import (
     clopper_pearson,
     cluster_ratio_with_ci,
+    fisher_exact,
     holm,
     mcnemar_exact,
+    paired_comparison,
     pairs_for_power,
     sign_test,
     sign_test_power,
@@ -36,6 +38,26 @@ def test_clopper_pearson_excludes_one_half_exactly_when_the_sign_test_rejects(n)
         lo, hi = clopper_pearson(k, n)
         assert 0 <= lo <= k / n <= hi <= 1
         assert (not lo <= 0.5 <= hi) == (sign_test(k, n - k) < 0.05), (k, n)
+
+
+@pytest.mark.parametrize("n", [8, 30, 97])
+def test_the_paired_interval_excludes_zero_exactly_when_mcnemar_rejects(n):
+    """The interval of a paired difference inverts the exact test (a bootstrap interval could exclude 0 at p > 0.05)."""
+    rng = np.random.default_rng(n)
+    for _ in range(60):
+        a, b = rng.random(n) < rng.random(), rng.random(n) < rng.random()
+        c = paired_comparison(a, b)
+        assert c.ci[0] <= c.difference <= c.ci[1]
+        assert (not c.ci[0] <= 0 <= c.ci[1]) == (c.p_value < 0.05), (a, b)
+        assert c.difference == pytest.approx(a.mean() - b.mean())
+
+
+def test_fisher_exact_against_a_hand_computation():
+    # 3/3 vs 0/3: one table at least as extreme each way; p = 2 / C(6, 3)
+    assert fisher_exact(3, 3, 0, 3) == pytest.approx(2 / 20)
+    assert fisher_exact(5, 10, 5, 10) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        fisher_exact(4, 3, 0, 3)
 
 
 def test_power_is_the_probability_of_rejection_by_simulation():

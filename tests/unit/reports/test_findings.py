@@ -1,5 +1,5 @@
-"""The study findings: computed from a finished run's files, worded from their tests, and the README's copy equal to the
-published ``docs/results/cpu-study/findings.json``."""
+"""The study findings: computed from a finished judged run's files, worded from their tests, recomputable from the
+published outcomes, and the README's copy equal to the published ``docs/results/cpu-study/findings.json``."""
 
 from __future__ import annotations
 
@@ -9,26 +9,153 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from implicit_it.reports import read_run
-from implicit_it.reports.findings import detectable_difference, findings_markdown, mcnemar_sample_size, study_findings, verdict
-from implicit_it.stats import paired_comparison
+from implicit_it.reports.findings import findings_markdown, ranking_tests, recompute, sentence, study_findings
+from implicit_it.reports.judged import adjust, decide_counts, decide_preferences
+from implicit_it.stats import holm, sign_test
 
 REPO = Path(__file__).resolve().parents[3]
 
 
+def _script():
+    spec = importlib.util.spec_from_file_location("publish_cpu_study", REPO / "scripts" / "publish_cpu_study.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.fixture(scope="module")
+def judged_study(tiny_llama_dir, shared_data, tmp_path_factory):
+    """A tiny study judged by the metric judge against the instruction-tuned model: instruction, response and delusive
+    variants, the rule adapter, fewer instructions for the base, the template probe and base/instruction ranking."""
+    from implicit_it.app.pipeline import run_study
+    from implicit_it.config import parse_config
+    from tests.helpers import study_config_dict
+
+    data = study_config_dict(tiny_llama_dir, shared_data)
+    data["training"]["variants"] = ["instruction", "response", "delusive"]
+    data["run"] = {
+        "generate": {
+            "ifsuite_prompts": 1,
+            "max_new_tokens": 8,
+            "batch_size": 4,
+            "rule_sets": ["all"],
+            "samples": 1,
+            "instructions": str(shared_data / "alpaca_eval" / "eval_set.json"),
+            "instructions_limit": 8,
+            "instructions_limit_by_system": {"base": 6},
+        },
+        "template": {"enabled": True, "n": 4, "max_new_tokens": 6, "batch_size": 4, "systems": ["base", "response"], "bootstrap": 100},
+        "rank": {
+            "data": str(shared_data / "lima" / "val_reference_gpt35.json"),
+            "systems": ["base", "instruction"],
+            "instructions": 6,
+            "negatives": 2,
+            "max_length": 64,
+            "layers": None,
+        },
+        "probe": {"enabled": False},
+        "diff": {"enabled": False},
+        "mech": {"enabled": False},
+        "eval": {"ifeval": False, "judge": "metric:gated_reference_similarity", "reference": "instruction"},
+    }
+    run_dir = tmp_path_factory.mktemp("judged") / "run"
+    run_study(parse_config(data), run_dir, show_progress=False)
+    return run_dir
+
+
+def _annotations(run_dir: Path, system: str) -> list[dict]:
+    return json.loads((run_dir / "eval" / "alpaca" / system / "annotations.json").read_text())
+
+
+def test_findings_of_a_judged_study_recompute_from_its_files(judged_study):
+    """Each test against the instruction-tuned model equals the judge's own verdicts; each test against the base is
+    derived from the same per-output scores; Holm runs within each table; seeds are rows, the base's smaller set pairs."""
+    f = study_findings(read_run(judged_study))
+    json.dumps(f)  # the published document is plain JSON
+    systems, rows = f["judged"]["systems"], f["judged"]["decisions"]
+    assert set(systems) == {"base", "instruction.s0", "response.s0", "delusive.s0", "rules"}
+    assert len(systems["base"]["scores"]) == 6 and len(systems["response.s0"]["scores"]) == 8
+    for name in ("base", "response.s0", "delusive.s0", "rules"):
+        row = next(r for r in rows if r["system"] == name and r["reference"] == "instruction.s0" and r["subset"] == "all")
+        judged = decide_preferences(a["preference"] for a in _annotations(judged_study, name))  # the judge's own verdicts
+        assert (row["wins"], row["losses"], row["ties"]) == (judged["wins"], judged["losses"], judged["ties"])
+        assert row["p_value"] == sign_test(row["wins"], row["losses"])
+    vs_base = next(r for r in rows if r["system"] == "response.s0" and r["reference"] == "base" and r["subset"] == "all")
+    base, resp = systems["base"]["scores"], systems["response.s0"]["scores"]
+    assert vs_base["n"] == 6 == len(set(base) & set(resp))
+    assert vs_base["wins"] == sum(resp[i] > base[i] for i in base) and vs_base["losses"] == sum(resp[i] < base[i] for i in base)
+    assert {r["table"] for r in rows} == {"1", "4", "controls"}
+    assert not [r for r in rows if r["system"] == "instruction.s0"]  # the positive control is the base's row, counted once
+    for table in ("1", "4", "controls"):
+        chosen = [r for r in rows if r["table"] == table]
+        assert [r["p_holm"] for r in chosen] == holm([r["p_value"] for r in chosen])
+    assert f["template"]["systems"].keys() == {"base", "response.s0"} and f["template"]["tests"][0]["system"] == "response.s0"
+    import pandas as pd
+
+    pairs = pd.read_parquet(judged_study / "rank" / "base" / "ranking_pairs.parquet")
+    (test,) = f["ranking"]["tests"]
+    assert test["unit"] == "instruction" and test["n"] == pairs.instruction_index.nunique() < len(pairs)  # instructions, not pairs
+    assert recompute(f) == f
+    md = findings_markdown(f)
+    for title in ("**Positive control**", "**Table 1 —", "**Table 4 —", "**Controls —", "**Template-only", "**Table 2 —"):
+        assert title in md
+    assert "Q4_K_M GGUF dequantized to fp32" in md
+
+
+def test_published_outcomes_recompute_and_an_edited_score_is_caught(judged_study, tmp_path):
+    """The outcome files hold every judged score and template sample: read back they recompute findings.json exactly, and
+    one changed score changes a decision's counts."""
+    script = _script()
+    f = study_findings(read_run(judged_study))
+    doc, files = script.split_outcomes(f)
+    assert "scores" not in json.dumps(doc["judged"]["systems"]) and "samples" not in json.dumps(doc["template"])
+    for path, rows in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    redone, _ = script.split_outcomes(recompute(script.join_outcomes(doc, tmp_path)))
+    assert redone == doc
+    path = tmp_path / doc["judged"]["systems"]["response.s0"]["outcomes"]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    ref = f["judged"]["systems"]["instruction.s0"]["scores"][rows[0]["instruction"]]
+    rows[0]["score"] = ref + 1.0 if rows[0]["score"] <= ref else ref - 1.0  # flip that instruction's verdict
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tampered, _ = script.split_outcomes(recompute(script.join_outcomes(doc, tmp_path)))
+    assert tampered["judged"]["decisions"] != doc["judged"]["decisions"]
+
+
+def test_a_sentence_claims_a_difference_only_after_holm_and_gives_the_power_otherwise():
+    row = {"system": "response.s0", "reference": "instruction.s0", **decide_counts(80, 108, 12)}
+    adjust([row, {**row, "p_value": 0.5}])
+    text = sentence(row, "Response vs instruction")
+    assert row["p_value"] < 0.05 < row["p_holm"]  # significant raw, not after Holm over two tests
+    assert "not decided" in text and "80 wins, 108 losses, 12 ties of 200" in text and "about 363 decided pairs" in text
+    strong = {"system": "base", "reference": "instruction.s0", **decide_counts(10, 190, 0)}
+    adjust([strong])
+    assert "**instruction.s0 is better**" in sentence(strong, "Positive control")
+
+
+def test_the_ranking_test_is_clustered_by_instruction():
+    """Two systems on three instructions of 5 pairs each: the unit is the instruction (wins 2, losses 1), not the pair."""
+    per = {"base": {0: [5, 5], 1: [1, 5], 2: [3, 5]}, "instruction.s0": {0: [4, 5], 1: [2, 5], 2: [4, 5]}}
+    (test,) = ranking_tests(per)
+    assert (test["wins"], test["losses"], test["ties"], test["n"]) == (2, 1, 0, 3)
+    assert test["p_value"] == sign_test(2, 1) == 1.0
+
+
 def test_the_readme_findings_are_the_published_files():
-    """README.md's "Findings on Gemma-3-270M" equals the section rendered from docs/results/cpu-study/findings.json."""
+    """README.md's findings and docs/results/cpu-study/README.md equal the section rendered from findings.json, whose
+    every test recomputes from the published outcomes."""
     res = subprocess.run([sys.executable, "scripts/publish_cpu_study.py", "--check"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    findings = json.loads((REPO / "docs/results/cpu-study/findings.json").read_text())
-    readme = (REPO / "README.md").read_text()
-    resp = next(c for c in findings["ifeval"]["comparisons"] if c["a"] == "response.s0" and c["b"] == "base")
-    assert f"{100 * resp['difference']:+.1f} [{100 * resp['ci_low']:+.1f}, {100 * resp['ci_high']:+.1f}]" in readme
-    for name in ("report.md", "manifest.json", "sweep.json"):
+    doc = json.loads((REPO / "docs/results/cpu-study/findings.json").read_text())
+    for s in doc["judged"]["systems"].values():
+        assert (REPO / "docs/results/cpu-study" / s["outcomes"]).is_file()
+    for name in ("report.md", "manifest.json"):
         assert (REPO / "docs/results/cpu-study" / name).is_file()
+    assert not json.loads((REPO / "docs/results/cpu-study/manifest.json").read_text())["git"]["dirty"]
 
 
 def test_publishing_refuses_a_run_from_a_dirty_tree_unless_allowed(tmp_path):
@@ -43,79 +170,8 @@ def test_publishing_refuses_a_run_from_a_dirty_tree_unless_allowed(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (REPO / "docs/results/cpu-study").rglob("*")} == published
     assert (REPO / "README.md").read_text() == readme
 
-    spec = importlib.util.spec_from_file_location("publish_cpu_study", REPO / "scripts" / "publish_cpu_study.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script()
     head = subprocess.run(["git", "-C", str(REPO), "diff", "HEAD"], capture_output=True, text=True, check=True).stdout
     assert script.dirty_diff(run, allow_dirty=True) == head
     (run / "manifest.json").write_text(json.dumps({"git": {"commit": "abc123", "dirty": False}}))
     assert script.dirty_diff(run, allow_dirty=False) is None
-
-
-def test_findings_of_a_finished_study_recompute_from_its_files(tiny_study):
-    """Every paired test equals one computed here from the per-prompt rows; accuracies and CIs come from the same rows."""
-    _, run_dir, _ = tiny_study
-    f = study_findings(read_run(run_dir))
-    json.dumps(f)  # the published document is plain JSON
-    ife = f["ifeval"]
-
-    def loose(system: str) -> dict[int, bool]:
-        data = json.loads((run_dir / "eval" / "ifeval" / system / "ifeval.json").read_text())
-        return {r["key"]: bool(r["loose"]) for r in data["results"][0]["per_prompt"]}
-
-    assert {"base", "rules"} <= set(ife["systems"]) and ife["comparisons"]
-    for c in ife["comparisons"]:
-        a, b = loose(c["a"]), loose(c["b"])
-        keys = sorted(set(a) & set(b))
-        expected = paired_comparison(np.array([a[k] for k in keys]), np.array([b[k] for k in keys])).to_json()
-        assert {k: c[k] for k in expected} == expected
-    for name, s in ife["systems"].items():
-        rows = loose(name)
-        assert s["own"]["n"] == len(rows) and s["own"]["accuracy"] == pytest.approx(sum(rows.values()) / len(rows))
-    rk = f["ranking"]
-    for c in rk["comparisons"]:
-        assert c["b"] == "base" and c["n"] == rk["systems"][c["a"]]["n_pairs"]
-    md = findings_markdown(f)
-    for title in ("Table 1", "Table 2", "Table 3", "Table 4"):
-        assert f"**{title} —" in md
-    assert "| base |" in md and "| rules |" in md
-
-
-def test_a_verdict_claims_a_difference_only_below_alpha():
-    c = {"difference": 0.12, "ci_low": 0.04, "ci_high": 0.2, "p_value": 0.004, "n": 100}
-    assert verdict(c, "response", "base").startswith("response scores higher than base")
-    c |= {"difference": -0.12, "ci_low": -0.2, "ci_high": -0.04}
-    assert "scores lower than base" in verdict(c, "response", "base")
-    c |= {"p_value": 0.06}
-    text = verdict(c, "response", "base")
-    assert "not distinguishable" in text and "from -20.0 to -4.0 points" in text
-
-
-def test_mcnemar_sample_size_and_the_detectable_gap():
-    """Connor (1987): discordant 10% vs 5% needs 469 pairs at 80% power; the detectable gap shrinks with n and needs
-    no more pairs than given."""
-    assert mcnemar_sample_size(0.10, 0.05) == mcnemar_sample_size(0.05, 0.10) == 469
-    assert mcnemar_sample_size(0.10, 0.05, power=0.9) > 469
-    with pytest.raises(ValueError):
-        mcnemar_sample_size(0.1, 0.1)
-    gap_541, gap_200 = detectable_difference(541, 0.15), detectable_difference(200, 0.15)
-    assert gap_541 is not None and gap_200 is not None and gap_541 < gap_200 < 0.15
-    p_b = (0.15 - gap_541) / 2
-    assert mcnemar_sample_size(p_b + gap_541, p_b) <= 541
-    assert detectable_difference(48, 0.15) is None  # 48 prompts cannot decide any gap at that discordance
-
-
-def test_the_controls_get_their_own_table_and_tests_when_trained(tiny_study):
-    """A study with a ``delusive`` variant shows it beside instruction tuning, tested against it and against the base."""
-    import copy
-
-    _, run_dir, _ = tiny_study
-    f = study_findings(read_run(run_dir))
-    assert "**Controls —" not in findings_markdown(f)  # none trained: no section
-    ife = f["ifeval"]
-    inst = next(n for n, s in ife["systems"].items() if s["label"] == "instruction")
-    ife["systems"]["delusive.s0"] = copy.deepcopy(ife["systems"][inst]) | {"label": "delusive"}
-    ife["comparisons"] += [c | {"a": "delusive.s0"} for c in ife["comparisons"] if c["a"] == inst and c["b"] == "base"]
-    md = findings_markdown(f)
-    controls = md[md.index("**Controls —") :]
-    assert "| delusive |" in controls and "delusive.s0" in controls and "| instruction |" in controls

@@ -134,7 +134,7 @@ def test_if_tables_carry_reference_rows_and_paired_tests(tiny_study, tmp_path):
 
 def test_several_seeds_give_mean_std_and_a_ci_pooled_over_seeds(tiny_study, tmp_path):
     """A second seed of the response variant (its outcomes edited): mean ± std over seeds and a CI over both seeds' outcomes
-    with one cluster per prompt; the paired test against the seedless base pools both seeds' pairs."""
+    with one cluster per prompt; against the seedless base each seed is its own paired test (seeds are not extra pairs)."""
     _, run_dir, _ = tiny_study
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -158,7 +158,9 @@ def test_several_seeds_give_mean_std_and_a_ci_pooled_over_seeds(tiny_study, tmp_
     assert acc == (s0["prompt_loose"]["accuracy"] + 0.5) / 2
     row = next(line for line in _section(md, "Table 1").splitlines() if line.startswith("| response |"))
     assert row.split(" | ")[2] == f"{mean_std([s0['prompt_loose']['accuracy'], 0.5], scale=100)} [{lo * 100:.1f}, {hi * 100:.1f}]"
-    assert "| response | base | 8 |" in _section(md, "Table 1")  # 2 seeds x 4 prompts, each against the base
+    table1 = _section(md, "Table 1")
+    assert "| response.s0 | base | 4 |" in table1 and "| response.s1 | base | 4 |" in table1  # one test per seed, 4 prompts each
+    assert "| response | base |" not in table1
 
 
 def test_wilson_interval_against_a_hand_computation():
