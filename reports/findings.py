@@ -259,9 +259,17 @@ def _study(run: RunData) -> dict[str, Any]:
     }
 
 
+def _count_scores(systems: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each judged system's number of judged instructions and non-answers, from its scores (in place)."""
+    for s in systems.values():
+        s |= {"judged": len(s["scores"]), "non_answers": sum(x == NON_ANSWER for x in s["scores"].values())}
+    return systems
+
+
 def study_findings(run: RunData) -> dict[str, Any]:
     """Everything the findings section quotes, computed from a finished run."""
     judged = _judged(run)
+    _count_scores(judged["systems"])
     return {
         "format": FORMAT,
         "study": _study(run),
@@ -276,7 +284,8 @@ def recompute(findings: Mapping[str, Any]) -> dict[str, Any]:
     """Every test of a findings document re-derived from its outcomes alone (scores, samples' counts, ranking per
     instruction): equal to ``findings`` when nothing was edited by hand."""
     out = dict(findings)
-    out["judged"] = dict(findings["judged"], decisions=decide(findings["judged"]["systems"]))
+    systems = _count_scores({n: dict(s) for n, s in findings["judged"]["systems"].items()})
+    out["judged"] = dict(findings["judged"], systems=systems, decisions=decide(systems))
     if findings.get("template"):
         systems = _count_samples({n: dict(s) for n, s in findings["template"]["systems"].items()})
         out["template"] = dict(findings["template"], systems=systems, tests=template_tests(systems))
@@ -369,11 +378,10 @@ def _systems_table(f: Mapping[str, Any]) -> list[str]:
     ]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in f["judged"]["systems"].items():
-        scores = list(s["scores"].values())
         g = s.get("generation") or {}
         ref = paper.WIN_RATE_VS_INSTRUCTION | paper.RULES
         out.append(
-            f"| {name} | {len(scores)} | {sum(x == NON_ANSWER for x in scores)} | {g.get('ended_with_eos', '–')} of {g.get('n', '–')} "
+            f"| {name} | {s['judged']} | {s['non_answers']} | {g.get('ended_with_eos', '–')} of {g.get('n', '–')} "
             f"| {g.get('max_new_tokens', '–')} | {g.get('mean_tokens', '–')} | {paper.paper_cells(ref, s['label'], ('Llama-2-7B',))[0]} |"
         )
     return out
