@@ -11,13 +11,15 @@ template-only sample with its check), ``findings.json`` (:func:`implicit_it.repo
 outcomes moved to those files), the run's report and manifest; then it rewrites, between the findings markers, both
 README.md and docs/results/cpu-study/README.md from ``findings.json`` alone. ``--check`` puts the outcomes back,
 recomputes every test (:func:`implicit_it.reports.findings.recompute`), and checks that findings.json and both READMEs
-hold what the outcomes give; it also runs the positive control's own check (scripts/positive_control_ladder.py).
+hold what the outcomes give, that every decimal the study page's prose quotes is one its generated block (or a page it
+cites) gives, and runs the positive control's own check (scripts/positive_control_ladder.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -116,6 +118,19 @@ def publish(run_dir: Path, allow_dirty: bool = False) -> dict[str, Any]:
     return doc
 
 
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]*\d)")  # 41.1, 0.0021; not a version such as 2.13.0
+CITED = ("judge-agreement", "positive-control")  # the pages the study's prose quotes numbers from
+
+
+def unsupported_numbers(page: str, sources: list[str]) -> list[str]:
+    """Decimals in the hand-written prose of ``page`` (outside its generated findings block) found neither in that block
+    nor in ``sources``: a number typed by hand must be one the published files give."""
+    head, rest = page.split(START, 1)
+    block, tail = rest.split(END, 1)
+    known = {n for text in (block, *sources) for n in DECIMAL.findall(text)}
+    return sorted({n for n in DECIMAL.findall(head + tail) if n not in known})
+
+
 def check() -> int:
     """Recompute every test from docs/results/cpu-study/outcomes and check findings.json and both READMEs against it."""
     problems = []
@@ -128,6 +143,11 @@ def check() -> int:
         text = path.read_text(encoding="utf-8")
         if rendered(path, text, doc) != text:
             problems.append(f"{path.relative_to(REPO)}: its findings differ from docs/results/cpu-study/findings.json")
+    page = (OUT / "README.md").read_text(encoding="utf-8")
+    cited = [(OUT.parent / name / "README.md").read_text(encoding="utf-8") for name in CITED]
+    stray = unsupported_numbers(page, cited)
+    if stray:
+        problems.append(f"docs/results/cpu-study/README.md: its prose quotes {stray}, which no published file gives")
     ladder = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "positive_control_ladder.py"), "--check"], capture_output=True, text=True
     )

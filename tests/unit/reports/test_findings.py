@@ -158,6 +158,16 @@ def test_the_readme_findings_are_the_published_files():
     assert not json.loads((REPO / "docs/results/cpu-study/manifest.json").read_text())["git"]["dirty"]
 
 
+def test_a_number_typed_into_the_study_pages_prose_must_be_a_published_one():
+    script = _script()
+    page = (REPO / "docs/results/cpu-study/README.md").read_text()
+    assert script.unsupported_numbers(page, []) != []  # the prose quotes the cited pages too (e.g. the metric's rho)
+    cited = [(REPO / "docs/results" / name / "README.md").read_text() for name in script.CITED]
+    assert script.unsupported_numbers(page, cited) == []
+    assert script.unsupported_numbers(page.replace("## What it shows", "## What it shows\n\nIt wins 41.7%.", 1), cited) == ["41.7"]
+    assert script.unsupported_numbers(page + "\ntorch 2.13.0 and 9.99 points", cited) == ["9.99"]
+
+
 def test_publishing_refuses_a_run_from_a_dirty_tree_unless_allowed(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
