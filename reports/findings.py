@@ -21,7 +21,6 @@ only where it is significant; otherwise the interval and the power say what the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from implicit_it.stats import clopper_pearson, fisher_exact, holm
@@ -474,10 +473,4 @@ def findings_markdown(f: Mapping[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def read_findings(path: str | Path) -> dict[str, Any]:
-    from .collect import read_json
-
-    return read_json(Path(path))
-
-
-__all__ = ["FORMAT", "study_findings", "findings_markdown", "recompute", "sentence", "comparisons_of", "decide", "read_findings"]
+__all__ = ["FORMAT", "study_findings", "findings_markdown", "recompute", "sentence", "comparisons_of", "decide"]
