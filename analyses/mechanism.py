@@ -77,6 +77,8 @@ def smallest_patch(results: dict[str, AnalysisResult], threshold: float, label: 
                 "parameters": pick["parameters"],
                 "share_of_changed": pick["share_of_changed"],
                 "recovered": pick["recovered"],
+                "recovered_ci": pick.get("recovered_ci"),
+                "texts": pick.get("texts"),
                 "reaches": bool(good),
             }
     if "low_rank" in results:
@@ -89,6 +91,8 @@ def smallest_patch(results: dict[str, AnalysisResult], threshold: float, label: 
                 "rank": pick["rank"],
                 "parameters": pick["parameters"],
                 "recovered": pick["recovered"],
+                "recovered_ci": pick.get("recovered_ci"),
+                "texts": pick.get("texts"),
                 "reaches": True,
             }
     if "steering" in results:
@@ -100,30 +104,43 @@ def smallest_patch(results: dict[str, AnalysisResult], threshold: float, label: 
                 "alpha": best["alpha"],
                 "parameters": results["steering"].entries[0].get("hidden_size"),
                 "recovered": best["recovered_heldout"],
+                "recovered_ci": best.get("recovered_heldout_ci"),
+                "texts": results["steering"].entries[0].get("heldout_texts"),
                 "reaches": best["recovered_heldout"] >= threshold,
             }
     return {"variant": label, "threshold": threshold, "smallest": smallest, "sentence": sentence(label, smallest, threshold)}
 
 
+def recovered_text(s: dict[str, Any]) -> str:
+    """A recovered fraction with its 95% interval over texts and how many texts: "85% [78, 91] over 32 texts"."""
+    ci, n = s.get("recovered_ci"), s.get("texts")
+    interval = f" [{ci[0] * 100:.0f}, {ci[1] * 100:.0f}]" if ci else ""
+    return f"{s['recovered']:.0%}{interval}" + (f" over {n} texts" if n else "")
+
+
 def sentence(label: str, smallest: dict[str, Any], threshold: float) -> str:
-    """One sentence: the smallest patch that reaches the threshold, and what the other kinds reach."""
+    """One sentence: the smallest patch whose point estimate reaches the threshold, what the other kinds reach, each
+    with its interval over texts (a patch "reaches" on its estimate; the interval says how firmly)."""
     parts = []
     m = smallest.get("modules")
     if m:
         verb = "recovers" if m["reaches"] else "recovers at most"
         head = "the fewest modules" if m["reaches"] else "no module set short of all"
-        parts.append(f"{head}: {m['what']} ({m['share_of_changed']:.0%} of the changed parameters) {verb} {m['recovered']:.0%}")
+        parts.append(f"{head}: {m['what']} ({m['share_of_changed']:.0%} of the changed parameters) {verb} {recovered_text(m)}")
     r = smallest.get("rank")
     if r and r["what"] != "full rank":
-        parts.append(f"the lowest rank: {r['what']} per matrix recovers {r['recovered']:.0%}")
+        parts.append(f"the lowest rank tried: {r['what']} per matrix recovers {recovered_text(r)}")
     elif r:
-        parts.append("no rank below full (the variant itself) reaches it")
+        parts.append("no rank tried below full (the variant itself) reaches it")
     v = smallest.get("vector")
     if v:
-        parts.append(f"one vector ({v['what']}) recovers {v['recovered']:.0%} on held-out texts")
+        parts.append(f"one vector ({v['what']}) recovers {recovered_text(v)}, held out")
     if not parts:
         return f"{label}: no causal analysis ran."
-    return f"{label}, patches reaching {threshold:.0%} of the change (KL to the variant at response positions) — " + "; ".join(parts) + "."
+    return (
+        f"{label}, patches reaching {threshold:.0%} of the change (KL to the variant at response positions; 95% intervals "
+        "over texts) — " + "; ".join(parts) + "."
+    )
 
 
 @dataclass

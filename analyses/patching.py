@@ -31,6 +31,7 @@ from implicit_it.analysis import Analysis, AnalysisResult
 from implicit_it.formats import ChatFormat, continuation_ids, get_format, instruction_span, pad_batch
 from implicit_it.lens import LogitLens, parse_layers
 from implicit_it.rules import RuleAdapter
+from implicit_it.stats import cluster_ratio_with_ci
 
 from .delta_pass import FIT, HELDOUT, DiffText, EncodedText, encode_texts, length_batches, rule_scores_at, split_halves
 from .rule_family import rowdot
@@ -210,7 +211,8 @@ class TracedModel:
 
 @dataclass
 class Recovery:
-    """Sums over scored positions for one hybrid: KL to the variant (all, first position) and behaviour proxies."""
+    """Sums over scored positions for one hybrid: KL to the variant (all, first position) and behaviour proxies, and
+    per text the KL of the hybrid and of the base over the positions scored, for an interval over texts."""
 
     kl: float = 0.0
     kl_first: float = 0.0
@@ -218,10 +220,28 @@ class Recovery:
     template_prob: float = 0.0
     n_eos: int = 0
     n_first: int = 0
+    text_kl: list[torch.Tensor] = field(default_factory=list)  # per batch: (texts,) the hybrid's summed KL
+    text_kl_base: list[torch.Tensor] = field(default_factory=list)  # per batch: (texts,) the base's summed KL
+    text_positions: list[torch.Tensor] = field(default_factory=list)  # per batch: (texts,) positions scored
 
-    def as_dict(self, reference: "Reference") -> dict[str, float | None]:
+    def recovered_ci(self, seed: int = 0) -> tuple[float, float] | None:
+        """The 95% interval of the recovered fraction 1 − Σ KL / Σ KL_base over texts (cluster bootstrap: the texts are
+        the sample, their positions are not independent); None without two scored texts or with no base KL."""
+        if not self.text_kl:
+            return None
+        scored = torch.cat(self.text_positions) > 0
+        kl, base = torch.cat(self.text_kl)[scored].numpy(), torch.cat(self.text_kl_base)[scored].numpy()
+        if len(kl) < 2 or base.sum() <= 0:
+            return None
+        _, (lo, hi) = cluster_ratio_with_ci(kl, base, seed=seed)
+        return (1.0 - hi, 1.0 - lo)
+
+    def as_dict(self, reference: "Reference") -> dict[str, Any]:
+        ci = self.recovered_ci()
         return {
             "recovered": reference.recovered(self.kl, reference.kl_base),
+            "recovered_ci": list(ci) if ci is not None else None,
+            "texts": int(sum(int((n > 0).sum()) for n in self.text_positions)),
             "first_token_recovered": reference.recovered(self.kl_first, reference.kl_base_first),
             "kl": self.kl / max(reference.n_positions, 1),
             "eos_prob": self.eos_prob / self.n_eos if self.n_eos else None,
@@ -239,6 +259,7 @@ class Reference:
     kl_base: float = 0.0
     kl_base_first: float = 0.0
     n_positions: int = 0
+    base_kl: list[torch.Tensor] = field(default_factory=list)  # per batch: (n,) KL(variant ‖ base) at each position
     base: dict[str, float | None] = field(default_factory=dict)
     variant_proxies: dict[str, float | None] = field(default_factory=dict)
 
@@ -265,6 +286,11 @@ class Reference:
         if self.template_id is not None:
             into.template_prob += float(logprobs[keep & first, self.template_id].exp().sum())
         into.n_first += int((keep & first).sum())
+        rows_kept, texts = batch.rows.to(kl.device)[keep], len(batch.texts)
+        into.text_kl.append(torch.zeros(texts, dtype=torch.float64).index_add_(0, rows_kept.cpu(), kl[keep].double().cpu()))
+        base = self.base_kl[index][keep.to(self.base_kl[index].device)]
+        into.text_kl_base.append(torch.zeros(texts, dtype=torch.float64).index_add_(0, rows_kept.cpu(), base.double().cpu()))
+        into.text_positions.append(torch.zeros(texts, dtype=torch.long).index_add_(0, rows_kept.cpu(), torch.ones_like(rows_kept.cpu())))
         return into
 
 
@@ -313,11 +339,11 @@ class PatchSetup:
             variant_lp = [v.logprobs(b) for b in self.batches]
         self.reference = ref = Reference(variant_lp, int(eos_id), tag[0] if tag else None)
         base_rec, var_rec = Recovery(), Recovery()
-        self.base_kl: list[torch.Tensor] = []  # (n,) KL(variant ‖ base) per batch
+        self.base_kl = ref.base_kl
         for i, b in enumerate(self.batches):
             lp = self.base.logprobs(b)
             kl = ref.kl_rows(i, lp)
-            self.base_kl.append(kl)
+            ref.base_kl.append(kl)
             ref.kl_base += float(kl.sum())
             ref.kl_base_first += float(kl[b.first_rows.to(kl.device)].sum())
             ref.n_positions += len(kl)

@@ -125,6 +125,7 @@ class Steering(CausalAnalysis):
                         "vector_norm": float(delta.norm()),
                         "recovered_fit": fit["recovered"],
                         "recovered_heldout": held["recovered"],
+                        "recovered_heldout_ci": held["recovered_ci"],
                         "eos_prob": held["eos_prob"],
                         "template_prob": held["template_prob"],
                     }
@@ -138,7 +139,12 @@ class Steering(CausalAnalysis):
             "variant": ctx.label,
             "grid": grid,
             "best": best,
-            "rules": {**rules_held, "recovered_fit": rules_fit["recovered"], "recovered_heldout": rules_held["recovered"]},
+            "rules": {
+                **rules_held,
+                "recovered_fit": rules_fit["recovered"],
+                "recovered_heldout": rules_held["recovered"],
+                "recovered_heldout_ci": rules_held["recovered_ci"],
+            },
             "hidden_size": len(next(iter(deltas.values()))) if deltas else 0,
             "fit_texts": sum(t.half == FIT for t in setup.texts),
             "heldout_texts": sum(t.half != FIT for t in setup.texts),

@@ -28,7 +28,8 @@ def accuracy_with_ci(
 
 def cluster_ratio_with_ci(sums: np.ndarray, counts: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, tuple[float, float]]:
     """Σ sums / Σ counts over clusters (per cluster: the summed outcome of its items and how many items it has; an
-    outcome may be fractional, e.g. a tie counted as half) and its cluster-bootstrap percentile 95% CI."""
+    outcome may be fractional, e.g. a tie counted as half; a count may be any non-negative weight, e.g. a text's summed
+    KL) and its cluster-bootstrap percentile 95% CI (a resample whose counts sum to 0 has no ratio and is left out)."""
     w = np.asarray(sums, dtype=np.float64)
     n = np.asarray(counts, dtype=np.float64)
     if w.shape != n.shape or w.ndim != 1:
@@ -37,7 +38,8 @@ def cluster_ratio_with_ci(sums: np.ndarray, counts: np.ndarray, *, n_boot: int =
         raise ValueError("no items to score")
     value = float(w.sum() / n.sum())
     idx = np.random.default_rng(seed).integers(0, len(w), size=(n_boot, len(w)))
-    boot = w[idx].sum(axis=1) / np.maximum(n[idx].sum(axis=1), 1)
+    totals = n[idx].sum(axis=1)
+    boot = w[idx].sum(axis=1)[totals > 0] / totals[totals > 0]
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return value, (float(lo), float(hi))
 

@@ -382,8 +382,10 @@ def _mechanism_table(run: RunData) -> Table:
     """Per variant: the smallest patch of each kind, the rule adapter and the best activation patch beside them, and the
     seconds each analysis took (from the mech steps' summaries)."""
 
-    def pct(x: Any) -> str:
-        return "–" if not isinstance(x, (int, float)) else f"{x * 100:.0f}%"
+    def pct(x: Any, ci: Any = None) -> str:
+        if not isinstance(x, (int, float)):
+            return "–"
+        return f"{x * 100:.0f}%" + (f" [{ci[0] * 100:.0f}, {ci[1] * 100:.0f}]" if ci else "")
 
     steering = {e["variant"]: e for e in getattr(run.merged("mech", "steering"), "entries", [])}
     activations = {e["variant"]: e for e in getattr(run.merged("mech", "activation_patching"), "entries", [])}
@@ -395,31 +397,33 @@ def _mechanism_table(run: RunData) -> Table:
         cells = []
         for kind in ("modules", "rank", "vector"):
             s = smallest.get(kind)
-            cells.append(f"{s['what']}: {pct(s['recovered'])}" if s else "–")
-        rules = steering.get(label, {}).get("rules", {}).get("recovered_heldout")
+            cells.append(f"{s['what']}: {pct(s['recovered'], s.get('recovered_ci'))}" if s else "–")
+        rules = steering.get(label, {}).get("rules", {})
         best = max(
             (c for c in activations.get(label, {}).get("cells", []) if c.get("recovered") is not None and c["positions"] != "all"),
             key=lambda c: c["recovered"],
             default=None,
         )
-        act = f"L{best['layer']} {best['site']} @ {best['positions']}: {pct(best['recovered'])}" if best else "–"
+        act = f"L{best['layer']} {best['site']} @ {best['positions']}: {pct(best['recovered'], best.get('recovered_ci'))}" if best else "–"
         timings = summary.get("timings", {})
         cost = " / ".join(
             f"{timings[k]:.0f}" if k in timings else "–" for k in ("weight_patching", "activation_patching", "steering", "low_rank")
         )
-        rows.append([label, *cells, pct(rules), act, cost])
+        rows.append([label, *cells, pct(rules.get("recovered_heldout"), rules.get("recovered_heldout_ci")), act, cost])
     return Table(
         [
             "variant",
             "fewest modules",
-            "lowest rank",
+            "lowest rank tried",
             "one vector (held-out)",
             "rule adapter (held-out)",
             "best partial activation patch",
             "seconds: weights / activations / steering / rank",
         ],
         rows,
-        "Recovered fraction of the change: 1 − KL(variant ‖ patched base) / KL(variant ‖ base) over response positions. "
+        "Recovered fraction of the change: 1 − KL(variant ‖ patched base) / KL(variant ‖ base) over response positions, "
+        "with its 95% interval over texts (cluster bootstrap; the texts are the sample, their positions are not independent). "
+        "The best activation patch is the best of many cells: its interval does not allow for that choice. "
         "The rule adapter is the paper's product of experts with the base, scored like a patch. The best activation patch "
         "leaves out the 'every position' class (at the last layer it is the variant by construction).",
     )

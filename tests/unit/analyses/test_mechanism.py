@@ -22,7 +22,7 @@ from implicit_it.analyses import (
     WeightSwap,
     texts_from_source,
 )
-from implicit_it.analyses.patching import POSITION_CLASSES
+from implicit_it.analyses.patching import POSITION_CLASSES, Recovery
 from implicit_it.analyses.steering import steer_edit, steered
 from implicit_it.analysis import read_result
 from implicit_it.generation import generate_responses
@@ -85,6 +85,33 @@ def test_all_patched_is_the_variant_none_is_the_base_and_the_base_comes_back_exa
     after = base.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert setup.evaluate()["recovered"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_recovered_interval_is_over_texts_each_text_scored_as_it_would_be_alone(pair, texts):
+    """Per text, the KL the interval resamples is the text's own (a setup on that text alone gives it), the texts sum to
+    the pooled KL, and the 95% interval brackets the estimate: [1, 1] for the variant itself, [0, 0] for the base."""
+    base_dir, variant_dir, _ = pair
+    _, _, setup, swap = setup_for(base_dir, variant_dir, texts)
+    ref = setup.reference
+    alone = {}
+    for t in texts:
+        _, _, one, _ = setup_for(base_dir, variant_dir, [t])
+        alone[one.texts[0].ids] = one.reference.kl_base
+    rec = Recovery()
+    for i, b in enumerate(setup.batches):
+        ref.score(i, b, ref.variant[i], rec)
+    per_text = {t.ids: float(k) for b, ks in zip(setup.batches, rec.text_kl_base, strict=True) for t, k in zip(b.texts, ks, strict=True)}
+    assert per_text == pytest.approx(alone, rel=1e-4)
+    assert sum(per_text.values()) == pytest.approx(ref.kl_base, rel=1e-9)
+    assert rec.recovered_ci() == pytest.approx((1.0, 1.0))
+    with swap.hybrid(swap.changed[: len(swap.changed) // 2]):
+        half = setup.evaluate()
+    lo, hi = half["recovered_ci"]
+    assert lo <= half["recovered"] <= hi and lo < hi
+    assert half["texts"] == len(setup.texts) == len(texts)
+    assert setup.evaluate()["recovered_ci"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    fit, held = setup.evaluate_halves()  # each half's interval is over its own texts
+    assert fit["texts"] + held["texts"] == len(texts)
 
 
 def test_the_base_is_restored_even_when_a_hybrid_fails(pair, texts):

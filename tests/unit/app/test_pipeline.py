@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -752,6 +753,8 @@ def test_mech_steps_run_on_the_trained_variants_and_the_report_shows_where_the_c
     section = md.split("## Where the change lives")[1].split("\n## ")[0]
     for variant, sentence in sentences.items():
         assert f"- {sentence}" in section and variant in sentence
+        assert re.search(r"recovers -?\d+% \[-?\d+, -?\d+\] over 2 texts", sentence), sentence  # uncertainty over texts
+    assert "95% interval over texts" in section and re.search(r"\| [^|]*: -?\d+% \[-?\d+, -?\d+\] \|", section)
     for key in names[:-1]:
         assert f"![{key}](figures/{key}.png)" in section and (copy / "report" / "figures" / f"{key}.png").is_file()
     assert not any(f"result-{name}" in md for name in names)  # no generic section repeats them

@@ -83,3 +83,14 @@ def test_cluster_ratio_counts_fractional_outcomes():
     assert value == pytest.approx(3.5 / 5) and lo <= value <= hi
     with pytest.raises(ValueError, match="equal 1-D shapes"):
         cluster_ratio_with_ci(np.array([1.0]), np.array([1, 2]))
+
+
+def test_cluster_ratio_takes_weights_below_one_as_counts():
+    """Counts may be real weights (a text's summed KL): a ratio of small sums is not clipped at a count of 1."""
+    rng = np.random.default_rng(0)
+    counts = rng.uniform(1e-4, 1e-3, size=40)
+    sums = counts * rng.uniform(0.2, 0.4, size=40)
+    value, (lo, hi) = cluster_ratio_with_ci(sums, counts)
+    assert value == pytest.approx(sums.sum() / counts.sum()) and 0.2 < lo <= value <= hi < 0.4
+    scaled, (slo, shi) = cluster_ratio_with_ci(sums * 1e6, counts * 1e6)
+    assert (scaled, slo, shi) == pytest.approx((value, lo, hi))
