@@ -329,6 +329,47 @@ class BackendComparison:
     noise: dict[str, float]  # quantiles of the measured gap noise, and the share of steps closer than tol
 
 
+@dataclass
+class HfReference:
+    """The hf side of :func:`compare_backends`: greedy outputs and each step's top scores after the rules. Computed once,
+    it serves every engine compared against it on the same prompts and settings."""
+
+    results: list[GenerationResult]
+    tops: dict[int, list[StepScores]]
+
+
+def hf_reference(
+    loaded: Any,
+    instructions: Sequence[str],
+    *,
+    fmt: str = "tulu",
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    rule_config: RuleConfig | None = None,
+) -> HfReference:
+    """Decode ``instructions`` greedily on the hf model ``loaded``, recording each step's top scores after the rules."""
+    from .generation import TopRecorder
+
+    chat = get_format(fmt)
+    rules = rule_config if rule_config is not None and rule_config.rules else None
+    adapter = RuleAdapter(loaded.tokenizer, rules, fmt=chat) if rules is not None else None
+    tops: dict[int, list[StepScores]] = {}
+
+    def factory(batch: Any) -> list[Any]:
+        return ([adapter.logits_processor(batch)] if adapter is not None else []) + [TopRecorder(batch.indices, tops)]
+
+    results, _ = generate_responses(
+        loaded,
+        instructions,
+        fmt=chat,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        logits_processor_factory=factory,
+        show_progress=False,
+    )
+    return HfReference(results, tops)
+
+
 def compare_backends(
     loaded: Any,
     instructions: Sequence[str],
@@ -340,9 +381,11 @@ def compare_backends(
     batch_size: int = 16,
     rule_config: RuleConfig | None = None,
     tol: float | None = None,
+    reference: HfReference | None = None,
 ) -> BackendComparison:
-    """Decode ``instructions`` greedily on the hf model ``loaded`` and on a vLLM engine over ``model_dir``, recording
-    each step's top scores after the rule adapter in both, and compare them with :func:`compare_generations`.
+    """Decode ``instructions`` greedily on the hf model ``loaded`` (or take ``reference``, :func:`hf_reference` of the
+    same arguments) and on a vLLM engine over ``model_dir``, recording each step's top scores after the rule adapter in
+    both, and compare them with :func:`compare_generations`.
 
     ``tol=None`` measures the tolerance on the runs themselves: the largest gap noise
     (:func:`~implicit_it.generation.gap_noise`), the score disagreement of the two runs where their texts still agree,
@@ -350,26 +393,16 @@ def compare_backends(
     that tolerance is reported, so a loose tolerance shows itself."""
     import numpy as np
 
-    from .generation import TOP_K, TopRecorder, compare_generations, gap_noise
+    from .generation import TOP_K, compare_generations, gap_noise
 
     chat = get_format(fmt)
     tok = loaded.tokenizer
     rules = rule_config if rule_config is not None and rule_config.rules else None
-    adapter = RuleAdapter(tok, rules, fmt=chat) if rules is not None else None
-    tops_hf: dict[int, list[StepScores]] = {}
-
-    def factory(batch: Any) -> list[Any]:
-        return ([adapter.logits_processor(batch)] if adapter is not None else []) + [TopRecorder(batch.indices, tops_hf)]
-
-    hf, _ = generate_responses(
-        loaded,
-        instructions,
-        fmt=chat,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        logits_processor_factory=factory,
-        show_progress=False,
-    )
+    if reference is None:
+        reference = hf_reference(
+            loaded, instructions, fmt=chat.name, max_new_tokens=max_new_tokens, batch_size=batch_size, rule_config=rules
+        )
+    hf, tops_hf = reference.results, reference.tops
     engine = vllm_engine(model_dir, settings, max_num_seqs=batch_size, top_k=TOP_K)
     prompts, offsets = encode_instructions(tok, chat, instructions)
     stop_ids = chat.stop_token_ids(tok)

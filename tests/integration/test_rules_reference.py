@@ -3,7 +3,7 @@
 Reference: batch size 1, no KV cache (the whole prefix is recomputed every token, as in the
 paper's CombinedCausalLM), and the rules re-implemented here with Python sets and loops.
 Fast path: batch 8, left padding, KV cache, the ``RuleLogitsProcessor``. Greedy outputs must be
-token-identical for 6 prompts x 64 tokens, with every rule on, and through a chat turn forced into
+token-identical for 4 prompts x 64 tokens, with every rule on, and through a chat turn forced into
 the response (``<|user|>…<|assistant|>``), after which the paper re-finds both tags.
 """
 
@@ -19,7 +19,7 @@ from implicit_it.rules import RuleAdapter, RuleConfig
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 
-N_PROMPTS, N_TOKENS = 6, 64
+N_PROMPTS, N_TOKENS = 4, 64
 
 
 def _after_last(ids: list[int], tag: list[int], default: int) -> int:
@@ -87,7 +87,7 @@ def naive_generate(model, tok, instruction: str, adapter: RuleAdapter, rules: se
 TURN = "\n<|user|>\nAnd now?\n<|assistant|>\n"
 # every rule together (the start rule included), and the paper's three rules through a generated turn. Each single rule
 # and each ablation meets the naive reference on tiny models in tests/fidelity/test_rules.py; on the real model each
-# case costs ~1.5 min of CPU, so the suite keeps the two that exercise every rule at once.
+# case costs ~1 min of CPU, so the suite keeps the two that exercise every rule at once.
 CASES = [(["eos", "uniform", "diversity", "start"], ""), (["eos", "uniform", "diversity"], TURN)]
 
 
