@@ -26,11 +26,9 @@ def _script():
     return script
 
 
-@pytest.fixture(scope="module")
-def judged_study(tiny_llama_dir, shared_data, tmp_path_factory):
+def judged_study_config(tiny_llama_dir, shared_data):
     """A tiny study judged by the metric judge against the instruction-tuned model: instruction, response and delusive
     variants, the rule adapter, fewer instructions for the base, the template probe and base/instruction ranking."""
-    from implicit_it.app.pipeline import run_study
     from implicit_it.config import parse_config
     from tests.helpers import study_config_dict
 
@@ -61,8 +59,15 @@ def judged_study(tiny_llama_dir, shared_data, tmp_path_factory):
         "mech": {"enabled": False},
         "eval": {"ifeval": False, "judge": "metric:gated_reference_similarity", "reference": "instruction"},
     }
+    return parse_config(data)
+
+
+@pytest.fixture(scope="module")
+def judged_study(tiny_llama_dir, shared_data, tmp_path_factory):
+    from implicit_it.app.pipeline import run_study
+
     run_dir = tmp_path_factory.mktemp("judged") / "run"
-    run_study(parse_config(data), run_dir, show_progress=False)
+    run_study(judged_study_config(tiny_llama_dir, shared_data), run_dir, show_progress=False)
     return run_dir
 
 
@@ -126,6 +131,32 @@ def test_published_outcomes_recompute_and_an_edited_score_is_caught(judged_study
     assert tampered["judged"]["decisions"] != doc["judged"]["decisions"]
 
 
+def test_a_fresh_run_with_the_same_seed_reproduces_the_published_study_and_a_difference_is_named(
+    judged_study, tiny_llama_dir, shared_data, tmp_path, monkeypatch, capsys
+):
+    """The whole study (training, generation, judging, template probe, ranking) run again from nothing with the same seed
+    gives every published outcome and finding exactly (``--compare``); one changed outcome or loss is named."""
+    from implicit_it.app.pipeline import run_study
+
+    script = _script()
+    monkeypatch.setattr(script, "OUT", tmp_path / "published")
+    doc = script.publish(judged_study, allow_dirty=True)
+    again = tmp_path / "again"
+    run_study(judged_study_config(tiny_llama_dir, shared_data), again, show_progress=False)
+    assert script.compare(again) == 0, capsys.readouterr().err
+    outcome = script.OUT / doc["judged"]["systems"]["rules"]["outcomes"]
+    rows = outcome.read_text().splitlines()
+    row = json.loads(rows[0])
+    rows[0] = json.dumps({**row, "score": row["score"] + 0.001})
+    outcome.write_text("\n".join(rows) + "\n")
+    doc["train"]["response.s0"]["final_loss"] += 1e-9
+    (script.OUT / "findings.json").write_text(json.dumps(doc))
+    assert script.compare(again) == 1
+    err = capsys.readouterr().err
+    assert "outcomes/judged/rules.jsonl: 1 of 8 rows differ" in err and "/train/response.s0/final_loss" in err
+    assert "train_seconds" not in err  # the machine's load is not the study
+
+
 def test_a_sentence_claims_a_difference_only_after_holm_and_gives_the_power_otherwise():
     row = {"system": "response.s0", "reference": "instruction.s0", **decide_counts(80, 108, 12)}
     adjust([row, {**row, "p_value": 0.5}])
@@ -158,14 +189,25 @@ def test_the_readme_findings_are_the_published_files():
     assert not json.loads((REPO / "docs/results/cpu-study/manifest.json").read_text())["git"]["dirty"]
 
 
-def test_a_number_typed_into_the_study_pages_prose_must_be_a_published_one():
+def test_a_number_typed_into_a_results_pages_prose_must_be_a_published_one():
+    """Every decimal and count ("N of M") in the prose of each docs/results page is one its generated block or its
+    sources give, as given or rounded; a stray, a misrounded p-value or a wrong count is named."""
     script = _script()
+    assert script.prose_problems() == []
     page = (REPO / "docs/results/cpu-study/README.md").read_text()
+    cited = [(REPO / path).read_text() for path in script.PROSE_SOURCES["cpu-study"]]
     assert script.unsupported_numbers(page, []) != []  # the prose quotes the cited pages too (e.g. the metric's rho)
-    cited = [(REPO / "docs/results" / name / "README.md").read_text() for name in script.CITED]
     assert script.unsupported_numbers(page, cited) == []
     assert script.unsupported_numbers(page.replace("## What it shows", "## What it shows\n\nIt wins 41.7%.", 1), cited) == ["41.7"]
     assert script.unsupported_numbers(page + "\ntorch 2.13.0 and 9.99 points", cited) == ["9.99"]
+    assert "34 of 47" in page and "3 of 48" in page  # counts: read from a tally ("34 wins, 13 losses") or a table row
+    assert script.unsupported_numbers(page.replace("34 of 47", "35 of 47", 1), cited) == ["35 of 47"]
+    assert script.unsupported_numbers(page.replace("3 of 48", "4 of 48", 1), cited) == ["4 of 48"]
+    control = (REPO / "docs/results/positive-control/README.md").read_text()
+    sources = [(REPO / path).read_text() for path in script.PROSE_SOURCES["positive-control"]]
+    assert "p = 9.8e-5" in control  # 9.85e-05 in ladder.json: rounded, not 9.9e-5
+    assert script.unsupported_numbers(control.replace("p = 9.8e-5", "p = 9.9e-5", 1), sources) == ["9.9e-5"]
+    assert script.unsupported_numbers(control.replace("ties 12 of 200", "ties 13 of 200", 1), sources) == ["13 of 200"]
 
 
 def test_publishing_refuses_a_run_from_a_dirty_tree_unless_allowed(tmp_path):
