@@ -5,7 +5,7 @@ named per row) where the code and the paper's text disagree. Each :class:`Differ
 the paper's code does, what implicit-it does by default, why, and the switch (a config field
 or CLI flag) that restores the paper's behaviour. The paper configs (``configs/llama2-7b.yaml``,
 ``configs/olmo-7b.yaml``, ``configs/gemma3-270m-paper.yaml``) set every switch to the paper's
-side; the README's "Differences from the paper" table is generated from :data:`DIFFERENCES`
+side; docs/fidelity.md's "Differences from the paper" table is generated from :data:`DIFFERENCES`
 (``python scripts/render_differences.py``), and a test keeps the two equal.
 
 Fidelity is proven component by component in ``tests/fidelity/``: each test runs a port of
@@ -172,7 +172,7 @@ COMPONENTS = ("training data", "training", "generation", "rule adapter", "rankin
 
 
 def differences_markdown() -> str:
-    """The README table: one row per difference, grouped by component in pipeline order."""
+    """The docs/fidelity.md table: one row per difference, grouped by component in pipeline order."""
     head = "| component | the paper's code | implicit-it default | why | paper behaviour with |\n|---|---|---|---|---|"
     ordered = sorted(DIFFERENCES, key=lambda d: COMPONENTS.index(d.component) if d.component in COMPONENTS else len(COMPONENTS))
 

@@ -473,4 +473,23 @@ def findings_markdown(f: Mapping[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-__all__ = ["FORMAT", "study_findings", "findings_markdown", "recompute", "sentence", "comparisons_of", "decide"]
+def findings_headline(f: Mapping[str, Any]) -> str:
+    """The README's short findings: the "In short" bullets of :func:`findings_markdown`, the run in one line, and where
+    the rest is (docs/results/cpu-study/)."""
+    st, git, hw = f["study"], f["study"].get("git") or {}, f["study"].get("hardware") or {}
+    return (
+        "\n".join(
+            _in_short(f)
+            + [
+                f"Measured by `iit run configs/cpu-study.yaml` ({st['compute_seconds'] / 60:.0f} min of compute on a "
+                f"{hw.get('cpu_count', '?')}-core CPU, commit "
+                f"{str(git.get('commit', '?'))[:7]}) on google/gemma-3-270m as the **Q4_K_M GGUF dequantized to fp32**, judged by "
+                f"`{f['judged']['judge']}`. The design, the training and generation tables, every test with its power, and what "
+                "the study cannot show: [docs/results/cpu-study/](docs/results/cpu-study/README.md).",
+            ]
+        ).rstrip()
+        + "\n"
+    )
+
+
+__all__ = ["FORMAT", "study_findings", "findings_markdown", "findings_headline", "recompute", "sentence", "comparisons_of", "decide"]

@@ -3,6 +3,7 @@
 python scripts/publish_cpu_study.py [RUN_DIR]   # RUN_DIR (default runs/study/cpu-study) -> docs/results/cpu-study/ + README
 python scripts/publish_cpu_study.py --check     # recompute every test from the published outcomes; check both READMEs
 python scripts/publish_cpu_study.py --compare RUN_DIR  # does a fresh run reproduce the published study, exactly?
+python scripts/publish_cpu_study.py --render   # rewrite both READMEs' findings blocks from the published findings.json
 
 A run whose manifest says the git tree was dirty is refused: its code is no commit. ``--allow-dirty`` publishes it anyway
 and saves ``git diff HEAD`` of this checkout as ``code.diff`` beside the published files (the run records no diff itself).
@@ -31,7 +32,7 @@ from typing import Any
 
 from implicit_it.io import atomic_write_json, atomic_write_text
 from implicit_it.reports.collect import read_run
-from implicit_it.reports.findings import findings_markdown, recompute, study_findings
+from implicit_it.reports.findings import findings_headline, findings_markdown, recompute, study_findings
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -42,11 +43,13 @@ KEEP = {"README.md"}  # hand-written; every other file in OUT is the run's
 
 
 def rendered(path: Path, text: str, findings: dict[str, Any]) -> str:
+    """``text`` with its findings block rewritten: the README gets the headline, the study's page every table."""
     if START not in text or END not in text:
         raise SystemExit(f"{path}: markers {START} / {END} not found")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{findings_markdown(findings)}{END}{tail}"
+    body = findings_headline(findings) if path.resolve() == README.resolve() else findings_markdown(findings)
+    return f"{head}{START}\n{body}{END}{tail}"
 
 
 def dirty_diff(run_dir: Path, allow_dirty: bool) -> str | None:
@@ -285,18 +288,23 @@ def main(argv: list[str] | None = None) -> int:
         "--allow-dirty", action="store_true", help="publish a run made from a dirty git tree, with `git diff HEAD` as code.diff"
     )
     ap.add_argument("--compare", action="store_true", help="does RUN_DIR, a fresh run, reproduce the published study? writes nothing")
+    ap.add_argument("--render", action="store_true", help="rewrite both READMEs' findings from the published findings.json only")
     args = ap.parse_args(argv)
     if args.check:
         return check()
     if args.compare:
         return compare(args.run_dir)
-    doc = publish(args.run_dir, allow_dirty=args.allow_dirty)
+    if args.render:
+        doc = json.loads((OUT / "findings.json").read_text(encoding="utf-8"))
+    else:
+        doc = publish(args.run_dir, allow_dirty=args.allow_dirty)
     for path in (README, OUT / "README.md"):
         text = path.read_text(encoding="utf-8")
         new = rendered(path, text, doc)
         if new != text:
             atomic_write_text(path, new)
-    print(f"{OUT}: findings.json, outcomes/, report, manifest; README.md and {OUT.relative_to(REPO)}/README.md findings rewritten")
+    wrote = "" if args.render else "findings.json, outcomes/, report, manifest; "
+    print(f"{OUT}: {wrote}README.md and {OUT.relative_to(REPO)}/README.md findings rewritten")
     return 0
 
 

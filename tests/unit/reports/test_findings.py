@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from implicit_it.reports import read_run
-from implicit_it.reports.findings import findings_markdown, ranking_tests, recompute, sentence, study_findings
+from implicit_it.reports.findings import findings_headline, findings_markdown, ranking_tests, recompute, sentence, study_findings
 from implicit_it.reports.judged import adjust, decide_counts, decide_preferences
 from implicit_it.stats import holm, sign_test
 
@@ -187,6 +187,9 @@ def test_the_readme_findings_are_the_published_files():
     for name in ("report.md", "manifest.json"):
         assert (REPO / "docs/results/cpu-study" / name).is_file()
     assert not json.loads((REPO / "docs/results/cpu-study/manifest.json").read_text())["git"]["dirty"]
+    readme, page = (REPO / "README.md").read_text(), (REPO / "docs/results/cpu-study/README.md").read_text()
+    assert findings_headline(doc) in readme and "**Table 1 —" not in readme  # the README: the headline and a link
+    assert findings_markdown(doc) in page and "**Table 1 —" in page  # the study's page: every table
 
 
 def test_a_number_typed_into_a_results_pages_prose_must_be_a_published_one():
