@@ -8,9 +8,6 @@ and fail on at every retry. Here a checkpoint counts only once Trainer has finis
 calls after ``_save_checkpoint`` returned, rotation included), atomically and on the main process
 only; :func:`latest_complete_checkpoint` is what a resume starts from, by path, and
 :func:`discard_incomplete` removes the half-written ones (with a note) before it does.
-
-Checkpoints written before the marker existed (no checkpoint of the run has one) count when
-their ``trainer_state.json`` reads back with their own step.
 """
 
 from __future__ import annotations
@@ -54,13 +51,9 @@ def checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _has_marker(path: Path) -> bool:
-    return (path / COMPLETE_MARKER).is_file()
-
-
-def is_complete(path: str | Path, *, legacy: bool = False) -> bool:
+def is_complete(path: str | Path) -> bool:
     """Trainer finished writing this checkpoint: our marker is there and its ``trainer_state.json`` reads back
-    with the folder's own step (``legacy``: without the marker, for runs from before it)."""
+    with the folder's own step."""
     path = Path(path)
     m = _CHECKPOINT_RE.match(path.name)
     if not m:
@@ -69,17 +62,13 @@ def is_complete(path: str | Path, *, legacy: bool = False) -> bool:
     state = _read_json(path / TRAINER_STATE)
     if not isinstance(state, dict) or state.get("global_step") != step:
         return False
-    if legacy:
-        return True
     marker = _read_json(path / COMPLETE_MARKER)
     return isinstance(marker, dict) and marker.get("global_step") == step
 
 
 def complete_checkpoints(out_dir: str | Path) -> list[Path]:
     """The complete checkpoints of ``out_dir``, oldest first."""
-    found = checkpoints(out_dir)
-    legacy = bool(found) and not any(_has_marker(p) for _, p in found)
-    return [p for _, p in found if is_complete(p, legacy=legacy)]
+    return [p for _, p in checkpoints(out_dir) if is_complete(p)]
 
 
 def latest_complete_checkpoint(out_dir: str | Path) -> Path | None:
