@@ -317,15 +317,20 @@ def sentence(row: Mapping[str, Any], what: str) -> str:
     return f"{what}: not decided ({counts}; {row['system']} wins {rate} of decided pairs; {p}; {power})."
 
 
+def _paper_rate(table: Mapping[str, Mapping[str, str]], label: str) -> str:
+    """The paper's Llama-2-7B win rate for ``label`` without its spread: "43.3% for Llama-2-7B"."""
+    return table[label]["Llama-2-7B"].split(" ±")[0] + "% for Llama-2-7B"
+
+
 def _in_short(f: Mapping[str, Any]) -> list[str]:
     systems = f["judged"]["systems"]
     inst, resp = _first_seed(systems, "instruction"), _first_seed(systems, "response")
     lines = []
     for system, reference, what in [
         ("base", inst, "**Positive control** (instruction-tuned vs base)"),
-        (resp, inst, "**Response tuning vs instruction tuning** (the paper: 43.3% for Llama-2-7B)"),
+        (resp, inst, f"**Response tuning vs instruction tuning** (the paper: {_paper_rate(paper.WIN_RATE_VS_INSTRUCTION, 'response')})"),
         (resp, "base", "**Response tuning vs base**"),
-        ("rules", inst, "**Rule adapter vs instruction tuning** (the paper: 24.4%)"),
+        ("rules", inst, f"**Rule adapter vs instruction tuning** (the paper: {_paper_rate(paper.RULES, 'rules')})"),
     ]:
         row = _row(f, system, reference)
         if row:
