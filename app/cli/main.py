@@ -166,6 +166,10 @@ def train(
     report_to: Optional[str] = typer.Option(
         None, "--report-to", help="Training logs in OUT/logs/: none, tensorboard, or wandb (offline). Default: training.report_to."
     ),
+    epochs: Optional[float] = typer.Option(
+        None, "--epochs", help="Epochs (> 0) for every variant trained: sets training.epochs and clears training.epochs_by_variant."
+    ),
+    sets: list[str] = typer.Option([], "--set", help="KEY=VALUE with a dotted key: set one config field (value read as YAML); repeatable."),
 ) -> None:
     """Finetune the config's base model into one variant (or each); writes an HF model directory + train_manifest.json + loss.png.
 
@@ -173,7 +177,11 @@ def train(
     `accelerate launch --config_file configs/accelerate/fsdp.yaml -m implicit_it train ...`."""
     from implicit_it.training import train_variant
 
-    cfg, variants = _load_experiment(config, variant, (f"training.report_to={report_to}",) if report_to is not None else ())
+    if epochs is not None and not epochs > 0:
+        raise typer.BadParameter(f"must be > 0, got {epochs:g}", param_hint="--epochs")
+    overrides = [f"training.report_to={report_to}"] if report_to is not None else []
+    overrides += [f"training.epochs={epochs}", "training.epochs_by_variant={}"] if epochs is not None else []
+    cfg, variants = _load_experiment(config, variant, (*overrides, *sets))
     for v in variants:
         target = (out / v.name if len(variants) > 1 else out) if out is not None else None
         res = train_variant(cfg, v, out_dir=target, seed=seed, resume=resume, overwrite=overwrite, show_progress=not quiet)

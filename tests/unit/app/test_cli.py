@@ -171,6 +171,14 @@ def test_train_and_sweep_commands(tmp_path, tiny_llama_dir, shared_data):
     assert man["seed"] == 7 and man["results"]["variant"] == "response" and man["results"]["optimizer_steps"] == 2
     again = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(out), "-q"])
     assert again.exit_code == 2 and "--overwrite" in again.output  # a finished run is never silently replaced
+    longer = tmp_path / "resp2"
+    args = ["--out", str(longer), "--epochs", "2", "--set", "training.learning_rate=5e-4", "-q"]
+    res = runner.invoke(app, ["train", "--config", str(cfg), *args])
+    assert res.exit_code == 0, res.output
+    man = json.loads((longer / "train_manifest.json").read_text())
+    assert man["results"]["optimizer_steps"] == 4 and man["config"]["training"]["learning_rate"] == 5e-4
+    res = runner.invoke(app, ["train", "--config", str(cfg), "--epochs", "0"])
+    assert res.exit_code == 2 and "--epochs" in res.output
     res = runner.invoke(app, ["sweep", "--config", str(cfg), "--variant", "response", "--out", str(tmp_path / "sw"), "-q"])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "sw" / "sweep.json").read_text())
