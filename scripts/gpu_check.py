@@ -1,4 +1,4 @@
-"""GPU readiness without weights: the study's CUDA paths at real shapes, timed and checked (see implicit_it/gpu_check.py).
+"""GPU readiness without weights: the study's CUDA paths at real shapes, timed and checked (see app/gpu_check/).
 
     python scripts/gpu_check.py            # on a GPU machine: Gemma-3-270M and a Llama-2-7B shape (<= 10 min on one H100/H200)
     python scripts/gpu_check.py --tiny     # 2-layer shapes: seconds, on CPU too (CI runs this)
