@@ -339,7 +339,6 @@ class PatchSetup:
             variant_lp = [v.logprobs(b) for b in self.batches]
         self.reference = ref = Reference(variant_lp, int(eos_id), tag[0] if tag else None)
         base_rec, var_rec = Recovery(), Recovery()
-        self.base_kl = ref.base_kl
         for i, b in enumerate(self.batches):
             lp = self.base.logprobs(b)
             kl = ref.kl_rows(i, lp)
@@ -387,7 +386,8 @@ class PatchSetup:
             for j, half in enumerate(halves):
                 keep = None if half is None else b.halves == half
                 self.reference.score(i, b, lp, recs[j], keep)
-                kl_base[j] += float(self.base_kl[i].sum() if keep is None else self.base_kl[i][keep.to(self.base_kl[i].device)].sum())
+                base_kl = self.reference.base_kl[i]
+                kl_base[j] += float(base_kl.sum() if keep is None else base_kl[keep.to(base_kl.device)].sum())
         out = []
         for rec, kb in zip(recs, kl_base, strict=True):
             d = rec.as_dict(self.reference)
