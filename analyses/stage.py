@@ -1,6 +1,6 @@
 """The diff and mech stages: what ``iit diff`` / ``iit mech`` and the pipeline's diff / mech steps call.
 
-:func:`diff_runner` checks a :class:`~implicit_it.config.DiffConfig` before any model loads and builds the
+:func:`diff_runner` checks a :class:`~implicit_it.analyses.config.DiffConfig` before any model loads and builds the
 :class:`~.layer_diff.LayerDiff`; :func:`diff` compares the base with one variant, saves every analysis result
 (merged with earlier variants', side by side) and the texts the logit analyses read. :func:`mech` runs the causal
 analyses (:mod:`.mechanism`) of one variant and saves them the same way. Manifests are the caller's."""
@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from implicit_it.analysis import AnalysisResult, merge_by_name
-from implicit_it.config import DiffConfig, MechConfig
 from implicit_it.io import atomic_write_jsonl
 from implicit_it.lens import parse_layers
 from implicit_it.rules import RuleConfig, load_rule_config
 
+from .config import DiffConfig, MechConfig
 from .delta_pass import DeltaPassConfig, DiffText
 from .layer_diff import LayerDiff, VariantDiff, merge_results, parse_analyses
 from .mechanism import Mechanism

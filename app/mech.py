@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from implicit_it.config import MechConfig
+from implicit_it.analyses.config import MechConfig
 
 IFEVAL_LABEL = "IFEval"
 INSTRUCTIONS_LABEL = "instructions"

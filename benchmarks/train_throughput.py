@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     args = ap.parse_args()
 
-    from implicit_it.config import load_config
+    from implicit_it.app.config import load_config
     from implicit_it.training import parse_variant, train_variant
 
     base = load_config(args.config)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from implicit_it.config import ProbeConfig, RankConfig, TemplateConfig
 from implicit_it.lens import check_layer_spec
 
+from .config import ProbeConfig, RankConfig, TemplateConfig
 from .linear import ActivationStore, LinearProbe, ProbeResult
 from .pairs import RankingGroup, RankingSource, build_ranking_groups, read_ranking_source
 from .ranking import LayerwiseRankingResult, RankingProbe, RankingResult

@@ -20,9 +20,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar, Sequence
 
 from implicit_it.analysis import AnalysisResult, new_figure, register_result
-from implicit_it.config import TemplateConfig
 from implicit_it.formats import ChatFormat, get_format
 from implicit_it.stats import accuracy_with_ci, mean_with_ci
+
+from .config import TemplateConfig
 
 _SLOT = "TEMPLATEPROBESLOT9C1E"
 MIN_WORDS, MAX_WORDS = 3, 300

@@ -128,8 +128,8 @@ def real_gemma():
 @pytest.fixture(scope="session")
 def tiny_study(tiny_llama_dir, shared_data, tmp_path_factory):
     """One finished ``iit run`` study on a tiny random llama (every stage): (config, run dir, outcome)."""
+    from implicit_it.app.config import parse_config
     from implicit_it.app.pipeline import run_study
-    from implicit_it.config import parse_config
     from tests.helpers import study_config_dict
 
     cfg = parse_config(study_config_dict(tiny_llama_dir, shared_data))

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from implicit_it.config import ExperimentConfig
 from implicit_it.io import atomic_write_json, remove_temp_litter
 from implicit_it.locks import LOCK_NAME, directory_lock
 from implicit_it.manifest import build_manifest
@@ -45,6 +44,7 @@ from .checkpoints import (
     latest_complete_checkpoint,
     remove_checkpoints,
 )
+from .config import TrainingExperiment
 from .curves import loss_curve, write_loss_plot
 from .validation import heldout_response_nll, response_nll
 from .variants import EncodedDataset, MaskedLMCollator, Variant, VariantData, build_variant_data
@@ -121,7 +121,7 @@ class TrainResult:
         return self.results["final_loss"]
 
 
-def default_out_dir(config: ExperimentConfig, variant: Variant) -> Path:
+def default_out_dir(config: TrainingExperiment, variant: Variant) -> Path:
     return Path("runs") / config.name / variant.name
 
 
@@ -214,7 +214,9 @@ def _clear_run_dir(out_dir: Path) -> None:
             entry.unlink()
 
 
-def training_arguments(config: ExperimentConfig, out_dir: Path, seed: int, show_progress: bool, variant_name: str, **overrides: Any) -> Any:
+def training_arguments(
+    config: TrainingExperiment, out_dir: Path, seed: int, show_progress: bool, variant_name: str, **overrides: Any
+) -> Any:
     """``TrainingArguments`` from the config; ``overrides`` replace single arguments (the GPU check: ``save_strategy="no"``)."""
     import torch
     from transformers import TrainingArguments
@@ -313,7 +315,7 @@ def open_instruct_schedule(
     return LambdaLR(optimizer, factor)
 
 
-def make_trainer(config: ExperimentConfig, *, n_examples: int, epochs: float, **kwargs: Any) -> Any:
+def make_trainer(config: TrainingExperiment, *, n_examples: int, epochs: float, **kwargs: Any) -> Any:
     """HF ``Trainer`` with the config's loss reduction and LR-schedule counting."""
     from transformers import Trainer
 
@@ -359,7 +361,7 @@ def _activation_checkpointing(enabled: bool) -> dict[str, Any]:
     return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
-def _prepare_model(config: ExperimentConfig, seed: int) -> Any:
+def _prepare_model(config: TrainingExperiment, seed: int) -> Any:
     """The base model in fp32 (master weights; ``training.bf16`` autocasts), or in bf16 under fp32 LoRA adapters
     (``training.weights_dtype``), made trainable."""
     from transformers import set_seed
@@ -413,7 +415,7 @@ def _move_into(src: Path, dst: Path) -> None:
     src.rmdir()
 
 
-def _merge_lora(config: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> None:
+def _merge_lora(config: TrainingExperiment, adapter_dir: Path, out_dir: Path) -> None:
     """Base + adapter -> one dense HF directory, so analyses load a single model."""
     from peft import PeftModel
 
@@ -431,7 +433,7 @@ def _merge_lora(config: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> N
 
 
 def train_variant(
-    config: ExperimentConfig,
+    config: TrainingExperiment,
     variant: Variant,
     *,
     out_dir: str | Path | None = None,
@@ -457,7 +459,7 @@ def train_variant(
 
 
 def _train_variant(
-    config: ExperimentConfig,
+    config: TrainingExperiment,
     variant: Variant,
     out_dir: Path,
     seed: int,
@@ -542,7 +544,7 @@ def _train_variant(
     return TrainResult(out_dir, variant, manifest)
 
 
-def _score_heldout(config: ExperimentConfig, data: VariantData, trainer: Any, out_dir: Path) -> dict[str, Any]:
+def _score_heldout(config: TrainingExperiment, data: VariantData, trainer: Any, out_dir: Path) -> dict[str, Any]:
     """Held-out NLL (``data.heldout_examples``) and validation NLL (``data.validation``) of the trained model."""
     if world_size() == 1:
         model = trainer.model  # the trained weights, still in memory (a PeftModel for LoRA)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from implicit_it.config import ExperimentConfig
 from implicit_it.io import atomic_write_json
 from implicit_it.manifest import build_manifest
 
 from .checkpoints import latest_complete_checkpoint
+from .config import TrainingExperiment
 from .engine import default_out_dir, train_variant
 from .validation import METRIC_DIRECTIONS
 from .variants import Variant
@@ -55,7 +55,7 @@ def epochs_dir_name(epochs: float) -> str:
 
 
 def run_sweep(
-    config: ExperimentConfig,
+    config: TrainingExperiment,
     variant: Variant,
     *,
     out_dir: str | Path | None = None,

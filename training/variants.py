@@ -29,10 +29,11 @@ from typing import Any, Sequence
 
 import torch
 
-from implicit_it.config import ExperimentConfig
 from implicit_it.data import ChatExample
 from implicit_it.formats import EncodedExample, conversation_turns, encode_conversation, pad_batch
 from implicit_it.sources import SOURCES, load_chat_source
+
+from .config import TrainingExperiment
 
 BASE_VARIANTS = ("instruction", "response", "single_task", "delusive", "content_free")
 
@@ -54,7 +55,7 @@ class Variant:
         return self.kind == "response"
 
 
-def parse_variant(text: str, config: ExperimentConfig | None = None) -> list[Variant]:
+def parse_variant(text: str, config: TrainingExperiment | None = None) -> list[Variant]:
     """``instruction``, ``response``, ``delusive``, ``content_free``, ``single_task:gsm``; bare ``single_task`` means every
     source in ``training.single_task_sources``."""
     kind, _, task = text.replace("-", ":").partition(":")
@@ -73,7 +74,7 @@ def parse_variant(text: str, config: ExperimentConfig | None = None) -> list[Var
     return [Variant("single_task", t) for t in tasks]
 
 
-def config_variants(config: ExperimentConfig) -> list[Variant]:
+def config_variants(config: TrainingExperiment) -> list[Variant]:
     """Every variant a config asks for, in order."""
     return [v for kind in config.training.variants for v in parse_variant(kind, config)]
 
@@ -110,7 +111,7 @@ class VariantData:
         }
 
 
-def train_source(config: ExperimentConfig, variant: Variant) -> str:
+def train_source(config: TrainingExperiment, variant: Variant) -> str:
     if variant.kind != "single_task":
         return config.data.train
     return config.data.single_task.get(variant.task, f"hub:{variant.task}")
@@ -153,7 +154,7 @@ def split_heldout(examples: Sequence[ChatExample], n_heldout: int) -> tuple[list
     return list(examples[:cut]), list(examples[cut:])
 
 
-def build_variant_data(config: ExperimentConfig, variant: Variant, tokenizer: Any) -> VariantData:
+def build_variant_data(config: TrainingExperiment, variant: Variant, tokenizer: Any) -> VariantData:
     """Read, split, format and tokenize one variant's training data.
 
     As the paper's ``finetune.py`` (with ``data.strip_whitespace`` and ``data.multi_turn`` on, the

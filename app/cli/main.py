@@ -12,8 +12,11 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from implicit_it.config import MAX_SEED, DiffConfig, GenerateConfig, MechConfig, ProbeConfig, RankConfig, TemplateConfig, check_epoch_grid
+from implicit_it.analyses.config import DiffConfig, MechConfig
+from implicit_it.config import MAX_SEED, GenerateConfig
 from implicit_it.lists import parse_list
+from implicit_it.probes.config import ProbeConfig, RankConfig, TemplateConfig
+from implicit_it.training.config import check_epoch_grid
 
 from .common import (
     BASE_OPTION,
@@ -139,7 +142,7 @@ def generate(
 
 
 def _load_experiment(config: Path, variant: Optional[str], overrides: tuple[str, ...] = ()):
-    from implicit_it.config import load_config
+    from implicit_it.app.config import load_config
     from implicit_it.training import config_variants, parse_variant
 
     cfg = load_config(config, overrides)
@@ -952,8 +955,8 @@ def config_validate(path: Path = typer.Argument(..., help="A YAML experiment con
     """Validate a config as `iit run` does before any work: every field (unknown keys, wrong types, non-finite or
     non-positive numbers, layer/vocabulary/device specs, distinct seeds, a safe name), the data files it reads, the
     model spec (resolved, not loaded), and the study plan (systems, references). Errors name the field."""
+    from implicit_it.app.config import load_config
     from implicit_it.app.pipeline import validate_study
-    from implicit_it.config import load_config
 
     cfg = load_config(path)
     notes = validate_study(cfg, source=str(path))

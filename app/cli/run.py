@@ -35,8 +35,8 @@ def run(
 
     Every step's output is keyed by a hash of its config and inputs: a re-run skips finished steps,
     a changed config re-runs only what depends on it, and an interrupted run resumes."""
+    from implicit_it.app.config import load_config
     from implicit_it.app.pipeline import StageFailed, parse_seeds, run_study
-    from implicit_it.config import load_config
 
     cfg = load_config(config, sets)
     seed_list = parse_seeds(seeds) if seeds else None

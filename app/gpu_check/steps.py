@@ -143,7 +143,8 @@ class _StepTimer:
 
 def _training_config(shape: Shape, s: ShapeSettings, method: str) -> Any:
     """The paper config's training block for this shape (configs/<file>), set to one step of ``method``."""
-    from implicit_it.config import ExperimentConfig, TrainingConfig, load_config
+    from implicit_it.app.config import ExperimentConfig, load_config
+    from implicit_it.training.config import TrainingConfig
 
     path = Path(__file__).resolve().parent.parent / "configs" / (shape.paper_config or "")
     if shape.paper_config and path.is_file():

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from implicit_it.config import ExperimentConfig
+from implicit_it.app.config import ExperimentConfig
 from implicit_it.errors import ImplicitItError
 from implicit_it.io import remove_temp_litter
 from implicit_it.locks import directory_lock

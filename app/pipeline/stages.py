@@ -32,20 +32,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from implicit_it.config import (
-    MAX_SEED,
-    RULE_SETS,
-    DiffConfig,
-    ExperimentConfig,
-    MechConfig,
-    ProbeConfig,
-    RankConfig,
-    TemplateConfig,
-    check_config,
-)
+from implicit_it.analyses.config import DiffConfig, MechConfig
+from implicit_it.app.config import ExperimentConfig, check_config
+from implicit_it.config import MAX_SEED, RULE_SETS
 from implicit_it.errors import ConfigError
 from implicit_it.io import atomic_write_json
 from implicit_it.lists import parse_list
+from implicit_it.probes.config import ProbeConfig, RankConfig, TemplateConfig
 from implicit_it.rules import rule_constants_key
 
 from .steps import Step

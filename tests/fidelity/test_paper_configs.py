@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from implicit_it.config import load_config
+from implicit_it.app.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from implicit_it.config import parse_config
+from implicit_it.app.config import parse_config
 from implicit_it.formats import conversation_turns, encode_conversation
 from implicit_it.models import load_model
 from implicit_it.training.engine import example_mean_loss, open_instruct_schedule

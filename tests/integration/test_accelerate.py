@@ -17,7 +17,7 @@ from unittest import mock
 import pytest
 import yaml
 
-from implicit_it.config import load_config
+from implicit_it.app.config import load_config
 from implicit_it.models import load_model
 from implicit_it.training import Variant, train_variant
 
@@ -139,8 +139,8 @@ def test_two_process_launch_matches_one_process(config_name, tiny_yaml, tmp_path
 
 def test_iit_run_trains_under_accelerate_launch(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
     """``run.accelerate_config``: the pipeline's training steps become `accelerate launch ... -m implicit_it train` processes."""
+    from implicit_it.app.config import parse_config
     from implicit_it.app.pipeline import run_study
-    from implicit_it.config import parse_config
     from tests.helpers import study_config_dict
 
     data = study_config_dict(tiny_llama_dir, shared_data)

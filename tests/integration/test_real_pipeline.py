@@ -10,8 +10,8 @@ import json
 
 import pytest
 
+from implicit_it.app.config import parse_config
 from implicit_it.app.pipeline import run_study
-from implicit_it.config import parse_config
 
 pytestmark = pytest.mark.real_model
 

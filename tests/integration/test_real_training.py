@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from implicit_it.config import load_config
+from implicit_it.app.config import load_config
 from implicit_it.formats import encode_prompt
 from implicit_it.models import load_model
 from implicit_it.training import Variant, build_variant_data, train_variant

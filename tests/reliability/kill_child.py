@@ -60,7 +60,7 @@ def arm(kill: str, at: int, where: str = "") -> list:
 
 def main() -> None:
     args = json.loads(sys.argv[1])
-    from implicit_it.config import parse_config
+    from implicit_it.app.config import parse_config
 
     cfg = parse_config(args["config"])
     callbacks = arm(args["kill"], int(args.get("at", 0)), args.get("where", ""))

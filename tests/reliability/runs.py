@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from implicit_it.config import parse_config
+from implicit_it.app.config import parse_config
 from implicit_it.models import load_model
 
 REPO = Path(__file__).resolve().parents[2]

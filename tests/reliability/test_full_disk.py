@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from implicit_it.app.config import parse_config
 from implicit_it.app.pipeline import StageFailed, run_study
 from implicit_it.app.pipeline.steps import PENDING_FILE, STEP_FILE
-from implicit_it.config import parse_config
 from implicit_it.training import Variant, latest_complete_checkpoint, train_variant
 from tests.helpers import study_config_dict
 from tests.reliability.runs import MAX_STEPS, reference_run, same_weights, train_config_dict, weights

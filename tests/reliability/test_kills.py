@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from implicit_it.config import parse_config
+from implicit_it.app.config import parse_config
 from implicit_it.locks import LOCK_NAME
 from implicit_it.training import Variant, latest_complete_checkpoint, train_variant
 from tests.helpers import study_config_dict

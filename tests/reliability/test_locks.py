@@ -23,9 +23,9 @@ import yaml
 from typer.testing import CliRunner
 
 from implicit_it.app.cli import app
+from implicit_it.app.config import parse_config
 from implicit_it.app.pipeline import StageFailed, StudyPlan, run_study
 from implicit_it.app.pipeline.steps import Step
-from implicit_it.config import parse_config
 from implicit_it.locks import LOCK_NAME, DirectoryLocked, acquire, directory_lock
 from implicit_it.training import Variant, train_variant
 from tests.helpers import study_config_dict

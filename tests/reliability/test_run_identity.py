@@ -18,8 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 from implicit_it.app.cli import app
+from implicit_it.app.config import parse_config
 from implicit_it.app.pipeline.steps import NotAStepDirectory, Step
-from implicit_it.config import parse_config
 from implicit_it.training import Variant, train_variant
 from tests.reliability.runs import train_config_dict
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from implicit_it.app.cli import app
+from implicit_it.app.config import ExperimentConfig, parse_config
 from implicit_it.app.pipeline import StudyPlan, validate_study
-from implicit_it.config import ExperimentConfig, parse_config
 from implicit_it.errors import ConfigError
 from tests.helpers import study_config_dict
 

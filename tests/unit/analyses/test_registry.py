@@ -158,8 +158,8 @@ def test_iit_diff_writes_a_registered_analysis(toy_registered, tiny_llama_dir, v
 
 
 def test_the_pipeline_diffs_and_reports_a_registered_analysis(toy_registered, tiny_llama_dir, shared_data, tmp_path):
+    from implicit_it.app.config import parse_config
     from implicit_it.app.pipeline import run_study
-    from implicit_it.config import parse_config
     from tests.helpers import study_config_dict
 
     data = study_config_dict(tiny_llama_dir, shared_data)

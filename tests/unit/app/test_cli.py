@@ -400,7 +400,7 @@ MECH_RESULTS = ("weight_patching", "activation_patching", "steering", "low_rank"
 
 
 def test_mech_help_lists_the_options_generated_from_its_config():
-    from implicit_it.config import MechConfig
+    from implicit_it.analyses.config import MechConfig
 
     res = runner.invoke(app, ["mech", "--help"], terminal_width=200)
     assert res.exit_code == 0, res.output
@@ -505,8 +505,8 @@ def test_mech_writes_all_five_results_and_a_manifest(tmp_path, tiny_llama_dir, s
 
 
 def test_mech_behaviour_is_a_stratified_ifeval_subset_scored_loose_or_the_texts_instructions(shared_data):
+    from implicit_it.analyses.config import MechConfig
     from implicit_it.app.mech import mech_behaviour, mech_data_files
-    from implicit_it.config import MechConfig
     from implicit_it.evaluation import load_ifeval, score_ifeval
 
     ifeval = str(shared_data / "ifeval" / "input_data.jsonl")

@@ -7,23 +7,13 @@ import typer
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
+from implicit_it.analyses.config import DiffConfig, MechConfig, RunDiffConfig, RunMechConfig
 from implicit_it.app.cli.common import user_errors
 from implicit_it.app.cli.main import app
 from implicit_it.app.cli.options import PREFIX, build_config, field_options, kebab, stage_options
-from implicit_it.config import (
-    DiffConfig,
-    GenerateConfig,
-    MechConfig,
-    ProbeConfig,
-    RankConfig,
-    RunDiffConfig,
-    RunGenerateConfig,
-    RunMechConfig,
-    RunProbeConfig,
-    RunRankConfig,
-    TemplateConfig,
-)
+from implicit_it.config import GenerateConfig, RunGenerateConfig
 from implicit_it.errors import ConfigError
+from implicit_it.probes.config import ProbeConfig, RankConfig, RunProbeConfig, RunRankConfig, TemplateConfig
 
 runner = CliRunner()
 STAGES = {

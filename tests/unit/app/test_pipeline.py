@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from implicit_it.app.config import parse_config
 from implicit_it.app.pipeline import StageFailed, StudyPlan, parse_seeds, run_study
 from implicit_it.app.pipeline.steps import PENDING_FILE
-from implicit_it.config import parse_config
 from implicit_it.io import atomic_write_json
 from implicit_it.models import load_tokenizer
 from tests.helpers import study_config_dict as _config_dict

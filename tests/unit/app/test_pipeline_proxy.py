@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from implicit_it.app.cli import app
+from implicit_it.app.config import parse_config
 from implicit_it.app.pipeline import StudyPlan, run_study
-from implicit_it.config import parse_config
 from implicit_it.errors import ConfigError
 from tests.helpers import study_config_dict
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from implicit_it.app.config import parse_config
 from implicit_it.app.pipeline import StudyPlan
-from implicit_it.config import parse_config
 from tests.helpers import study_config_dict
 
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from implicit_it.config import parse_config
+from implicit_it.app.config import parse_config
 
 pytest.importorskip("vllm", reason="the vllm backend's tests need vLLM: bash scripts/setup.sh --vllm")
 pytestmark = pytest.mark.vllm

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from implicit_it.config import load_config
+from implicit_it.app.config import load_config
 from implicit_it.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[3] / "configs").glob("*.yaml"))
@@ -78,7 +78,7 @@ def test_rule_family_defaults_to_frequent_tokens():
     import inspect
 
     from implicit_it.analyses import LayerDiff, RuleComparison
-    from implicit_it.config import RunDiffConfig
+    from implicit_it.analyses.config import RunDiffConfig
 
     assert RunDiffConfig().vocab == "frequent:2048"
     for cls in (LayerDiff, RuleComparison):

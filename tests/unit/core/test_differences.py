@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from implicit_it.config import ExperimentConfig
+from implicit_it.app.config import ExperimentConfig
 from implicit_it.differences import DIFFERENCES, differences_markdown
 
 REPO = Path(__file__).resolve().parents[3]

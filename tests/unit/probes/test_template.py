@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from implicit_it.analysis import read_result
-from implicit_it.config import TemplateConfig
 from implicit_it.models import load_model
 from implicit_it.probes import (
     Sample,
@@ -19,6 +18,7 @@ from implicit_it.probes import (
     template,
     user_prefix,
 )
+from implicit_it.probes.config import TemplateConfig
 from implicit_it.probes.template import turn_end
 from implicit_it.stats import mean_with_ci
 

@@ -29,7 +29,7 @@ def _script():
 def judged_study_config(tiny_llama_dir, shared_data):
     """A tiny study judged by the metric judge against the instruction-tuned model: instruction, response and delusive
     variants, the rule adapter, fewer instructions for the base, the template probe and base/instruction ranking."""
-    from implicit_it.config import parse_config
+    from implicit_it.app.config import parse_config
     from tests.helpers import study_config_dict
 
     data = study_config_dict(tiny_llama_dir, shared_data)

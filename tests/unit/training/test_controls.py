@@ -9,8 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from implicit_it.app.cli.main import app
+from implicit_it.app.config import parse_config
 from implicit_it.app.pipeline.stages import train_key_config
-from implicit_it.config import parse_config
 from implicit_it.formats import encode_prompt
 from implicit_it.training import Variant, build_variant_data, parse_variant
 from implicit_it.training.variants import control_turns, derangement

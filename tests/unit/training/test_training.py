@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from implicit_it.config import parse_config
+from implicit_it.app.config import parse_config
 from implicit_it.formats import IGNORE_INDEX, encode_prompt
 from implicit_it.models import load_model
 from implicit_it.training import (

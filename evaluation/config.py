@@ -1,0 +1,61 @@
+"""What the evaluation stage reads: IFEval, the judge-free suite, AlpacaEval's judge."""
+
+from __future__ import annotations
+
+from pydantic import Field, PositiveInt, field_validator
+
+from implicit_it.config import StrictConfig, check_path_text
+
+
+class RunEvalConfig(StrictConfig):
+    """Evaluation: IFEval (unless switched off) and the judge-free suite always; AlpacaEval when a judge is named."""
+
+    ifeval: bool = Field(
+        default=True,
+        description=(
+            "IFEval (Zhou et al. 2023), the standard judge-free benchmark and the report's headline: every system generates "
+            "on its prompts (greedy, with run.generate's caps and batch size) and is scored strict and loose with 95% CIs, "
+            "beside the reference systems constant / echo / empty (what the metric gives for free). false: no IFEval steps at"
+            " all."
+        ),
+    )
+    ifeval_data: str = Field(
+        default="../shared/data/ifeval/input_data.jsonl", description="IFEval's input_data.jsonl, or hub:ifeval (google/IFEval)"
+    )
+    ifeval_prompts: int | None = Field(
+        default=None,
+        gt=0,
+        description="a subset stratified by each prompt's first instruction type, one fixed draw (the same in every run); None = all 541",
+    )
+    ifeval_prompts_by_system: dict[str, PositiveInt | None] = Field(
+        default_factory=dict,
+        description=(
+            "per-system prompt counts keyed by system name (response.s0) or label (base, rules-no_eos; null = all 541), e.g. "
+            "the whole benchmark (null) for the pair a study must decide and the stratified subset for the rest: every subset"
+            " lies inside the whole, and paired tests compare the prompts two systems share (stratified draws of two sizes "
+            "are not nested). The reference systems score the largest set."
+        ),
+    )
+    judge: str | None = Field(
+        default=None,
+        description="gpt4_turbo | http(s)://server/v1 | local:SPEC | metric:NAME (judge-free, scored against the "
+        "instruction set's own answers); needs generate.instructions",
+    )
+    judge_model: str | None = None
+    reference: str = Field(
+        default="instruction", description="the system every other is compared against (the paper: instruction-tuned), or a file"
+    )
+    lc_data: str | None = Field(default=None, description="folder with alpaca_eval's df_gamed.csv, for length control")
+
+    @field_validator("judge", "judge_model", "reference", "lc_data")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        return check_path_text(v)
+
+    @field_validator("ifeval_data")
+    @classmethod
+    def _ifeval_source(cls, v: str) -> str:
+        check_path_text(v)
+        if v.startswith("hub:") and v != "hub:ifeval":
+            raise ValueError(f"unknown hub source {v!r}: IFEval comes from a local input_data.jsonl or hub:ifeval")
+        return v
