@@ -44,13 +44,28 @@ from .mechanism import MECH_ANALYSES, Mechanism, MechanismResult, smallest_patch
 from .patching import Behaviour, MechContext, PatchSetup, WeightSwap
 from .rule_comparison import RuleComparison, RuleComparisonResult, emergence_layer, parse_vocab, vocabulary_columns
 from .rule_family import RuleFamilyFit
-from .stage import DiffStage, MechStage, diff, diff_runner, mech, mech_runner, mech_runner_check, needs_models
+from .stage import (
+    DiffStage,
+    MechStage,
+    behaviour_generates,
+    diff,
+    diff_runner,
+    mech,
+    mech_data_files,
+    mech_runner,
+    mech_runner_check,
+    needs_models,
+    stage_texts,
+)
 from .steering import Steering, SteeringResult
 from .token_shift import TokenShift, TokenShiftResult
 from .weight_patching import WeightPatching, WeightPatchingResult
 from .weights import LoraAdapter, SafetensorsCheckpoint, WeightDelta, WeightDeltaResult, checkpoint_dir, describe_tensor, spectrum_stats
 
 __all__ = [
+    "behaviour_generates",
+    "mech_data_files",
+    "stage_texts",
     "ActivationPatching",
     "ActivationPatchingResult",
     "Behaviour",

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from implicit_it.analysis import Analysis, AnalysisResult
+from implicit_it.errors import UserError
 from implicit_it.formats import ChatFormat, encode_example, encode_prompt, get_format, instruction_offset, pad_batch
 from implicit_it.lens import LogitLens, parse_layers
 from implicit_it.rules import RuleAdapter
@@ -210,11 +211,11 @@ class DeltaPass:
         tb, tv = self.base.tokenizer, self.variant.tokenizer
         probe = "<|user|>\nHello there!\n<|assistant|>\nHi."
         if len(tb) != len(tv) or tb(probe)["input_ids"] != tv(probe)["input_ids"]:
-            raise ValueError(f"{self.variant.source.spec}: its tokenizer differs from the base's; logit deltas need the same vocabulary")
+            raise UserError(f"{self.variant.source.spec}: its tokenizer differs from the base's; logit deltas need the same vocabulary")
         self.fmt = get_format(self.config.fmt)
         self.n_layers = len(self.base.model.get_decoder().layers)
         if len(self.variant.model.get_decoder().layers) != self.n_layers:
-            raise ValueError("base and variant have different numbers of layers")
+            raise UserError("base and variant have different numbers of layers")
         self.layers = sorted(set(parse_layers(self.config.layers, self.n_layers)) | {self.n_layers})
         self.head_size = self.base.model.get_output_embeddings().weight.shape[0]
         self.vocab_size = min(len(tb), self.head_size)

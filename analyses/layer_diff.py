@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from implicit_it.analysis import AnalysisResult, merge_by_name, same_definition
+from implicit_it.errors import UserError
 from implicit_it.models import load_tokenizer
 from implicit_it.rules import RuleAdapter, RuleConfig
 
@@ -83,7 +84,7 @@ def parse_analyses(spec: str) -> list[str]:
         return list(ANALYSES)
     bad = [n for n in names if n not in ANALYSES]
     if bad or not names:
-        raise ValueError(f"analyses: unknown {bad or spec!r}; choose from {list(ANALYSES)} or 'all'")
+        raise UserError(f"analyses: unknown {bad or spec!r}; choose from {list(ANALYSES)} or 'all'")
     return list(dict.fromkeys(names))
 
 
@@ -132,7 +133,7 @@ class LayerDiff:
         names = [n for name in self.analyses for n in (list(_DIFF_ANALYSES) if name == "all" else [name])]
         unknown = [name for name in names if name not in _DIFF_ANALYSES]
         if unknown:
-            raise ValueError(f"analyses: unknown {unknown}; registered: {list(_DIFF_ANALYSES)}")
+            raise UserError(f"analyses: unknown {unknown}; registered: {list(_DIFF_ANALYSES)}")
         return list(dict.fromkeys(names))
 
     def _classes(self) -> list[type]:

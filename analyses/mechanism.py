@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from implicit_it.analysis import AnalysisResult, new_figure, register_result
+from implicit_it.errors import UserError
 from implicit_it.rules import RuleAdapter, RuleConfig
 
 from .activation_patching import SITES, ActivationPatching
@@ -174,7 +175,7 @@ class Mechanism:
         }
         unknown = [a for a in self.analyses if a not in made]
         if unknown:
-            raise ValueError(f"analyses: unknown {unknown}; choose from {list(MECH_ANALYSES)}")
+            raise UserError(f"analyses: unknown {unknown}; choose from {list(MECH_ANALYSES)}")
         return [made[a] for a in self.analyses]
 
     def run(

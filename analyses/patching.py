@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from implicit_it.analysis import Analysis, AnalysisResult
+from implicit_it.errors import UserError
 from implicit_it.formats import ChatFormat, continuation_ids, get_format, instruction_span, pad_batch
 from implicit_it.lens import LogitLens, parse_layers
 from implicit_it.rules import RuleAdapter
@@ -318,7 +319,7 @@ class PatchSetup:
         if variant is None and swap is None:
             raise ValueError("give the loaded variant, or a WeightSwap to run the variant in place of the base")
         if variant is not None and len(variant.tokenizer) != len(tb):
-            raise ValueError(f"{variant.source.spec}: its tokenizer differs from the base's; patching needs one vocabulary")
+            raise UserError(f"{variant.source.spec}: its tokenizer differs from the base's; patching needs one vocabulary")
         self.fmt = get_format(fmt)
         self.swap = swap
         self.adapter = adapter if adapter is not None else RuleAdapter(tb)
@@ -327,11 +328,11 @@ class PatchSetup:
         self.base = TracedModel(base, self.vocab_size)
         self.variant = TracedModel(variant, self.vocab_size) if variant is not None else None
         if self.variant is not None and self.base.n_layers != self.variant.n_layers:
-            raise ValueError("base and variant have different numbers of layers")
+            raise UserError("base and variant have different numbers of layers")
         self.n_layers = self.base.n_layers
         self.texts = encode_mech_texts(tb, self.fmt, texts, max_length=max_length, response_tokens=response_tokens, seed=seed)
         if not self.texts:
-            raise ValueError("no text has a response position to score (prompts longer than max_length?)")
+            raise UserError("no text has a response position to score (prompts longer than max_length?)")
         self.batches = make_batches(self.texts, tb.pad_token_id, max_batch_tokens, head.device)
         eos_id = self.fmt.train_end_token_ids(tb)[-1]
         tag = continuation_ids(tb, self.fmt.user_tag) if self.fmt.user_tag else []
@@ -446,7 +447,7 @@ class WeightSwap:
         self.params = dict(model.named_parameters())
         missing = [n for n in self.params if n not in self.base.weight_map]
         if missing:
-            raise ValueError(f"{self.base.directory}: the base checkpoint lacks parameters of the loaded model, e.g. {missing[:3]}")
+            raise UserError(f"{self.base.directory}: the base checkpoint lacks parameters of the loaded model, e.g. {missing[:3]}")
         self.changed = [n for n in self.params if not torch.equal(self.base.get(n), self.variant.get(n))]
         self.touched: set[str] = set()
 

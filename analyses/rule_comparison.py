@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from implicit_it.analysis import AnalysisResult, layer_axis, new_figure, register_result
+from implicit_it.errors import UserError
 
 from .delta_pass import FIT, ChunkContext, DeltaObserver, DeltaPass, LensChunk, PassAnalysis, rule_token_ids, token_label
 from .rule_family import RuleFamilyFit
@@ -61,7 +62,7 @@ def parse_vocab(spec: str) -> int | None:
         return None
     kind, _, k = spec.partition(":")
     if kind != "frequent" or not k.isdigit() or int(k) < 1:
-        raise ValueError(f"vocab: expected 'all' or 'frequent:K' (K > 0), got {spec!r}")
+        raise UserError(f"vocab: expected 'all' or 'frequent:K' (K > 0), got {spec!r}")
     return int(k)
 
 

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from implicit_it.analysis import AnalysisResult, merge_by_name
+from implicit_it.data import read_ranking_source
+from implicit_it.errors import UserError
 from implicit_it.io import atomic_write_jsonl
 from implicit_it.lens import parse_layers
 from implicit_it.rules import RuleConfig, load_rule_config
 
 from .config import DiffConfig, MechConfig
-from .delta_pass import DeltaPassConfig, DiffText
+from .delta_pass import DeltaPassConfig, DiffText, texts_from_source
 from .layer_diff import LayerDiff, VariantDiff, merge_results, parse_analyses
 from .mechanism import Mechanism
 from .patching import Behaviour
@@ -30,6 +32,69 @@ class DiffStage:
 
     diff: VariantDiff
     merged: dict[str, AnalysisResult]
+
+    def summary(self) -> dict[str, Any]:
+        """This variant's headline numbers (a pipeline step's record)."""
+        results = self.diff.results
+        out: dict[str, Any] = {"counts": self.diff.counts}
+        if "rules" in results:
+            rules = results["rules"].entries[0]
+            out |= {k: rules[k] for k in ("variance_explained_rules", "variance_explained_rule_family", "emergence_layer")}
+        if "logits" in results:
+            out["kl_output"] = results["logits"].entries[0]["kl_output"]
+        return out
+
+    def merged_summary(self) -> dict[str, Any]:
+        """The headline numbers of every variant so far, per analysis (a multi-variant manifest's results)."""
+        merged, out = self.merged, {}
+        keys = {
+            "rules": (
+                "variant",
+                "variance_explained_rules",
+                "variance_explained_rule_family",
+                "emergence_layer",
+                "fitted_seen_coefficient",
+                "fitted_eos_slope",
+            ),
+            "shift": ("variant", "unshifted", "marginal", "shifted", "rule_token_share_of_moved"),
+            "logits": ("variant", "kl_output", "kl_emergence_layer"),
+            "weights": ("variant", "n_tensors_changed", "unembedding_rule_rows"),
+        }
+        for name, wanted in keys.items():
+            if name in merged:
+                out[name] = [{k: e[k] for k in wanted} for e in merged[name].entries]
+        return out
+
+    def lines(self) -> list[str]:
+        """One line per variant and analysis, for a terminal."""
+        merged, lines = self.merged, []
+        for e in getattr(merged.get("rules"), "entries", []):
+            lines.append(
+                f"{e['variant']}: variance explained by the paper's rules {e['variance_explained_rules']:.3f}, by the fitted rule "
+                f"family {e['variance_explained_rule_family']:.3f}; emergence layer {e['emergence_layer']}"
+            )
+        for e in getattr(merged.get("logits"), "entries", []):
+            lines.append(
+                f"{e['variant']}: KL(variant || base) at the output {e['kl_output']:.4f} nats; "
+                f"reaches half of it at layer {e['kl_emergence_layer']}"
+            )
+        for e in getattr(merged.get("shift"), "entries", []):
+            lines.append(
+                f"{e['variant']}: greedy tokens unshifted {e['unshifted']:.3f} / marginal {e['marginal']:.3f} / shifted {e['shifted']:.3f}"
+            )
+        for e in getattr(merged.get("weights"), "entries", []):
+            moved = max(e["tensors"], key=lambda t: t["relative_delta"] if t["relative_delta"] == t["relative_delta"] else -1)
+            lines.append(
+                f"{e['variant']}: {e['n_tensors_changed']} of {len(e['tensors'])} tensors changed; largest relative change "
+                f"{moved['relative_delta']:.2e} in {moved['tensor']}"
+            )
+        return lines
+
+
+def stage_texts(cfg: DiffConfig | MechConfig) -> list[DiffText]:
+    """The texts the logit and causal analyses read: the first ``cfg.limit`` instructions of ``cfg.data``, each with its
+    own response."""
+    return texts_from_source(read_ranking_source(cfg.data, limit=cfg.limit))
 
 
 def diff_runner(cfg: DiffConfig, *, fmt: str, seed: int = 0) -> LayerDiff:
@@ -103,6 +168,24 @@ class MechStage:
     merged: dict[str, AnalysisResult]
     summary: dict[str, Any]
 
+    def lines(self) -> list[str]:
+        """One line per variant so far: the ``mechanism`` result's sentence (the smallest patch that recovers the
+        threshold; it names the variant)."""
+        return [str(e["sentence"]) for e in getattr(self.merged.get("mechanism"), "entries", [])]
+
+
+def behaviour_generates(cfg: MechConfig) -> bool:
+    """Whether the analyses generate on behaviour prompts (steering does, when ``behaviour_prompts`` > 0)."""
+    return "steering" in cfg.analyses and cfg.behaviour_prompts > 0
+
+
+def mech_data_files(cfg: MechConfig) -> list[str]:
+    """The local files a mech run reads (its key and manifest hash them): the texts and, when steering generates on it, IFEval."""
+    files = [cfg.data]
+    if behaviour_generates(cfg) and cfg.behaviour_data is not None:
+        files.append(cfg.behaviour_data)
+    return [f for f in files if not f.startswith("hub:")]
+
 
 def mech_runner(cfg: MechConfig, *, fmt: str, seed: int = 0, rules_config: str | None = None) -> Mechanism:
     """The configured :class:`Mechanism`; a bad layer or block spec is an error now, before any model loads."""
@@ -110,7 +193,7 @@ def mech_runner(cfg: MechConfig, *, fmt: str, seed: int = 0, rules_config: str |
         try:
             parse_layers(getattr(cfg, field_name), 1_000_000)
         except ValueError as exc:
-            raise ValueError(f"{field_name}: {exc}") from None
+            raise UserError(f"{field_name}: {exc}") from None
     shared = {f.name for f in fields(Mechanism)} & set(MechConfig.model_fields)  # the options both name alike
     return Mechanism(
         **{name: getattr(cfg, name) for name in shared},

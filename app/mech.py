@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from implicit_it.analyses.config import MechConfig
+from implicit_it.analyses.stage import behaviour_generates
 
 IFEVAL_LABEL = "IFEval"
 INSTRUCTIONS_LABEL = "instructions"
@@ -23,7 +24,7 @@ def mech_behaviour(cfg: MechConfig, data_texts: Sequence[Any], *, seed: int = 0)
     from implicit_it.analyses import Behaviour
 
     n = cfg.behaviour_prompts
-    if not generates(cfg):
+    if not behaviour_generates(cfg):
         return None
     if cfg.behaviour_data is None:
         return Behaviour(prompts=[t.instruction for t in data_texts][:n], label=INSTRUCTIONS_LABEL)
@@ -38,22 +39,3 @@ def mech_behaviour(cfg: MechConfig, data_texts: Sequence[Any], *, seed: int = 0)
         return {"ifeval_loose": float(entry["prompt_loose"]["accuracy"])}
 
     return Behaviour(prompts=[p.prompt for p in prompts], score=score, label=IFEVAL_LABEL)
-
-
-def generates(cfg: MechConfig) -> bool:
-    """Whether the analyses generate on behaviour prompts (steering does, when ``behaviour_prompts`` > 0)."""
-    return "steering" in cfg.analyses and cfg.behaviour_prompts > 0
-
-
-def mech_data_files(cfg: MechConfig) -> list[str]:
-    """The local files a mech run reads (its key and manifest hash them): the texts and, when steering generates on it, IFEval."""
-    files = [cfg.data]
-    if generates(cfg) and cfg.behaviour_data is not None:
-        files.append(cfg.behaviour_data)
-    return [f for f in files if not f.startswith("hub:")]
-
-
-def mech_lines(merged: dict[str, Any]) -> list[str]:
-    """One line per variant: the ``mechanism`` result's sentence (the smallest patch recovering the threshold; it names the variant)."""
-    result = merged.get("mechanism")
-    return [str(e["sentence"]) for e in getattr(result, "entries", [])]

@@ -199,7 +199,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from implicit_it.analyses import texts_from_source
-    from implicit_it.probes import read_ranking_source
+    from implicit_it.data import read_ranking_source
 
     torch.manual_seed(0)
     base, variant, label = load_pair(args.base, args.variant)

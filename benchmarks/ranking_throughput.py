@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from implicit_it.data import read_ranking_source
 from implicit_it.models import load_model
-from implicit_it.probes import OUTPUT, PairForward, build_ranking_groups, encode_groups, paper_scores, read_ranking_source, score_groups
+from implicit_it.probes import OUTPUT, PairForward, build_ranking_groups, encode_groups, paper_scores, score_groups
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lima" / "train.jsonl"
 

@@ -29,10 +29,12 @@ from .ifsuite import CHECKS, IfPrompt, IfSuiteResult, load_suite, loose_variants
 from .judges import Judge, JudgeUnavailable, local_logprob_completions, parse_judge
 from .outputs import ModelOutput, generator_name, read_model_outputs
 from .similarity import DomainSimilarity, SimilarityConfig, SimilarityResult, load_examples
-from .stage import ScoreStage, ifeval_stage, ifsuite_stage
+from .stage import ScoreStage, alpaca_scores, alpaca_stage, ifeval_stage, ifsuite_stage
 
 __all__ = [
     "ScoreStage",
+    "alpaca_scores",
+    "alpaca_stage",
     "ifeval_stage",
     "ifsuite_stage",
     "AlpacaEvalResult",

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 from unittest import mock
 
 from implicit_it.analysis import AnalysisResult, new_figure, register_result
-from implicit_it.errors import DataFormatError, ImplicitItError
+from implicit_it.errors import DataFormatError, UserError
 from implicit_it.io import read_input_bytes
 
 from .judges import Judge
@@ -138,7 +138,7 @@ def alpaca_metrics(annotations: Any, *, judge: str, lc: LCData | None = None, ev
     df = annotations_frame(annotations)
     scored = df[df["preference"].notna()].copy()
     if scored.empty:
-        raise ImplicitItError("no annotation has a preference: the judge gave no usable answer")
+        raise UserError("no annotation has a preference: the judge gave no usable answer")
     plain = {k: _clean(v) for k, v in get_winrate(scored).items()}
     result: dict[str, Any] = {
         "win_rate": plain["win_rate"],
@@ -218,7 +218,7 @@ def load_reference(spec: str | Path) -> list[ModelOutput]:
         try:
             frame = constants.ALPACAEVAL_REFERENCE_OUTPUTS()
         except Exception as exc:  # noqa: BLE001 - offline hub, missing dataset
-            raise ImplicitItError(
+            raise UserError(
                 f"--reference alpaca_eval: cannot load AlpacaEval's reference outputs from the hub ({exc}); pass a local file"
             ) from None
         frame = frame.to_pandas() if hasattr(frame, "to_pandas") else frame

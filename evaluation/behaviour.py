@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from implicit_it.errors import UserError
+
 # Chat-template markers whose presence in a response means the model continued the template
 # (wrote the next turn) instead of answering. Covers the paper's Tulu tags, ab_tags, Gemma,
 # ChatML (SmolLM2, Qwen), Llama-2 and Alpaca-style headers.
@@ -54,7 +56,7 @@ def behaviour_metrics(
 
     ``eos_fraction`` is ``None`` when the stop flags are unknown (outputs from elsewhere)."""
     if not outputs:
-        raise ValueError("no outputs to measure")
+        raise UserError("no outputs to measure")
     toks = [words(o) for o in outputs]
     n = len(outputs)
     flags = list(ended_with_eos) if ended_with_eos is not None else []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, PositiveInt, field_validator
 
-from implicit_it.config import StrictConfig, check_path_text
+from implicit_it.config import IFEVAL_DATA, StrictConfig, check_path_text
 
 
 class RunEvalConfig(StrictConfig):
@@ -19,9 +19,7 @@ class RunEvalConfig(StrictConfig):
             " all."
         ),
     )
-    ifeval_data: str = Field(
-        default="../shared/data/ifeval/input_data.jsonl", description="IFEval's input_data.jsonl, or hub:ifeval (google/IFEval)"
-    )
+    ifeval_data: str = Field(default=IFEVAL_DATA, description="IFEval's input_data.jsonl, or hub:ifeval (google/IFEval)")
     ifeval_prompts: int | None = Field(
         default=None,
         gt=0,

@@ -35,7 +35,7 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import model_registry
 
-from implicit_it.config import GenerateConfig, VllmConfig
+from implicit_it.config import IFEVAL_DATA, RANKING_DATA, GenerateConfig, VllmConfig
 from implicit_it.errors import ConfigError
 from implicit_it.formats import ChatFormat, continuation_ids, encode_prompt, get_format, instruction_offset, pad_batch
 from implicit_it.rules import RuleAdapter, RuleConfig, rule_config_from, rule_logit_delta
@@ -43,8 +43,8 @@ from implicit_it.rules import RuleAdapter, RuleConfig, rule_config_from, rule_lo
 MODEL_NAME = "iit"
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"  # the repository's offline task configs (--include_path)
 TASK_DATA = {  # what each offline task reads, relative to the working directory (the repository root)
-    "iit_ifeval": "../shared/data/ifeval/input_data.jsonl",
-    "iit_lima_ranking": "../shared/data/lima/val_reference_gpt35.json",
+    "iit_ifeval": IFEVAL_DATA,
+    "iit_lima_ranking": RANKING_DATA,
 }
 
 

@@ -41,10 +41,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from implicit_it.analysis import AnalysisResult, new_figure, register_result
-from implicit_it.errors import DataFormatError
+from implicit_it.config import IFEVAL_DATA
+from implicit_it.errors import DataFormatError, UserError
 from implicit_it.stats import accuracy_with_ci, wilson_interval
 
-DEFAULT_IFEVAL = "../shared/data/ifeval/input_data.jsonl"
 HUB_IFEVAL = "hub:ifeval"  # google/IFEval on the Hugging Face hub
 METRICS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
 
@@ -107,7 +107,7 @@ def _check_arguments(iid: str, args: dict[str, Any], registry: Mapping[str, Any]
         ) from None
 
 
-def load_ifeval(spec: str | Path = DEFAULT_IFEVAL, *, limit: int | None = None, seed: int = 0) -> list[IfEvalPrompt]:
+def load_ifeval(spec: str | Path = IFEVAL_DATA, *, limit: int | None = None, seed: int = 0) -> list[IfEvalPrompt]:
     """IFEval's prompts from ``input_data.jsonl`` (a path) or ``hub:ifeval``; ``limit`` takes a
     subset stratified by each prompt's first instruction type (:func:`stratified_subset`)."""
     if str(spec) == HUB_IFEVAL:
@@ -133,7 +133,7 @@ def stratified_subset(prompts: Sequence[IfEvalPrompt], n: int, *, seed: int = 0)
     """``n`` prompts whose first-instruction types keep their shares in the full set (largest
     remainder; at least one per type while ``n`` allows), drawn with a fixed seed, in the set's order."""
     if n < 1:
-        raise ValueError(f"limit must be >= 1, got {n}")
+        raise UserError(f"limit must be >= 1, got {n}")
     by_type: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
         by_type[p.first_type].append(i)
@@ -248,15 +248,15 @@ def _align(prompts: Sequence[IfEvalPrompt], responses: Mapping[str, str] | Seque
             else:
                 missing.append(p.key)
         if missing:
-            raise ValueError(f"{responses.path}: no response for {len(missing)} of {len(prompts)} IFEval prompts (keys {missing[:5]})")
+            raise UserError(f"{responses.path}: no response for {len(missing)} of {len(prompts)} IFEval prompts (keys {missing[:5]})")
         return out, by_position
     if isinstance(responses, Mapping):
         missing = [p.key for p in prompts if p.prompt not in responses]
         if missing:
-            raise ValueError(f"no response for {len(missing)} of {len(prompts)} IFEval prompts (keys {missing[:5]})")
+            raise UserError(f"no response for {len(missing)} of {len(prompts)} IFEval prompts (keys {missing[:5]})")
         return [responses[p.prompt] for p in prompts], 0
     if len(responses) != len(prompts):
-        raise ValueError(f"{len(responses)} responses for {len(prompts)} IFEval prompts")
+        raise UserError(f"{len(responses)} responses for {len(prompts)} IFEval prompts")
     return list(responses), 0
 
 
@@ -391,7 +391,7 @@ def reference_responses(kind: str, prompts: Sequence[IfEvalPrompt | str]) -> lis
         return [p if isinstance(p, str) else p.prompt for p in prompts]
     if kind == "empty":
         return [""] * len(prompts)
-    raise ValueError(f"unknown reference system {kind!r}; choose one of {list(REFERENCE_SYSTEMS)}")
+    raise UserError(f"unknown reference system {kind!r}; choose one of {list(REFERENCE_SYSTEMS)}")
 
 
 @register_result

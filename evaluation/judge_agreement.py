@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 
 from implicit_it.analysis import AnalysisResult, new_figure, register_result
-from implicit_it.errors import DataFormatError
+from implicit_it.errors import DataFormatError, UserError
 from implicit_it.stats import cluster_ratio_with_ci
 
 from .behaviour import echoes_template, words
@@ -309,7 +309,7 @@ def build_metrics(names: Sequence[str] | None, embedder: Callable[[], Embed] | N
     chosen = list(dict.fromkeys(names or METRICS))
     unknown = [n for n in chosen if n not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))}; known: {', '.join(METRICS)}")
+        raise UserError(f"unknown metric(s) {', '.join(map(repr, unknown))}; known: {', '.join(METRICS)}")
     chosen = [n for n in METRICS if METRICS[n].baseline] + [n for n in chosen if not METRICS[n].baseline]
     embed = embedder() if embedder is not None and any(METRICS[n].needs_embedder for n in chosen) else None
     return [METRICS[n](embed if METRICS[n].needs_embedder else None) for n in chosen]
@@ -414,7 +414,7 @@ class JudgeAgreement:
         self.config = config or AgreementConfig()
         c = self.config
         if not 0 <= c.margin < 1 or not 0 <= c.length_tolerance < 1 or c.n_boot < 100:
-            raise ValueError(f"margin and length_tolerance must lie in [0, 1) and n_boot ≥ 100, got {c}")
+            raise UserError(f"margin and length_tolerance must lie in [0, 1) and n_boot ≥ 100, got {c}")
 
     def run(
         self, judged: JudgedSet, metrics: Sequence[ResponseMetric], *, progress: Callable[[str], None] | None = None
@@ -423,7 +423,7 @@ class JudgeAgreement:
         systems = judged.systems
         honest = np.array([s not in c.adversarial for s in systems])
         if honest.sum() < 3:
-            raise ValueError(f"needs at least 3 non-adversarial systems, got {int(honest.sum())}")
+            raise UserError(f"needs at least 3 non-adversarial systems, got {int(honest.sum())}")
         lengths = judged.lengths()
         lc, wr, avg_length = judged.column("lc"), judged.column("win_rate"), judged.column("avg_length")
         flat = [(i, j) for i, row in enumerate(judged.outputs) for j, o in enumerate(row) if o is not None]
@@ -688,13 +688,13 @@ def metric_annotations(
     system) judged by a metric against each instruction's gold answer: preference 2 when output_2 scores higher, 1 when
     lower, 1.5 on a tie."""
     if not gold:
-        raise ValueError(
+        raise UserError(
             f"judge metric:{metric_name} needs gold answers (AlpacaEval's eval_set.json with its 'output' field): "
             "the instruction set of the run, or --eval-set"
         )
     missing = [o.instruction for _, o in pairs if o.instruction not in gold]
     if missing:
-        raise ValueError(f"judge metric:{metric_name}: {len(missing)} instruction(s) have no gold answer, e.g. {missing[0][:60]!r}")
+        raise UserError(f"judge metric:{metric_name}: {len(missing)} instruction(s) have no gold answer, e.g. {missing[0][:60]!r}")
     (metric,) = [m for m in build_metrics([metric_name], embed) if m.name == metric_name]
     instructions = [o.instruction for _, o in pairs]
     golds = [gold[i] for i in instructions]

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from implicit_it.errors import ImplicitItError
+from implicit_it.errors import ImplicitItError, UserError
 from implicit_it.io import atomic_write_text
 
 GPT4_TURBO = "weighted_alpaca_eval_gpt4_turbo"
@@ -42,7 +42,7 @@ GPT4_TURBO = "weighted_alpaca_eval_gpt4_turbo"
 ANSWER_TOKENS = ("m", "M")
 
 
-class JudgeUnavailable(ImplicitItError):
+class JudgeUnavailable(UserError):
     """The judge cannot be used (no key, server down, model missing); raised before any work."""
 
 
@@ -224,14 +224,14 @@ def parse_judge(spec: str, model_name: str | None = None) -> Judge:
         return Judge("gpt4_turbo", GPT4_TURBO)
     if spec.startswith(("http://", "https://")):
         if not spec.split("://", 1)[1].strip("/"):
-            raise ValueError(f"--judge {spec!r}: the URL names no server (e.g. http://localhost:8000/v1)")
+            raise UserError(f"--judge {spec!r}: the URL names no server (e.g. http://localhost:8000/v1)")
         check_key_transport(spec.rstrip("/"))
         return Judge("openai_compatible", spec.rstrip("/"), model_name)
     if spec.startswith("local:") and spec[len("local:") :].strip():
         return Judge("local", spec[len("local:") :].strip(), fn_completions=local_logprob_completions)
     if spec.startswith("metric:") and spec[len("metric:") :].strip():
         return Judge("metric", spec[len("metric:") :].strip())
-    raise ValueError(
+    raise UserError(
         f"--judge {spec!r}: expected gpt4_turbo, an OpenAI-compatible server URL (http://host:port/v1), "
         "local:SPEC (a model directory, GGUF file or embedded name) or metric:NAME (a judge-free metric)"
     )

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Sequence
 from implicit_it.analysis import Analysis, AnalysisResult, new_figure, register_result
 from implicit_it.data import ChatExample
 from implicit_it.embedding import Embedder
+from implicit_it.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class DomainSimilarity(Analysis):
 
     def __init__(self, domain: Sequence[ChatExample], general: Sequence[ChatExample], config: SimilarityConfig | None = None):
         if not domain or not general:
-            raise ValueError("the domain and the general datasets each need at least one example")
+            raise UserError("the domain and the general datasets each need at least one example")
         self.domain = list(domain)
         self.general = list(general)
         self.config = config or SimilarityConfig()
@@ -55,7 +56,7 @@ class DomainSimilarity(Analysis):
         from scipy import stats
 
         if len(instructions) != len(outputs) or len(outputs) < 3:
-            raise ValueError(f"need ≥ 3 (instruction, output) pairs, got {len(outputs)}")
+            raise UserError(f"need ≥ 3 (instruction, output) pairs, got {len(outputs)}")
         dom_ins = embedder([e.instruction for e in self.domain])
         dom_res = embedder([e.response for e in self.domain])
         gen_res = embedder([e.response for e in self.general])

@@ -1,8 +1,9 @@
-"""The scoring stages of IFEval and the IF suite: what ``iit eval ifeval/ifsuite`` and the pipeline's eval steps both call.
+"""The scoring stages of IFEval, the IF suite and AlpacaEval: what ``iit eval ifeval/ifsuite/alpaca`` and the pipeline's
+eval steps both call.
 
-Each scores responses, saves the result (``ifeval.json`` / ``ifsuite.json`` + .parquet, .png) and, given the
-outputs' texts and EOS flags, ``behaviour.json`` into ``out_dir``; it returns the result and the summary a manifest
-or a step records. Manifests are the caller's."""
+Each scores responses, saves the result (``ifeval.json`` / ``ifsuite.json`` / ``alpaca_eval.json`` + .parquet, .png)
+and, given the outputs' texts and EOS flags, ``behaviour.json`` into ``out_dir``; it returns the result and the summary
+a manifest or a step records. Manifests are the caller's."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from implicit_it.io import atomic_write_json
+
+from .alpaca import AlpacaEvalResult, LCData, alpaca_metrics, annotate, load_reference, pair_with_reference
 from .behaviour import write_behaviour
 from .ifeval import METRICS, IfEvalPrompt, score_ifeval
 from .ifsuite import IfPrompt, score_responses
+from .judge_agreement import gold_answers
+from .outputs import ModelOutput, read_model_outputs
 
 
 @dataclass
@@ -68,3 +74,55 @@ def ifsuite_stage(
     entry = result.entries[0]
     summary = {"strict_accuracy": entry["strict_accuracy"], "loose_accuracy": entry["loose_accuracy"], "n": entry["n"]}
     return ScoreStage(result, summary, _behaviour(out_dir, outputs, model))
+
+
+ALPACA_SUMMARY = ("win_rate", "standard_error", "lc_win_rate", "lc_standard_error", "lc_note", "n")
+
+
+def alpaca_stage(
+    outputs: str | Path | Sequence[ModelOutput],
+    reference: str | Path | Sequence[ModelOutput],
+    out_dir: str | Path,
+    *,
+    judge: Any,
+    generator: str,
+    cache_path: str | Path,
+    gold_answers_path: str | Path | None = None,
+    lc: LCData | None = None,
+    eval_set: Sequence[str] | None = None,
+    limit: int | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> ScoreStage:
+    """Judge ``outputs`` (an AlpacaEval JSON list, or the outputs themselves) against ``reference`` (a file, ``alpaca_eval``:
+    the library's own, or the outputs themselves)
+    with ``judge``, then score: ``annotations.json`` (the per-instruction verdicts) and ``alpaca_eval.json``.
+    A ``metric:`` judge scores both outputs against ``gold_answers_path``'s answers (AlpacaEval's GPT-4 references).
+    ``eval_set``: the whole instruction set, which places each instruction for the length-controlled win rate (None:
+    the reference's instructions)."""
+    out_dir = Path(out_dir)
+    model_outputs = read_model_outputs(outputs, limit=limit) if isinstance(outputs, (str, Path)) else list(outputs)[:limit]
+    reference_outputs = load_reference(reference) if isinstance(reference, (str, Path)) else list(reference)
+    pairs = pair_with_reference(model_outputs, reference_outputs, outputs_path=outputs if isinstance(outputs, (str, Path)) else "outputs")
+    eval_set = eval_set if eval_set is not None else [r.instruction for r in reference_outputs]
+    gold = gold_answers(judge, gold_answers_path)
+    frame = annotate(pairs, judge, out_dir / "judge", generator=generator, cache_path=cache_path, gold=gold)
+    return alpaca_scores(frame, out_dir, judge_name=judge.name, lc=lc, eval_set=eval_set, meta=meta)
+
+
+def alpaca_scores(
+    frame: Any,
+    out_dir: str | Path,
+    *,
+    judge_name: str,
+    lc: LCData | None = None,
+    eval_set: Sequence[str] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> ScoreStage:
+    """Win rate and LC win rate of judged pairs (``frame``: annotations, fresh or stored), saved into ``out_dir``."""
+    out_dir = Path(out_dir)
+    metrics = alpaca_metrics(frame, judge=judge_name, lc=lc, eval_set=eval_set)
+    metrics.update(meta or {})
+    atomic_write_json(out_dir / "annotations.json", frame.to_dict("records"))
+    result = AlpacaEvalResult([metrics])
+    result.save(out_dir)
+    return ScoreStage(result, {k: metrics.get(k) for k in ALPACA_SUMMARY})

@@ -6,7 +6,7 @@ rooms: :mod:`implicit_it.training`, :mod:`implicit_it.probes`, :mod:`implicit_it
 """
 
 from .data import ChatExample, Instruction, read_chat_jsonl, read_instructions
-from .errors import ConfigError, DataFormatError, ImplicitItError, ModelSpecError
+from .errors import ConfigError, DataFormatError, ImplicitItError, ModelSpecError, UserError
 from .formats import FORMATS, encode_example, encode_prompt, get_format
 from .generation import generate_responses
 from .models import DEFAULT_MODEL, EMBEDDED_MODELS, LoadedModel, load_model, load_tokenizer, resolve_model_spec
@@ -22,6 +22,7 @@ __all__ = [
     "DataFormatError",
     "ImplicitItError",
     "ModelSpecError",
+    "UserError",
     "FORMATS",
     "encode_example",
     "encode_prompt",

@@ -27,20 +27,18 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence, TypeVar
 
+from .errors import UserError
 from .io import atomic_write, atomic_write_json
 
 RESULT_FORMAT = 1  # the envelope's version (``format``)
 
 
-def entries_of(data: Any) -> list[dict[str, Any]]:
-    """The entries of a result's JSON: the envelope, the older ``{"results": [...]}``, or one bare entry."""
-    if isinstance(data, dict) and isinstance(data.get("results"), list) and ("analysis" in data or set(data) <= {"results"}):
+def entries_of(data: Any, where: str | Path = "result") -> list[dict[str, Any]]:
+    """The entries of a result's JSON envelope (``{"analysis", "format", "class", "results": [...]}``); anything else
+    is an error naming ``where``."""
+    if isinstance(data, dict) and "analysis" in data and isinstance(data.get("results"), list):
         return list(data["results"])
-    if isinstance(data, list):
-        return list(data)
-    if isinstance(data, dict):
-        return [dict(data)]
-    raise ValueError(f"not an analysis result: {type(data).__name__}")
+    raise UserError(f"{where}: not an analysis result (expected the envelope with 'analysis' and a 'results' list)")
 
 
 R = TypeVar("R", bound="AnalysisResult")
@@ -60,15 +58,16 @@ class AnalysisResult(ABC):
         return {"analysis": self.name, "format": RESULT_FORMAT, "class": f"{cls.__module__}:{cls.__qualname__}", "results": self.entries}
 
     @classmethod
-    def from_json(cls: type[R], data: Any) -> R:
-        """Read back what :meth:`to_json` wrote (or an older layout, see :func:`entries_of`)."""
-        if isinstance(data, dict) and data.get("analysis") not in (None, cls.name):
-            raise ValueError(f"{cls.__name__} reads {cls.name!r} results, not {data['analysis']!r}")
-        return cls(entries_of(data))
+    def from_json(cls: type[R], data: Any, where: str | Path = "result") -> R:
+        """Read back what :meth:`to_json` wrote (``where`` names it in an error)."""
+        entries = entries_of(data, where)
+        if data["analysis"] != cls.name:
+            raise UserError(f"{where}: {cls.__name__} reads {cls.name!r} results, not {data['analysis']!r}")
+        return cls(entries)
 
     @classmethod
     def read(cls: type[R], path: str | Path) -> R:
-        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")), path)
 
     def summary(self) -> dict[str, Any]:
         """The one entry of a single-model result (what a step's summary is made from)."""
@@ -169,7 +168,7 @@ def result_class(name: str, where: str | None = None) -> type[AnalysisResult]:
 
 def read_result(source: str | Path | dict[str, Any]) -> AnalysisResult | None:
     """A result file (or its parsed JSON) as an instance of its registered class; None when the
-    file does not say which analysis wrote it (older layouts) or no class is registered for it."""
+    file does not say which analysis wrote it (not a result) or no class is registered for it."""
     data = json.loads(Path(source).read_text(encoding="utf-8")) if isinstance(source, (str, Path)) else source
     if not isinstance(data, dict) or not isinstance(data.get("analysis"), str):
         return None

@@ -188,3 +188,41 @@ def write_chat_jsonl(path: str | Path, examples: Iterable[ChatExample]) -> Path:
     from .io import atomic_write_jsonl
 
     return atomic_write_jsonl(path, [ex.to_json() for ex in examples])
+
+
+# Instructions with their responses: what response ranking, the probes and the layer diffs all read.
+@dataclass(frozen=True)
+class RankingSource:
+    """Instructions with the pool index of their own response, and the response pool."""
+
+    instructions: tuple[str, ...]
+    own_response: tuple[int, ...]  # pool index of instruction i's real response
+    pool: tuple[str, ...]
+    path: str = ""
+
+
+def read_ranking_source(path: str | Path, *, limit: int | None = None) -> RankingSource:
+    """Read (instruction, response) pairs from a chat JSONL or an AlpacaEval-style file.
+
+    Chat JSONL: every assistant turn joins the pool (the paper's pool). AlpacaEval-style
+    (``{"instruction", "output"}`` records): each record's ``output`` is its response.
+    Text is stripped, as the paper's formatting does."""
+    path = Path(path)
+    head = read_input_bytes(path)[:65536]
+    if b'"messages"' in head:
+        examples = read_chat_jsonl(path, limit=limit)
+        instructions: list[str] = []
+        own: list[int] = []
+        pool: list[str] = []
+        for ex in examples:
+            instructions.append(ex.instruction.strip())
+            own.append(len(pool))
+            pool.extend(m.content.strip() for m in ex.messages if m.role == "assistant")
+        return RankingSource(tuple(instructions), tuple(own), tuple(pool), str(path))
+    items = read_instructions(path, limit=limit)
+    responses = []
+    for i, it in enumerate(items):
+        if not isinstance(it.reference_output, str) or not it.reference_output.strip():
+            raise DataFormatError(path, None, f"record {i}: a ranking pair needs a non-empty 'output' (the instruction's response)")
+        responses.append(it.reference_output.strip())
+    return RankingSource(tuple(it.instruction.strip() for it in items), tuple(range(len(items))), tuple(responses), str(path))

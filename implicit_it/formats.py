@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .errors import UserError
+
 IGNORE_INDEX = -100
 
 
@@ -63,7 +65,7 @@ class ChatFormat:
 def _native_prompt(instruction: str, tokenizer: Any) -> str:
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "this tokenizer")
-        raise ValueError(f"format 'native' needs a tokenizer with a chat template; {name} has none (use 'tulu')")
+        raise UserError(f"format 'native' needs a tokenizer with a chat template; {name} has none (use 'tulu')")
     text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token
     # The template writes BOS itself; encode_prompt adds special tokens, so strip it here.
@@ -94,7 +96,7 @@ def get_format(name: str | ChatFormat) -> ChatFormat:
     try:
         return FORMATS[name]
     except KeyError:
-        raise ValueError(f"unknown chat format {name!r}; choose one of {sorted(FORMATS)}") from None
+        raise UserError(f"unknown chat format {name!r}; choose one of {sorted(FORMATS)}") from None
 
 
 def encode_prompt(tokenizer: Any, fmt: str | ChatFormat, instruction: str) -> list[int]:
@@ -192,7 +194,7 @@ def encode_example(
     truncated = False
     if max_length is not None and len(input_ids) > max_length:
         if len(prompt_ids) >= max_length:
-            raise ValueError(f"prompt is {len(prompt_ids)} tokens, not shorter than max_length={max_length}")
+            raise UserError(f"prompt is {len(prompt_ids)} tokens, not shorter than max_length={max_length}")
         input_ids, truncated = input_ids[:max_length], True
     labels = [IGNORE_INDEX] * len(prompt_ids) + input_ids[len(prompt_ids) :]
     return EncodedExample(input_ids, labels, len(prompt_ids), merged, truncated)
@@ -223,13 +225,13 @@ def conversation_turns(messages: Sequence[Any], *, strip: bool = True, drop_inst
     turns = []
     for i in range(0, len(roles) - 1, 2):
         if roles[i] != "user" or roles[i + 1] != "assistant":
-            raise ValueError(f"turns {i}/{i + 1} are {roles[i]}/{roles[i + 1]}, expected user/assistant")
+            raise UserError(f"turns {i}/{i + 1} are {roles[i]}/{roles[i + 1]}, expected user/assistant")
         user, assistant = texts[i], texts[i + 1]
         if strip:
             user, assistant = user.strip(), assistant.strip()
         turns.append(("" if drop_instructions else user, assistant))
     if not turns:
-        raise ValueError("a conversation needs at least one user turn followed by an assistant turn")
+        raise UserError("a conversation needs at least one user turn followed by an assistant turn")
     return turns
 
 
@@ -254,7 +256,7 @@ def encode_conversation(
     first = encode_example(tokenizer, fmt, *turns[0])
     input_ids, labels, merged = list(first.input_ids), list(first.labels), first.boundary_merged
     if len(turns) > 1 and fmt.name == "native":
-        raise ValueError("multi-turn examples need a tag format (tulu, ab_tags, empty_instruction), not 'native'")
+        raise UserError("multi-turn examples need a tag format (tulu, ab_tags, empty_instruction), not 'native'")
     end_ids = fmt.train_end_token_ids(tokenizer)
     for user, assistant in turns[1:]:
         prompt = fmt.prompt_text(user, tokenizer)
@@ -266,7 +268,7 @@ def encode_conversation(
     truncated = first.truncated
     if max_length is not None and len(input_ids) > max_length:
         if first.n_prompt_tokens >= max_length:
-            raise ValueError(f"prompt is {first.n_prompt_tokens} tokens, not shorter than max_length={max_length}")
+            raise UserError(f"prompt is {first.n_prompt_tokens} tokens, not shorter than max_length={max_length}")
         input_ids, labels, truncated = input_ids[:max_length], labels[:max_length], True
     return EncodedExample(input_ids, labels, first.n_prompt_tokens, merged, truncated)
 

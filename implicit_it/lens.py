@@ -13,12 +13,14 @@ from typing import Any, Sequence
 
 import torch
 
+from .errors import UserError
+
 
 def decoder_of(model: Any) -> Any:
     """The decoder stack inside an HF causal LM (``model.model`` for llama/gemma3/olmo)."""
     decoder = model.get_decoder()
     if not hasattr(decoder, "layers") or not hasattr(decoder, "norm"):
-        raise ValueError(f"{type(model).__name__}: the decoder has no .layers/.norm; the logit lens supports llama-style decoders")
+        raise UserError(f"{type(model).__name__}: the decoder has no .layers/.norm; the logit lens supports llama-style decoders")
     return decoder
 
 
@@ -40,11 +42,11 @@ def _layer_ranges(spec: str) -> list[tuple[int, int]]:
             else:
                 lo = hi = int(part)
         except ValueError:
-            raise ValueError(f"layers: expected {LAYERS_SYNTAX}, got {spec!r}") from None
+            raise UserError(f"layers: expected {LAYERS_SYNTAX}, got {spec!r}") from None
         if lo < 0:
-            raise ValueError(f"layers: {part!r} is negative: layers start at 0 (the embeddings)")
+            raise UserError(f"layers: {part!r} is negative: layers start at 0 (the embeddings)")
         if hi < lo:
-            raise ValueError(f"layers: {part!r} is a reversed range (write {hi}-{lo})")
+            raise UserError(f"layers: {part!r} is a reversed range (write {hi}-{lo})")
         out.append((lo, hi))
     return out
 
@@ -55,7 +57,7 @@ def _every(spec: str) -> int:
     except ValueError:
         step = 0
     if step < 1:
-        raise ValueError(f"layers: 'every:N' needs a positive integer N, got {spec!r}")
+        raise UserError(f"layers: 'every:N' needs a positive integer N, got {spec!r}")
     return step
 
 
@@ -84,13 +86,13 @@ def parse_layers(spec: str | Sequence[int] | None, total: int) -> list[int]:
         ranges = _layer_ranges(spec)
         bad = [f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in ranges if hi > total]
         if bad:
-            raise ValueError(f"layers {bad} are out of range: this model has layers 0 (embeddings) to {total}")
+            raise UserError(f"layers {bad} are out of range: this model has layers 0 (embeddings) to {total}")
         out = [x for lo, hi in ranges for x in range(lo, hi + 1)]
     else:
         out = list(spec)
     bad_layers = [x for x in out if not 0 <= x <= total]
     if bad_layers:
-        raise ValueError(f"layers {bad_layers} are out of range: this model has layers 0 (embeddings) to {total}")
+        raise UserError(f"layers {bad_layers} are out of range: this model has layers 0 (embeddings) to {total}")
     return sorted(set(out))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 
@@ -21,5 +23,5 @@ def parse_list(text: str | list[str] | tuple[str, ...], item: Callable[[str], T]
             try:
                 out.append(item(raw))
             except (TypeError, ValueError):
-                raise ValueError(f"{what}: cannot read {raw!r} in {text!r}") from None
+                raise UserError(f"{what}: cannot read {raw!r} in {text!r}") from None
     return out

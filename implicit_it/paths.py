@@ -9,12 +9,12 @@ import re
 import tempfile
 from pathlib import Path
 
-from .errors import ImplicitItError
+from .errors import UserError
 
 PROBE_BYTES = 64 * 1024
 
 
-class OutputNotWritable(ImplicitItError):
+class OutputNotWritable(UserError):
     """The output location cannot be written: raised before any work."""
 
 

@@ -48,7 +48,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .lists import parse_list
 
 RuleName = Literal["eos", "uniform", "diversity", "start"]
@@ -128,7 +128,7 @@ def parse_rules(spec: str) -> list[str]:
     names: list[str] = parse_list(spec, what="rules")
     bad = [n for n in names if n not in ALL_RULES]
     if bad:
-        raise ValueError(f"unknown rule(s) {bad}; choose from {list(ALL_RULES)} (or 'all', 'none')")
+        raise UserError(f"unknown rule(s) {bad}; choose from {list(ALL_RULES)} (or 'all', 'none')")
     return list(dict.fromkeys(names))
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .errors import UserError
 from .models import LoadedModel, ModelSource, load_tokenizer
 
 
@@ -166,7 +167,7 @@ def get_shape(name: str) -> Shape:
     try:
         return SHAPES[name]
     except KeyError:
-        raise ValueError(f"unknown model shape {name!r}; choose one of {sorted(SHAPES)}") from None
+        raise UserError(f"unknown model shape {name!r}; choose one of {sorted(SHAPES)}") from None
 
 
 @functools.cache

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .data import ChatExample, Message
+from .errors import UserError
 from .io import read_input_bytes
 
 PAPER_LIMIT = 1000  # the paper keeps the first 1,000 examples of each single-task source
@@ -182,7 +183,7 @@ def load_chat_source(spec: str, *, limit: int | None = None, single_turn_only: b
     if spec.startswith("hub:"):
         name = spec.removeprefix("hub:")
         if name not in SOURCES:
-            raise ValueError(f"unknown hub source {name!r}; choose one of {sorted(SOURCES)}")
+            raise UserError(f"unknown hub source {name!r}; choose one of {sorted(SOURCES)}")
         examples = SOURCES[name].load()
         if single_turn_only:
             examples = [e for e in examples if e.is_single_turn]

@@ -14,7 +14,7 @@ from implicit_it.lens import LogitLens, decoder_of, parse_layers
 
 from .forward import EncodedGroup, PairBatch, PairForward, encode_groups
 from .linear import POOLS, ActivationStore, LinearProbe, ProbeResult, cross_validated_accuracy, pool_batch, swap_pair_groups
-from .pairs import Candidate, RankingGroup, RankingSource, build_ranking_groups, read_ranking_source
+from .pairs import Candidate, RankingGroup, build_ranking_groups
 from .ranking import SCORES, LayerwiseRankingResult, RankingProbe, RankingResult, RankingRun, first_layer_above, ranking_wins
 from .scoring import OUTPUT, GroupScores, paper_scores, score_groups
 from .stage import ProbeStage, RankStage, TemplateStage, probe, probe_source, rank, rank_inputs, template, template_references
@@ -55,9 +55,7 @@ __all__ = [
     "swap_pair_groups",
     "Candidate",
     "RankingGroup",
-    "RankingSource",
     "build_ranking_groups",
-    "read_ranking_source",
     "SCORES",
     "LayerwiseRankingResult",
     "RankingProbe",

@@ -19,10 +19,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from implicit_it.data import RankingSource
 from implicit_it.formats import ChatFormat, encode_example, encode_prompt, get_format, pad_batch
 from implicit_it.lens import decoder_of
 
-from .pairs import RankingGroup, RankingSource
+from .pairs import RankingGroup
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,14 @@ import numpy as np
 import torch
 
 from implicit_it.analysis import Analysis, AnalysisResult, finish_accuracy_axes, layer_axis, new_figure, plot_band, register_result
+from implicit_it.data import RankingSource
+from implicit_it.errors import UserError
 from implicit_it.formats import ChatFormat, get_format
 from implicit_it.io import atomic_write
 from implicit_it.lens import parse_layers
 
 from .forward import PairBatch, PairForward, encode_groups
-from .pairs import Candidate, RankingGroup, RankingSource
+from .pairs import Candidate, RankingGroup
 
 POOLS = ("mean", "last")
 
@@ -193,7 +195,7 @@ class LinearProbe(Analysis):
     ):
         bad = [p for p in pools if p not in POOLS]
         if bad:
-            raise ValueError(f"unknown pooling {bad}; choose from {list(POOLS)}")
+            raise UserError(f"unknown pooling {bad}; choose from {list(POOLS)}")
         self.source, self.fmt = source, get_format(fmt)
         self.groups, self.blocks = swap_pair_groups(source, seed=seed)
         self.activation_dir = Path(activation_dir)
@@ -214,7 +216,7 @@ class LinearProbe(Analysis):
         whole = {b for b, n in fitted.items() if n == 2}
         encoded = [g for g in encoded if self.blocks[g.group_index] in whole]
         if len(whole) < self.folds:
-            raise ValueError(f"{len(whole)} instruction pairs fit in max_length={self.max_length}; need at least folds={self.folds}")
+            raise UserError(f"{len(whole)} instruction pairs fit in max_length={self.max_length}; need at least folds={self.folds}")
         if progress is not None:
             progress(len(self.groups) - len(encoded))  # skipped instructions count as done
         ActivationStore.remove(self.activation_dir)  # shards from an earlier run must not mix with these

@@ -25,22 +25,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-from implicit_it.data import read_chat_jsonl, read_instructions
-from implicit_it.errors import DataFormatError
-from implicit_it.io import read_input_bytes
-
-
-@dataclass(frozen=True)
-class RankingSource:
-    """Instructions with the pool index of their own response, and the response pool."""
-
-    instructions: tuple[str, ...]
-    own_response: tuple[int, ...]  # pool index of instruction i's real response
-    pool: tuple[str, ...]
-    path: str = ""
+from implicit_it.data import RankingSource
+from implicit_it.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -61,34 +49,6 @@ class RankingGroup:
         return self.candidates[1:]
 
 
-def read_ranking_source(path: str | Path, *, limit: int | None = None) -> RankingSource:
-    """Read (instruction, response) pairs from a chat JSONL or an AlpacaEval-style file.
-
-    Chat JSONL: every assistant turn joins the pool (the paper's pool). AlpacaEval-style
-    (``{"instruction", "output"}`` records): each record's ``output`` is its response.
-    Text is stripped, as the paper's formatting does."""
-    path = Path(path)
-    head = read_input_bytes(path)[:65536]
-    if b'"messages"' in head:
-        examples = read_chat_jsonl(path, limit=limit)
-        instructions, own, pool = [], [], []
-        for ex in examples:
-            instructions.append(ex.instruction.strip())
-            own.append(len(pool))
-            pool.extend(m.content.strip() for m in ex.messages if m.role == "assistant")
-        return RankingSource(tuple(instructions), tuple(own), tuple(pool), str(path))
-    items = read_instructions(path, limit=limit)
-    for i, it in enumerate(items):
-        if not isinstance(it.reference_output, str) or not it.reference_output.strip():
-            raise DataFormatError(path, None, f"record {i}: a ranking pair needs a non-empty 'output' (the instruction's response)")
-    return RankingSource(
-        tuple(it.instruction.strip() for it in items),
-        tuple(range(len(items))),
-        tuple(it.reference_output.strip() for it in items),
-        str(path),
-    )
-
-
 SelfDraws = Literal["redraw", "drop", "tie"]
 SELF_DRAWS: tuple[str, ...] = ("redraw", "drop", "tie")
 
@@ -102,13 +62,13 @@ def build_ranking_groups(
     ``"drop"`` (the paper) or ``"tie"``; when None, ``exclude_self`` picks ``"redraw"`` (True) or
     ``"tie"`` (False)."""
     if negatives < 1:
-        raise ValueError(f"negatives must be >= 1, got {negatives}")
+        raise UserError(f"negatives must be >= 1, got {negatives}")
     mode = self_draws if self_draws is not None else ("redraw" if exclude_self else "tie")
     if mode not in SELF_DRAWS:
-        raise ValueError(f"self_draws must be one of {list(SELF_DRAWS)}, got {mode!r}")
+        raise UserError(f"self_draws must be one of {list(SELF_DRAWS)}, got {mode!r}")
     n_pool = len(source.pool)
     if mode == "redraw" and n_pool < 2:
-        raise ValueError("need at least two responses in the pool to draw a negative other than the real one")
+        raise UserError("need at least two responses in the pool to draw a negative other than the real one")
     rng = random.Random(seed)  # same stream as the paper's random.seed(0); random.randint(...)
     groups = []
     for i, own in enumerate(source.own_response):

@@ -17,11 +17,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from implicit_it.analysis import Analysis, AnalysisResult, finish_accuracy_axes, layer_axis, new_figure, plot_band, register_result
+from implicit_it.data import RankingSource
+from implicit_it.errors import UserError
 from implicit_it.formats import ChatFormat, get_format
 from implicit_it.lens import parse_layers
 
 from .forward import EncodedGroup, PairForward, encode_groups
-from .pairs import RankingGroup, RankingSource
+from .pairs import RankingGroup
 from .scoring import OUTPUT, GroupScores, score_groups
 from .stats import accuracy_with_ci
 
@@ -233,7 +235,7 @@ class RankingProbe(Analysis):
         t0 = time.perf_counter()
         encoded = encode_groups(loaded.tokenizer, fmt or self.fmt, self.source, self.groups, max_length=self.max_length)
         if not encoded:
-            raise ValueError(f"no instruction's prompt fits in max_length={self.max_length} tokens")
+            raise UserError(f"no instruction's prompt fits in max_length={self.max_length} tokens")
         if progress is not None and len(encoded) < len(self.groups):
             progress(len(self.groups) - len(encoded))  # skipped instructions count as done
         forward = PairForward(loaded, max_batch_tokens=self.max_batch_tokens)

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from implicit_it.data import RankingSource, read_ranking_source
 from implicit_it.lens import check_layer_spec
 
 from .config import ProbeConfig, RankConfig, TemplateConfig
 from .linear import ActivationStore, LinearProbe, ProbeResult
-from .pairs import RankingGroup, RankingSource, build_ranking_groups, read_ranking_source
+from .pairs import RankingGroup, build_ranking_groups
 from .ranking import LayerwiseRankingResult, RankingProbe, RankingResult
 from .template import TemplateResult, sample_user_turns, score_samples, user_prefix
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar, Sequence
 
 from implicit_it.analysis import AnalysisResult, new_figure, register_result
+from implicit_it.errors import UserError
 from implicit_it.formats import ChatFormat, get_format
 from implicit_it.stats import accuracy_with_ci, mean_with_ci
 
@@ -52,7 +53,7 @@ def user_prefix(fmt: str | ChatFormat, tokenizer: Any = None) -> str:
     text = "" if fmt.raw else replace(fmt, drop_instruction=False).prompt_text(_SLOT, tokenizer)
     prefix = text[: text.index(_SLOT)] if _SLOT in text else ""
     if not prefix.strip():
-        raise ValueError(f"format {fmt.name!r} has no user tag: the template probe needs a user-turn prefix (use tulu, ab_tags or native)")
+        raise UserError(f"format {fmt.name!r} has no user tag: the template probe needs a user-turn prefix (use tulu, ab_tags or native)")
     return prefix
 
 

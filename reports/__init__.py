@@ -18,8 +18,11 @@ from .browser import BrowserCheck, check_in_browser, find_chromium
 from .collect import RunData, StepRecord, read_run
 from .render import write_report
 from .sections import Section, Table, build_sections
+from .stage import ReportStage, report_stage
 
 __all__ = [
+    "ReportStage",
+    "report_stage",
     "BrowserCheck",
     "check_in_browser",
     "find_chromium",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
-from implicit_it.errors import ImplicitItError
+from implicit_it.errors import UserError
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -71,15 +71,15 @@ def check_in_browser(
     """Load ``html_path`` in headless Chromium; return what the page reported after ``load``."""
     binary = find_chromium()
     if binary is None:
-        raise ImplicitItError("no Chromium found (install Debian's `chromium` package)")
+        raise UserError("no Chromium found (install Debian's `chromium` package)")
     url = Path(html_path).resolve().as_uri()
     dom = _chromium(binary, ["--dump-dom", url], timeout)
     if dom.returncode != 0 or "<body" not in dom.stdout:
-        raise ImplicitItError(f"{html_path}: chromium could not render the page (exit {dom.returncode}): {dom.stderr.strip()[-400:]}")
+        raise UserError(f"{html_path}: chromium could not render the page (exit {dom.returncode}): {dom.stderr.strip()[-400:]}")
     reader = _DomReader()
     reader.feed(dom.stdout)
     if "data-images-loaded" not in reader.body:
-        raise ImplicitItError(f"{html_path}: the page's load script did not run (no data-images-loaded on <body>)")
+        raise UserError(f"{html_path}: the page's load script did not run (no data-images-loaded on <body>)")
     shot = None
     if screenshot is not None:
         shot = Path(screenshot).resolve()
@@ -87,6 +87,6 @@ def check_in_browser(
         tmp = shot.with_name(f".{shot.name}.tmp.png")
         res = _chromium(binary, [f"--screenshot={tmp}", f"--window-size={window[0]},{window[1]}", "--hide-scrollbars", url], timeout)
         if res.returncode != 0 or not tmp.is_file():
-            raise ImplicitItError(f"{html_path}: chromium took no screenshot (exit {res.returncode}): {res.stderr.strip()[-400:]}")
+            raise UserError(f"{html_path}: chromium took no screenshot (exit {res.returncode}): {res.stderr.strip()[-400:]}")
         tmp.replace(shot)
     return BrowserCheck(int(reader.body.get("data-images-expected", "0")), int(reader.body["data-images-loaded"]), reader.sections, shot)

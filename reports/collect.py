@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from implicit_it.analysis import AnalysisResult, entries_of, result_class
-from implicit_it.errors import ImplicitItError
+from implicit_it.errors import UserError
 from implicit_it.io import read_input_bytes
 
 # files a step writes that are not analysis results (skipped when a step's results are listed)
@@ -47,9 +47,9 @@ class StepRecord:
         return read_json(path)
 
     def results(self, filename: str) -> list[dict[str, Any]]:
-        """The entries of an AnalysisResult JSON (the envelope, or an older layout: see ``entries_of``)."""
+        """The entries of an AnalysisResult JSON (its envelope); [] if the step wrote none."""
         data = self.read(filename)
-        return [] if data is None else entries_of(data)
+        return [] if data is None else entries_of(data, self.dir / filename)
 
     def result(self, name: str) -> AnalysisResult | None:
         """``<name>.json`` as its registered result class; None if the step wrote none or no class reads it."""
@@ -112,7 +112,7 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(read_input_bytes(path).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ImplicitItError(f"{path}: not valid JSON ({exc}); re-run the step that wrote it (iit run) or remove it") from None
+        raise UserError(f"{path}: not valid JSON ({exc}); re-run the step that wrote it (iit run) or remove it") from None
 
 
 def _step_record(path: Path, record: Any) -> StepRecord:
@@ -121,15 +121,15 @@ def _step_record(path: Path, record: Any) -> StepRecord:
     def field(name: str, kind: type | tuple[type, ...], default: Any) -> Any:
         value = record.get(name, default)
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):  # True is an int to Python
-            raise ImplicitItError(f"{path}: not a step record (field {name!r} is {type(value).__name__} {value!r})")
+            raise UserError(f"{path}: not a step record (field {name!r} is {type(value).__name__} {value!r})")
         return value
 
     if not isinstance(record, dict):
-        raise ImplicitItError(f"{path}: not a step record (a JSON {type(record).__name__}, not an object)")
+        raise UserError(f"{path}: not a step record (a JSON {type(record).__name__}, not an object)")
     meta = field("meta", dict, {})
     seed = meta.get("seed")
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise ImplicitItError(f"{path}: not a step record (meta.seed is {type(seed).__name__} {seed!r}, not an integer)")
+        raise UserError(f"{path}: not a step record (meta.seed is {type(seed).__name__} {seed!r}, not an integer)")
     return StepRecord(
         field("stage", str, None),
         field("name", str, None),
@@ -160,11 +160,11 @@ def _own_step_files(run_dir: Path, manifest: dict[str, Any] | None) -> list[Path
 def read_run(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise ImplicitItError(f"{run_dir}: no such run directory")
+        raise UserError(f"{run_dir}: no such run directory")
     manifest_path = run_dir / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else None
     if manifest is not None and not isinstance(manifest, dict):
-        raise ImplicitItError(f"{manifest_path}: not a run manifest (a JSON {type(manifest).__name__})")
+        raise UserError(f"{manifest_path}: not a run manifest (a JSON {type(manifest).__name__})")
     steps = []
     for path in _own_step_files(run_dir, manifest):
         record = read_json(path)
@@ -175,7 +175,7 @@ def read_run(run_dir: str | Path) -> RunData:
             continue  # a step of another run's plan (nested inside this one, or copied in)
         steps.append(step)
     if not steps:
-        raise ImplicitItError(f"{run_dir}: no finished steps (run `iit run` first)")
+        raise UserError(f"{run_dir}: no finished steps (run `iit run` first)")
     order = {sid: i for i, sid in enumerate((manifest or {}).get("results", {}).get("steps", {}))}
     steps.sort(key=lambda s: order.get(f"{s.stage}/{s.name}", len(order)))
     return RunData(run_dir, manifest, steps)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from implicit_it.errors import UserError
 from implicit_it.stats import clopper_pearson, fisher_exact, holm
 
 from . import paper
@@ -54,7 +55,7 @@ def _judged(run: RunData) -> dict[str, Any]:
         rows = r.read("annotations.json") or []
         judge = result.get("judge")
         if not str(judge).startswith("metric:"):
-            raise ValueError(f"{r.dir}: findings need a metric judge (scores per output), got {judge!r}")
+            raise UserError(f"{r.dir}: findings need a metric judge (scores per output), got {judge!r}")
         system, reference = result["generator"], result["reference_generator"]
         for name, key in ((system, "score_2"), (reference, "score_1")):
             entry = systems.setdefault(

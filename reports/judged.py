@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from implicit_it.errors import UserError
 from implicit_it.stats import clopper_pearson, holm, pairs_for_power, sign_test
 
 NON_ANSWER = -1.0  # the gated metric's score of an empty output, a template continuation or an echo
@@ -66,7 +67,7 @@ def compare_systems(scores: Mapping[str, Mapping[str, float]], a: str, b: str) -
     content-only one only where it differs from all (when both always answer it is the same test, counted once)."""
     shared = [i for i in scores[a] if i in scores[b]]
     if not shared:
-        raise ValueError(f"{a} and {b} share no judged instruction")
+        raise UserError(f"{a} and {b} share no judged instruction")
     answered = [i for i in shared if NON_ANSWER not in (scores[a][i], scores[b][i])]
     subsets = {"all": shared, **({"both answered": answered} if len(answered) < len(shared) else {})}
     return [

@@ -57,7 +57,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         }
     comparisons = []
     for step in sorted((run_dir / "eval" / "alpaca").glob("*/annotations.json")):
-        result = entries_of(_json(step.parent / "alpaca_eval.json"))[0]
+        result = entries_of(_json(step.parent / "alpaca_eval.json"), step.parent / "alpaca_eval.json")[0]
         outcomes = [
             {"instruction": a["instruction"], "score_reference": a["score_1"], "score_system": a["score_2"], "preference": a["preference"]}
             for a in _json(step)

@@ -142,3 +142,25 @@ implicit-it (`{manifest.get("command", "iit train")}`), seed {manifest.get("seed
     path = Path(out_dir) / CARD_NAME
     atomic_write_text(path, str(card))
     return path
+
+
+def evaluation_rows(benchmark: str, summary: dict[str, Any], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """One evaluation's numbers (a study's eval step summary of ``benchmark``: ifeval, ifsuite or alpaca) as model-card rows."""
+    if benchmark == "ifeval":
+        return [
+            {"dataset": "IFEval", "dataset_type": "google/IFEval", "metric": f"{m}_accuracy", "value": summary[m]["accuracy"]}
+            for m in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
+            if isinstance(summary.get(m), dict)
+        ]
+    if benchmark == "ifsuite":
+        return [
+            {"dataset": "implicit-it IF suite", "dataset_type": "ifsuite", "metric": f"{k}", "value": summary.get(k)}
+            for k in ("strict_accuracy", "loose_accuracy")
+        ]
+    if benchmark == "alpaca":
+        vs = f" vs {meta.get('reference')}"
+        return [
+            {"dataset": f"AlpacaEval{vs}", "dataset_type": "tatsu-lab/alpaca_eval", "metric": k, "value": summary.get(k)}
+            for k in ("win_rate", "lc_win_rate")
+        ]
+    return []

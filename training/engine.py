@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from implicit_it.errors import UserError
 from implicit_it.io import atomic_write_json, remove_temp_litter
 from implicit_it.locks import LOCK_NAME, directory_lock
 from implicit_it.manifest import build_manifest
@@ -138,7 +139,7 @@ def gradient_accumulation_steps(effective_batch_size: int, per_device_batch_size
     """Steps to accumulate so that per-device batch x processes x steps = the effective batch."""
     per_step = per_device_batch_size * n_processes
     if effective_batch_size % per_step:
-        raise ValueError(
+        raise UserError(
             f"effective_batch_size={effective_batch_size} is not a multiple of per_device_batch_size="
             f"{per_device_batch_size} x {n_processes} process(es)"
         )
@@ -152,16 +153,16 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
     finished = (out_dir / MANIFEST_NAME).is_file()
     has_checkpoints = latest_complete_checkpoint(out_dir) is not None
     if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
+        raise UserError("--resume and --overwrite exclude each other")
     if resume and not has_checkpoints and not checkpoints(out_dir):
-        raise ValueError(f"{out_dir}: nothing to resume (no {CHECKPOINT_DIR}/checkpoint-*)")
+        raise UserError(f"{out_dir}: nothing to resume (no {CHECKPOINT_DIR}/checkpoint-*)")
     if overwrite:
         check_overwritable(out_dir)
         return
     if finished and not resume:
-        raise ValueError(f"{out_dir}: already holds a finished run ({MANIFEST_NAME}); pass --overwrite to train it again")
+        raise UserError(f"{out_dir}: already holds a finished run ({MANIFEST_NAME}); pass --overwrite to train it again")
     if has_checkpoints and not resume:
-        raise ValueError(f"{out_dir}: holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite to start over")
+        raise UserError(f"{out_dir}: holds checkpoints of an unfinished run; pass --resume to continue it or --overwrite to start over")
 
 
 def run_evidence(out_dir: Path) -> list[str]:
@@ -191,11 +192,11 @@ def check_overwritable(out_dir: Path) -> None:
     except FileNotFoundError:
         return
     except NotADirectoryError:
-        raise ValueError(f"{out_dir}: not a directory; --overwrite deletes only an earlier training run") from None
+        raise UserError(f"{out_dir}: not a directory; --overwrite deletes only an earlier training run") from None
     if not entries or run_evidence(out_dir):
         return
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
-    raise ValueError(
+    raise UserError(
         f"{out_dir}: not an implicit-it training run (no {MANIFEST_NAME}, no {CHECKPOINT_DIR}/checkpoint-*), so --overwrite "
         f"will not delete it; it holds {shown}. Choose another --out, or empty it yourself"
     )

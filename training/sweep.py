@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from implicit_it.errors import UserError
 from implicit_it.io import atomic_write_json
 from implicit_it.manifest import build_manifest
 
@@ -42,7 +43,7 @@ def select_best(points: Sequence[SweepPoint], metric: str) -> SweepPoint:
     Points without a finite value are skipped; ties go to fewer epochs (cheaper, and less
     overfit to the small training set)."""
     if metric not in METRIC_DIRECTIONS:
-        raise ValueError(f"unknown selection metric {metric!r}; choose one of {sorted(METRIC_DIRECTIONS)}")
+        raise UserError(f"unknown selection metric {metric!r}; choose one of {sorted(METRIC_DIRECTIONS)}")
     sign = 1.0 if METRIC_DIRECTIONS[metric] == "min" else -1.0
     scored = [p for p in points if isinstance(p.metrics.get(metric), (int, float)) and math.isfinite(p.metrics[metric])]
     if not scored:
@@ -71,9 +72,9 @@ def run_sweep(
     last checkpoint, so a killed sweep picks up where it stopped."""
     metric = config.training.sweep_metric or ("val_nll" if config.data.validation else "heldout_nll")
     if metric == "heldout_nll" and not config.data.heldout_examples:
-        raise ValueError("training.sweep_metric heldout_nll needs data.heldout_examples > 0 in the config")
+        raise UserError("training.sweep_metric heldout_nll needs data.heldout_examples > 0 in the config")
     if metric == "val_nll" and not config.data.validation:
-        raise ValueError("training.sweep_metric val_nll needs data.validation (instructions with reference outputs)")
+        raise UserError("training.sweep_metric val_nll needs data.validation (instructions with reference outputs)")
     if metric in ("val_win_rate", "ifeval_loose", "ifsuite_loose") and scorer is None:
         raise ValueError(
             f"training.sweep_metric {metric} scores generations: pass a scorer (iit sweep builds one; val_win_rate also needs --judge)"

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from implicit_it.data import ChatExample
+from implicit_it.errors import UserError
 from implicit_it.formats import IGNORE_INDEX, encode_example, pad_batch
 
 # metric name -> "min" or "max": which direction is better (used by epoch selection)
@@ -35,7 +36,7 @@ def _pairs(examples: Sequence[Any], strip: bool) -> list[tuple[str, str]]:
         else:
             instruction, response = e.instruction, e.reference_output
             if response is None:
-                raise ValueError(f"validation instruction {instruction[:60]!r} has no reference output to score")
+                raise UserError(f"validation instruction {instruction[:60]!r} has no reference output to score")
         out.append((instruction.strip(), response.strip()) if strip else (instruction, response))
     return out
 
@@ -60,7 +61,7 @@ def response_nll(
     prompt alone does not fit is skipped (and counted), the same ones for every model. Keys are
     ``{prefix}_nll``, ``{prefix}_perplexity``, ``{prefix}_tokens``, ``{prefix}_examples``, ``{prefix}_skipped``."""
     if not examples:
-        raise ValueError(f"no {prefix} examples to score")
+        raise UserError(f"no {prefix} examples to score")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -71,7 +72,7 @@ def response_nll(
         except ValueError:  # prompt longer than max_length
             continue
     if not encoded:
-        raise ValueError(f"no {prefix} example has a prompt shorter than max_length={max_length}")
+        raise UserError(f"no {prefix} example has a prompt shorter than max_length={max_length}")
     total, n_tokens = 0.0, 0
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start : start + batch_size]
@@ -99,5 +100,5 @@ def heldout_response_nll(
 ) -> dict[str, float]:
     """NLL of held-out training examples (``data.heldout_examples``); see :func:`response_nll`."""
     if not examples:
-        raise ValueError("no held-out examples to score (set data.heldout_examples)")
+        raise UserError("no held-out examples to score (set data.heldout_examples)")
     return response_nll(model, tokenizer, examples, fmt, max_length=max_length, batch_size=batch_size, strip=strip, prefix="heldout")

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from implicit_it.data import ChatExample
+from implicit_it.errors import UserError
 from implicit_it.formats import EncodedExample, conversation_turns, encode_conversation, pad_batch
 from implicit_it.sources import SOURCES, load_chat_source
 
@@ -60,17 +61,17 @@ def parse_variant(text: str, config: TrainingExperiment | None = None) -> list[V
     source in ``training.single_task_sources``."""
     kind, _, task = text.replace("-", ":").partition(":")
     if kind not in BASE_VARIANTS:
-        raise ValueError(f"unknown variant {text!r}; choose instruction, response, delusive, content_free, or single_task[:SOURCE]")
+        raise UserError(f"unknown variant {text!r}; choose instruction, response, delusive, content_free, or single_task[:SOURCE]")
     if kind != "single_task":
         if task:
-            raise ValueError(f"variant {kind!r} takes no task (got {text!r})")
+            raise UserError(f"variant {kind!r} takes no task (got {text!r})")
         return [Variant(kind)]
     tasks = [task] if task else list(config.training.single_task_sources if config else [])
     if not tasks:
-        raise ValueError("variant single_task needs a source: single_task:gsm, or training.single_task_sources in the config")
+        raise UserError("variant single_task needs a source: single_task:gsm, or training.single_task_sources in the config")
     for t in tasks:
         if t not in SOURCES or t == "lima":
-            raise ValueError(f"unknown single task {t!r}; choose one of {sorted(set(SOURCES) - {'lima'})}")
+            raise UserError(f"unknown single task {t!r}; choose one of {sorted(set(SOURCES) - {'lima'})}")
     return [Variant("single_task", t) for t in tasks]
 
 
@@ -149,7 +150,7 @@ def control_turns(kind: str, conversations: Sequence[list[tuple[str, str]]], *, 
 def split_heldout(examples: Sequence[ChatExample], n_heldout: int) -> tuple[list[ChatExample], list[ChatExample]]:
     """(train, heldout): the last ``n_heldout`` examples are held out (a fixed, seed-free split)."""
     if n_heldout >= len(examples):
-        raise ValueError(f"heldout_examples={n_heldout} leaves no training data ({len(examples)} examples)")
+        raise UserError(f"heldout_examples={n_heldout} leaves no training data ({len(examples)} examples)")
     cut = len(examples) - n_heldout
     return list(examples[:cut]), list(examples[cut:])
 
@@ -183,7 +184,7 @@ def build_variant_data(config: TrainingExperiment, variant: Variant, tokenizer: 
         if d.max_train_examples and len(examples) >= d.max_train_examples:
             break
     if not examples:
-        raise ValueError(f"{source}: no {variant.name} examples fit max_length={t.max_length} (overlong: {t.overlong})")
+        raise UserError(f"{source}: no {variant.name} examples fit max_length={t.max_length} (overlong: {t.overlong})")
     return VariantData(variant, examples, heldout, str(source), len(rows), dropped, truncated)
 
 

@@ -1,8 +1,10 @@
 """What every ``iit`` subcommand shares: the stderr console, the one error path, file slugs.
 
-User errors (a bad config, a missing file, an invalid option value) end a command with ONE line
-``error: ...`` on stderr and exit status 2 (:func:`user_errors`); anything else is a bug and keeps
-its traceback."""
+User errors (:data:`USER_ERRORS`: a bad config, a missing file, an invalid option value, a locked or unwritable
+output) end a command with ONE line ``error: ...`` on stderr and exit status 2 (:func:`user_errors`); anything else,
+a plain ``ValueError`` included, is a bug and keeps its traceback. Code that rejects what a user gave raises
+:class:`~implicit_it.errors.UserError` (a ``ValueError`` too, so pydantic validators and callers that catch
+``ValueError`` keep working)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from implicit_it.errors import ImplicitItError
+from implicit_it.errors import UserError
 
 console = Console(stderr=True)
 
@@ -29,9 +31,12 @@ class VERBOSE:
     on = False
 
 
+# What a user can fix, printed as one line. Not ValueError as a whole (a bug raises it too), nor ImplicitItError as a
+# whole: StageFailed wraps whatever a step raised, bugs included (`iit run` reports it itself).
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ImplicitItError,
-    ValueError,  # pydantic's ValidationError is one
+    UserError,  # bad input (ConfigError, DataFormatError, ModelSpecError, ...) and what the user changes to go on: a locked
+    # or unwritable output (DirectoryLocked, OutputNotWritable), an engine or judge that is not there
+    ValidationError,  # pydantic's, naming the field
     FileNotFoundError,
     IsADirectoryError,
     NotADirectoryError,
@@ -88,7 +93,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as exc:
-            if VERBOSE.on:  # `iit -v`: the traceback too (a ValueError may also be a bug)
+            if VERBOSE.on:  # `iit -v`: the traceback too (where in the code the input was rejected)
                 raise
             fail(exc)
         except OSError as exc:  # the machine's, not the program's: a full disk, a read-only file system
@@ -100,9 +105,9 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def naming(label: str, exc: BaseException) -> ValueError:
+def naming(label: str, exc: BaseException) -> UserError:
     """``exc`` as a user error whose message starts with ``label`` (which model, which variant failed)."""
-    return ValueError(f"{label}: {error_message(exc)}")
+    return UserError(f"{label}: {error_message(exc)}")
 
 
 @contextlib.contextmanager

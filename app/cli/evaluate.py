@@ -10,7 +10,8 @@ from typing import Optional
 
 import typer
 
-from implicit_it.config import MAX_SEED, GenerateConfig
+from implicit_it.config import IFEVAL_DATA, MAX_SEED, GenerateConfig
+from implicit_it.errors import UserError
 from implicit_it.paths import check_writable
 
 from .common import (
@@ -84,19 +85,14 @@ def alpaca(
 ) -> None:
     """AlpacaEval 2 win rate (and length-controlled win rate where alpaca_eval's LC data is available)."""
     from implicit_it.evaluation import (
-        AlpacaEvalResult,
-        alpaca_metrics,
-        annotate,
+        alpaca_scores,
+        alpaca_stage,
         annotations_frame,
         find_lc_data,
         generator_name,
-        load_reference,
-        pair_with_reference,
         parse_judge,
         read_model_outputs,
     )
-    from implicit_it.evaluation.judge_agreement import gold_answers
-    from implicit_it.io import atomic_write_json
     from implicit_it.manifest import build_manifest, write_manifest
 
     t0 = time.perf_counter()
@@ -105,7 +101,7 @@ def alpaca(
     lc = find_lc_data(lc_data)
     if annotations is not None:
         if outputs is not None:
-            raise ValueError("give --outputs (to judge) or --annotations (already judged), not both")
+            raise UserError("give --outputs (to judge) or --annotations (already judged), not both")
         frame = annotations_frame(annotations)
         frame = frame.iloc[:limit] if limit is not None else frame
         judge_name = (
@@ -118,24 +114,30 @@ def alpaca(
             data_files.append(ref_path)
         data_files.append(annotations)
         judge_info = {"name": judge_name, "kind": "stored annotations"}
+        stage = alpaca_scores(frame, out, judge_name=judge_name, lc=lc, eval_set=eval_instructions)
     else:
         if outputs is None or reference is None:
-            raise ValueError("--outputs and --reference are required (or --annotations to score stored judgements)")
+            raise UserError("--outputs and --reference are required (or --annotations to score stored judgements)")
         judge_obj = parse_judge(judge, judge_model)
         judge_obj.preflight()  # before any work: no key / server down / no model is one clear error
-        model_outputs = read_model_outputs(outputs, limit=limit)
-        ref_outputs = load_reference(reference)
-        pairs = pair_with_reference(model_outputs, ref_outputs, outputs_path=outputs)
-        name = generator or generator_name(model_outputs, outputs.stem)
-        eval_instructions = [r.instruction for r in (read_model_outputs(eval_set) if eval_set else ref_outputs)]
+        name = generator or generator_name(read_model_outputs(outputs, limit=limit), outputs.stem)
+        eval_instructions = [r.instruction for r in read_model_outputs(eval_set)] if eval_set else None
         data_files += [p for p in (outputs, Path(reference), eval_set) if p is not None]
-        console.print(f"judging {len(pairs)} pairs with {judge_obj.name} (cached in {out / 'judge_cache.json'})", highlight=False)
-        gold = gold_answers(judge_obj, eval_set)
-        frame = annotate(pairs, judge_obj, out / "judge", generator=name, cache_path=out / "judge_cache.json", gold=gold)
+        console.print(f"judging with {judge_obj.name} (cached in {out / 'judge_cache.json'})", highlight=False)
+        stage = alpaca_stage(
+            outputs,
+            reference,
+            out,
+            judge=judge_obj,
+            generator=name,
+            cache_path=out / "judge_cache.json",
+            gold_answers_path=eval_set,
+            lc=lc,
+            eval_set=eval_instructions,
+            limit=limit,
+        )
         judge_name, judge_info = judge_obj.name, judge_obj.describe()
-    metrics = alpaca_metrics(frame, judge=judge_name, lc=lc, eval_set=eval_instructions)
-    atomic_write_json(out / "annotations.json", frame.to_dict("records"))
-    AlpacaEvalResult([metrics]).save(out)
+    metrics = stage.result.entries[0]
     write_manifest(
         out,
         build_manifest(
@@ -172,7 +174,7 @@ def _model_or_outputs(model: str | None, outputs: Path | None, out: Path) -> Non
     """A scoring command either generates (``--model``) or scores given responses (``--outputs``); either way its output
     folder must be writable before any work."""
     if (model is None) == (outputs is None):
-        raise ValueError("give --model (generate, then score) or --outputs (score given responses)")
+        raise UserError("give --model (generate, then score) or --outputs (score given responses)")
     check_writable(out, directory=True)
 
 
@@ -202,7 +204,7 @@ def ifeval(
         help="Score these responses instead of generating: IFEval's "
         "{prompt, response} JSONL, or AlpacaEval-format outputs (what `iit generate` writes).",
     ),
-    data: str = typer.Option("../shared/data/ifeval/input_data.jsonl", "--data", help="IFEval's input_data.jsonl, or hub:ifeval."),
+    data: str = typer.Option(IFEVAL_DATA, "--data", help="IFEval's input_data.jsonl, or hub:ifeval."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N prompts, stratified by first instruction type (fixed seed)."),
     seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the stratified subset and of the bootstrap."),
     fmt: str = FORMAT_OPTION,

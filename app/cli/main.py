@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from implicit_it.analyses.config import DiffConfig, MechConfig
 from implicit_it.config import MAX_SEED, GenerateConfig
+from implicit_it.errors import UserError
 from implicit_it.lists import parse_list
 from implicit_it.probes.config import ProbeConfig, RankConfig, TemplateConfig
 from implicit_it.training.config import check_epoch_grid
@@ -178,7 +179,7 @@ def train(
 
     Runs on one process as is, or on several GPUs unchanged under
     `accelerate launch --config_file configs/accelerate/fsdp.yaml -m implicit_it train ...`."""
-    from implicit_it.training import train_variant
+    from implicit_it.training import train_stage
 
     if epochs is not None and not epochs > 0:
         raise typer.BadParameter(f"must be > 0, got {epochs:g}", param_hint="--epochs")
@@ -187,18 +188,9 @@ def train(
     cfg, variants = _load_experiment(config, variant, (*overrides, *sets))
     for v in variants:
         target = (out / v.name if len(variants) > 1 else out) if out is not None else None
-        res = train_variant(cfg, v, out_dir=target, seed=seed, resume=resume, overwrite=overwrite, show_progress=not quiet)
-        if not res.manifest:  # not the main process
-            continue
-        r = res.results
-        held = f", held-out NLL {r['heldout_nll']:.4f}" if "heldout_nll" in r else ""
-        held += f", validation NLL {r['val_nll']:.4f}" if "val_nll" in r else ""
-        console.print(
-            f"{v.name}: {r['data']['n_train_examples']} examples, {r['optimizer_steps']} steps, final loss "
-            f"{r['final_loss']:.4f}{held}, {r['tokens_per_second']:.1f} tok/s, train "
-            f"{res.manifest['timings_seconds']['train']:.0f}s -> {res.out_dir}",
-            highlight=False,
-        )
+        stage = train_stage(cfg, v, out_dir=target, seed=seed, resume=resume, overwrite=overwrite, show_progress=not quiet)
+        if stage.manifest is not None:  # the main process
+            console.print(stage.headline(), highlight=False)
 
 
 @app.command()
@@ -219,7 +211,7 @@ def sweep(
         "--prompts",
         min=1,
         help="sweep_metric ifeval_loose / ifsuite_loose: prompts to "
-        "generate for (IFEval: a stratified subset, default 60; IF suite: round-robin, default all 136).",
+        "generate for (IFEval: a stratified subset of run.eval.ifeval_data, default 60; IF suite: round-robin, default all 136).",
     ),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Generation cap for generation-based metrics."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Override the config's seed."),
@@ -233,13 +225,13 @@ def sweep(
 
     cfg, variants = _load_experiment(config, variant)
     if len(variants) != 1:
-        raise ValueError("sweep one variant at a time (e.g. single_task:gsm)")
+        raise UserError("sweep one variant at a time (e.g. single_task:gsm)")
     epochs = parse_list(grid, float, what="--grid (comma-separated epoch counts such as 5,7,10)") if grid else None
     if epochs is not None:
         try:
             check_epoch_grid(epochs)
         except ValueError as exc:
-            raise ValueError(f"--grid: {exc}") from None
+            raise UserError(f"--grid: {exc}") from None
     scorer = _sweep_scorer(cfg, judge, judge_model, prompts, max_new_tokens, quiet)
     summary = run_sweep(cfg, variants[0], out_dir=out, grid=epochs, seed=seed, resume=resume, show_progress=not quiet, scorer=scorer)
     if summary:
@@ -250,11 +242,14 @@ def sweep(
             )
 
 
+SWEEP_IFEVAL_PROMPTS = 60  # `iit sweep --prompts` for training.sweep_metric ifeval_loose: a stratified subset per grid point
+
+
 def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts: Optional[int], max_new_tokens: int, quiet: bool):
     """The generation-based selection metric of ``training.sweep_metric`` as ``model_dir -> {metric: value}``."""
     metric = cfg.training.sweep_metric
     if judge is not None and metric != "val_win_rate":
-        raise ValueError(f"--judge is only used by training.sweep_metric val_win_rate (the config says {metric})")
+        raise UserError(f"--judge is only used by training.sweep_metric val_win_rate (the config says {metric})")
     if metric not in ("val_win_rate", "ifeval_loose", "ifsuite_loose"):
         return None
 
@@ -277,7 +272,8 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
     if metric == "ifeval_loose":
         from implicit_it.evaluation.ifeval import load_ifeval, score_ifeval
 
-        ifeval_prompts = load_ifeval(limit=prompts or 60, seed=cfg.seed + 1)  # another subset than the report's (seed 0)
+        # the study's IFEval file; another stratified subset than the report's (seed 0)
+        ifeval_prompts = load_ifeval(cfg.run.eval.ifeval_data, limit=prompts or SWEEP_IFEVAL_PROMPTS, seed=cfg.seed + 1)
 
         def score_ifeval_loose(model_dir):
             summary = score_ifeval(ifeval_prompts, generate(model_dir, [p.prompt for p in ifeval_prompts]), n_boot=200).entries[0]
@@ -295,10 +291,10 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
 
         return score_ifsuite_loose
     if judge is None:
-        raise ValueError("training.sweep_metric val_win_rate needs --judge (the paper compared with GPT-3.5 under AlpacaEval's judge)")
+        raise UserError("training.sweep_metric val_win_rate needs --judge (the paper compared with GPT-3.5 under AlpacaEval's judge)")
     if not cfg.data.validation:
-        raise ValueError("training.sweep_metric val_win_rate needs data.validation (instructions with reference outputs)")
-    from implicit_it.evaluation import ModelOutput, alpaca_metrics, annotate, load_reference, parse_judge
+        raise UserError("training.sweep_metric val_win_rate needs data.validation (instructions with reference outputs)")
+    from implicit_it.evaluation import ModelOutput, alpaca_stage, load_reference, parse_judge
 
     judge_obj = parse_judge(judge, judge_model)
     judge_obj.preflight()
@@ -307,14 +303,15 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
     def score_win_rate(model_dir):
         texts = generate(model_dir, [r.instruction for r in reference])
         outputs = [ModelOutput(r.instruction, t, generator=str(model_dir)) for r, t in zip(reference, texts, strict=True)]
-        frame = annotate(
-            list(zip(reference, outputs, strict=True)),
-            judge_obj,
+        stage = alpaca_stage(
+            outputs,
+            reference,
             Path(model_dir) / "val_judge",
+            judge=judge_obj,
             generator=str(model_dir),
             cache_path=Path(model_dir) / "val_judge_cache.json",
         )
-        return {"val_win_rate": alpaca_metrics(frame, judge=judge_obj.name)["win_rate"]}
+        return {"val_win_rate": stage.summary["win_rate"]}
 
     return score_win_rate
 
@@ -324,7 +321,7 @@ def _model_formats(models_: list[str], formats_: list[str]) -> list[tuple[str, s
     from implicit_it.formats import get_format
 
     if len(formats_) not in (1, len(models_)):
-        raise ValueError(f"--format: give one format for all models or one per model ({len(models_)}), got {len(formats_)}")
+        raise UserError(f"--format: give one format for all models or one per model ({len(models_)}), got {len(formats_)}")
     fmts = formats_ * len(models_) if len(formats_) == 1 else formats_
     return [(m, get_format(f).name) for m, f in zip(models_, fmts, strict=True)]
 
@@ -591,15 +588,14 @@ def diff(
     """Where each variant differs from the base (weights, logit lens per layer) and how much of it the rule adapter explains."""
 
     from implicit_it.analyses import diff as diff_stage
-    from implicit_it.analyses import diff_runner, load_variant, needs_models, texts_from_source
+    from implicit_it.analyses import diff_runner, load_variant, needs_models, stage_texts
     from implicit_it.manifest import build_manifest, write_manifest
     from implicit_it.models import load_model
     from implicit_it.paths import check_writable
-    from implicit_it.probes import read_ranking_source
 
     runner = diff_runner(cfg, fmt=fmt, seed=seed)
     check_writable(out, directory=True)
-    data_texts = texts_from_source(read_ranking_source(cfg.data, limit=cfg.limit))
+    data_texts = stage_texts(cfg)
     load_kwargs = {"dtype": dtype, "device": device, "device_map": device_map}
     base_loaded = load_model(base, **load_kwargs) if needs_models(runner) else None
     config = {
@@ -645,72 +641,15 @@ def diff(
                 seed=seed,
                 model={"base": base_loaded.describe() if base_loaded is not None else base, "variants": described},
                 data_files=[cfg.data],
-                results=_diff_summary(stage.merged),
+                results=stage.merged_summary(),
                 timings=timings,
             ),
         )
-    for line in _diff_lines(stage.merged):
+    for line in stage.lines():
         console.print(line, highlight=False)
     console.print(
         f"wrote {out}/: " + ", ".join(f"{n}.json" for n in runner.analyses) + " (+ .parquet, .png), manifest.json", highlight=False
     )
-
-
-def _diff_summary(merged: dict) -> dict:
-    """The headline numbers per variant, for the manifest."""
-    out = {}
-    if "rules" in merged:
-        out["rules"] = [
-            {
-                k: e[k]
-                for k in (
-                    "variant",
-                    "variance_explained_rules",
-                    "variance_explained_rule_family",
-                    "emergence_layer",
-                    "fitted_seen_coefficient",
-                    "fitted_eos_slope",
-                )
-            }
-            for e in merged["rules"].entries
-        ]
-    if "shift" in merged:
-        out["shift"] = [
-            {k: e[k] for k in ("variant", "unshifted", "marginal", "shifted", "rule_token_share_of_moved")} for e in merged["shift"].entries
-        ]
-    if "logits" in merged:
-        out["logits"] = [{k: e[k] for k in ("variant", "kl_output", "kl_emergence_layer")} for e in merged["logits"].entries]
-    if "weights" in merged:
-        out["weights"] = [
-            {"variant": e["variant"], "n_tensors_changed": e["n_tensors_changed"], "unembedding_rule_rows": e["unembedding_rule_rows"]}
-            for e in merged["weights"].entries
-        ]
-    return out
-
-
-def _diff_lines(merged: dict) -> list[str]:
-    lines = []
-    for e in getattr(merged.get("rules"), "entries", []):
-        lines.append(
-            f"{e['variant']}: variance explained by the paper's rules {e['variance_explained_rules']:.3f}, by the fitted rule "
-            f"family {e['variance_explained_rule_family']:.3f}; emergence layer {e['emergence_layer']}"
-        )
-    for e in getattr(merged.get("logits"), "entries", []):
-        lines.append(
-            f"{e['variant']}: KL(variant || base) at the output {e['kl_output']:.4f} nats; "
-            f"reaches half of it at layer {e['kl_emergence_layer']}"
-        )
-    for e in getattr(merged.get("shift"), "entries", []):
-        lines.append(
-            f"{e['variant']}: greedy tokens unshifted {e['unshifted']:.3f} / marginal {e['marginal']:.3f} / shifted {e['shifted']:.3f}"
-        )
-    for e in getattr(merged.get("weights"), "entries", []):
-        moved = max(e["tensors"], key=lambda t: t["relative_delta"] if t["relative_delta"] == t["relative_delta"] else -1)
-        lines.append(
-            f"{e['variant']}: {e['n_tensors_changed']} of {len(e['tensors'])} tensors changed; largest relative change "
-            f"{moved['relative_delta']:.2e} in {moved['tensor']}"
-        )
-    return lines
 
 
 @app.command()
@@ -738,16 +677,15 @@ def mech(
     difference vectors, truncate ΔW to low rank, and name the smallest patch that recovers the change."""
 
     from implicit_it.analyses import mech as mech_stage
-    from implicit_it.analyses import mech_runner_check, texts_from_source
-    from implicit_it.app.mech import mech_behaviour, mech_data_files, mech_lines
+    from implicit_it.analyses import mech_data_files, mech_runner_check, stage_texts
+    from implicit_it.app.mech import mech_behaviour
     from implicit_it.manifest import build_manifest, write_manifest
     from implicit_it.models import load_model
     from implicit_it.paths import check_writable
-    from implicit_it.probes import read_ranking_source
 
     mech_runner_check(cfg)  # a bad block/layer spec is an error now, before any model loads
     check_writable(out, directory=True)
-    data_texts = texts_from_source(read_ranking_source(cfg.data, limit=cfg.limit))
+    data_texts = stage_texts(cfg)
     behaviour = mech_behaviour(cfg, data_texts, seed=seed)
     load_kwargs = {"dtype": dtype, "device": device, "device_map": device_map}
     base_loaded = load_model(base, **load_kwargs)
@@ -787,7 +725,7 @@ def mech(
                 timings=timings,
             ),
         )
-    for line in mech_lines(stage.merged):
+    for line in stage.lines():
         console.print(line, highlight=False)
     console.print(f"wrote {out}/: " + ", ".join(f"{n}.json" for n in stage.merged) + " (+ .parquet, .png), manifest.json", highlight=False)
 
@@ -938,13 +876,13 @@ def data_convert(
     from implicit_it.sources import SOURCES
 
     if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose one of {sorted(SOURCES)}")
+        raise UserError(f"unknown source {source!r}; choose one of {sorted(SOURCES)}")
     check_writable(out)  # before a download or a conversion
     src = SOURCES[source]
     try:
         examples = src.load() if raw is None else src.convert_local(raw)
     except KeyError as exc:
-        raise ValueError(f"{raw}: rows lack field {exc}") from None
+        raise UserError(f"{raw}: rows lack field {exc}") from None
     write_chat_jsonl(out, examples)
     console.print(f"wrote {len(examples)} {source} examples to {out}", highlight=False)
 

@@ -86,22 +86,9 @@ def report(
     screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="With --check: also save a screenshot (PNG) here."),
 ) -> None:
     """Write the mechanism report (self-contained report.html and report.md) of a run directory."""
-    from implicit_it.errors import ImplicitItError
-    from implicit_it.paths import check_writable
-    from implicit_it.reports import check_in_browser, write_report
+    from implicit_it.reports import report_stage
 
-    check_writable(out if out is not None else run_dir / "report", directory=True)  # before reading and drawing
-    if screenshot is not None:
-        check_writable(screenshot)
-    paths = write_report(run_dir, out)
-    if check or screenshot is not None:
-        result = check_in_browser(paths["html"], screenshot=screenshot)
-        console.print(
-            f"chromium: {len(result.section_ids)} sections, {result.images_loaded}/{result.images_expected} figures loaded"
-            + (f"; screenshot {result.screenshot}" if result.screenshot else ""),
-            highlight=False,
-        )
-        if not result.ok:
-            raise ImplicitItError(f"{paths['html']}: the page did not load completely in chromium")
-    console.print(f"wrote {paths['markdown']}", highlight=False)
-    print(paths["html"])
+    stage = report_stage(run_dir, out, check=check, screenshot=screenshot)
+    for line in stage.lines():
+        console.print(line, highlight=False)
+    print(stage.paths["html"])

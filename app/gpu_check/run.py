@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from implicit_it.errors import UserError
 from implicit_it.shapes import random_model
 
 from .plan import (
@@ -154,7 +155,7 @@ def run_gpu_check(
         raise RuntimeError("the full check builds a 7B model: it needs a CUDA device (use --tiny on CPU)")
     unknown = set(steps) - set(STEPS)
     if unknown:
-        raise ValueError(f"unknown steps {sorted(unknown)}; choose from {list(STEPS)}")
+        raise UserError(f"unknown steps {sorted(unknown)}; choose from {list(STEPS)}")
     report = CheckReport(info, tiny)
     say(device_line(info))
     say(

@@ -401,7 +401,8 @@ def ranking(report: CheckReport, loaded: Any, plan: ShapePlan) -> None:
     """The ranking scorer (fast path, logit lens on a few layers), and its agreement with the paper's loop."""
     import numpy as np
 
-    from implicit_it.probes import RankingProbe, RankingSource, build_ranking_groups, paper_scores
+    from implicit_it.data import RankingSource
+    from implicit_it.probes import RankingProbe, build_ranking_groups, paper_scores
 
     dev, s, name = report.device.device, plan.settings, plan.shape.name
     n = s.rank_instructions

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from implicit_it.analyses.config import DiffConfig, MechConfig
 from implicit_it.app.config import ExperimentConfig, check_config
 from implicit_it.config import MAX_SEED, RULE_SETS
-from implicit_it.errors import ConfigError
+from implicit_it.errors import ConfigError, UserError
 from implicit_it.io import atomic_write_json
 from implicit_it.lists import parse_list
 from implicit_it.probes.config import ProbeConfig, RankConfig, TemplateConfig
@@ -94,9 +94,9 @@ def parse_seeds(text: str) -> list[int]:
             return list(range(lo, hi + 1))
         seeds = parse_list(text, int, what="--seeds")
     except ValueError:
-        raise ValueError(f"--seeds: expected e.g. 1..5 or 0,1,2, got {text!r}") from None
+        raise UserError(f"--seeds: expected e.g. 1..5 or 0,1,2, got {text!r}") from None
     if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= s <= MAX_SEED for s in seeds):
-        raise ValueError(f"--seeds: expected distinct integers from 0 to {MAX_SEED}, got {text!r}")
+        raise UserError(f"--seeds: expected distinct integers from 0 to {MAX_SEED}, got {text!r}")
     return seeds
 
 
@@ -140,28 +140,6 @@ def train_key_config(config: ExperimentConfig, variant: Any) -> dict[str, Any]:
 def stage_fields(block: Any, stage: type[BaseModel]) -> dict[str, Any]:
     """The fields of a ``run.<stage>`` block that the stage function reads (not ``enabled``, ``systems``)."""
     return block.model_dump(mode="json", include=set(stage.model_fields))
-
-
-def card_evaluations(benchmark: str, summary: dict[str, Any], meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """One eval step's numbers as model-card rows (:func:`implicit_it.training.card.write_model_card`)."""
-    if benchmark == IFEVAL:
-        return [
-            {"dataset": "IFEval", "dataset_type": "google/IFEval", "metric": f"{m}_accuracy", "value": summary[m]["accuracy"]}
-            for m in ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
-            if isinstance(summary.get(m), dict)
-        ]
-    if benchmark == IFSUITE:
-        return [
-            {"dataset": "implicit-it IF suite", "dataset_type": "ifsuite", "metric": f"{k}", "value": summary.get(k)}
-            for k in ("strict_accuracy", "loose_accuracy")
-        ]
-    if benchmark == ALPACA:
-        vs = f" vs {meta.get('reference')}"
-        return [
-            {"dataset": f"AlpacaEval{vs}", "dataset_type": "tatsu-lab/alpaca_eval", "metric": k, "value": summary.get(k)}
-            for k in ("win_rate", "lc_win_rate")
-        ]
-    return []
 
 
 class StudyPlan:
@@ -225,14 +203,14 @@ class StudyPlan:
     def _validate_ifeval(self) -> None:
         """Every IFEval file the run reads, parsed with its checkers' arguments (:func:`load_ifeval`): a wrong type
         (``num_words: "many"``) is one error naming the file and line now, not a TypeError after generation."""
-        from implicit_it.app.mech import generates
+        from implicit_it.analyses import behaviour_generates
         from implicit_it.errors import DataFormatError
         from implicit_it.evaluation import load_ifeval
         from implicit_it.evaluation.ifeval import HUB_IFEVAL
 
         run = self.config.run
         fields = {"run.eval.ifeval_data": run.eval.ifeval_data if run.eval.ifeval else None}
-        if run.mech.enabled and self.config.training.variants and generates(run.mech):
+        if run.mech.enabled and self.config.training.variants and behaviour_generates(run.mech):
             fields["run.mech.behaviour_data"] = run.mech.behaviour_data
         for field, path in fields.items():
             if path is None or path == HUB_IFEVAL or not Path(path).expanduser().is_file():
@@ -244,8 +222,7 @@ class StudyPlan:
 
     def _validate_mech(self) -> None:
         """``run.mech``: its layer/block specs (:func:`~implicit_it.analyses.mech_runner_check`) and the files it reads."""
-        from implicit_it.analyses import mech_runner_check
-        from implicit_it.app.mech import mech_data_files
+        from implicit_it.analyses import mech_data_files, mech_runner_check
 
         m = self.config.run.mech
         try:
@@ -274,7 +251,7 @@ class StudyPlan:
         self.systems = [System("base", "base", "base")]
         unknown = sorted(set(run.seeds_by_variant) - {v.name for v in self.variants})
         if unknown:
-            raise ValueError(f"run.seeds_by_variant: {unknown} not among the study's variants {[v.name for v in self.variants]}")
+            raise UserError(f"run.seeds_by_variant: {unknown} not among the study's variants {[v.name for v in self.variants]}")
         analysed: list[System] = []  # what rank, probe, diff and mech read: the plan's seeds, else the variant's first
         for variant in self.variants:
             seeds = run.seeds_by_variant.get(variant.name, self.seeds)
@@ -293,7 +270,7 @@ class StudyPlan:
         names = {n for s in self.systems for n in (s.name, s.label)}
         unknown = sorted(set(run.eval.ifeval_prompts_by_system) - names)
         if unknown:
-            raise ValueError(f"run.eval.ifeval_prompts_by_system: unknown system(s) {unknown}; choose from {sorted(names)}")
+            raise UserError(f"run.eval.ifeval_prompts_by_system: unknown system(s) {unknown}; choose from {sorted(names)}")
         sets = [IFSUITE] + ([IFEVAL] if run.eval.ifeval else []) + ([ALPACA] if run.generate.instructions else [])
         # the systems on the base model (base, rule adapters) first and together, so one engine serves all of them
         by_model = sorted(self.systems, key=lambda s: s.kind == "variant")
@@ -353,7 +330,7 @@ class StudyPlan:
         variant, alpha = parse_proxy_system(item)
         expert = next((s for s in self.systems if s.kind == "variant" and s.label == variant), None)
         if expert is None:
-            raise ValueError(f"run.generate.proxy_systems: {item!r} names no variant of this study {[v.name for v in self.variants]}")
+            raise UserError(f"run.generate.proxy_systems: {item!r} names no variant of this study {[v.name for v in self.variants]}")
         label = proxy_system_label(variant, alpha)
         return System(label, "proxy", label, train=expert.train, alpha=alpha)
 
@@ -363,7 +340,7 @@ class StudyPlan:
         labels = {s.label for s in systems}
         unknown = [n for n in names if n not in labels]
         if unknown:
-            raise ValueError(f"{field}: unknown system(s) {unknown}; choose from {sorted(labels)}")
+            raise UserError(f"{field}: unknown system(s) {unknown}; choose from {sorted(labels)}")
         return [s for s in systems if s.label in names]
 
     def _add(self, step: Step) -> Step:
@@ -408,7 +385,7 @@ class StudyPlan:
         """A judged system's instructions must all have a reference output: its limit may not exceed the reference's."""
         mine, theirs = self._instructions_limit(system), self._instructions_limit(ref) if ref else None
         if ref is not None and theirs is not None and (mine is None or mine > theirs):
-            raise ValueError(
+            raise UserError(
                 f"run.generate.instructions_limit_by_system: {system.name} would be judged on {mine or 'all'} instructions "
                 f"but its reference {ref.name} answers only {theirs}"
             )
@@ -525,7 +502,7 @@ class StudyPlan:
         )
 
     def _mech_step(self, system: System) -> Step:
-        from implicit_it.app.mech import mech_data_files
+        from implicit_it.analyses import mech_data_files
 
         m = self.config.run.mech
         config = {"system": system.name, "model": self._model_config(), "seed": self.config.seed, **stage_fields(m, MechConfig)}
@@ -626,7 +603,7 @@ class StudyPlan:
         ref = self.config.run.eval.reference
         matches = [s for s in self.systems if ref in (s.name, s.label)]
         if not matches and not Path(ref).is_file():
-            raise ValueError(f"run.eval.reference: {ref!r} is neither a system ({sorted({s.label for s in self.systems})}) nor a file")
+            raise UserError(f"run.eval.reference: {ref!r} is neither a system ({sorted({s.label for s in self.systems})}) nor a file")
         return matches
 
     @staticmethod
@@ -641,7 +618,7 @@ class StudyPlan:
             return list(references)
         same_seed = [r for r in references if r.seed == system.seed]
         if not same_seed:
-            raise ValueError(f"run.eval.reference: no seed {system.seed} of {references[0].label!r} to judge {system.name} against")
+            raise UserError(f"run.eval.reference: no seed {system.seed} of {references[0].label!r} to judge {system.name} against")
         return same_seed
 
     def _alpaca_step(self, system: System, generated: Step, ref: System | None, reference: Step | None, *, several: bool) -> Step:
@@ -714,35 +691,21 @@ class StudyPlan:
     def _run_train(self, step: Step, variant: Any, seed: int) -> dict[str, Any]:
         """Only reached for a fresh directory or an interrupted run of this very step (see Step.begin):
         a run killed after saving its model is reused, one killed mid-way resumes from its last checkpoint."""
-        from implicit_it.training import latest_complete_checkpoint, train_variant
-        from implicit_it.training.engine import MANIFEST_NAME
+        from implicit_it.training import train_stage
 
-        resume = False
-        if not (step.dir / MANIFEST_NAME).is_file():
-            resume = latest_complete_checkpoint(step.dir) is not None
-            if self.config.run.accelerate_config:
-                self._launch_train(step, variant, seed, resume)
-            else:
-                with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its log lines; stdout stays for the report path
-                    train_variant(
-                        self.config,
-                        variant,
-                        out_dir=step.dir,
-                        seed=seed,
-                        resume=resume,
-                        show_progress=self.show_progress,
-                        command=self.command,
-                    )
-        manifest = json.loads((step.dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-        r = manifest["results"]
-        return (
-            {k: r.get(k) for k in ("final_loss", "heldout_nll", "val_nll", "tokens_per_second", "optimizer_steps", "tokens_seen")}
-            | {
-                "resumed": resume,
-                "train_seconds": manifest["timings_seconds"].get("train"),
-            }
-            | ({"logs": r["logs"]} if r.get("logs") else {})
-        )  # training.report_to: the run's record points to the log files
+        launch = (lambda resume: self._launch_train(step, variant, seed, resume)) if self.config.run.accelerate_config else None
+        with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its log lines; stdout stays for the report path
+            stage = train_stage(
+                self.config,
+                variant,
+                out_dir=step.dir,
+                seed=seed,
+                resume="auto",
+                show_progress=self.show_progress,
+                command=self.command,
+                launch=launch,
+            )
+        return stage.summary()  # training.report_to: the run's record points to the log files
 
     def _launch_train(self, step: Step, variant: Any, seed: int, resume: bool) -> None:
         """``iit train`` under ``accelerate launch`` (DDP/FSDP/ZeRO-3 over several GPUs), from this step's own copy of the config."""
@@ -883,13 +846,12 @@ class StudyPlan:
         return summary
 
     def _run_diff(self, step: Step, system: System) -> dict[str, Any]:
-        from implicit_it.analyses import diff, diff_runner, texts_from_source
+        from implicit_it.analyses import diff, diff_runner, stage_texts
         from implicit_it.generation import progress_bar
-        from implicit_it.probes import read_ranking_source
 
         d = self.config.run.diff
         runner = diff_runner(d, fmt=self.config.format, seed=self.config.seed)
-        data_texts = texts_from_source(read_ranking_source(d.data, limit=d.limit))
+        data_texts = stage_texts(d)
         base = self._load(System("base", "base", "base"))
         variant = self._load(system)
         with contextlib.ExitStack() as stack:
@@ -911,24 +873,17 @@ class StudyPlan:
                 data_texts=data_texts,
                 progress=bar,
             )
-        result = stage.diff
-        summary: dict[str, Any] = {"counts": result.counts}
-        if "rules" in result.results:
-            rules = result.results["rules"].entries[0]
-            summary |= {k: rules[k] for k in ("variance_explained_rules", "variance_explained_rule_family", "emergence_layer")}
-        if "logits" in result.results:
-            summary["kl_output"] = result.results["logits"].entries[0]["kl_output"]
-        self._manifest(step, variant, summary, {k: round(v, 2) for k, v in result.timings.items()})
+        summary = stage.summary()
+        self._manifest(step, variant, summary, {k: round(v, 2) for k, v in stage.diff.timings.items()})
         return summary
 
     def _run_mech(self, step: Step, system: System) -> dict[str, Any]:
-        from implicit_it.analyses import mech, texts_from_source
+        from implicit_it.analyses import mech, stage_texts
         from implicit_it.app.mech import mech_behaviour
         from implicit_it.generation import progress_bar
-        from implicit_it.probes import read_ranking_source
 
         m = self.config.run.mech
-        data_texts = texts_from_source(read_ranking_source(m.data, limit=m.limit))
+        data_texts = stage_texts(m)
         behaviour = mech_behaviour(m, data_texts, seed=self.config.seed)
         base = self._load(System("base", "base", "base"))  # the cached base: the analyses restore its weights exactly
         with contextlib.ExitStack() as stack:
@@ -992,48 +947,35 @@ class StudyPlan:
 
     def _run_alpaca(self, step: Step, system: System, generated: Step, reference: Step | None, ref: System | None) -> dict[str, Any]:
         from implicit_it.data import read_instructions
-        from implicit_it.evaluation import (
-            AlpacaEvalResult,
-            alpaca_metrics,
-            annotate,
-            find_lc_data,
-            pair_with_reference,
-            parse_judge,
-            read_model_outputs,
-        )
-        from implicit_it.evaluation.judge_agreement import gold_answers
+        from implicit_it.evaluation import alpaca_stage, find_lc_data, parse_judge
 
-        e = self.config.run.eval
+        e, g = self.config.run.eval, self.config.run.generate
         judge = parse_judge(e.judge, e.judge_model)  # checked before the run started (run_study)
-        outputs = read_model_outputs(generated.dir / "outputs.json")
-        ref_path = reference.dir / "outputs.json" if reference is not None else Path(e.reference)
-        pairs = pair_with_reference(outputs, read_model_outputs(ref_path), outputs_path=generated.dir / "outputs.json")
-        g = self.config.run.generate
-        # a metric judge scores both outputs against the instruction set's own answers (AlpacaEval's GPT-4 references)
-        gold = gold_answers(judge, g.instructions)
-        frame = annotate(
-            pairs, judge, step.dir / "judge", generator=system.name, cache_path=self.run_dir / "eval" / "judge_cache.json", gold=gold
+        stage = alpaca_stage(
+            generated.dir / "outputs.json",
+            reference.dir / "outputs.json" if reference is not None else e.reference,
+            step.dir,
+            judge=judge,
+            generator=system.name,
+            cache_path=self.run_dir / "eval" / "judge_cache.json",
+            gold_answers_path=g.instructions,  # a metric judge scores against the instruction set's own answers
+            lc=find_lc_data(e.lc_data),
+            # LC places each instruction in the whole instruction file (AlpacaEval's 805 when it is that set), not the subset
+            eval_set=[it.instruction for it in read_instructions(g.instructions)] if g.instructions else None,
+            meta={"generator": system.name, "reference_generator": ref.name if ref is not None else e.reference},
         )
-        # LC places each instruction in the whole instruction file (AlpacaEval's 805 when it is that set), not the limited subset
-        eval_set = [it.instruction for it in read_instructions(g.instructions)] if g.instructions else None
-        metrics = alpaca_metrics(frame, judge=judge.name, lc=find_lc_data(e.lc_data), eval_set=eval_set)
-        metrics.update({"generator": system.name, "reference_generator": ref.name if ref is not None else e.reference})
-        atomic_write_json(step.dir / "annotations.json", frame.to_dict("records"))  # the per-instruction verdicts
-        AlpacaEvalResult([metrics]).save(step.dir)
-        self._manifest(step, None, metrics, {})
-        return {k: metrics.get(k) for k in ("win_rate", "standard_error", "lc_win_rate", "lc_standard_error", "lc_note", "n")}
+        self._manifest(step, None, stage.result.entries[0], {})
+        return stage.summary
 
     def _run_report(self, step: Step) -> dict[str, Any]:
-        from implicit_it.reports import write_report
+        from implicit_it.reports import report_stage
 
         cards = self._write_model_cards()
-        paths = write_report(self.run_dir, out_dir=step.dir)
-        return {"html": str(paths["html"]), "markdown": str(paths["markdown"]), "model_cards": cards}
+        return report_stage(self.run_dir, step.dir).summary() | {"model_cards": cards}
 
     def _write_model_cards(self) -> list[str]:
         """Each trained variant's card, rewritten with what this run measured on it (IFEval, IF suite, AlpacaEval)."""
-        from implicit_it.training.card import write_model_card
-        from implicit_it.training.engine import MANIFEST_NAME
+        from implicit_it.training import card_stage, evaluation_rows
 
         written = []
         for system in self.systems:
@@ -1043,7 +985,6 @@ class StudyPlan:
             for s in self.steps:
                 record = s.finished() if s.stage == "eval" and s.meta.get("system") == system.name else None
                 if record is not None:
-                    rows += card_evaluations(s.name.split("/")[0], record["summary"], s.meta)
-            manifest = json.loads((system.train.dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-            written.append(str(write_model_card(system.train.dir, manifest, rows)))
+                    rows += evaluation_rows(s.name.split("/")[0], record["summary"], s.meta)
+            written.append(str(card_stage(system.train.dir, rows)))
         return written

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from implicit_it.analysis import AnalysisResult, new_figure, register_result
-from implicit_it.errors import DataFormatError
+from implicit_it.errors import DataFormatError, UserError
 from implicit_it.evaluation.behaviour import echoes_template
 from implicit_it.io import read_input_bytes
 
@@ -81,7 +81,7 @@ def load_suite(path: str | Path | None = None, limit: int | None = None) -> list
     ``limit`` of the category-interleaved order, so that a small limit still covers every category."""
     path = Path(path) if path is not None else PROMPTS_PATH
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+        raise UserError(f"limit must be >= 1, got {limit}")
     prompts: list[IfPrompt] = []
     seen_ids: dict[str, int] = {}
     seen_instructions: dict[str, int] = {}
@@ -107,15 +107,15 @@ def align_responses(prompts: Sequence[IfPrompt], responses: Mapping[str, str] | 
         missing = [p.instruction for p in prompts if p.instruction not in responses]
         if missing:
             shown = "; ".join(repr(m[:80]) for m in missing[:3])
-            raise ValueError(f"{len(missing)} of {len(prompts)} prompts have no response, e.g. {shown}")
+            raise UserError(f"{len(missing)} of {len(prompts)} prompts have no response, e.g. {shown}")
         aligned = [responses[p.instruction] for p in prompts]
     else:
         if isinstance(responses, str) or len(responses) != len(prompts):
-            raise ValueError(f"got {len(responses)} responses for {len(prompts)} prompts; a sequence must align with the prompts")
+            raise UserError(f"got {len(responses)} responses for {len(prompts)} prompts; a sequence must align with the prompts")
         aligned = list(responses)
     for p, r in zip(prompts, aligned, strict=True):
         if not isinstance(r, str):
-            raise ValueError(f"response to prompt {p.id!r} is {type(r).__name__}, not a string")
+            raise UserError(f"response to prompt {p.id!r} is {type(r).__name__}, not a string")
     return aligned
 
 
@@ -156,7 +156,7 @@ def loose_answers(response: str, instruction: str) -> list[str]:
 def score_responses(prompts: Sequence[IfPrompt], responses: Mapping[str, str] | Sequence[str], model: str | None = None) -> IfSuiteResult:
     """Run every check strictly and loosely; a Mapping is keyed by instruction text."""
     if not prompts:
-        raise ValueError("no prompts to score")
+        raise UserError("no prompts to score")
     per_prompt = []
     for prompt, response in zip(prompts, align_responses(prompts, responses), strict=True):
         problem = answer_problem(response, prompt.instruction)

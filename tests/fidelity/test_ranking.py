@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from implicit_it.data import read_ranking_source
 from implicit_it.models import load_model
-from implicit_it.probes import OUTPUT, PairForward, build_ranking_groups, encode_groups, paper_scores, read_ranking_source, score_groups
+from implicit_it.probes import OUTPUT, PairForward, build_ranking_groups, encode_groups, paper_scores, score_groups
 from implicit_it.probes.config import RunRankConfig
 from implicit_it.probes.ranking import ranking_wins
 from implicit_it.probes.stats import accuracy_with_ci

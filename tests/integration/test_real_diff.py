@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from implicit_it.analyses import DeltaPassConfig, LayerDiff, WeightDelta, checkpoint_dir, texts_from_source
+from implicit_it.data import read_ranking_source
 from implicit_it.models import load_model
-from implicit_it.probes import read_ranking_source
 from implicit_it.rules import RuleAdapter
 
 pytestmark = pytest.mark.real_model

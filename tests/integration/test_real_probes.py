@@ -10,19 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from implicit_it.data import read_ranking_source
 from implicit_it.hooking import transformer_bridge
 from implicit_it.models import load_model
-from implicit_it.probes import (
-    OUTPUT,
-    LogitLens,
-    PairForward,
-    build_ranking_groups,
-    encode_groups,
-    paper_scores,
-    parse_layers,
-    read_ranking_source,
-    score_groups,
-)
+from implicit_it.probes import OUTPUT, LogitLens, PairForward, build_ranking_groups, encode_groups, paper_scores, parse_layers, score_groups
 
 pytestmark = pytest.mark.real_model
 

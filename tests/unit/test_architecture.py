@@ -344,3 +344,66 @@ def test_core_type_checks():
     proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 0, f"mypy found type errors in the core:\n{proc.stdout}{proc.stderr}"
+
+
+# --- each stage orchestrated once, in its room ------------------------------------------------------
+
+# What a stage does inside (train, judge, score, write a report or card, read the texts): only the room's stage.py
+# calls these, so the CLI and the pipeline cannot do it differently. The app calls the runners below instead.
+STAGE_INTERNALS = {
+    "train_variant",
+    "write_model_card",
+    "annotate",
+    "alpaca_metrics",
+    "pair_with_reference",
+    "AlpacaEvalResult",
+    "write_report",
+    "check_in_browser",
+    "texts_from_source",
+    "read_ranking_source",
+    "score_groups",
+    "LinearProbe",
+    "Mechanism",
+}
+# Each stage's runner, and the app modules that must both call it: the CLI command and the pipeline step.
+STAGE_RUNNERS = {
+    "train_stage": ("implicit_it.training", "train"),
+    "rank": ("implicit_it.probes", "rank"),
+    "probe": ("implicit_it.probes", "probe"),
+    "template": ("implicit_it.probes", "template"),
+    "diff": ("implicit_it.analyses", "diff"),
+    "mech": ("implicit_it.analyses", "mech"),
+    "ifeval_stage": ("implicit_it.evaluation", "eval ifeval"),
+    "ifsuite_stage": ("implicit_it.evaluation", "eval ifsuite"),
+    "alpaca_stage": ("implicit_it.evaluation", "eval alpaca"),
+    "report_stage": ("implicit_it.reports", "report"),
+}
+
+
+def app_imports() -> list[Import]:
+    _, found = scan(ROOT)
+    return [i for i in found if i.importer == APP or i.importer.startswith(APP + ".")]
+
+
+def test_the_app_never_runs_a_stage_by_hand():
+    """No app module (CLI, pipeline, GPU check aside) imports what a stage does inside; a room's runner does it."""
+    bad = [
+        f"{i.file}:{i.line}: {name} from {i.target}"
+        for i in app_imports()
+        if not i.importer.startswith(f"{APP}.gpu_check")  # the GPU check times single operations on purpose
+        for name in i.names
+        if name in STAGE_INTERNALS
+    ]
+    assert not bad, "call the room's stage runner instead:\n" + "\n".join(bad)
+
+
+def test_the_cli_and_the_pipeline_call_the_same_runner_for_each_stage():
+    used: dict[str, set[str]] = {}
+    for i in app_imports():
+        # ``from implicit_it.probes import template`` names both the stage function and the submodule of that name
+        for name in i.names or (i.target.rpartition(".")[2],):
+            used.setdefault(name, set()).add(i.importer)
+    for runner, (room, command) in STAGE_RUNNERS.items():
+        callers = used.get(runner, set())
+        assert any(c.startswith(f"{APP}.cli") for c in callers), f"`iit {command}` does not call {room}.{runner}"
+        assert f"{APP}.pipeline.stages" in callers, f"the pipeline's step does not call {room}.{runner}"

@@ -29,8 +29,8 @@ from implicit_it.analyses import (
     texts_from_source,
 )
 from implicit_it.analyses.delta_pass import DiffText, LensChunk
+from implicit_it.data import read_ranking_source
 from implicit_it.models import load_model
-from implicit_it.probes import read_ranking_source
 from implicit_it.rules import RuleAdapter
 
 PLANTED = {10: 6.0, 20: -4.0, 30: 8.0}  # token id -> logit bias

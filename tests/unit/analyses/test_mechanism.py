@@ -25,9 +25,9 @@ from implicit_it.analyses import (
 from implicit_it.analyses.patching import POSITION_CLASSES, Recovery
 from implicit_it.analyses.steering import steer_edit, steered
 from implicit_it.analysis import read_result
+from implicit_it.data import read_ranking_source
 from implicit_it.generation import generate_responses
 from implicit_it.models import load_model
-from implicit_it.probes import read_ranking_source
 from tests.conftest import save_tiny_model
 
 

@@ -22,6 +22,7 @@ from implicit_it.analysis import (
     result_class,
     unregister_result,
 )
+from implicit_it.errors import UserError
 
 TOY = "toy_agreement"
 
@@ -115,9 +116,11 @@ def test_every_result_registers_and_every_file_has_one_envelope(tmp_path):
     assert result.summary()["strict_accuracy"] == 0.5  # a single-model result's one entry
     again = read_result(json.loads(json.dumps(data)))
     assert type(again) is cls and again.entries == result.entries
-    # older layouts: the bare entry of one model, {"results": [...]} of several
-    assert cls.from_json({"model": "a", "strict_accuracy": 0.5}).entries == result.entries
-    assert entries_of({"results": [{"model": "a"}, {"model": "b"}]}) == [{"model": "a"}, {"model": "b"}]
+    # only the envelope is a result: a bare entry or a bare {"results": [...]} is refused, naming the file
+    with pytest.raises(UserError, match=r"ifsuite\.json: not an analysis result"):
+        cls.from_json({"model": "a", "strict_accuracy": 0.5}, "ifsuite.json")
+    with pytest.raises(UserError, match="not an analysis result"):
+        entries_of({"results": [{"model": "a"}, {"model": "b"}]})
     with pytest.raises(ValueError):
         result_class("ranking").from_json(data)  # an ifsuite file is not a ranking
 

@@ -505,8 +505,9 @@ def test_mech_writes_all_five_results_and_a_manifest(tmp_path, tiny_llama_dir, s
 
 
 def test_mech_behaviour_is_a_stratified_ifeval_subset_scored_loose_or_the_texts_instructions(shared_data):
+    from implicit_it.analyses import mech_data_files
     from implicit_it.analyses.config import MechConfig
-    from implicit_it.app.mech import mech_behaviour, mech_data_files
+    from implicit_it.app.mech import mech_behaviour
     from implicit_it.evaluation import load_ifeval, score_ifeval
 
     ifeval = str(shared_data / "ifeval" / "input_data.jsonl")
@@ -529,3 +530,29 @@ def test_mech_behaviour_is_a_stratified_ifeval_subset_scored_loose_or_the_texts_
     assert mech_behaviour(cfg.model_copy(update={"behaviour_prompts": 0}), texts) is None
     no_steering = cfg.model_copy(update={"analyses": ["weights", "rank"]})
     assert mech_behaviour(no_steering, texts) is None and mech_data_files(no_steering) == [ifeval]  # nothing generates
+
+
+def test_a_user_error_is_one_line_and_exit_2(tmp_path):
+    from implicit_it.errors import UserError
+
+    # an unknown analysis is rejected (a UserError) before any file or model is read
+    args = ["diff", "--base", "b", "--variant", "v", "--data", "d.jsonl", "--out", str(tmp_path / "o"), "--analyses", "weights,vibes"]
+    res = runner.invoke(app, args)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith("error: analyses: unknown ['vibes']")
+    res = runner.invoke(app, ["--verbose", *args])  # -v: the same error keeps its traceback
+    assert isinstance(res.exception, UserError)
+
+
+def test_a_plain_value_error_is_a_bug_not_a_user_error(monkeypatch):
+    import implicit_it.models
+    from implicit_it.errors import UserError
+
+    def boom(spec):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(implicit_it.models, "resolve_model_spec", boom)
+    res = runner.invoke(app, ["models", "gemma-3-270m"])
+    assert res.exit_code != 2 and "error:" not in res.output
+    assert type(res.exception) is ValueError and not isinstance(res.exception, UserError) and str(res.exception) == "boom"

@@ -115,7 +115,7 @@ def test_a_failing_stage_names_itself_keeps_finished_steps_and_resumes(study, tm
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
-    import implicit_it.training as training
+    import implicit_it.training.stage as training  # the train stage calls train_variant
 
     cfg = parse_config(
         _config_dict(tiny_llama_dir, shared_data)
@@ -501,7 +501,7 @@ def test_each_system_reads_its_own_share_of_the_judged_instructions(tiny_llama_d
 def test_alpaca_pairs_each_seed_with_the_same_seed_of_the_reference(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
     """The paper: response seed s against instruction seed s; the seedless base and rules against every
     instruction seed, reported as mean ± std over those pairs."""
-    import implicit_it.evaluation as evaluation
+    import implicit_it.evaluation.stage as evaluation  # the alpaca stage calls annotate
 
     data = _judged_config(
         tiny_llama_dir,

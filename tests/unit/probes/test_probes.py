@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from implicit_it.data import read_ranking_source
 from implicit_it.errors import DataFormatError
 from implicit_it.models import load_model
 from implicit_it.probes import (
@@ -29,7 +30,6 @@ from implicit_it.probes import (
     paper_scores,
     pool_batch,
     ranking_wins,
-    read_ranking_source,
     score_groups,
     swap_pair_groups,
 )
