@@ -19,7 +19,6 @@ and draws it with the class's own ``plot``: a new analysis needs no edits outsid
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import sys
@@ -152,14 +151,10 @@ def _registered_or(name: str, default: type[AnalysisResult]) -> type[AnalysisRes
     return _RESULTS.get(name, default)
 
 
-def result_class(name: str, where: str | None = None) -> type[AnalysisResult]:
-    """The class registered for ``name``. ``where`` (``"module:Class"``, a file's ``class`` field)
-    is imported when nothing is registered yet, for modules of this package only."""
-    if name not in _RESULTS and where and where.split(":")[0].split(".")[0] == "implicit_it":
-        try:
-            importlib.import_module(where.split(":")[0])
-        except ImportError:
-            pass
+def result_class(name: str) -> type[AnalysisResult]:
+    """The class registered for ``name``. A class registers when its room is imported; the core never imports a room
+    (by name or otherwise): whoever reads every kind of result, the app, imports the rooms first
+    (``implicit_it.app.results.register_every_result``)."""
     try:
         return _RESULTS[name]
     except KeyError:
@@ -173,7 +168,7 @@ def read_result(source: str | Path | dict[str, Any]) -> AnalysisResult | None:
     if not isinstance(data, dict) or not isinstance(data.get("analysis"), str):
         return None
     try:
-        cls = result_class(data["analysis"], data.get("class"))
+        cls = result_class(data["analysis"])
     except KeyError:
         return None
     return cls.from_json(data)

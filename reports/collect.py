@@ -56,9 +56,8 @@ class StepRecord:
         data = self.read(f"{name}.json")
         if data is None:
             return None
-        where = data.get("class") if isinstance(data, dict) else None
         try:
-            return result_class(name, where).from_json(data)
+            return result_class(name).from_json(data, self.dir / f"{name}.json")
         except (KeyError, ValueError):
             return None
 

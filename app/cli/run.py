@@ -66,8 +66,11 @@ def run(
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         console.print(f"finished steps are kept under {run_dir}; fix the cause and run the same command again to resume.", highlight=False)
         raise typer.Exit(code=1) from None
+    from implicit_it.app.results import register_every_result
     from implicit_it.reports import read_run
     from implicit_it.reports.sections import headline
+
+    register_every_result()
 
     for line in headline(read_run(run_dir)):
         console.print(line, highlight=False)
@@ -86,7 +89,10 @@ def report(
     screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="With --check: also save a screenshot (PNG) here."),
 ) -> None:
     """Write the mechanism report (self-contained report.html and report.md) of a run directory."""
+    from implicit_it.app.results import register_every_result
     from implicit_it.reports import report_stage
+
+    register_every_result()
 
     stage = report_stage(run_dir, out, check=check, screenshot=screenshot)
     for line in stage.lines():

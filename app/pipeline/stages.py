@@ -968,8 +968,10 @@ class StudyPlan:
         return stage.summary
 
     def _run_report(self, step: Step) -> dict[str, Any]:
+        from implicit_it.app.results import register_every_result
         from implicit_it.reports import report_stage
 
+        register_every_result()
         cards = self._write_model_cards()
         return report_stage(self.run_dir, step.dir).summary() | {"model_cards": cards}
 
