@@ -158,7 +158,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
         apply_overrides(data, overrides)
-    return parse_config(data, f"{path} (with --set {' '.join(overrides)})" if overrides else str(path))
+    return parse_config(data, f"{path} (with {' '.join(overrides)})" if overrides else str(path))
 
 
 def _file_problem(field: str, path: str, hint: str = "") -> str | None:

@@ -4,10 +4,34 @@ from __future__ import annotations
 
 from pydantic import Field, PositiveInt, field_validator
 
-from implicit_it.config import IFEVAL_DATA, StrictConfig, check_path_text
+from implicit_it.config import IFEVAL_DATA, GenerateConfig, StrictConfig, check_path_text
 
 
-class RunEvalConfig(StrictConfig):
+class IfevalConfig(StrictConfig):
+    """Which IFEval prompts are scored: the file and a stratified subset. One definition for the study's ``run.eval``
+    block and ``iit eval ifeval`` (``--ifeval-data``, ``--ifeval-prompts``)."""
+
+    ifeval_data: str = Field(default=IFEVAL_DATA, description="IFEval's input_data.jsonl, or hub:ifeval (google/IFEval)")
+    ifeval_prompts: int | None = Field(
+        default=None,
+        gt=0,
+        description="a subset stratified by each prompt's first instruction type, one fixed draw (the same in every run); None = all 541",
+    )
+
+    @field_validator("ifeval_data")
+    @classmethod
+    def _ifeval_source(cls, v: str) -> str:
+        check_path_text(v)
+        if v.startswith("hub:") and v != "hub:ifeval":
+            raise ValueError(f"unknown hub source {v!r}: IFEval comes from a local input_data.jsonl or hub:ifeval")
+        return v
+
+
+class IfevalCommandConfig(GenerateConfig, IfevalConfig):
+    """``iit eval ifeval --model``: its prompts, and how they are decoded."""
+
+
+class RunEvalConfig(IfevalConfig):
     """Evaluation: IFEval (unless switched off) and the judge-free suite always; AlpacaEval when a judge is named."""
 
     ifeval: bool = Field(
@@ -18,12 +42,6 @@ class RunEvalConfig(StrictConfig):
             "beside the reference systems constant / echo / empty (what the metric gives for free). false: no IFEval steps at"
             " all."
         ),
-    )
-    ifeval_data: str = Field(default=IFEVAL_DATA, description="IFEval's input_data.jsonl, or hub:ifeval (google/IFEval)")
-    ifeval_prompts: int | None = Field(
-        default=None,
-        gt=0,
-        description="a subset stratified by each prompt's first instruction type, one fixed draw (the same in every run); None = all 541",
     )
     ifeval_prompts_by_system: dict[str, PositiveInt | None] = Field(
         default_factory=dict,
@@ -49,11 +67,3 @@ class RunEvalConfig(StrictConfig):
     @classmethod
     def _text(cls, v: str | None) -> str | None:
         return check_path_text(v)
-
-    @field_validator("ifeval_data")
-    @classmethod
-    def _ifeval_source(cls, v: str) -> str:
-        check_path_text(v)
-        if v.startswith("hub:") and v != "hub:ifeval":
-            raise ValueError(f"unknown hub source {v!r}: IFEval comes from a local input_data.jsonl or hub:ifeval")
-        return v

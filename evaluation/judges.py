@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from implicit_it.errors import ImplicitItError, UserError
+from implicit_it.errors import CannotProceed, ImplicitItError, UserError
 from implicit_it.io import atomic_write_text
 
 GPT4_TURBO = "weighted_alpaca_eval_gpt4_turbo"
@@ -42,7 +42,7 @@ GPT4_TURBO = "weighted_alpaca_eval_gpt4_turbo"
 ANSWER_TOKENS = ("m", "M")
 
 
-class JudgeUnavailable(UserError):
+class JudgeUnavailable(CannotProceed):
     """The judge cannot be used (no key, server down, model missing); raised before any work."""
 
 
@@ -246,7 +246,9 @@ def list_served_models(base_url: str, timeout: float = 5.0) -> list[str]:
     try:
         with urllib.request.build_opener(_NoRedirects).open(req, timeout=timeout) as resp:
             body = json.loads(resp.read().decode("utf-8"))
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except JudgeUnavailable:  # a redirect refused (KeyInClear): say so, not "unreachable"
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: a body that is not JSON
         raise JudgeUnavailable(f"judge server {base_url} is not reachable ({exc}); start it or check the URL") from None
     return [m.get("id") for m in body.get("data", []) if isinstance(m, dict) and m.get("id")]
 

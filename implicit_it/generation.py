@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from .errors import UserError
 from .formats import ChatFormat, encode_prompt, get_format, instruction_offset, pad_batch
 
 
@@ -73,7 +74,7 @@ def _batches(order: list[int], batch_size: int) -> Iterable[list[int]]:
         yield order[start : start + batch_size]
 
 
-class PromptTooLong(ValueError):
+class PromptTooLong(UserError):
     """A prompt leaves no room in the model's context: refused before anything is allocated."""
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import UserError
+from .errors import CannotProceed
 from .io import read_regular_bytes
 
 LOCK_NAME = ".iit.lock"
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
-class DirectoryLocked(UserError):
+class DirectoryLocked(CannotProceed):
     """Another process holds the directory's lock; the message names it and the lock file."""
 
 
@@ -194,7 +194,7 @@ def directory_lock(directory: str | Path, *, what: str = "run") -> Iterator[Dire
         lock.release()
 
 
-class UnsafeLockFile(UserError):
+class UnsafeLockFile(CannotProceed):
     """The lock file is a link, not a regular file, or another user's: it is never written through."""
 
 

@@ -9,12 +9,12 @@ import re
 import tempfile
 from pathlib import Path
 
-from .errors import UserError
+from .errors import CannotProceed
 
 PROBE_BYTES = 64 * 1024
 
 
-class OutputNotWritable(UserError):
+class OutputNotWritable(CannotProceed):
     """The output location cannot be written: raised before any work."""
 
 

@@ -95,7 +95,7 @@ class TrainingConfig(StrictConfig):
     method: Literal["full", "lora"] = "full"
     lora: LoraConfig = Field(default_factory=LoraConfig, description='used when method == "lora"')
     learning_rate: float = Field(default=1e-5, gt=0)
-    epochs: float = Field(default=7, gt=0)
+    epochs: float = Field(default=7, gt=0, description="epochs of every variant not named in epochs_by_variant")
     epochs_by_variant: dict[str, float] = Field(
         default_factory=dict,
         description=(
@@ -104,7 +104,7 @@ class TrainingConfig(StrictConfig):
         ),
     )
     max_steps: int | None = Field(default=None, gt=0, description="stop after N optimizer steps (smoke runs, benchmarks); overrides epochs")
-    epoch_grid: list[float] = Field(default=[5, 7, 10, 15, 20])
+    epoch_grid: list[float] = Field(default=[5, 7, 10, 15, 20], description="the epoch counts `iit sweep` trains and selects among")
     effective_batch_size: int = Field(default=64, gt=0)
     per_device_batch_size: int = Field(default=1, gt=0)
     max_length: int = Field(default=2048, gt=8)
@@ -138,11 +138,23 @@ class TrainingConfig(StrictConfig):
         default=None,
         description=(
             "What `iit sweep` selects the epoch count by. val_nll: NLL of the validation references (judge-free, one forward "
-            "pass); val_win_rate: the paper's (a judge's win rate against the validation references; needs --judge); "
+            "pass); val_win_rate: the paper's (a judge's win rate against the validation references; needs sweep_judge); "
             "ifsuite_loose: judge-free IF-suite loose accuracy of greedy generations; heldout_nll: NLL of "
             "data.heldout_examples. None: val_nll with data.validation, else heldout_nll. ifeval_loose: IFEval prompt-level "
-            "loose accuracy of greedy generations on a stratified subset (iit sweep --prompts N)."
+            "loose accuracy of greedy generations on a stratified subset of run.eval.ifeval_data (sweep_prompts)."
         ),
+    )
+    sweep_judge: PathText | None = Field(
+        default=None,
+        description="sweep_metric val_win_rate: the judge (gpt4_turbo, an OpenAI-compatible server URL, local:SPEC), comparing "
+        "against data.validation's reference outputs, as the paper did",
+    )
+    sweep_judge_model: PathText | None = Field(default=None, description="the model name on sweep_judge's server (default: its first)")
+    sweep_prompts: int | None = Field(
+        default=None,
+        gt=0,
+        description="sweep_metric ifeval_loose / ifsuite_loose: prompts generated for at each grid point (None: a stratified "
+        "IFEval subset of 60; the whole IF suite, 136)",
     )
     loss_reduction: Literal["example", "token"] = Field(
         default="example",

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from implicit_it.errors import UserError
+from implicit_it.errors import CannotProceed, UserError
 
 console = Console(stderr=True)
 
@@ -34,8 +34,8 @@ class VERBOSE:
 # What a user can fix, printed as one line. Not ValueError as a whole (a bug raises it too), nor ImplicitItError as a
 # whole: StageFailed wraps whatever a step raised, bugs included (`iit run` reports it itself).
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError,  # bad input (ConfigError, DataFormatError, ModelSpecError, ...) and what the user changes to go on: a locked
-    # or unwritable output (DirectoryLocked, OutputNotWritable), an engine or judge that is not there
+    UserError,  # bad input: ConfigError, DataFormatError, ModelSpecError, ...
+    CannotProceed,  # what the user changes to go on: a locked or unwritable output, an engine or judge that is not there
     ValidationError,  # pydantic's, naming the field
     FileNotFoundError,
     IsADirectoryError,

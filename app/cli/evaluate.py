@@ -10,8 +10,9 @@ from typing import Optional
 
 import typer
 
-from implicit_it.config import IFEVAL_DATA, MAX_SEED, GenerateConfig
+from implicit_it.config import MAX_SEED, GenerateConfig, IfsuiteGenerateConfig
 from implicit_it.errors import UserError
+from implicit_it.evaluation.config import IfevalCommandConfig
 from implicit_it.paths import check_writable
 
 from .common import (
@@ -178,6 +179,11 @@ def _model_or_outputs(model: str | None, outputs: Path | None, out: Path) -> Non
     check_writable(out, directory=True)
 
 
+def decoding(cfg: GenerateConfig) -> GenerateConfig:
+    """The decoding fields of a command's config (which may hold more, e.g. which prompts), as a GenerateConfig."""
+    return GenerateConfig.model_validate(cfg.model_dump(include=set(GenerateConfig.model_fields)))
+
+
 def _generate_outputs(out: Path, instructions: list[str], dataset: str, request: ModelRequest, cfg: GenerateConfig):
     """Greedy responses of the requested model (optionally with the rule adapter), written to ``out/outputs.json`` first.
 
@@ -193,9 +199,9 @@ def _generate_outputs(out: Path, instructions: list[str], dataset: str, request:
 
 @eval_app.command("ifeval")
 @user_errors
-@stage_options(GenerateConfig)
+@stage_options(IfevalCommandConfig)
 def ifeval(
-    cfg: GenerateConfig,
+    cfg: IfevalCommandConfig,
     out: Path = OUT_DIR_OPTION,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
     outputs: Optional[Path] = typer.Option(
@@ -204,8 +210,6 @@ def ifeval(
         help="Score these responses instead of generating: IFEval's "
         "{prompt, response} JSONL, or AlpacaEval-format outputs (what `iit generate` writes).",
     ),
-    data: str = typer.Option(IFEVAL_DATA, "--data", help="IFEval's input_data.jsonl, or hub:ifeval."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N prompts, stratified by first instruction type (fixed seed)."),
     seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Seed of the stratified subset and of the bootstrap."),
     fmt: str = FORMAT_OPTION,
     rules: Optional[str] = RULES_OPTION,
@@ -222,13 +226,14 @@ def ifeval(
     t0 = time.perf_counter()
     described, gen_config = None, None
     _model_or_outputs(model, outputs, out)
+    data, limit = cfg.ifeval_data, cfg.ifeval_prompts
     prompts = load_ifeval(data, limit=limit, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     if outputs is not None:
         stage = ifeval_stage(prompts, read_ifeval_responses(outputs), out, model=outputs.stem, seed=seed)
     else:
         request = ModelRequest(model, fmt, rules, rules_config, dtype, device, quiet)
-        scored, label, described, gen_config = _generate_outputs(out, [p.prompt for p in prompts], "ifeval", request, cfg)
+        scored, label, described, gen_config = _generate_outputs(out, [p.prompt for p in prompts], "ifeval", request, decoding(cfg))
         texts = [o.output for o in scored]
         stage = ifeval_stage(prompts, texts, out, model=label, seed=seed, outputs=(texts, [o.ended_with_eos for o in scored]))
     summary = stage.result.entries[0]
@@ -256,9 +261,9 @@ def ifeval(
 
 @eval_app.command("ifsuite")
 @user_errors
-@stage_options(GenerateConfig)
+@stage_options(IfsuiteGenerateConfig)
 def ifsuite(
-    cfg: GenerateConfig,
+    cfg: IfsuiteGenerateConfig,
     out: Path = OUT_DIR_OPTION,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model SPEC to generate with (greedy, KV-cached)."),
     outputs: Optional[Path] = typer.Option(None, "--outputs", help="Score these AlpacaEval-format outputs instead of generating."),
@@ -266,7 +271,6 @@ def ifsuite(
     rules: Optional[str] = RULES_OPTION,
     rules_config: Optional[Path] = RULES_CONFIG_OPTION,
     suite: Optional[Path] = typer.Option(None, "--suite", help="Prompts JSONL (default: the packaged suite)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only N prompts, taken round-robin over categories."),
     dtype: Optional[str] = DTYPE_OPTION,
     device: Optional[str] = DEVICE_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -278,6 +282,7 @@ def ifsuite(
     t0 = time.perf_counter()
     described, gen_config = None, None
     _model_or_outputs(model, outputs, out)
+    limit = cfg.ifsuite_prompts
     prompts = load_suite(suite, limit=limit)
     if outputs is not None:
         given = read_model_outputs(outputs)
@@ -287,7 +292,7 @@ def ifsuite(
         scored = [by_instruction[p.instruction] for p in prompts if p.instruction in by_instruction]
     else:
         request = ModelRequest(model, fmt, rules, rules_config, dtype, device, quiet)
-        scored, label, described, gen_config = _generate_outputs(out, [p.instruction for p in prompts], "ifsuite", request, cfg)
+        scored, label, described, gen_config = _generate_outputs(out, [p.instruction for p in prompts], "ifsuite", request, decoding(cfg))
         responses = [o.output for o in scored]
     stage = ifsuite_stage(prompts, responses, out, model=label, outputs=([o.output for o in scored], [o.ended_with_eos for o in scored]))
     behaviour = stage.behaviour

@@ -15,9 +15,8 @@ from typer.core import TyperGroup
 from implicit_it.analyses.config import DiffConfig, MechConfig
 from implicit_it.config import MAX_SEED, GenerateConfig
 from implicit_it.errors import UserError
-from implicit_it.lists import parse_list
 from implicit_it.probes.config import ProbeConfig, RankConfig, TemplateConfig
-from implicit_it.training.config import check_epoch_grid
+from implicit_it.training.config import TrainingConfig
 
 from .common import (
     BASE_OPTION,
@@ -39,7 +38,7 @@ from .common import (
     user_errors,
 )
 from .generating import ModelRequest
-from .options import stage_options
+from .options import block_options, stage_options
 
 app = typer.Typer(
     name="iit",
@@ -150,9 +149,14 @@ def _load_experiment(config: Path, variant: Optional[str], overrides: tuple[str,
     return cfg, (parse_variant(variant, cfg) if variant else config_variants(cfg))
 
 
+SETS_OPTION = typer.Option([], "--set", help="KEY=VALUE with a dotted key: set one config field (value read as YAML); repeatable.")
+
+
 @app.command()
 @user_errors
+@block_options({"training": TrainingConfig}, exclude=("variants",))
 def train(
+    overrides: list[str],
     config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML (see configs/)."),
     variant: Optional[str] = typer.Option(
         None,
@@ -167,24 +171,15 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue an unfinished run from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an earlier run in the output directory first."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    report_to: Optional[str] = typer.Option(
-        None, "--report-to", help="Training logs in OUT/logs/: none, tensorboard, or wandb (offline). Default: training.report_to."
-    ),
-    epochs: Optional[float] = typer.Option(
-        None, "--epochs", help="Epochs (> 0) for every variant trained: sets training.epochs and clears training.epochs_by_variant."
-    ),
-    sets: list[str] = typer.Option([], "--set", help="KEY=VALUE with a dotted key: set one config field (value read as YAML); repeatable."),
+    sets: list[str] = SETS_OPTION,
 ) -> None:
     """Finetune the config's base model into one variant (or each); writes an HF model directory + train_manifest.json + loss.png.
 
-    Runs on one process as is, or on several GPUs unchanged under
+    Every field of the config's `training` block is an option (`--epochs 2` sets training.epochs); `--set` sets any
+    field of the config. Runs on one process as is, or on several GPUs unchanged under
     `accelerate launch --config_file configs/accelerate/fsdp.yaml -m implicit_it train ...`."""
     from implicit_it.training import train_stage
 
-    if epochs is not None and not epochs > 0:
-        raise typer.BadParameter(f"must be > 0, got {epochs:g}", param_hint="--epochs")
-    overrides = [f"training.report_to={report_to}"] if report_to is not None else []
-    overrides += [f"training.epochs={epochs}", "training.epochs_by_variant={}"] if epochs is not None else []
     cfg, variants = _load_experiment(config, variant, (*overrides, *sets))
     for v in variants:
         target = (out / v.name if len(variants) > 1 else out) if out is not None else None
@@ -195,45 +190,27 @@ def train(
 
 @app.command()
 @user_errors
+@block_options({"training": TrainingConfig}, exclude=("variants",))
 def sweep(
+    overrides: list[str],
     config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML (training.sweep_metric says what selects)."),
     variant: str = typer.Option(..., "--variant", "-V", help="instruction, response or single_task:SOURCE."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="Comma-separated epoch counts (default: training.epoch_grid)."),
-    judge: Optional[str] = typer.Option(
-        None,
-        "--judge",
-        help="sweep_metric val_win_rate: the judge (gpt4_turbo, a server URL, "
-        "local:SPEC), comparing against data.validation's reference outputs, as the paper did.",
-    ),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name on the judge server."),
-    prompts: Optional[int] = typer.Option(
-        None,
-        "--prompts",
-        min=1,
-        help="sweep_metric ifeval_loose / ifsuite_loose: prompts to "
-        "generate for (IFEval: a stratified subset of run.eval.ifeval_data, default 60; IF suite: round-robin, default all 136).",
-    ),
-    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Generation cap for generation-based metrics."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, max=MAX_SEED, help="Override the config's seed."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Sweep directory (default runs/<name>/<variant>-sweep)."),
     resume: bool = typer.Option(False, "--resume", help="Reuse finished grid points and continue an unfinished one."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    sets: list[str] = SETS_OPTION,
 ) -> None:
-    """Train the epoch grid and select the epoch count by training.sweep_metric (validation NLL by default;
-    val_win_rate, the paper's, with --judge; ifsuite_loose, judge-free generations)."""
+    """Train training.epoch_grid and select the epoch count by training.sweep_metric (validation NLL by default;
+    val_win_rate, the paper's, with --sweep-judge; ifeval_loose / ifsuite_loose, judge-free generations capped at
+    run.generate.max_new_tokens). Every field of the config's `training` block is an option."""
     from implicit_it.training import run_sweep
 
-    cfg, variants = _load_experiment(config, variant)
+    cfg, variants = _load_experiment(config, variant, (*overrides, *sets))
     if len(variants) != 1:
         raise UserError("sweep one variant at a time (e.g. single_task:gsm)")
-    epochs = parse_list(grid, float, what="--grid (comma-separated epoch counts such as 5,7,10)") if grid else None
-    if epochs is not None:
-        try:
-            check_epoch_grid(epochs)
-        except ValueError as exc:
-            raise UserError(f"--grid: {exc}") from None
-    scorer = _sweep_scorer(cfg, judge, judge_model, prompts, max_new_tokens, quiet)
-    summary = run_sweep(cfg, variants[0], out_dir=out, grid=epochs, seed=seed, resume=resume, show_progress=not quiet, scorer=scorer)
+    scorer = _sweep_scorer(cfg, quiet)
+    summary = run_sweep(cfg, variants[0], out_dir=out, seed=seed, resume=resume, show_progress=not quiet, scorer=scorer)
     if summary:
         for p in summary["points"]:
             mark = "  <- selected" if p["epochs"] == summary["selected_epochs"] else ""
@@ -242,14 +219,15 @@ def sweep(
             )
 
 
-SWEEP_IFEVAL_PROMPTS = 60  # `iit sweep --prompts` for training.sweep_metric ifeval_loose: a stratified subset per grid point
+SWEEP_IFEVAL_PROMPTS = 60  # training.sweep_prompts unset, sweep_metric ifeval_loose: a stratified subset per grid point
 
 
-def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts: Optional[int], max_new_tokens: int, quiet: bool):
+def _sweep_scorer(cfg, quiet: bool):
     """The generation-based selection metric of ``training.sweep_metric`` as ``model_dir -> {metric: value}``."""
-    metric = cfg.training.sweep_metric
+    t = cfg.training
+    metric, judge, prompts, max_new_tokens = t.sweep_metric, t.sweep_judge, t.sweep_prompts, cfg.run.generate.max_new_tokens
     if judge is not None and metric != "val_win_rate":
-        raise UserError(f"--judge is only used by training.sweep_metric val_win_rate (the config says {metric})")
+        raise UserError(f"training.sweep_judge is only used by training.sweep_metric val_win_rate (the config says {metric})")
     if metric not in ("val_win_rate", "ifeval_loose", "ifsuite_loose"):
         return None
 
@@ -291,12 +269,15 @@ def _sweep_scorer(cfg, judge: Optional[str], judge_model: Optional[str], prompts
 
         return score_ifsuite_loose
     if judge is None:
-        raise UserError("training.sweep_metric val_win_rate needs --judge (the paper compared with GPT-3.5 under AlpacaEval's judge)")
+        raise UserError(
+            "training.sweep_metric val_win_rate needs training.sweep_judge (--sweep-judge; the paper compared with GPT-3.5 under "
+            "AlpacaEval's judge)"
+        )
     if not cfg.data.validation:
         raise UserError("training.sweep_metric val_win_rate needs data.validation (instructions with reference outputs)")
     from implicit_it.evaluation import ModelOutput, alpaca_stage, load_reference, parse_judge
 
-    judge_obj = parse_judge(judge, judge_model)
+    judge_obj = parse_judge(judge, t.sweep_judge_model)
     judge_obj.preflight()
     reference = load_reference(cfg.data.validation)
 

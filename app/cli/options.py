@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -213,6 +214,57 @@ def stage_options(model: type[BaseModel], *, param: str = "cfg", short: dict[str
                 model, file=kwargs.pop(PREFIX + "config_file", None), given=given, sets=kwargs.pop(PREFIX + "sets", []) or []
             )
             return func(*args, **{param: cfg}, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params} | ({"return": hints["return"]} if "return" in hints else {})
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def block_options(blocks: dict[str, type[BaseModel]], *, param: str = "overrides", exclude: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """For a command that reads a whole experiment config (``iit train``, ``iit sweep``): one option per field of each
+    named block (``{"training": TrainingConfig}`` -> ``--learning-rate``, ``--epochs``, ...), named, typed and explained
+    as the field is. An option given becomes the override ``block.field=VALUE`` (what ``--set`` does), so the command's
+    ``param`` receives a list of overrides for ``load_config``; an option not given leaves the config's value.
+    ``exclude``: fields the command names otherwise (``iit train --variant`` picks among ``training.variants``)."""
+
+    def decorate(func: F) -> F:
+        sig = inspect.signature(func)
+        hints = typing.get_type_hints(func)
+        if param not in sig.parameters:
+            raise TypeError(f"{func.__name__} has no parameter {param!r}")
+        params = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
+            for p in sig.parameters.values()
+            if p.name != param
+        ]
+        taken = {p.name for p in params}
+        generated: dict[str, tuple[str, FieldOption]] = {}
+        for block, model in blocks.items():
+            for name, opt in field_options(model).items():
+                if name in exclude:
+                    continue
+                if name in taken or PREFIX + name in generated:
+                    raise TypeError(f"{func.__name__}: option {kebab(name)} of {block} clashes with another option")
+                flags = [f"{kebab(name)}/--no-{name.replace('_', '-')}"] if opt.is_flag else [kebab(name)]
+                field = model.model_fields[name]
+                shown = "" if opt.default is None else f" Config default: {opt.default}."
+                help_text = f"{_help(field, opt)} ({block}.{name}; unset: the config's value.{shown})"
+                info = typer.Option(None, *flags, help=help_text, show_default=False)
+                generated[PREFIX + name] = (block, opt)
+                kind = Optional[bool] if opt.is_flag else Optional[opt.type] if opt.type is not Optional[str] else opt.type
+                params.append(inspect.Parameter(PREFIX + name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind))
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            overrides = []
+            for pname, (block, opt) in generated.items():
+                raw = kwargs.pop(pname, None)
+                if raw is not None:
+                    value = opt.convert(raw)
+                    overrides.append(f"{block}.{opt.name}={'null' if value is None else json.dumps(value)}")
+            return func(*args, **{param: overrides}, **kwargs)
 
         wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params} | ({"return": hints["return"]} if "return" in hints else {})

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from implicit_it.errors import UserError
+from implicit_it.errors import CannotProceed
 from implicit_it.io import atomic_write_json, sha256_file
 from implicit_it.locks import LOCK_NAME
 from implicit_it.manifest import code_version
@@ -97,7 +97,7 @@ class Step:
         return record
 
 
-class NotAStepDirectory(UserError):
+class NotAStepDirectory(CannotProceed):
     """A step's directory holds files that no step wrote: it is never deleted."""
 
 

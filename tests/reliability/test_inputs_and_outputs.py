@@ -86,7 +86,9 @@ IFEVAL_OK = {
 def test_ifeval_data_with_a_wrong_type_is_one_error_naming_the_line(change, message, tmp_path, tiny_llama_dir, no_model_loads):
     data = tmp_path / "ifeval.jsonl"
     data.write_text(json.dumps(IFEVAL_OK) + "\n" + json.dumps({**IFEVAL_OK, **change}) + "\n")
-    res = runner.invoke(app, ["eval", "ifeval", "--model", str(tiny_llama_dir), "--data", str(data), "--out", str(tmp_path / "e"), "-q"])
+    res = runner.invoke(
+        app, ["eval", "ifeval", "--model", str(tiny_llama_dir), "--ifeval-data", str(data), "--out", str(tmp_path / "e"), "-q"]
+    )
     line = one_error_line(res)
     assert f"{data}:2" in line and message in line
 

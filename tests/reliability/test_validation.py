@@ -150,8 +150,10 @@ def test_iit_run_validates_the_whole_study_before_step_one(study, tmp_path):
 def test_sweep_grid_must_be_positive_and_distinct(study, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(study))
-    res = runner.invoke(app, ["sweep", "-c", str(path), "-V", "response", "--grid", "-1,0", "--out", str(tmp_path / "s"), "-q"])
-    assert "--grid" in _one_error_line(res)
+    res = runner.invoke(app, ["sweep", "-c", str(path), "-V", "response", "--epoch-grid", "-1,0", "--out", str(tmp_path / "s"), "-q"])
+    assert "training.epoch_grid" in _one_error_line(res)
+    res = runner.invoke(app, ["sweep", "-c", str(path), "-V", "response", "--epoch-grid", "5,5", "--out", str(tmp_path / "s"), "-q"])
+    assert "training.epoch_grid" in _one_error_line(res) and "distinct" in _one_error_line(res)
     assert not (tmp_path / "s").exists()
 
 

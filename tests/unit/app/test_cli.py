@@ -178,7 +178,7 @@ def test_train_and_sweep_commands(tmp_path, tiny_llama_dir, shared_data):
     man = json.loads((longer / "train_manifest.json").read_text())
     assert man["results"]["optimizer_steps"] == 4 and man["config"]["training"]["learning_rate"] == 5e-4
     res = runner.invoke(app, ["train", "--config", str(cfg), "--epochs", "0"])
-    assert res.exit_code == 2 and "--epochs" in res.output
+    assert res.exit_code == 2 and "training.epochs" in res.output  # the option is the field, and the error names it
     res = runner.invoke(app, ["sweep", "--config", str(cfg), "--variant", "response", "--out", str(tmp_path / "sw"), "-q"])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "sw" / "sweep.json").read_text())
@@ -189,8 +189,8 @@ def test_train_rejects_bad_variant_and_config(tmp_path, tiny_llama_dir, shared_d
     cfg = _tiny_experiment(tmp_path, tiny_llama_dir, shared_data)
     res = runner.invoke(app, ["train", "--config", str(cfg), "--variant", "responses"])
     assert res.exit_code == 2 and "unknown variant" in res.output
-    res = runner.invoke(app, ["sweep", "--config", str(cfg), "--variant", "response", "--grid", "5,seven"])
-    assert res.exit_code == 2 and "--grid" in res.output
+    res = runner.invoke(app, ["sweep", "--config", str(cfg), "--variant", "response", "--epoch-grid", "5,seven"])
+    assert res.exit_code == 2 and "training.epoch_grid" in res.output
     res = runner.invoke(app, ["train", "--config", str(tmp_path / "missing.yaml")])
     assert res.exit_code == 2 and "config file not found" in res.output
 

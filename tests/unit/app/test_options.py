@@ -11,8 +11,9 @@ from implicit_it.analyses.config import DiffConfig, MechConfig, RunDiffConfig, R
 from implicit_it.app.cli.common import user_errors
 from implicit_it.app.cli.main import app
 from implicit_it.app.cli.options import PREFIX, build_config, field_options, kebab, stage_options
-from implicit_it.config import GenerateConfig, RunGenerateConfig
+from implicit_it.config import GenerateConfig, IfsuiteGenerateConfig, RunGenerateConfig
 from implicit_it.errors import ConfigError
+from implicit_it.evaluation.config import IfevalCommandConfig, IfevalConfig, RunEvalConfig
 from implicit_it.probes.config import ProbeConfig, RankConfig, RunProbeConfig, RunRankConfig, TemplateConfig
 
 runner = CliRunner()
@@ -23,8 +24,8 @@ STAGES = {
     "diff": DiffConfig,
     "mech": MechConfig,
     "generate": GenerateConfig,
-    "eval ifeval": GenerateConfig,
-    "eval ifsuite": GenerateConfig,
+    "eval ifeval": IfevalCommandConfig,
+    "eval ifsuite": IfsuiteGenerateConfig,
 }
 
 
@@ -61,6 +62,8 @@ def test_run_blocks_are_the_stage_configs_plus_pipeline_fields():
         assert issubclass(run_block, stage)
         assert set(run_block.model_fields) - set(stage.model_fields) <= {"enabled", "systems"}
     assert issubclass(RunGenerateConfig, GenerateConfig)  # plus the study's prompt sets, per-system caps and rule sets
+    # one definition of which prompts are scored, shared by the study's blocks and the eval commands
+    assert issubclass(RunGenerateConfig, IfsuiteGenerateConfig) and issubclass(RunEvalConfig, IfevalConfig)
     for stage in set(STAGES.values()):
         assert all(stage.model_fields[n].description for n in stage.model_fields), stage.__name__
 
@@ -155,3 +158,49 @@ def test_verbose_keeps_the_traceback_of_a_user_error(tmp_path):
     assert res.exit_code == 2 and res.exception is not None and isinstance(res.exception, SystemExit)
     res = runner.invoke(app, ["-v", "config", "validate", str(missing)])
     assert res.exit_code == 1 and isinstance(res.exception, ConfigError)
+
+
+# --- commands that read a whole experiment config: every field of a block is an option ------------------------------
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_train_and_sweep_take_every_training_field_as_an_option(command):
+    from implicit_it.training.config import TrainingConfig
+
+    params = {p.name: p for p in _command(command).params}
+    for name in field_options(TrainingConfig):
+        if name == "variants":  # `--variant` picks among them
+            assert PREFIX + name not in params
+            continue
+        assert kebab(name) in params[PREFIX + name].opts and params[PREFIX + name].default is None, (command, name)
+
+
+def test_block_options_turn_the_options_given_into_overrides_of_their_fields():
+    from implicit_it.app.cli.options import block_options
+    from implicit_it.training.config import TrainingConfig
+
+    seen = {}
+    block_app = typer.Typer()
+
+    @block_app.command()
+    @block_options({"training": TrainingConfig})
+    def train(overrides: list[str], name: str = typer.Option("x", "--name")) -> None:
+        seen["overrides"], seen["name"] = overrides, name
+
+    @block_app.command()
+    def other() -> None:
+        pass
+
+    res = runner.invoke(block_app, ["train", "--epochs", "2", "--epoch-grid", "1,3", "--no-bf16", "--max-steps", "none", "--name", "y"])
+    assert res.exit_code == 0, res.output
+    assert sorted(seen["overrides"]) == sorted(
+        ["training.epochs=2.0", 'training.epoch_grid=["1", "3"]', "training.bf16=false", "training.max_steps=null"]
+    )
+    assert seen["name"] == "y"
+    runner.invoke(block_app, ["train"])
+    assert seen["overrides"] == []  # nothing given: the config's values stand
+    with pytest.raises(TypeError, match="clashes"):  # a field named like one of the command's own options
+
+        @block_options({"training": TrainingConfig})
+        def clash(overrides: list[str], epochs: int = 1) -> None:
+            pass

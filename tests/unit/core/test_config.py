@@ -92,7 +92,7 @@ def test_set_overrides_dotted_keys_and_names_bad_ones(tmp_path):
     cfg = load_config(path, ["run.mech.enabled=true", "run.mech.alphas=[1, 2]", "seed=3"])
     assert cfg.run.mech.enabled and cfg.run.mech.alphas == [1.0, 2.0] and cfg.seed == 3
     assert not load_config(path).run.mech.enabled
-    with pytest.raises(ConfigError, match=r"(?s)with --set run.mech.bogus=1.*run\.mech\.bogus: unknown key"):
+    with pytest.raises(ConfigError, match=r"(?s)with run.mech.bogus=1.*run\.mech\.bogus: unknown key"):
         load_config(path, ["run.mech.bogus=1"])
     with pytest.raises(ConfigError, match="seed is not a mapping"):
         load_config(path, ["seed.x=1"])

@@ -354,7 +354,8 @@ def test_behaviour_metrics_on_hand_made_outputs():
 def test_cli_ifsuite_generates_then_rescoring_outputs_agrees(tmp_path, tiny_llama_dir):
     out = tmp_path / "ifs"
     res = runner.invoke(
-        app, ["eval", "ifsuite", "--model", str(tiny_llama_dir), "--limit", "13", "--max-new-tokens", "6", "--out", str(out), "-q"]
+        app,
+        ["eval", "ifsuite", "--model", str(tiny_llama_dir), "--ifsuite-prompts", "13", "--max-new-tokens", "6", "--out", str(out), "-q"],
     )
     assert res.exit_code == 0, res.output
     got = json.loads((out / "ifsuite.json").read_text())["results"][0]
@@ -363,7 +364,7 @@ def test_cli_ifsuite_generates_then_rescoring_outputs_agrees(tmp_path, tiny_llam
     beh = json.loads((out / "behaviour.json").read_text())
     assert beh["n"] == 13 and beh["eos_fraction"] is not None
     again = tmp_path / "again"
-    res = runner.invoke(app, ["eval", "ifsuite", "--outputs", str(out / "outputs.json"), "--limit", "13", "--out", str(again)])
+    res = runner.invoke(app, ["eval", "ifsuite", "--outputs", str(out / "outputs.json"), "--ifsuite-prompts", "13", "--out", str(again)])
     assert res.exit_code == 0, res.output
     got2 = json.loads((again / "ifsuite.json").read_text())["results"][0]
     assert (got2["strict_accuracy"], got2["loose_accuracy"], got2["per_category"]) == (

@@ -333,7 +333,21 @@ def test_sweep_by_a_generation_metric_from_the_cli(metric, make_config, tmp_path
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     out = tmp_path / "sweep"
     res = CliRunner().invoke(
-        app, ["sweep", "-c", str(path), "-V", "response", "--prompts", "3", "--max-new-tokens", "6", "-q", "--out", str(out)]
+        app,
+        [
+            "sweep",
+            "-c",
+            str(path),
+            "-V",
+            "response",
+            "--sweep-prompts",
+            "3",
+            "--set",
+            "run.generate.max_new_tokens=6",
+            "-q",
+            "--out",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "sweep.json").read_text())
@@ -341,7 +355,7 @@ def test_sweep_by_a_generation_metric_from_the_cli(metric, make_config, tmp_path
     assert summary["metric"] == metric and summary["direction"] == "max"
     assert all(0 <= p[metric] <= 1 and strict in p for p in summary["points"])
     assert json.loads((out / "epochs-1" / "sweep_scores.json").read_text())[metric] == summary["points"][0][metric]
-    bad = CliRunner().invoke(app, ["sweep", "-c", str(path), "-V", "response", "--judge", "gpt4_turbo", "--out", str(out)])
+    bad = CliRunner().invoke(app, ["sweep", "-c", str(path), "-V", "response", "--sweep-judge", "gpt4_turbo", "--out", str(out)])
     assert bad.exit_code != 0 and "val_win_rate" in bad.output
 
 
@@ -373,10 +387,10 @@ def test_sweep_by_the_papers_judged_win_rate(make_config, tiny_llama_dir, shared
             str(path),
             "-V",
             "response",
-            "--judge",
+            "--sweep-judge",
             f"local:{judge}",
-            "--max-new-tokens",
-            "6",
+            "--set",
+            "run.generate.max_new_tokens=6",
             "-q",
             "--out",
             str(tmp_path / "sweep"),
@@ -387,7 +401,7 @@ def test_sweep_by_the_papers_judged_win_rate(make_config, tiny_llama_dir, shared
     assert 0 <= point["val_win_rate"] <= 100 and point["val_nll"] > 0
     assert (tmp_path / "sweep" / "epochs-1" / "val_judge_cache.json").is_file()
     no_judge = CliRunner().invoke(app, ["sweep", "-c", str(path), "-V", "response", "--out", str(tmp_path / "other")])
-    assert no_judge.exit_code != 0 and "--judge" in no_judge.output
+    assert no_judge.exit_code != 0 and "training.sweep_judge" in no_judge.output
 
 
 @pytest.mark.parametrize("reduction", ["example", "token"])
