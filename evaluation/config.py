@@ -31,7 +31,30 @@ class IfevalCommandConfig(GenerateConfig, IfevalConfig):
     """``iit eval ifeval --model``: its prompts, and how they are decoded."""
 
 
-class RunEvalConfig(IfevalConfig):
+class JudgeConfig(StrictConfig):
+    """Who judges AlpacaEval pairs, and the length-control data: one definition for the study's ``run.eval`` block and
+    ``iit eval alpaca`` (``--judge``, ``--judge-model``, ``--lc-data``)."""
+
+    judge: str | None = Field(
+        default=None,
+        description="gpt4_turbo (alpaca_eval's weighted GPT-4-turbo judge; OPENAI_API_KEY) | an OpenAI-compatible server URL "
+        "(http://host:8000/v1) | local:SPEC (a model implicit-it loads) | metric:NAME (judge-free, scored against the "
+        "instruction set's own answers); None: no judging (a study: no AlpacaEval steps; it then needs generate.instructions)",
+    )
+    judge_model: str | None = Field(default=None, description="the model name on the judge's server (default: its first)")
+    lc_data: str | None = Field(
+        default=None,
+        description="folder with alpaca_eval's df_gamed.csv (and instruction_difficulty.csv) for the length-controlled win rate; "
+        "None: the HF cache",
+    )
+
+    @field_validator("judge", "judge_model", "lc_data")
+    @classmethod
+    def _judge_text(cls, v: str | None) -> str | None:
+        return check_path_text(v)
+
+
+class RunEvalConfig(IfevalConfig, JudgeConfig):
     """Evaluation: IFEval (unless switched off) and the judge-free suite always; AlpacaEval when a judge is named."""
 
     ifeval: bool = Field(
@@ -52,18 +75,11 @@ class RunEvalConfig(IfevalConfig):
             "are not nested). The reference systems score the largest set."
         ),
     )
-    judge: str | None = Field(
-        default=None,
-        description="gpt4_turbo | http(s)://server/v1 | local:SPEC | metric:NAME (judge-free, scored against the "
-        "instruction set's own answers); needs generate.instructions",
-    )
-    judge_model: str | None = None
     reference: str = Field(
         default="instruction", description="the system every other is compared against (the paper: instruction-tuned), or a file"
     )
-    lc_data: str | None = Field(default=None, description="folder with alpaca_eval's df_gamed.csv, for length control")
 
-    @field_validator("judge", "judge_model", "reference", "lc_data")
+    @field_validator("reference")
     @classmethod
     def _text(cls, v: str | None) -> str | None:
         return check_path_text(v)

@@ -12,7 +12,7 @@ import typer
 
 from implicit_it.config import MAX_SEED, GenerateConfig, IfsuiteGenerateConfig
 from implicit_it.errors import UserError
-from implicit_it.evaluation.config import IfevalCommandConfig
+from implicit_it.evaluation.config import IfevalCommandConfig, JudgeConfig
 from implicit_it.paths import check_writable
 
 from .common import (
@@ -51,7 +51,9 @@ def _behaviour_line(m: dict) -> str:
 
 @eval_app.command("alpaca")
 @user_errors
+@stage_options(JudgeConfig)
 def alpaca(
+    cfg: JudgeConfig,
     out: Path = OUT_DIR_OPTION,
     outputs: Optional[Path] = typer.Option(None, "--outputs", help="Model outputs, AlpacaEval JSON list (what `iit generate` writes)."),
     reference: Optional[str] = typer.Option(
@@ -59,24 +61,10 @@ def alpaca(
         "--reference",
         help="Reference outputs (AlpacaEval JSON list), or 'alpaca_eval' for the library's own from the hub. Output_1 of every comparison.",
     ),
-    judge: str = typer.Option(
-        "gpt4_turbo",
-        "--judge",
-        help="gpt4_turbo (alpaca_eval's weighted GPT-4-turbo judge; OPENAI_API_KEY), "
-        "an OpenAI-compatible server URL (http://host:8000/v1), local:SPEC (a model implicit-it loads), "
-        "or metric:NAME (a judge-free metric of `iit eval judge-agreement`, scored against --eval-set's GPT-4 answers).",
-    ),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name on the judge server (default: its first)."),
     annotations: Optional[Path] = typer.Option(
         None,
         "--annotations",
         help="Score stored alpaca_eval annotations instead (no judge called), e.g. a leaderboard model's annotations.json.",
-    ),
-    lc_data: Optional[Path] = typer.Option(
-        None,
-        "--lc-data",
-        help="Directory with alpaca_eval's df_gamed.csv (and "
-        "instruction_difficulty.csv) for the length-controlled win rate; default: the HF cache.",
     ),
     eval_set: Optional[Path] = typer.Option(
         None, "--eval-set", help="AlpacaEval's 805-instruction set (JSON list), to place instructions for LC (default: --reference)."
@@ -99,6 +87,7 @@ def alpaca(
     t0 = time.perf_counter()
     check_writable(out, directory=True)  # before the judge is called
     data_files: list[Path] = []
+    judge, judge_model, lc_data = cfg.judge, cfg.judge_model, cfg.lc_data
     lc = find_lc_data(lc_data)
     if annotations is not None:
         if outputs is not None:
@@ -119,6 +108,8 @@ def alpaca(
     else:
         if outputs is None or reference is None:
             raise UserError("--outputs and --reference are required (or --annotations to score stored judgements)")
+        if judge is None:
+            raise UserError("--judge: name the judge (gpt4_turbo, an OpenAI-compatible server URL, local:SPEC or metric:NAME)")
         judge_obj = parse_judge(judge, judge_model)
         judge_obj.preflight()  # before any work: no key / server down / no model is one clear error
         name = generator or generator_name(read_model_outputs(outputs, limit=limit), outputs.stem)

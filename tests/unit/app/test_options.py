@@ -13,7 +13,7 @@ from implicit_it.app.cli.main import app
 from implicit_it.app.cli.options import PREFIX, build_config, field_options, kebab, stage_options
 from implicit_it.config import GenerateConfig, IfsuiteGenerateConfig, RunGenerateConfig
 from implicit_it.errors import ConfigError
-from implicit_it.evaluation.config import IfevalCommandConfig, IfevalConfig, RunEvalConfig
+from implicit_it.evaluation.config import IfevalCommandConfig, IfevalConfig, JudgeConfig, RunEvalConfig
 from implicit_it.probes.config import ProbeConfig, RankConfig, RunProbeConfig, RunRankConfig, TemplateConfig
 
 runner = CliRunner()
@@ -26,6 +26,7 @@ STAGES = {
     "generate": GenerateConfig,
     "eval ifeval": IfevalCommandConfig,
     "eval ifsuite": IfsuiteGenerateConfig,
+    "eval alpaca": JudgeConfig,
 }
 
 
@@ -63,7 +64,11 @@ def test_run_blocks_are_the_stage_configs_plus_pipeline_fields():
         assert set(run_block.model_fields) - set(stage.model_fields) <= {"enabled", "systems"}
     assert issubclass(RunGenerateConfig, GenerateConfig)  # plus the study's prompt sets, per-system caps and rule sets
     # one definition of which prompts are scored, shared by the study's blocks and the eval commands
-    assert issubclass(RunGenerateConfig, IfsuiteGenerateConfig) and issubclass(RunEvalConfig, IfevalConfig)
+    assert (
+        issubclass(RunGenerateConfig, IfsuiteGenerateConfig)
+        and issubclass(RunEvalConfig, IfevalConfig)
+        and issubclass(RunEvalConfig, JudgeConfig)
+    )
     for stage in set(STAGES.values()):
         assert all(stage.model_fields[n].description for n in stage.model_fields), stage.__name__
 

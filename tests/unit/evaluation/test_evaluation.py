@@ -196,6 +196,9 @@ def test_cli_unusable_judge_fails_before_any_work(tmp_path, monkeypatch):
     )
     assert res.exit_code == 2 and "OPENAI_API_KEY" in res.output
     assert not out.exists()
+    res = runner.invoke(app, ["eval", "alpaca", "--outputs", str(model), "--reference", str(ref), "--out", str(out)])
+    assert res.exit_code == 2 and "--judge" in res.output  # no judge is chosen for you: a judge can cost money
+    assert not any(out.iterdir()) if out.exists() else True
 
 
 def _long_context_copy(model_dir: Path, dest: Path) -> Path:
