@@ -27,6 +27,11 @@ class ScoreStage:
     summary: dict[str, Any]
     behaviour: dict[str, Any] | None = field(default=None)
 
+    def record(self) -> dict[str, Any]:
+        """What a pipeline step records: the summary, with the EOS rate and template echo when behaviour was scored."""
+        b = self.behaviour
+        return self.summary if b is None else self.summary | {k: b[k] for k in ("eos_fraction", "template_echo_rate")}
+
 
 def _behaviour(out_dir: Path, outputs: tuple[Sequence[str], Sequence[bool | None] | None] | None, label: str) -> dict[str, Any] | None:
     if outputs is None:

@@ -240,6 +240,16 @@ class Decoded:
     model: dict[str, Any]  # the model's manifest entry
     loaded: Any = None  # the hf backend's LoadedModel (None for vllm: the fp32 model is never loaded)
 
+    def summary(self) -> dict[str, Any]:
+        """What a generate step or command records: counts, speed and the engine."""
+        return {
+            "n": len(self.results),
+            "n_ended_with_eos": sum(r.stopped for r in self.results),
+            "new_tokens": self.stats.n_new_tokens,
+            "tokens_per_second": round(self.stats.tokens_per_second, 2),
+            "engine": self.engine,
+        }
+
 
 def generate(
     spec: str,

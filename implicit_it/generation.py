@@ -332,14 +332,21 @@ def ranked_scores(pairs: Iterable[tuple[int, float]]) -> StepScores:
     return [t for t, _ in ordered], [float(v) for _, v in ordered]
 
 
-def alpaca_eval_records(results: Sequence[GenerationResult], generator: str, datasets: Sequence[str] | None = None) -> list[dict[str, str]]:
-    """AlpacaEval model-output records: ``{"instruction", "output", "generator", "dataset"}``."""
+def alpaca_eval_records(
+    results: Sequence[GenerationResult], generator: str, datasets: Sequence[str] | str | None = None
+) -> list[dict[str, Any]]:
+    """AlpacaEval model-output records ``{"instruction", "output", "generator", "dataset"}``, each with whether it
+    ended with EOS and its new tokens (``ended_with_eos``, ``n_tokens``: AlpacaEval ignores them; the evaluation
+    reads them). ``datasets``: one name for all, or one per result."""
+    names = [datasets] * len(results) if isinstance(datasets, str) else datasets
     return [
         {
             "instruction": r.instruction,
             "output": r.output,
             "generator": generator,
-            "dataset": (datasets[i] if datasets else "") or "implicit_it",
+            "dataset": (names[i] if names else "") or "implicit_it",
+            "ended_with_eos": r.stopped,
+            "n_tokens": len(r.token_ids),
         }
         for i, r in enumerate(results)
     ]

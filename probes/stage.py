@@ -145,6 +145,10 @@ class TemplateStage:
     summary: dict[str, Any] = field(default_factory=dict)  # this model's numbers, without the samples
     seconds: float = 0.0
 
+    def record(self) -> dict[str, Any]:
+        """The headline numbers a pipeline step records (the rest stays in template.json)."""
+        return {k: v for k, v in self.summary.items() if k in ("n", "instruction_like", "ends", "distinct_2", "similarity")}
+
 
 def template_references(cfg: TemplateConfig) -> dict[str, list[str]]:
     """The reference instruction sets' texts, read once for every model."""

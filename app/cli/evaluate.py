@@ -180,11 +180,12 @@ def _generate_outputs(out: Path, instructions: list[str], dataset: str, request:
 
     Returns (outputs, label, model description, generation config) for the caller's scoring and manifest."""
     from implicit_it.evaluation import ModelOutput
+    from implicit_it.generation import alpaca_eval_records
     from implicit_it.io import atomic_write_json
 
     gen = request.generate(instructions, cfg)
+    atomic_write_json(Path(out) / "outputs.json", alpaca_eval_records(gen.results, gen.label, dataset))
     outputs = [ModelOutput(r.instruction, r.output, gen.label, dataset, r.stopped) for r in gen.results]
-    atomic_write_json(Path(out) / "outputs.json", [o.to_json() | {"ended_with_eos": o.ended_with_eos} for o in outputs])
     return outputs, gen.label, gen.model, gen.config(cfg)
 
 

@@ -113,7 +113,7 @@ def generate(
     name = generator or gen.label
     records = alpaca_eval_records(results, name, [it.dataset for it in items])
     write_outputs(out, records)
-    n_stopped = sum(r.stopped for r in results)
+    summary = gen.decoded.summary()
     write_manifest(
         out,
         build_manifest(
@@ -122,18 +122,12 @@ def generate(
             seed=None,
             model=gen.model,
             data_files=[instructions],
-            results={
-                "n_records": len(records),
-                "n_ended_with_eos": n_stopped,
-                "new_tokens": stats.n_new_tokens,
-                "tokens_per_second": round(stats.tokens_per_second, 2),
-                "per_record": [{"n_tokens": len(r.token_ids), "ended_with_eos": r.stopped} for r in results],
-            },
+            results=summary | {"per_record": [{"n_tokens": len(r.token_ids), "ended_with_eos": r.stopped} for r in results]},
             timings={"load_model": round(gen.load_seconds, 2), "generate": round(stats.seconds, 2)},
         ),
     )
     console.print(
-        f"wrote {len(records)} records to {out} ({n_stopped} ended with EOS; "
+        f"wrote {len(records)} records to {out} ({summary['n_ended_with_eos']} ended with EOS; "
         f"{stats.n_new_tokens} tokens in {stats.seconds:.1f}s = {stats.tokens_per_second:.1f} tok/s; "
         f"model {gen.model['display_name']} on {gen.decoded.engine['engine']} ({gen.decoded.engine['dtype']}), "
         f"ready in {gen.load_seconds:.1f}s from {gen.model['loaded_from']})",

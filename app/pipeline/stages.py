@@ -756,6 +756,7 @@ class StudyPlan:
 
     def _run_generate(self, step: Step, system: System, set_name: str) -> dict[str, Any]:
         from implicit_it.engines import generate
+        from implicit_it.generation import alpaca_eval_records
         from implicit_it.rules import RuleConfig
 
         g = self.config.run.generate
@@ -774,27 +775,9 @@ class StudyPlan:
             load=lambda: self._load(system),
             show_progress=self.show_progress,
         )
-        results, stats = decoded.results, decoded.stats
-        records = [
-            {
-                "instruction": r.instruction,
-                "output": r.output,
-                "generator": system.name,
-                "dataset": set_name,
-                "ended_with_eos": r.stopped,
-                "n_tokens": len(r.token_ids),
-            }
-            for r in results
-        ]
-        atomic_write_json(step.dir / "outputs.json", records)
-        summary = {
-            "n": len(records),
-            "n_ended_with_eos": sum(r.stopped for r in results),
-            "new_tokens": stats.n_new_tokens,
-            "tokens_per_second": round(stats.tokens_per_second, 2),
-            "engine": decoded.engine,
-        }
-        self._manifest(step, decoded.model, summary, {"generate": round(stats.seconds, 2)})
+        atomic_write_json(step.dir / "outputs.json", alpaca_eval_records(decoded.results, system.name, set_name))
+        summary = decoded.summary()
+        self._manifest(step, decoded.model, summary, {"generate": round(decoded.stats.seconds, 2)})
         return summary
 
     def _run_rank(self, step: Step, system: System) -> dict[str, Any]:
@@ -841,7 +824,7 @@ class StudyPlan:
         loaded = self._load(system)
         with progress_bar(t.n, self.show_progress, f"template {system.name}") as advance:
             stage = template(loaded, t, step.dir, fmt=self.config.format, label=system.name, seed=self.config.seed, progress=advance)
-        summary = {k: v for k, v in stage.summary.items() if k in ("n", "instruction_like", "ends", "distinct_2", "similarity")}
+        summary = stage.record()
         self._manifest(step, loaded, summary, {"template": stage.seconds})
         return summary
 
@@ -917,8 +900,7 @@ class StudyPlan:
         prompts = [p for p in load_suite() if p.instruction in by_instruction]
         outputs = ([r["output"] for r in records], [r["ended_with_eos"] for r in records])
         stage = ifsuite_stage(prompts, by_instruction, step.dir, model=system.name, outputs=outputs)
-        behaviour = stage.behaviour or {}
-        summary = stage.summary | {"eos_fraction": behaviour["eos_fraction"], "template_echo_rate": behaviour["template_echo_rate"]}
+        summary = stage.record()
         self._manifest(step, None, summary, {})
         return summary
 

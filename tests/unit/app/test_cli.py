@@ -45,7 +45,7 @@ def test_generate_writes_records_and_manifest(tmp_path, tiny_llama_dir, shared_d
     assert len(recs) == 10 and recs[0]["instruction"] == "What is Samyang Buldak ramen?"
     assert recs[0]["generator"] == str(tiny_llama_dir)
     man = json.loads((tmp_path / "o.manifest.json").read_text())
-    assert man["results"]["n_records"] == 10 and man["model"]["kind"] == "local"
+    assert man["results"]["n"] == 10 and man["model"]["kind"] == "local"
     assert man["config"]["max_new_tokens"] == 4 and len(man["results"]["per_record"]) == 10
     assert list(man["data"].values())[0] and man["packages"]["transformers"]
 

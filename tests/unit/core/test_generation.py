@@ -81,8 +81,10 @@ def test_records_are_alpaca_eval_format(tiny_llama_dir):
     loaded = load_model(tiny_llama_dir, device="cpu")
     results, _ = generate_responses(loaded, INSTRUCTIONS[:2], max_new_tokens=4, show_progress=False)
     recs = alpaca_eval_records(results, "tiny", ["d1", ""])
-    assert [set(r) for r in recs] == [{"instruction", "output", "generator", "dataset"}] * 2
+    assert [set(r) for r in recs] == [{"instruction", "output", "generator", "dataset", "ended_with_eos", "n_tokens"}] * 2
     assert recs[0]["dataset"] == "d1" and recs[1]["dataset"] == "implicit_it"
+    assert [r["n_tokens"] for r in recs] == [len(r.token_ids) for r in results] and recs[0]["ended_with_eos"] == results[0].stopped
+    assert {r["dataset"] for r in alpaca_eval_records(results, "tiny", "ifeval")} == {"ifeval"}  # one name for all
     json.dumps(recs)
 
 
