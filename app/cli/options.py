@@ -156,6 +156,28 @@ def build_config(
         raise ConfigError("; ".join(problems)) from None
 
 
+def _other_params(func: Callable[..., Any], param: str) -> tuple[inspect.Signature, dict[str, Any], list[inspect.Parameter]]:
+    """``func``'s signature, type hints and its parameters other than ``param`` (keyword-only), which the generated
+    options join."""
+    sig = inspect.signature(func)
+    hints = typing.get_type_hints(func)
+    if param not in sig.parameters:
+        raise TypeError(f"{func.__name__} has no parameter {param!r}")
+    params = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
+        for p in sig.parameters.values()
+        if p.name != param
+    ]
+    return sig, hints, params
+
+
+def _with_signature(wrapper: Any, sig: inspect.Signature, hints: dict[str, Any], params: list[inspect.Parameter]) -> Any:
+    """``wrapper`` as typer sees it: the command's own parameters and the generated options."""
+    wrapper.__signature__ = sig.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | ({"return": hints["return"]} if "return" in hints else {})
+    return wrapper
+
+
 def stage_options(model: type[BaseModel], *, param: str = "cfg", short: dict[str, str] | None = None) -> Callable[[F], F]:
     """Replace the command's ``param`` (a ``model`` instance) by options generated from the model's fields.
 
@@ -163,15 +185,7 @@ def stage_options(model: type[BaseModel], *, param: str = "cfg", short: dict[str
     short = short or {}
 
     def decorate(func: F) -> F:
-        sig = inspect.signature(func)
-        hints = typing.get_type_hints(func)
-        if param not in sig.parameters:
-            raise TypeError(f"{func.__name__} has no parameter {param!r}")
-        params = [
-            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
-            for p in sig.parameters.values()
-            if p.name != param
-        ]
+        sig, hints, params = _other_params(func, param)
         generated: dict[str, FieldOption] = {}
         for name, opt in field_options(model).items():
             flags = [f"{kebab(name)}/--no-{name.replace('_', '-')}"] if opt.is_flag else [kebab(name)]
@@ -215,9 +229,7 @@ def stage_options(model: type[BaseModel], *, param: str = "cfg", short: dict[str
             )
             return func(*args, **{param: cfg}, **kwargs)
 
-        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in params} | ({"return": hints["return"]} if "return" in hints else {})
-        return wrapper  # type: ignore[return-value]
+        return _with_signature(wrapper, sig, hints, params)
 
     return decorate
 
@@ -230,15 +242,7 @@ def block_options(blocks: dict[str, type[BaseModel]], *, param: str = "overrides
     ``exclude``: fields the command names otherwise (``iit train --variant`` picks among ``training.variants``)."""
 
     def decorate(func: F) -> F:
-        sig = inspect.signature(func)
-        hints = typing.get_type_hints(func)
-        if param not in sig.parameters:
-            raise TypeError(f"{func.__name__} has no parameter {param!r}")
-        params = [
-            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation))
-            for p in sig.parameters.values()
-            if p.name != param
-        ]
+        sig, hints, params = _other_params(func, param)
         taken = {p.name for p in params}
         generated: dict[str, tuple[str, FieldOption]] = {}
         for block, model in blocks.items():
@@ -266,8 +270,6 @@ def block_options(blocks: dict[str, type[BaseModel]], *, param: str = "overrides
                     overrides.append(f"{block}.{opt.name}={'null' if value is None else json.dumps(value)}")
             return func(*args, **{param: overrides}, **kwargs)
 
-        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in params} | ({"return": hints["return"]} if "return" in hints else {})
-        return wrapper  # type: ignore[return-value]
+        return _with_signature(wrapper, sig, hints, params)
 
     return decorate
