@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -36,6 +36,11 @@ class DiffConfig(StrictConfig):
     max_new_tokens: int = Field(default=128, gt=0, description="Token budget of each variant generation.")
     spectrum: bool = Field(default=True, description="Singular values of each weight delta (effective rank, top-k energy).")
     rules_config: PathText | None = Field(default=None, description="YAML with rule constants (none: the paper's).")
+    analysis_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Options of analyses that declare their own (a class attribute `Options`), by analysis name: "
+        "{name: {option: value}}; each is validated by that analysis before any model loads.",
+    )
 
 
 class RunDiffConfig(DiffConfig):

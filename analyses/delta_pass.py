@@ -20,9 +20,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
+from pydantic import BaseModel
 
 from implicit_it.analysis import Analysis, AnalysisResult
 from implicit_it.errors import UserError
@@ -338,10 +339,17 @@ class PassAnalysis(Analysis):
         """A :class:`DeltaObserver` whose ``result(label, counts)`` gives this analysis's :class:`AnalysisResult`."""
         raise NotImplementedError(f"{type(self).__name__} must say how it observes a delta pass")
 
+    # The analysis's own options, declared where it is: a pydantic model whose fields ``for_diff`` passes to the
+    # constructor. Set per study in ``run.diff.analysis_options.<name>`` (or ``iit diff --set``); None: no options.
+    Options: ClassVar[type[BaseModel] | None] = None
+
     @classmethod
     def for_diff(cls, diff: Any) -> "PassAnalysis":
-        """This analysis as :class:`~.layer_diff.LayerDiff` runs it (its options: ``top_n``, ``vocab``, ...); default: no options."""
-        return cls()
+        """This analysis as :class:`~.layer_diff.LayerDiff` runs it: its declared ``Options`` (validated from
+        ``diff.analysis_options``) as constructor arguments; with none, ``cls()``. Built-ins read shared settings
+        (``top_n``, ``vocab``, ...) of ``diff`` instead."""
+        options = diff.options_for(cls)
+        return cls() if options is None else cls(**dict(options))
 
     def run(
         self,

@@ -17,7 +17,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
+
+from pydantic import ValidationError
 
 from implicit_it.analysis import AnalysisResult, merge_by_name, same_definition
 from implicit_it.errors import UserError
@@ -127,6 +129,31 @@ class LayerDiff:
     batch_size: int = 8
     spectrum: bool = True
     top_n: int = 20
+    analysis_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # {analysis: {option: value}}
+
+    def options_for(self, cls: type) -> Any:
+        """``cls``'s declared ``Options`` filled from ``analysis_options[cls.name]`` (None when it declares none); a bad
+        value is an error naming ``analysis_options.<name>.<field>``."""
+        model = getattr(cls, "Options", None)
+        given = dict(self.analysis_options.get(cls.name, {}))
+        if model is None:
+            if given:
+                raise UserError(f"analysis_options.{cls.name}: {cls.__name__} declares no options, got {sorted(given)}")
+            return None
+        try:
+            return model.model_validate(given)
+        except ValidationError as err:
+            problems = [f"analysis_options.{cls.name}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+            raise UserError("; ".join(problems)) from None
+
+    def check_options(self) -> None:
+        """Every entry of ``analysis_options`` names a selected analysis and validates: an error now, before models load."""
+        selected = {cls.name: cls for cls in self._classes()}
+        unknown = sorted(set(self.analysis_options) - set(selected))
+        if unknown:
+            raise UserError(f"analysis_options: {unknown} name no selected analysis; selected: {sorted(selected)}")
+        for cls in selected.values():
+            self.options_for(cls)
 
     def names(self) -> list[str]:
         """The analyses this diff runs: ``analyses`` with ``all`` read as every registered one (at call time)."""

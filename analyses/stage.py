@@ -98,11 +98,12 @@ def stage_texts(cfg: DiffConfig | MechConfig) -> list[DiffText]:
 
 
 def diff_runner(cfg: DiffConfig, *, fmt: str, seed: int = 0) -> LayerDiff:
-    """The configured :class:`LayerDiff`; a bad layer spec, vocabulary or rules file is an error now, before any model loads."""
+    """The configured :class:`LayerDiff`; a bad layer spec, vocabulary, rules file or analysis option is an error now,
+    before any model loads."""
     names = parse_analyses(",".join(cfg.analyses))  # 'all': every registered analysis, resolved now
     parse_layers(cfg.layers, 1_000_000)  # syntax only; the range is checked against the model
     parse_vocab(cfg.vocab)
-    return LayerDiff(
+    runner = LayerDiff(
         analyses=names,
         texts=list(cfg.texts),
         vocab=cfg.vocab,
@@ -110,7 +111,10 @@ def diff_runner(cfg: DiffConfig, *, fmt: str, seed: int = 0) -> LayerDiff:
         spectrum=cfg.spectrum,
         rule_config=load_rule_config(cfg.rules_config) if cfg.rules_config else RuleConfig(),
         pass_config=DeltaPassConfig(fmt=fmt, layers=cfg.layers, max_length=cfg.max_length, seed=seed),
+        analysis_options=cfg.analysis_options,
     )
+    runner.check_options()
+    return runner
 
 
 def needs_models(runner: LayerDiff) -> bool:

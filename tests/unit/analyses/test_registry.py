@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 
 from implicit_it.analyses import DeltaObserver, LayerDiff, PassAnalysis, register_diff_analysis, unregister_diff_analysis
 from implicit_it.analysis import (
@@ -49,12 +50,14 @@ class ToyAgreementResult(AnalysisResult):
 
 
 class ToyObserver(DeltaObserver):
-    def __init__(self, delta_pass: Any):
-        self.layers = delta_pass.layers
+    def __init__(self, delta_pass: Any, min_layer: int = 0):
+        self.layers = [layer for layer in delta_pass.layers if layer >= min_layer]
         self.agree: dict[int, int] = defaultdict(int)
         self.n: dict[int, int] = defaultdict(int)
 
     def observe(self, ctx: Any, layer: int, lens: Any) -> None:
+        if layer not in self.layers:
+            return
         self.agree[layer] += int((lens.base.argmax(-1) == lens.variant.argmax(-1)).sum())
         self.n[layer] += int(lens.base.shape[0])
 
@@ -65,11 +68,22 @@ class ToyObserver(DeltaObserver):
         return ToyAgreementResult([{"variant": label, "layers": layers, **counts}])
 
 
+class ToyOptions(BaseModel):
+    """The toy analysis's own option, declared beside it: no file of the package names it."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_layer: int = Field(default=0, ge=0, description="report layers from this one on")
+
+
 class ToyAgreement(PassAnalysis):
     name = TOY
+    Options = ToyOptions
+
+    def __init__(self, min_layer: int = 0):
+        self.min_layer = min_layer
 
     def observer(self, delta_pass: Any) -> ToyObserver:
-        return ToyObserver(delta_pass)
+        return ToyObserver(delta_pass, self.min_layer)
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +172,25 @@ def test_iit_diff_writes_a_registered_analysis(toy_registered, tiny_llama_dir, v
     assert [e["variant"] for e in entries] == [str(variant_dir)]
     assert [layer["layer"] for layer in entries[0]["layers"]][-1] == 2 and entries[0]["layers"][0]["agreement"] == 1.0
     assert (out / f"{TOY}.png").stat().st_size > 0 and (out / f"{TOY}.parquet").is_file()
+
+
+def test_a_registered_analysis_declares_its_own_option(toy_registered, tiny_llama_dir, variant_dir, shared_data, tmp_path):
+    """An analysis with an option, added by its own module alone: `iit diff --set analysis_options=...` (and the study's
+    run.diff.analysis_options) reaches it, and a bad value is one error naming the field before any model loads."""
+    from typer.testing import CliRunner
+
+    from implicit_it.app.cli import app
+
+    out = tmp_path / "diff"
+    args = ["diff", "--base", str(tiny_llama_dir), "--variant", str(variant_dir), "--data", str(shared_data / "lima" / "train.jsonl")]
+    args += ["--limit", "2", "--max-length", "96", "--texts", "data", "--analyses", TOY, "--out", str(out), "--quiet"]
+    res = CliRunner().invoke(app, [*args, "--set", f"analysis_options={{{TOY}: {{min_layer: 1}}}}"])
+    assert res.exit_code == 0, res.output
+    assert [layer["layer"] for layer in _toy_entries(out / f"{TOY}.json")[0]["layers"]] == [2]  # of 0 and 2 (every:3)
+    bad = CliRunner().invoke(app, [*args, "--set", f"analysis_options={{{TOY}: {{min_layer: -1}}}}"])
+    assert bad.exit_code == 2 and f"analysis_options.{TOY}.min_layer" in bad.output
+    other = CliRunner().invoke(app, [*args, "--set", "analysis_options={logits: {top_n: 3}}"])
+    assert other.exit_code == 2 and "name no selected analysis" in other.output
 
 
 def test_the_pipeline_diffs_and_reports_a_registered_analysis(toy_registered, tiny_llama_dir, shared_data, tmp_path):
