@@ -213,8 +213,7 @@ def test_mechanism_runs_every_analysis_saves_restores_and_needs_no_loaded_varian
 
 
 def test_the_config_names_exactly_the_analyses_mechanism_builds():
-    from implicit_it import config
-    from implicit_it.analyses import MECH_ANALYSES
+    from implicit_it.analyses import MECH_ANALYSES, config
 
     assert tuple(MECH_ANALYSES) == config.MECH_ANALYSES == tuple(config.MechConfig().analyses)
     assert [a.name for a in Mechanism().build()] == ["weight_patching", "activation_patching", "steering", "low_rank"]
