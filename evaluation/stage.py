@@ -98,9 +98,9 @@ def alpaca_stage(
     limit: int | None = None,
     meta: Mapping[str, Any] | None = None,
 ) -> ScoreStage:
-    """Judge ``outputs`` (an AlpacaEval JSON list, or the outputs themselves) against ``reference`` (a file, ``alpaca_eval``:
-    the library's own, or the outputs themselves)
-    with ``judge``, then score: ``annotations.json`` (the per-instruction verdicts) and ``alpaca_eval.json``.
+    """Judge ``outputs`` (an AlpacaEval JSON list, or the outputs themselves) against ``reference`` (a file,
+    ``alpaca_eval`` for the library's own, or the outputs themselves) with ``judge``, then score: ``annotations.json``
+    (the per-instruction verdicts) and ``alpaca_eval.json``.
     A ``metric:`` judge scores both outputs against ``gold_answers_path``'s answers (AlpacaEval's GPT-4 references).
     ``eval_set``: the whole instruction set, which places each instruction for the length-controlled win rate (None:
     the reference's instructions)."""
