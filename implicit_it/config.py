@@ -191,6 +191,12 @@ class GenerateConfig(StrictConfig):
     vllm: VllmConfig = Field(default_factory=VllmConfig, description="engine settings when backend is vllm")
 
 
+class InstructionsGenerateConfig(GenerateConfig):
+    """Decoding an instruction file: ``iit generate`` and the study's ``run.generate`` (its second instruction set)."""
+
+    instructions_limit: int | None = Field(default=None, gt=0, description="the first N instructions of the file (None: all)")
+
+
 class IfsuiteGenerateConfig(GenerateConfig):
     """The judge-free IF suite's prompts and how they are decoded: ``iit eval ifsuite`` and the study's ``run.generate``."""
 
@@ -199,12 +205,11 @@ class IfsuiteGenerateConfig(GenerateConfig):
     )
 
 
-class RunGenerateConfig(IfsuiteGenerateConfig):
+class RunGenerateConfig(IfsuiteGenerateConfig, InstructionsGenerateConfig):
     """Greedy generations of every system (base, variants, rule adapter and its ablations); ``max_new_tokens`` is the
     cap of every system without its own entry in ``max_new_tokens_by_system``."""
 
     instructions: PathText | None = Field(default=None, description="a second instruction set (e.g. AlpacaEval's 805) for the judge")
-    instructions_limit: int | None = Field(default=None, gt=0, description="the first N instructions of `instructions` (None: all)")
     instructions_limit_by_system: dict[str, PositiveInt] = Field(
         default_factory=dict,
         description=(

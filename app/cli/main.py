@@ -13,7 +13,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from implicit_it.analyses.config import DiffConfig, MechConfig
-from implicit_it.config import MAX_SEED, GenerateConfig
+from implicit_it.config import MAX_SEED, InstructionsGenerateConfig
 from implicit_it.errors import UserError
 from implicit_it.probes.config import ProbeConfig, RankConfig, TemplateConfig
 from implicit_it.training.config import TrainingConfig
@@ -75,9 +75,9 @@ def _setup(
 
 @app.command()
 @user_errors
-@stage_options(GenerateConfig)
+@stage_options(InstructionsGenerateConfig)
 def generate(
-    cfg: GenerateConfig,
+    cfg: InstructionsGenerateConfig,
     instructions: Path = typer.Option(
         ..., "--instructions", "-i", help="Instructions: {'instruction'} JSONL, AlpacaEval JSON list, or chat JSONL."
     ),
@@ -86,7 +86,6 @@ def generate(
         "gemma-3-270m", "--model", "-m", help="Model SPEC, or proxy:EXPERT-ANTI@ALPHA for proxy-tuning (implicit_it/proxy.py)."
     ),
     fmt: str = FORMAT_OPTION,
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N instructions."),
     generator: Optional[str] = typer.Option(None, "--generator", help="Name written in each record (default: the model spec)."),
     dtype: Optional[str] = DTYPE_OPTION,
     device: Optional[str] = DEVICE_OPTION,
@@ -101,6 +100,7 @@ def generate(
     from implicit_it.paths import check_writable
 
     check_writable(out)  # before the model loads and generates, not after
+    limit = cfg.instructions_limit
     items = read_instructions(instructions, limit=limit)
 
     def show_rule_tokens(adapter: Any) -> None:

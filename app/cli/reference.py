@@ -13,7 +13,7 @@ from pydantic_core import PydanticUndefined
 
 from implicit_it.analyses.config import DiffConfig, MechConfig
 from implicit_it.app.config import ExperimentConfig
-from implicit_it.config import GenerateConfig, IfsuiteGenerateConfig
+from implicit_it.config import IfsuiteGenerateConfig, InstructionsGenerateConfig
 from implicit_it.evaluation.config import IfevalConfig, JudgeConfig
 from implicit_it.probes.config import ProbeConfig, RankConfig, TemplateConfig
 from implicit_it.training.config import TrainingConfig
@@ -23,7 +23,7 @@ from .options import field_option, kebab
 # Which commands take a block's fields as options (the command's stage config, or the block itself).
 COMMANDS: dict[str, list[tuple[str, type[BaseModel]]]] = {
     "training": [("iit train / iit sweep", TrainingConfig)],
-    "run.generate": [("iit generate", GenerateConfig), ("iit eval ifsuite", IfsuiteGenerateConfig)],
+    "run.generate": [("iit generate", InstructionsGenerateConfig), ("iit eval ifsuite", IfsuiteGenerateConfig)],
     "run.rank": [("iit rank", RankConfig)],
     "run.probe": [("iit probe linear", ProbeConfig)],
     "run.template": [("iit probe template", TemplateConfig)],

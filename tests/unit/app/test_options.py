@@ -13,7 +13,7 @@ from implicit_it.analyses.config import DiffConfig, MechConfig, RunDiffConfig, R
 from implicit_it.app.cli.common import user_errors
 from implicit_it.app.cli.main import app
 from implicit_it.app.cli.options import PREFIX, build_config, field_options, kebab, stage_options
-from implicit_it.config import GenerateConfig, IfsuiteGenerateConfig, RunGenerateConfig
+from implicit_it.config import GenerateConfig, IfsuiteGenerateConfig, InstructionsGenerateConfig, RunGenerateConfig
 from implicit_it.errors import ConfigError
 from implicit_it.evaluation.config import IfevalCommandConfig, IfevalConfig, JudgeConfig, RunEvalConfig
 from implicit_it.probes.config import ProbeConfig, RankConfig, RunProbeConfig, RunRankConfig, TemplateConfig
@@ -25,7 +25,7 @@ STAGES = {
     "probe template": TemplateConfig,
     "diff": DiffConfig,
     "mech": MechConfig,
-    "generate": GenerateConfig,
+    "generate": InstructionsGenerateConfig,
     "eval ifeval": IfevalCommandConfig,
     "eval ifsuite": IfsuiteGenerateConfig,
     "eval alpaca": JudgeConfig,
@@ -72,6 +72,7 @@ def test_run_blocks_are_the_stage_configs_plus_pipeline_fields():
     # one definition of which prompts are scored, shared by the study's blocks and the eval commands
     assert (
         issubclass(RunGenerateConfig, IfsuiteGenerateConfig)
+        and issubclass(RunGenerateConfig, InstructionsGenerateConfig)
         and issubclass(RunEvalConfig, IfevalConfig)
         and issubclass(RunEvalConfig, JudgeConfig)
     )

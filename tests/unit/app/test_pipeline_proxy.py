@@ -82,7 +82,20 @@ def test_iit_generate_decodes_with_a_proxy(tiny_llama_dir, bytelevel_tokenizer, 
     instructions = str(shared_data / "lima" / "val_instructions.jsonl")
 
     def generate(model: str, out: str) -> list[str]:
-        args = ["generate", "-m", model, "-i", instructions, "-o", str(tmp_path / out), "--limit", "3", "--max-new-tokens", "4", "--quiet"]
+        args = [
+            "generate",
+            "-m",
+            model,
+            "-i",
+            instructions,
+            "-o",
+            str(tmp_path / out),
+            "--instructions-limit",
+            "3",
+            "--max-new-tokens",
+            "4",
+            "--quiet",
+        ]
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
         return [r["output"] for r in json.loads((tmp_path / out).read_text())]
