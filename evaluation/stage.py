@@ -105,9 +105,10 @@ def alpaca_stage(
     ``eval_set``: the whole instruction set, which places each instruction for the length-controlled win rate (None:
     the reference's instructions)."""
     out_dir = Path(out_dir)
-    model_outputs = read_model_outputs(outputs, limit=limit) if isinstance(outputs, (str, Path)) else list(outputs)[:limit]
+    outputs_path = outputs if isinstance(outputs, (str, Path)) else None
+    model_outputs = read_model_outputs(outputs_path, limit=limit) if outputs_path is not None else list(outputs)[:limit]
     reference_outputs = load_reference(reference) if isinstance(reference, (str, Path)) else list(reference)
-    pairs = pair_with_reference(model_outputs, reference_outputs, outputs_path=outputs if isinstance(outputs, (str, Path)) else "outputs")
+    pairs = pair_with_reference(model_outputs, reference_outputs, outputs_path=outputs_path or "outputs")
     eval_set = eval_set if eval_set is not None else [r.instruction for r in reference_outputs]
     gold = gold_answers(judge, gold_answers_path)
     frame = annotate(pairs, judge, out_dir / "judge", generator=generator, cache_path=cache_path, gold=gold)

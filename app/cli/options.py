@@ -257,7 +257,7 @@ def block_options(blocks: dict[str, type[BaseModel]], *, param: str = "overrides
                 help_text = f"{_help(field, opt)} ({block}.{name}; unset: the config's value.{shown})"
                 info = typer.Option(None, *flags, help=help_text, show_default=False)
                 generated[PREFIX + name] = (block, opt)
-                kind = Optional[bool] if opt.is_flag else Optional[opt.type] if opt.type is not Optional[str] else opt.type
+                kind = Optional[bool] if opt.is_flag else Optional[opt.type]  # None: not given
                 params.append(inspect.Parameter(PREFIX + name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind))
 
         @functools.wraps(func)
